@@ -1,0 +1,3 @@
+//! Envelope benchmarks (see scripts/bench-crypto.sh).
+
+fn main() {}

@@ -1,0 +1,246 @@
+//! Sealing and opening envelopes with a data key in hand (§6, §7).
+//!
+//! Most callers use [`crate::Keyring`] (records) or
+//! [`crate::document`] (documents), which find the data key for you.
+
+use crate::context::EncryptionContext;
+use crate::error::{Error, FormatError, Misuse};
+use crate::format::{Form, Header, KeyRef, PREFIX_LEN};
+use crate::key::{COMMITMENT_LEN, DataKey, MESSAGE_KEY_LABEL, SALT_LEN};
+use crate::provider::{Aead, CryptoProvider, Nonce};
+use crate::suite::{NONCE_LEN, Suite, TAG_LEN};
+
+/// The nonce of chunk `counter`: an 88-bit big-endian counter, then the
+/// last-chunk flag (§6). A record is the single, last chunk 0 (§7).
+pub(crate) fn chunk_nonce(counter: u64, last: bool) -> Nonce {
+    let mut n = [0u8; NONCE_LEN];
+    n[3..11].copy_from_slice(&counter.to_be_bytes());
+    n[11] = u8::from(last);
+    n
+}
+
+/// Associated data (§5): slices of the header bytes as written or received
+/// (everything except the header length and a KMS key reference, which the
+/// key commitment already binds), then the canonical context encoding.
+pub(crate) fn associated_data(
+    header_bytes: &[u8],
+    header: &Header,
+    ctx: &EncryptionContext,
+) -> Result<Vec<u8>, Error> {
+    let n = header_bytes.len();
+    let tail = SALT_LEN + COMMITMENT_LEN;
+    let keyring_id = if matches!(header.key_ref, KeyRef::Keyring(_)) {
+        4
+    } else {
+        0
+    };
+    let fixed = PREFIX_LEN + 4 + keyring_id;
+    let (Some(magic_version), Some(fields), Some(salt_commit)) = (
+        header_bytes.get(..5),
+        header_bytes.get(PREFIX_LEN..fixed),
+        n.checked_sub(tail)
+            .and_then(|start| header_bytes.get(start..)),
+    ) else {
+        return Err(FormatError::Truncated.into());
+    };
+    let mut aad = Vec::with_capacity(5 + fields.len() + tail + 64);
+    aad.extend_from_slice(magic_version);
+    aad.extend_from_slice(fields);
+    aad.extend_from_slice(salt_commit);
+    ctx.encode_into(&mut aad)?;
+    Ok(aad)
+}
+
+/// Replaces the KMS key reference of a KMS-keyed envelope header, leaving the
+/// body valid: the body's authentication does not cover the key reference
+/// (§5). Returns the new header bytes; the body follows unchanged.
+pub(crate) fn rewrite_kms_ref(
+    header: &Header,
+    key: &str,
+    wrapped: Vec<u8>,
+) -> Result<Vec<u8>, Error> {
+    if !matches!(header.key_ref, KeyRef::Kms { .. }) {
+        return Err(Misuse::WrongKeyReference.into());
+    }
+    let mut h = header.clone();
+    h.key_ref = KeyRef::Kms {
+        key: key.to_owned(),
+        wrapped,
+    };
+    let mut out = Vec::new();
+    h.write(&mut out)?;
+    Ok(out)
+}
+
+/// Derives the per-message AEAD for `header` under `dek`, after checking
+/// the key commitment in constant time.
+pub(crate) fn message_aead(
+    provider: &dyn CryptoProvider,
+    dek: &DataKey,
+    header: &Header,
+) -> Result<Box<dyn Aead>, Error> {
+    if !dek.commitment_matches(&header.commitment) {
+        tracing::debug!("envelope key commitment mismatch");
+        return Err(Error::DecryptionFailed);
+    }
+    Ok(provider.aead(
+        header.suite,
+        &derive(dek, header.suite, header.form, &header.salt),
+    ))
+}
+
+fn derive(
+    dek: &DataKey,
+    suite: Suite,
+    form: Form,
+    salt: &[u8; SALT_LEN],
+) -> crate::provider::AeadKey {
+    let [f, c] = form.params();
+    dek.derive(MESSAGE_KEY_LABEL, &[suite.id(), f, c], salt)
+}
+
+/// A fresh header for `form` under `dek`, with a random salt.
+pub(crate) fn new_header(dek: &DataKey, suite: Suite, form: Form, key_ref: KeyRef) -> Header {
+    let mut salt = [0u8; SALT_LEN];
+    crate::rng::fill_salt(&mut salt);
+    Header {
+        suite,
+        form,
+        key_ref,
+        salt,
+        commitment: *dek.commitment(),
+    }
+}
+
+/// Seals `plaintext` as a record envelope under `dek`, naming it by `key_ref`.
+///
+/// # Errors
+///
+/// [`Error::Misuse`] for a context or key reference outside the format's bounds.
+pub fn seal_record(
+    provider: &dyn CryptoProvider,
+    suite: Suite,
+    dek: &DataKey,
+    key_ref: KeyRef,
+    ctx: &EncryptionContext,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, Error> {
+    seal_record_with_header(
+        provider,
+        dek,
+        &new_header(dek, suite, Form::Record, key_ref),
+        ctx,
+        plaintext,
+    )
+}
+
+pub(crate) fn seal_record_with_header(
+    provider: &dyn CryptoProvider,
+    dek: &DataKey,
+    header: &Header,
+    ctx: &EncryptionContext,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let mut out =
+        Vec::with_capacity(crate::format::MIN_HEADER_LEN + plaintext.len() + TAG_LEN + 64);
+    header.write(&mut out)?;
+    let header_len = out.len();
+    let aad = associated_data(&out, header, ctx)?;
+    out.extend_from_slice(plaintext);
+    let aead = provider.aead(
+        header.suite,
+        &derive(dek, header.suite, header.form, &header.salt),
+    );
+    aead.seal_append(&chunk_nonce(0, true), &aad, &mut out, header_len)?;
+    Ok(out)
+}
+
+/// Opens a record envelope whose header was parsed from `envelope` (see
+/// [`Header::parse`]) with the data key it names.
+///
+/// # Errors
+///
+/// [`Error::DecryptionFailed`] for a wrong key or context or any tampering;
+/// [`Misuse::WrongForm`] for a document envelope.
+pub fn open_record(
+    provider: &dyn CryptoProvider,
+    dek: &DataKey,
+    header: &Header,
+    header_len: usize,
+    envelope: &[u8],
+    ctx: &EncryptionContext,
+) -> Result<Vec<u8>, Error> {
+    if header.form != Form::Record {
+        return Err(Misuse::WrongForm.into());
+    }
+    let (head, body) = envelope
+        .split_at_checked(header_len)
+        .ok_or(Error::DecryptionFailed)?;
+    let aead = message_aead(provider, dek, header)?;
+    let aad = associated_data(head, header, ctx)?;
+    let mut buf = body.to_vec();
+    let n = aead.open_in_place(&chunk_nonce(0, true), &aad, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Seals with a caller-chosen salt, for known-answer vectors. Never reuse a salt.
+#[cfg(feature = "test-util")]
+#[doc(hidden)]
+pub fn seal_record_with_salt(
+    provider: &dyn CryptoProvider,
+    suite: Suite,
+    dek: &DataKey,
+    key_ref: KeyRef,
+    salt: [u8; SALT_LEN],
+    ctx: &EncryptionContext,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let header = Header {
+        suite,
+        form: Form::Record,
+        key_ref,
+        salt,
+        commitment: *dek.commitment(),
+    };
+    seal_record_with_header(provider, dek, &header, ctx, plaintext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KeyId;
+
+    #[test]
+    fn nonce_layout() {
+        assert_eq!(chunk_nonce(0, true), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            chunk_nonce(0x0102, false),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0]
+        );
+    }
+
+    #[test]
+    fn record_round_trip_and_context_binding() {
+        let dek = DataKey::generate();
+        let ctx = EncryptionContext::new().with("record", "1");
+        let kr = KeyRef::Keyring(KeyId::new(5).unwrap());
+        for p in crate::provider::all_providers() {
+            for suite in Suite::ALL {
+                let env = seal_record(p, suite, &dek, kr.clone(), &ctx, b"hello").unwrap();
+                let (h, n) = Header::parse(&env).unwrap();
+                assert_eq!(open_record(p, &dek, &h, n, &env, &ctx).unwrap(), b"hello");
+                let other = EncryptionContext::new().with("record", "2");
+                assert!(matches!(
+                    open_record(p, &dek, &h, n, &env, &other),
+                    Err(Error::DecryptionFailed)
+                ));
+                let wrong = DataKey::generate();
+                assert!(matches!(
+                    open_record(p, &wrong, &h, n, &env, &ctx),
+                    Err(Error::DecryptionFailed)
+                ));
+            }
+        }
+    }
+}

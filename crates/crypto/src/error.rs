@@ -1,0 +1,148 @@
+//! The crate's error type.
+
+use std::fmt;
+
+/// Everything that can go wrong in `careconnect-crypto`.
+///
+/// Decryption failures are deliberately one opaque variant,
+/// [`Error::DecryptionFailed`]: a caller never learns whether the tag, the
+/// key or the commitment was wrong, so the error cannot serve as an oracle.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bytes are not a well-formed envelope, keyset or KMS file.
+    #[error("malformed input: {0}")]
+    Format(#[from] FormatError),
+    /// The envelope did not open: wrong key, wrong context, or tampered bytes.
+    #[error("decryption failed")]
+    DecryptionFailed,
+    /// The envelope names a data key that the keyring does not hold.
+    #[error("unknown data key {0}")]
+    UnknownKey(crate::KeyId),
+    /// The data key was destroyed; nothing sealed under it can be opened again.
+    #[error("data key {0} was destroyed")]
+    KeyDestroyed(crate::KeyId),
+    /// A KMS operation failed.
+    #[error("kms: {0}")]
+    Kms(#[from] KmsError),
+    /// The API was used in a way that cannot be right (see the message).
+    #[error("misuse: {0}")]
+    Misuse(Misuse),
+    /// Reading or writing the underlying stream or file failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A malformed envelope, keyset or key file. Returned by every parser.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// The magic bytes do not match.
+    #[error("bad magic bytes")]
+    BadMagic,
+    /// The format version is not one this build understands.
+    #[error("unknown format version {0}")]
+    UnknownVersion(u8),
+    /// The suite id is not one this build understands.
+    #[error("unknown suite id {0:#04x}")]
+    UnknownSuite(u8),
+    /// A field has a value outside its allowed set.
+    #[error("invalid {field}: {value}")]
+    InvalidField {
+        /// The field's name in the specification.
+        field: &'static str,
+        /// The offending value.
+        value: u64,
+    },
+    /// A length field is larger than the specification allows.
+    #[error("{field} too long: {len} bytes, at most {max}")]
+    FieldTooLong {
+        /// The field's name in the specification.
+        field: &'static str,
+        /// The length found.
+        len: usize,
+        /// The largest length allowed.
+        max: usize,
+    },
+    /// The input ended before the structure was complete.
+    #[error("truncated input")]
+    Truncated,
+    /// Bytes remained after a complete structure.
+    #[error("trailing bytes after a complete structure")]
+    TrailingBytes,
+}
+
+/// A KMS operation failed. The cause is kept for logs; it never holds key bytes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KmsError {
+    /// The KMS has no key with that id.
+    #[error("key not found: {0}")]
+    KeyNotFound(String),
+    /// The key (or the key version a wrapped key names) is disabled or destroyed.
+    #[error("key unusable: {0}")]
+    KeyUnusable(String),
+    /// The wrapped data key did not unwrap under this key and context.
+    #[error("wrapped key did not unwrap")]
+    UnwrapFailed,
+    /// The caller is not allowed to use the key.
+    #[error("access denied")]
+    AccessDenied,
+    /// The KMS asked us to slow down.
+    #[error("throttled")]
+    Throttled,
+    /// The KMS could not be reached or did not answer in time.
+    #[error("kms unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The root secret that protects a local KMS is missing or malformed.
+    #[error("root secret: {0}")]
+    RootSecret(&'static str),
+    /// Any other failure reported by the KMS.
+    #[error("kms failure")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A way of using the API that cannot be right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Misuse {
+    /// The primary key cannot be marked compromised or destroyed; rotate first.
+    PrimaryKey(crate::KeyId),
+    /// A destroyed key cannot change state again.
+    AlreadyDestroyed(crate::KeyId),
+    /// A chunk size outside the allowed range was requested.
+    ChunkSize(usize),
+    /// A KMS key name that is empty, too long or not printable ASCII.
+    KmsKeyName,
+    /// The encryption context has an empty key, too many entries or a too long value.
+    Context(&'static str),
+    /// A record or field longer than the format can carry.
+    TooLong,
+    /// The envelope was sealed for the other form (record vs document).
+    WrongForm,
+    /// The envelope's key reference is not the kind this opener handles.
+    WrongKeyReference,
+}
+
+impl fmt::Display for Misuse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PrimaryKey(id) => write!(f, "data key {id} is the primary; rotate first"),
+            Self::AlreadyDestroyed(id) => write!(f, "data key {id} is already destroyed"),
+            Self::ChunkSize(n) => {
+                write!(f, "chunk size {n} is not a power of two in 4 KiB..=16 MiB")
+            }
+            Self::KmsKeyName => f.write_str("kms key names are 1 to 255 printable ascii bytes"),
+            Self::Context(why) => write!(f, "encryption context: {why}"),
+            Self::TooLong => f.write_str("input longer than the format allows"),
+            Self::WrongForm => f.write_str("envelope is of the other form (record vs document)"),
+            Self::WrongKeyReference => f.write_str("envelope key reference is of another kind"),
+        }
+    }
+}
+
+impl From<Misuse> for Error {
+    fn from(m: Misuse) -> Self {
+        Self::Misuse(m)
+    }
+}

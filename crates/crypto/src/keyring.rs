@@ -1,0 +1,576 @@
+//! Keyrings: versioned data keys for records, persisted sealed under a KMS key.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use zeroize::Zeroizing;
+
+use crate::context::EncryptionContext;
+use crate::envelope::{open_record, seal_record};
+use crate::error::{Error, FormatError, Misuse};
+use crate::format::{Form, Header, KeyRef, Reader};
+use crate::key::{DataKey, KeyId};
+use crate::kms::{Kms, KmsKeyId, WrappedKey};
+use crate::provider::{CryptoProvider, default_provider};
+use crate::suite::{KEY_LEN, Suite};
+
+const KEYSET_MAGIC: [u8; 4] = *b"CCKS";
+const KEYSET_VERSION: u8 = 0x01;
+const MAX_KEYS: usize = 10_000;
+
+/// The life cycle of a data key.
+///
+/// ```text
+/// Primary --rotate--> Active --retire--> Retired
+///    \                  |                  |
+///     (rotate first)    +--mark_compromised+--> Compromised --destroy--> Destroyed
+/// ```
+/// Only the primary seals. Every state but `Destroyed` opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyState {
+    /// Seals new records; exactly one key is primary.
+    Primary,
+    /// A former primary: opens, never seals.
+    Active,
+    /// Scheduled for removal once nothing references it: opens, never seals.
+    Retired,
+    /// Believed exposed: opens only so its records can be re-sealed.
+    Compromised,
+    /// Key material erased: opens nothing, ever.
+    Destroyed,
+}
+
+impl KeyState {
+    fn code(self) -> u8 {
+        match self {
+            Self::Primary => 1,
+            Self::Active => 2,
+            Self::Retired => 3,
+            Self::Compromised => 4,
+            Self::Destroyed => 5,
+        }
+    }
+
+    fn from_code(c: u8) -> Result<Self, FormatError> {
+        Ok(match c {
+            1 => Self::Primary,
+            2 => Self::Active,
+            3 => Self::Retired,
+            4 => Self::Compromised,
+            5 => Self::Destroyed,
+            other => {
+                return Err(FormatError::InvalidField {
+                    field: "key state",
+                    value: other.into(),
+                });
+            }
+        })
+    }
+}
+
+/// Public facts about one key in a keyring: never its material.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key's id, as named in envelopes.
+    pub id: KeyId,
+    /// Its state.
+    pub state: KeyState,
+    /// When it was created, in seconds since the Unix epoch.
+    pub created: u64,
+}
+
+struct Entry {
+    info: KeyInfo,
+    material: Option<DataKey>,
+}
+
+/// A record opened by [`Keyring::open`]: the plaintext and which key opened it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Opened {
+    /// The plaintext.
+    pub plaintext: Vec<u8>,
+    /// The data key that sealed it.
+    pub key_id: KeyId,
+    /// That key's state: anything but `Primary` means the record should be re-sealed.
+    pub key_state: KeyState,
+}
+
+/// Versioned data keys for sealing records (Tink's "keyset").
+///
+/// Seals with the primary key; opens with whichever key the envelope names.
+/// Persist it with [`Keyring::seal_keyset`], which seals the whole keyring
+/// under a KMS key; load it with [`Keyring::open_keyset`].
+///
+/// ```
+/// # fn main() -> Result<(), careconnect_crypto::Error> {
+/// use careconnect_crypto::{EncryptionContext, Keyring, KeyState};
+/// let mut ring = Keyring::generate();
+/// let ctx = EncryptionContext::new().with("record", "7");
+/// let env = ring.seal(&ctx, b"blood type: O+")?;
+/// let old = ring.primary();
+/// ring.rotate();
+/// let opened = ring.open(&env, &ctx)?;
+/// assert_eq!(opened.plaintext, b"blood type: O+");
+/// assert_eq!((opened.key_id, opened.key_state), (old, KeyState::Active));
+/// # Ok(()) }
+/// ```
+pub struct Keyring {
+    entries: Vec<Entry>,
+    primary: KeyId,
+    suite: Suite,
+    provider: &'static dyn CryptoProvider,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("primary", &self.primary)
+            .field(
+                "keys",
+                &self.entries.iter().map(|e| e.info).collect::<Vec<_>>(),
+            )
+            .field("suite", &self.suite)
+            .field("provider", &self.provider.name())
+            .finish()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Keyring {
+    /// A new keyring with one fresh primary key, AES-256-GCM, default provider.
+    pub fn generate() -> Self {
+        let id = random_id(&[]);
+        Self {
+            entries: vec![Entry {
+                info: KeyInfo {
+                    id,
+                    state: KeyState::Primary,
+                    created: now(),
+                },
+                material: Some(DataKey::generate()),
+            }],
+            primary: id,
+            suite: Suite::Aes256Gcm,
+            provider: default_provider(),
+        }
+    }
+
+    /// Seals new records with `suite` (opening reads the suite from the envelope).
+    #[must_use]
+    pub fn with_suite(mut self, suite: Suite) -> Self {
+        self.suite = suite;
+        self
+    }
+
+    /// Uses `provider` for sealing and opening.
+    #[must_use]
+    pub fn with_provider(mut self, provider: &'static dyn CryptoProvider) -> Self {
+        self.provider = provider;
+        self
+    }
+
+    /// The primary key's id.
+    pub fn primary(&self) -> KeyId {
+        self.primary
+    }
+
+    /// Every key, oldest first.
+    pub fn keys(&self) -> impl Iterator<Item = KeyInfo> + '_ {
+        self.entries.iter().map(|e| e.info)
+    }
+
+    /// One key's facts.
+    pub fn key(&self, id: KeyId) -> Option<KeyInfo> {
+        self.entry(id).map(|e| e.info)
+    }
+
+    fn entry(&self, id: KeyId) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.info.id == id)
+    }
+
+    fn entry_mut(&mut self, id: KeyId) -> Result<&mut Entry, Error> {
+        self.entries
+            .iter_mut()
+            .find(|e| e.info.id == id)
+            .ok_or(Error::UnknownKey(id))
+    }
+
+    /// Adds a fresh key and makes it primary; the old primary becomes `Active`.
+    pub fn rotate(&mut self) -> KeyId {
+        let ids: Vec<KeyId> = self.entries.iter().map(|e| e.info.id).collect();
+        let id = random_id(&ids);
+        let old = self.primary;
+        if let Some(e) = self.entries.iter_mut().find(|e| e.info.id == old) {
+            e.info.state = KeyState::Active;
+        }
+        self.entries.push(Entry {
+            info: KeyInfo {
+                id,
+                state: KeyState::Primary,
+                created: now(),
+            },
+            material: Some(DataKey::generate()),
+        });
+        self.primary = id;
+        id
+    }
+
+    /// Marks an `Active` key `Retired`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownKey`]; [`Misuse::PrimaryKey`] for the primary;
+    /// [`Misuse::AlreadyDestroyed`].
+    pub fn retire(&mut self, id: KeyId) -> Result<(), Error> {
+        self.set_state(id, KeyState::Retired)
+    }
+
+    /// Marks a key `Compromised`: it still opens (so its records can be
+    /// re-sealed) and never seals. Rotate first if it is the primary.
+    ///
+    /// # Errors
+    ///
+    /// As [`Keyring::retire`].
+    pub fn mark_compromised(&mut self, id: KeyId) -> Result<(), Error> {
+        self.set_state(id, KeyState::Compromised)
+    }
+
+    /// Erases a key's material. Nothing sealed under it opens again; keep
+    /// the keyring's other copies in mind (seal and store it afterwards).
+    /// Checking that no ciphertext still references the key is the caller's job.
+    ///
+    /// # Errors
+    ///
+    /// As [`Keyring::retire`].
+    pub fn destroy(&mut self, id: KeyId) -> Result<(), Error> {
+        self.set_state(id, KeyState::Destroyed)?;
+        self.entry_mut(id)?.material = None;
+        Ok(())
+    }
+
+    fn set_state(&mut self, id: KeyId, state: KeyState) -> Result<(), Error> {
+        if id == self.primary {
+            return Err(Misuse::PrimaryKey(id).into());
+        }
+        let e = self.entry_mut(id)?;
+        if e.info.state == KeyState::Destroyed {
+            return Err(Misuse::AlreadyDestroyed(id).into());
+        }
+        e.info.state = state;
+        Ok(())
+    }
+
+    /// Seals `plaintext` under the primary key, bound to `ctx`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Misuse`] for a context outside its bounds.
+    pub fn seal(&self, ctx: &EncryptionContext, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        let dek = self
+            .entry(self.primary)
+            .and_then(|e| e.material.as_ref())
+            .ok_or(Error::UnknownKey(self.primary))?;
+        seal_record(
+            self.provider,
+            self.suite,
+            dek,
+            KeyRef::Keyring(self.primary),
+            ctx,
+            plaintext,
+        )
+    }
+
+    /// The id of the data key `envelope` names, without opening it (for
+    /// storage to index rows by key, and for rotation).
+    ///
+    /// # Errors
+    ///
+    /// A [`FormatError`] for a malformed header; [`Misuse::WrongKeyReference`]
+    /// for an envelope that names a KMS key.
+    pub fn key_id_of(envelope: &[u8]) -> Result<KeyId, Error> {
+        match Header::parse(envelope)?.0.key_ref {
+            KeyRef::Keyring(id) => Ok(id),
+            KeyRef::Kms { .. } => Err(Misuse::WrongKeyReference.into()),
+        }
+    }
+
+    /// Opens a record envelope sealed by this keyring, under `ctx`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DecryptionFailed`] for a wrong context or any tampering;
+    /// [`Error::UnknownKey`], [`Error::KeyDestroyed`]; a [`FormatError`].
+    pub fn open(&self, envelope: &[u8], ctx: &EncryptionContext) -> Result<Opened, Error> {
+        let (header, header_len) = Header::parse(envelope)?;
+        let KeyRef::Keyring(id) = header.key_ref else {
+            return Err(Misuse::WrongKeyReference.into());
+        };
+        if header.form != Form::Record {
+            return Err(Misuse::WrongForm.into());
+        }
+        let entry = self.entry(id).ok_or(Error::UnknownKey(id))?;
+        let dek = entry.material.as_ref().ok_or(Error::KeyDestroyed(id))?;
+        let plaintext = open_record(self.provider, dek, &header, header_len, envelope, ctx)?;
+        Ok(Opened {
+            plaintext,
+            key_id: id,
+            key_state: entry.info.state,
+        })
+    }
+
+    /// Serialises the keyset and seals it under `kms_key` as a record
+    /// envelope whose data key is wrapped by the KMS (§8).
+    ///
+    /// # Errors
+    ///
+    /// KMS errors.
+    pub async fn seal_keyset(&self, kms: &dyn Kms, kms_key: &KmsKeyId) -> Result<Vec<u8>, Error> {
+        let ctx = keyset_context();
+        let (dek, wrapped) = kms.generate_data_key(kms_key, &ctx).await?;
+        let key_ref = KeyRef::Kms {
+            key: kms_key.as_str().to_owned(),
+            wrapped: wrapped.into_bytes(),
+        };
+        seal_record(
+            self.provider,
+            Suite::Aes256Gcm,
+            &dek,
+            key_ref,
+            &ctx,
+            &self.encode(),
+        )
+    }
+
+    /// Opens a keyset sealed by [`Keyring::seal_keyset`].
+    ///
+    /// # Errors
+    ///
+    /// KMS errors, [`Error::DecryptionFailed`], or a [`FormatError`] for a
+    /// malformed file.
+    pub async fn open_keyset(kms: &dyn Kms, sealed: &[u8]) -> Result<Self, Error> {
+        let (header, header_len) = Header::parse(sealed)?;
+        let KeyRef::Kms { key, wrapped } = &header.key_ref else {
+            return Err(Misuse::WrongKeyReference.into());
+        };
+        let ctx = keyset_context();
+        let dek = kms
+            .decrypt(
+                &KmsKeyId::new(key.clone())?,
+                &WrappedKey::new(wrapped.clone())?,
+                &ctx,
+            )
+            .await?;
+        let plain = Zeroizing::new(open_record(
+            default_provider(),
+            &dek,
+            &header,
+            header_len,
+            sealed,
+            &ctx,
+        )?);
+        Ok(Self::decode(&plain)?)
+    }
+
+    /// Re-wraps a sealed keyset's data key under `to` with the KMS's
+    /// `ReEncrypt`: no record and no key leaves its envelope, and the body is
+    /// not re-sealed (the key reference is outside the associated data, §5).
+    ///
+    /// # Errors
+    ///
+    /// KMS errors or a malformed keyset envelope.
+    pub async fn rewrap_keyset(
+        kms: &dyn Kms,
+        sealed: &[u8],
+        to: &KmsKeyId,
+    ) -> Result<Vec<u8>, Error> {
+        let (header, header_len) = Header::parse(sealed)?;
+        let KeyRef::Kms { key, wrapped } = &header.key_ref else {
+            return Err(Misuse::WrongKeyReference.into());
+        };
+        let from = KmsKeyId::new(key.clone())?;
+        let rewrapped = kms
+            .re_encrypt(
+                &from,
+                &WrappedKey::new(wrapped.clone())?,
+                &keyset_context(),
+                to,
+            )
+            .await?;
+        let mut out =
+            crate::envelope::rewrite_kms_ref(&header, to.as_str(), rewrapped.into_bytes())?;
+        out.extend_from_slice(&sealed[header_len..]);
+        Ok(out)
+    }
+
+    fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(16 + self.entries.len() * 48));
+        out.extend_from_slice(&KEYSET_MAGIC);
+        out.push(KEYSET_VERSION);
+        out.push(self.suite.id());
+        out.extend_from_slice(&(self.entries.len() as u32).to_be_bytes());
+        for e in &self.entries {
+            out.extend_from_slice(&e.info.id.get().to_be_bytes());
+            out.push(e.info.state.code());
+            out.extend_from_slice(&e.info.created.to_be_bytes());
+            if let Some(k) = &e.material {
+                out.extend_from_slice(k.expose());
+            }
+        }
+        out
+    }
+
+    /// Parses a keyset's plaintext (§8). Checks every invariant: exactly one
+    /// primary, unique non-zero ids, material present unless destroyed, no
+    /// trailing bytes.
+    ///
+    /// # Errors
+    ///
+    /// A [`FormatError`] naming the first problem.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut r = Reader(bytes);
+        if r.array::<4>()? != KEYSET_MAGIC {
+            return Err(FormatError::BadMagic);
+        }
+        let v = r.u8()?;
+        if v != KEYSET_VERSION {
+            return Err(FormatError::UnknownVersion(v));
+        }
+        let suite = Suite::from_id(r.u8()?)?;
+        let count = u32::from_be_bytes(r.array()?) as usize;
+        if count == 0 || count > MAX_KEYS {
+            return Err(FormatError::InvalidField {
+                field: "key count",
+                value: count as u64,
+            });
+        }
+        let mut entries: Vec<Entry> = Vec::with_capacity(count.min(256));
+        let mut primary = None;
+        for _ in 0..count {
+            let raw = u32::from_be_bytes(r.array()?);
+            let id = KeyId::new(raw).ok_or(FormatError::InvalidField {
+                field: "key id",
+                value: 0,
+            })?;
+            if entries.iter().any(|e| e.info.id == id) {
+                return Err(FormatError::InvalidField {
+                    field: "duplicate key id",
+                    value: raw.into(),
+                });
+            }
+            let state = KeyState::from_code(r.u8()?)?;
+            let created = u64::from_be_bytes(r.array()?);
+            let material = if state == KeyState::Destroyed {
+                None
+            } else {
+                Some(DataKey::from_bytes(Zeroizing::new(r.array::<KEY_LEN>()?)))
+            };
+            if state == KeyState::Primary {
+                if primary.is_some() {
+                    return Err(FormatError::InvalidField {
+                        field: "second primary key",
+                        value: raw.into(),
+                    });
+                }
+                primary = Some(id);
+            }
+            entries.push(Entry {
+                info: KeyInfo { id, state, created },
+                material,
+            });
+        }
+        r.finish()?;
+        let primary = primary.ok_or(FormatError::InvalidField {
+            field: "primary key",
+            value: 0,
+        })?;
+        Ok(Self {
+            entries,
+            primary,
+            suite,
+            provider: default_provider(),
+        })
+    }
+}
+
+fn keyset_context() -> EncryptionContext {
+    EncryptionContext::new().with("purpose", "careconnect/keyset")
+}
+
+fn random_id(taken: &[KeyId]) -> KeyId {
+    loop {
+        let mut b = [0u8; 4];
+        crate::rng::fill_os(&mut b);
+        if let Some(id) = KeyId::new(u32::from_be_bytes(b))
+            && !taken.contains(&id)
+        {
+            return id;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_and_destroy() {
+        let mut ring = Keyring::generate();
+        let ctx = EncryptionContext::new();
+        let k1 = ring.primary();
+        let env = ring.seal(&ctx, b"x").unwrap();
+        assert!(matches!(
+            ring.mark_compromised(k1),
+            Err(Error::Misuse(Misuse::PrimaryKey(_)))
+        ));
+        assert!(matches!(
+            ring.destroy(k1),
+            Err(Error::Misuse(Misuse::PrimaryKey(_)))
+        ));
+        let k2 = ring.rotate();
+        assert_eq!(ring.key(k1).unwrap().state, KeyState::Active);
+        ring.mark_compromised(k1).unwrap();
+        assert_eq!(
+            ring.open(&env, &ctx).unwrap().key_state,
+            KeyState::Compromised
+        );
+        ring.destroy(k1).unwrap();
+        assert!(matches!(ring.open(&env, &ctx), Err(Error::KeyDestroyed(id)) if id == k1));
+        assert!(matches!(
+            ring.retire(k1),
+            Err(Error::Misuse(Misuse::AlreadyDestroyed(_)))
+        ));
+        let env2 = ring.seal(&ctx, b"y").unwrap();
+        assert_eq!(Keyring::key_id_of(&env2).unwrap(), k2);
+        // Survives encode/decode with the destroyed key still destroyed.
+        let back = Keyring::decode(&ring.encode()).unwrap();
+        assert!(matches!(back.open(&env, &ctx), Err(Error::KeyDestroyed(_))));
+        assert_eq!(back.open(&env2, &ctx).unwrap().plaintext, b"y");
+        assert!(!format!("{back:?}").contains("material"));
+    }
+
+    #[test]
+    fn decode_rejects_broken_invariants() {
+        let ring = Keyring::generate();
+        let good = ring.encode();
+        assert!(Keyring::decode(&good).is_ok());
+        let mut extra = good.to_vec();
+        extra.push(0);
+        assert_eq!(
+            Keyring::decode(&extra).err(),
+            Some(FormatError::TrailingBytes)
+        );
+        let mut no_primary = good.to_vec();
+        no_primary[14] = KeyState::Active.code();
+        assert!(Keyring::decode(&no_primary).is_err());
+        for cut in 0..good.len() {
+            assert!(Keyring::decode(&good[..cut]).is_err());
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Key management: the [`Kms`] trait and the embedded [`LocalKms`].
+//!
+//! A KMS holds key-encryption keys (KEKs) that never leave it. It hands out
+//! data keys (DEKs) twice: once in the clear, to use and drop, and once
+//! wrapped under a KEK, to store beside the data.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::context::EncryptionContext;
+use crate::error::{Error, Misuse};
+use crate::format::{MAX_WRAPPED_LEN, check_kms_key};
+use crate::key::DataKey;
+
+mod local;
+
+#[doc(hidden)]
+pub use local::decode_table_for_fuzzing;
+pub use local::{LocalKms, ROOT_SECRET_ENV, RootSecret};
+
+/// The name of a KMS key: a key id, ARN or alias; 1 to 255 printable ASCII bytes.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KmsKeyId(String);
+
+impl KmsKeyId {
+    /// Validates and wraps a key name.
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse::KmsKeyName`] when empty, longer than 255 bytes or not printable ASCII.
+    pub fn new(name: impl Into<String>) -> Result<Self, Error> {
+        let name = name.into();
+        check_kms_key(name.as_bytes()).map_err(|_| Misuse::KmsKeyName)?;
+        Ok(Self(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KmsKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KmsKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KmsKeyId({})", self.0)
+    }
+}
+
+/// A data key wrapped by a KMS key: opaque bytes that only the KMS can open.
+/// Not secret; at most 1024 bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedKey(Vec<u8>);
+
+impl WrappedKey {
+    /// Wraps bytes a KMS returned.
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse::TooLong`] when empty or longer than 1024 bytes.
+    pub fn new(bytes: Vec<u8>) -> Result<Self, Error> {
+        if bytes.is_empty() || bytes.len() > MAX_WRAPPED_LEN {
+            return Err(Misuse::TooLong.into());
+        }
+        Ok(Self(bytes))
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The bytes, by value.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WrappedKey({} bytes)", self.0.len())
+    }
+}
+
+/// What a KMS says about one of its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyDescription {
+    /// The key's name.
+    pub key: KmsKeyId,
+    /// The version new data keys are wrapped under.
+    pub current_version: u32,
+    /// Versions that can still unwrap.
+    pub enabled_versions: Vec<u32>,
+    /// Versions destroyed for good.
+    pub destroyed_versions: Vec<u32>,
+}
+
+/// A key management service. Implementations: [`LocalKms`] here, AWS KMS in
+/// its own feature.
+///
+/// `ctx` is bound to every wrapped key: unwrapping with another context fails.
+#[async_trait]
+pub trait Kms: Send + Sync + fmt::Debug {
+    /// A fresh data key, in the clear and wrapped under `key`'s current version.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::KmsError`] variants: unknown key, unusable key, KMS unreachable.
+    async fn generate_data_key(
+        &self,
+        key: &KmsKeyId,
+        ctx: &EncryptionContext,
+    ) -> Result<(DataKey, WrappedKey), Error>;
+
+    /// Unwraps a data key wrapped under `key` (any still-enabled version).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::KmsError::UnwrapFailed`] for a wrong context or tampered
+    /// bytes; [`crate::KmsError::KeyUnusable`] for a destroyed version.
+    async fn decrypt(
+        &self,
+        key: &KmsKeyId,
+        wrapped: &WrappedKey,
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, Error>;
+
+    /// Re-wraps a data key from `from` to the current version of `to`,
+    /// without the data key leaving the KMS (where the KMS allows it).
+    ///
+    /// # Errors
+    ///
+    /// As [`Kms::decrypt`] and [`Kms::generate_data_key`].
+    async fn re_encrypt(
+        &self,
+        from: &KmsKeyId,
+        wrapped: &WrappedKey,
+        ctx: &EncryptionContext,
+        to: &KmsKeyId,
+    ) -> Result<WrappedKey, Error>;
+
+    /// Adds a new version of `key`; new data keys are wrapped under it, old
+    /// versions keep unwrapping.
+    ///
+    /// # Errors
+    ///
+    /// Unknown key or KMS failure.
+    async fn rotate(&self, key: &KmsKeyId) -> Result<KeyDescription, Error>;
+
+    /// Describes `key`.
+    ///
+    /// # Errors
+    ///
+    /// Unknown key or KMS failure.
+    async fn describe(&self, key: &KmsKeyId) -> Result<KeyDescription, Error>;
+}

@@ -1,0 +1,61 @@
+//! The default provider, on the RustCrypto `aes-gcm` and `chacha20poly1305` crates.
+
+use aes_gcm::aead::AeadInOut;
+use aes_gcm::{Aes256Gcm, KeyInit};
+use chacha20poly1305::ChaCha20Poly1305;
+
+use super::{Aead, AeadKey, CryptoProvider, Nonce, Tag};
+use crate::Suite;
+use crate::error::{Error, Misuse};
+
+/// AEADs from the RustCrypto project. The default provider.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RustCrypto;
+
+impl CryptoProvider for RustCrypto {
+    fn name(&self) -> &'static str {
+        "rustcrypto"
+    }
+
+    fn aead(&self, suite: Suite, key: &AeadKey) -> Box<dyn Aead> {
+        let k = key.expose().into();
+        match suite {
+            Suite::Aes256Gcm => Box::new(Keyed(Aes256Gcm::new(k))),
+            Suite::ChaCha20Poly1305 => Box::new(Keyed(ChaCha20Poly1305::new(k))),
+        }
+    }
+}
+
+struct Keyed<C>(C);
+
+impl<C> Aead for Keyed<C>
+where
+    C: AeadInOut<NonceSize = aes_gcm::aead::consts::U12, TagSize = aes_gcm::aead::consts::U16>
+        + Send
+        + Sync,
+{
+    fn seal_in_place_detached(
+        &self,
+        nonce: &Nonce,
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<Tag, Error> {
+        let tag = self
+            .0
+            .encrypt_inout_detached(nonce.into(), aad, buf.into())
+            .map_err(|_| Misuse::TooLong)?;
+        Ok(tag.into())
+    }
+
+    fn open_in_place_detached(
+        &self,
+        nonce: &Nonce,
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &Tag,
+    ) -> Result<(), Error> {
+        self.0
+            .decrypt_inout_detached(nonce.into(), aad, buf.into(), tag.into())
+            .map_err(|_| Error::DecryptionFailed)
+    }
+}

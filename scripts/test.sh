@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it. Installs what it needs (idempotent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*"; }
+
+step "format"
+cargo fmt --all --check
+step "clippy (all features, all targets)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+step "build with default features"
+cargo build --workspace
+step "tests (all features: both crypto providers)"
+cargo test --workspace --all-features
+step "benches compile"
+cargo bench --workspace --all-features --no-run
+step "fuzz smoke"
+scripts/fuzz-smoke.sh
+step "quickstart"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+cargo run -q -p careconnect-quickstart -- --data-dir "$tmp" --document-kib 256 >/dev/null
+cargo run -q -p careconnect-quickstart -- --data-dir "$tmp" --document-kib 256 | tail -1
+echo; echo "all tests passed"

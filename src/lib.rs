@@ -1,0 +1,17 @@
+//! careconnect: secure building blocks for health-data applications.
+//!
+//! This facade re-exports the layer crates so embedders depend on one crate:
+//!
+//! - [`crypto`]: AEAD suites, HKDF, the envelope format, KMS, keyrings.
+//!
+//! ```
+//! use careconnect::crypto::{EncryptionContext, Keyring};
+//! # fn main() -> Result<(), careconnect::crypto::Error> {
+//! let ring = Keyring::generate();
+//! let ctx = EncryptionContext::new().with("record", "1");
+//! let sealed = ring.seal(&ctx, b"note")?;
+//! assert_eq!(ring.open(&sealed, &ctx)?.plaintext, b"note");
+//! # Ok(()) }
+//! ```
+
+pub use careconnect_crypto as crypto;
