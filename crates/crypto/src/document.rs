@@ -128,7 +128,7 @@ impl DocumentSealer {
         kms_key: &KmsKeyId,
         wrapped: WrappedKey,
         ctx: &EncryptionContext,
-        mut out: W,
+        out: W,
     ) -> Result<DocumentWriter<W>, Error> {
         let form = Form::Document {
             chunk_log2: self.chunk_log2,
@@ -137,7 +137,48 @@ impl DocumentSealer {
             key: kms_key.as_str().to_owned(),
             wrapped: wrapped.into_bytes(),
         };
-        let header = new_header(dek, self.suite, form, key_ref);
+        self.begin_with_header(dek, new_header(dek, self.suite, form, key_ref), ctx, out)
+    }
+
+    /// As [`DocumentSealer::begin_with_key`] with a caller-chosen salt, for
+    /// known-answer vectors. Never reuse a salt.
+    ///
+    /// # Errors
+    ///
+    /// As [`DocumentSealer::begin_with_key`].
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn begin_with_salt<W: Write>(
+        &self,
+        dek: &DataKey,
+        kms_key: &KmsKeyId,
+        wrapped: WrappedKey,
+        salt: [u8; crate::SALT_LEN],
+        ctx: &EncryptionContext,
+        out: W,
+    ) -> Result<DocumentWriter<W>, Error> {
+        let header = Header {
+            suite: self.suite,
+            form: Form::Document {
+                chunk_log2: self.chunk_log2,
+            },
+            key_ref: KeyRef::Kms {
+                key: kms_key.as_str().to_owned(),
+                wrapped: wrapped.into_bytes(),
+            },
+            salt,
+            commitment: *dek.commitment(),
+        };
+        self.begin_with_header(dek, header, ctx, out)
+    }
+
+    fn begin_with_header<W: Write>(
+        &self,
+        dek: &DataKey,
+        header: Header,
+        ctx: &EncryptionContext,
+        mut out: W,
+    ) -> Result<DocumentWriter<W>, Error> {
         let mut head = Vec::new();
         header.write(&mut head)?;
         let aead = message_aead(self.provider, dek, &header)?;
