@@ -305,7 +305,7 @@ impl DocumentHeader {
     /// # Errors
     ///
     /// A KMS error (the wrapped key does not unwrap under this context), or
-    /// [`Error::DecryptionFailed`] if the unwrapped key does not match the
+    /// [`Error::CommitmentMismatch`] if the unwrapped key does not match the
     /// header's commitment.
     pub async fn unwrap_key(
         self,
@@ -365,7 +365,7 @@ impl DocumentHeader {
     ///
     /// # Errors
     ///
-    /// [`Error::DecryptionFailed`] if `dek` does not match the commitment.
+    /// [`Error::CommitmentMismatch`] if `dek` does not match the commitment.
     pub fn with_key(
         self,
         dek: &DataKey,

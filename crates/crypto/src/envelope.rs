@@ -81,7 +81,7 @@ pub(crate) fn message_aead(
 ) -> Result<Box<dyn Aead>, Error> {
     if !dek.commitment_matches(&header.commitment) {
         tracing::debug!("envelope key commitment mismatch");
-        return Err(Error::DecryptionFailed);
+        return Err(Error::CommitmentMismatch);
     }
     Ok(provider.aead(
         header.suite,
@@ -238,7 +238,7 @@ mod tests {
                 let wrong = DataKey::generate();
                 assert!(matches!(
                     open_record(p, &wrong, &h, n, &env, &ctx),
-                    Err(Error::DecryptionFailed)
+                    Err(Error::CommitmentMismatch)
                 ));
             }
         }

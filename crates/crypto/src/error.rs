@@ -4,16 +4,23 @@ use std::fmt;
 
 /// Everything that can go wrong in `careconnect-crypto`.
 ///
-/// Decryption failures are deliberately one opaque variant,
-/// [`Error::DecryptionFailed`]: a caller never learns whether the tag, the
-/// key or the commitment was wrong, so the error cannot serve as an oracle.
+/// Two variants cover a ciphertext that does not open:
+/// [`Error::CommitmentMismatch`] (the data key is not the one the envelope was
+/// sealed under; checked before any decryption, from public header bytes and
+/// the key alone) and [`Error::DecryptionFailed`] (authentication failed:
+/// wrong context or tampered bytes). Neither says more than that.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The bytes are not a well-formed envelope, keyset or KMS file.
     #[error("malformed input: {0}")]
     Format(#[from] FormatError),
-    /// The envelope did not open: wrong key, wrong context, or tampered bytes.
+    /// The key commitment in the header does not match the data key: the
+    /// envelope was sealed under another key, or its header was altered.
+    #[error("key commitment mismatch")]
+    CommitmentMismatch,
+    /// Authentication failed: wrong encryption context, or tampered,
+    /// truncated, reordered or extended ciphertext.
     #[error("decryption failed")]
     DecryptionFailed,
     /// The envelope names a data key that the keyring does not hold.
@@ -122,6 +129,10 @@ pub enum Misuse {
     WrongForm,
     /// The envelope's key reference is not the kind this opener handles.
     WrongKeyReference,
+    /// A key shorter than the minimum was supplied.
+    WeakKey,
+    /// A MAC tag of a length that cannot be verified safely.
+    TagLength(usize),
 }
 
 impl fmt::Display for Misuse {
@@ -137,6 +148,8 @@ impl fmt::Display for Misuse {
             Self::TooLong => f.write_str("input longer than the format allows"),
             Self::WrongForm => f.write_str("envelope is of the other form (record vs document)"),
             Self::WrongKeyReference => f.write_str("envelope key reference is of another kind"),
+            Self::WeakKey => f.write_str("key shorter than 128 bits"),
+            Self::TagLength(n) => write!(f, "mac tag of {n} bytes; 16 to 32 are accepted"),
         }
     }
 }

@@ -305,7 +305,8 @@ impl Keyring {
     ///
     /// # Errors
     ///
-    /// [`Error::DecryptionFailed`] for a wrong context or any tampering;
+    /// [`Error::CommitmentMismatch`] if the header's commitment does not match
+    /// the named key, [`Error::DecryptionFailed`] for a wrong context or any tampering;
     /// [`Error::UnknownKey`], [`Error::KeyDestroyed`]; a [`FormatError`].
     pub fn open(&self, envelope: &[u8], ctx: &EncryptionContext) -> Result<Opened, Error> {
         let (header, header_len) = Header::parse(envelope)?;

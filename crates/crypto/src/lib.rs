@@ -55,6 +55,7 @@ mod fsutil;
 mod key;
 mod keyring;
 pub mod kms;
+pub mod mac;
 pub mod provider;
 mod rng;
 mod suite;
