@@ -26,16 +26,23 @@ fn keyring() -> &'static Keyring {
     })
 }
 
-fn ctx() -> EncryptionContext {
+/// The contexts of the record and document vectors.
+fn record_ctx() -> EncryptionContext {
     EncryptionContext::new()
         .with("collection", "health_records")
         .with("record", "42")
 }
 
+fn document_ctx() -> EncryptionContext {
+    EncryptionContext::new()
+        .with("collection", "documents")
+        .with("document", "7")
+}
+
 fuzz_target!(|data: &[u8]| {
-    let ctx = ctx();
     let _ = Keyring::key_id_of(data);
-    let _ = keyring().open(data, &ctx);
+    let _ = keyring().open(data, &record_ctx());
+    let ctx = document_ctx();
 
     let mut input = data;
     if let Ok(header) = DocumentHeader::read_from(&mut input) {
