@@ -26,6 +26,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let mut f = create_private(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        #[cfg(feature = "test-util")]
+        pause_before_rename();
         fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
     })();
@@ -33,6 +35,42 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Crash tests only (`test-util`): with `CARECONNECT_TEST_PAUSE_BEFORE_RENAME_MS`
+/// set, every atomic write sleeps that long between writing the temporary
+/// file and renaming it, so a test can kill the process exactly mid-write.
+#[cfg(feature = "test-util")]
+fn pause_before_rename() {
+    if let Some(ms) = std::env::var("CARECONNECT_TEST_PAUSE_BEFORE_RENAME_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// Removes temporary files that [`write_atomic`] left for `path` when its
+/// process died mid-write. Call only while holding the lock that serialises
+/// writers of `path`: then no such file can belong to a live writer.
+pub(crate) fn remove_stale_temps(path: &Path) -> std::io::Result<usize> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Some(name) = path.file_name() else {
+        return Ok(0);
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Creates a new file readable and writable only by its owner.

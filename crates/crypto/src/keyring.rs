@@ -80,6 +80,7 @@ pub struct KeyInfo {
     pub created: u64,
 }
 
+#[derive(Clone)]
 struct Entry {
     info: KeyInfo,
     material: Option<DataKey>,
@@ -116,6 +117,7 @@ pub struct Opened {
 /// assert_eq!((opened.key_id, opened.key_state), (old, KeyState::Active));
 /// # Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct Keyring {
     entries: Vec<Entry>,
     primary: KeyId,

@@ -154,6 +154,34 @@ pub struct LocalKms {
     path: PathBuf,
     root: DataKey,
     table: Mutex<Table>,
+    /// Identity of the file the table was loaded from; when it changes (another
+    /// process rotated or destroyed a version), the next operation reloads.
+    stamp: Mutex<Option<FileStamp>>,
+}
+
+/// What identifies one version of the KMS file: it is only ever replaced by
+/// rename, so a new version has a new inode (and usually a new mtime and length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: (u64, u64),
+}
+
+fn file_stamp(path: &Path) -> Result<FileStamp, Error> {
+    let m = fs::metadata(path)?;
+    #[cfg(unix)]
+    let inode = {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    };
+    #[cfg(not(unix))]
+    let inode = (0, 0);
+    Ok(FileStamp {
+        len: m.len(),
+        modified: m.modified().ok(),
+        inode,
+    })
 }
 
 impl std::fmt::Debug for LocalKms {
@@ -187,13 +215,19 @@ impl LocalKms {
             root: DataKey::from_bytes(root.0),
             path,
             table: Mutex::new(Table::default()),
+            stamp: Mutex::new(None),
         };
         {
             let _lock = kms.lock_file()?;
+            let stale = crate::fsutil::remove_stale_temps(&kms.path)?;
+            if stale > 0 {
+                tracing::info!(stale, "removed temporary files of an interrupted kms write");
+            }
             if kms.path.exists() {
                 kms.reload()?;
             } else {
                 kms.persist(&Table::default())?;
+                *kms.stamp() = Some(file_stamp(&kms.path)?);
             }
         }
         Ok(kms)
@@ -288,10 +322,31 @@ impl LocalKms {
     /// Reads the file into memory. Caller holds the file lock or accepts a
     /// snapshot (the file is only ever replaced atomically).
     fn reload(&self) -> Result<(), Error> {
+        // Stamp first: if the file is replaced between the stat and the read,
+        // the stamp is stale and the next `refresh` reloads again.
+        let stamp = file_stamp(&self.path)?;
         let bytes = fs::read(&self.path)?;
         let table = self.decode_file(&bytes)?;
         *self.table() = table;
+        *self.stamp() = Some(stamp);
         Ok(())
+    }
+
+    /// Reloads if another process (or handle) replaced the file since we
+    /// read it, so a version destroyed elsewhere is never used here again.
+    /// Costs one `stat` when nothing changed.
+    fn refresh(&self) -> Result<(), Error> {
+        let now = file_stamp(&self.path)?;
+        if *self.stamp() != Some(now) {
+            self.reload()?;
+        }
+        Ok(())
+    }
+
+    fn stamp(&self) -> MutexGuard<'_, Option<FileStamp>> {
+        self.stamp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Read-modify-write under the file lock, starting from the file's
@@ -303,6 +358,7 @@ impl LocalKms {
         f(&mut table)?;
         self.persist(&table)?;
         *self.table() = table;
+        *self.stamp() = Some(file_stamp(&self.path)?);
         Ok(())
     }
 
@@ -350,6 +406,7 @@ impl LocalKms {
     }
 
     fn describe_now(&self, key: &KmsKeyId) -> Result<KeyDescription, Error> {
+        self.refresh()?;
         let t = self.table();
         let versions = t
             .keys
@@ -364,6 +421,7 @@ impl LocalKms {
         dek: &DataKey,
         ctx: &EncryptionContext,
     ) -> Result<WrappedKey, Error> {
+        self.refresh()?;
         let t = self.table();
         let versions = t
             .keys
@@ -408,15 +466,7 @@ impl LocalKms {
         let salt: [u8; SALT_LEN] = r.array().map_err(bad)?;
         let mut body: [u8; KEY_LEN + TAG_LEN] = r.array().map_err(bad)?;
         r.finish().map_err(bad)?;
-        let known = self
-            .table()
-            .keys
-            .get(key)
-            .map(|vs| vs.iter().any(|v| v.version == version));
-        if known != Some(true) {
-            // Another process may have created the key or rotated it since we loaded.
-            self.reload()?;
-        }
+        self.refresh()?;
         let t = self.table();
         let versions = t
             .keys

@@ -1,0 +1,209 @@
+//! Crash safety of the local KMS file: a process killed with SIGKILL in the
+//! middle of rewriting it loses nothing it acknowledged, and the file still
+//! opens; processes rotating concurrently never lose each other's versions.
+//!
+//! The writer is this test binary re-run as a child (`child_writer`, ignored
+//! unless asked for by name with `CARECONNECT_CRASH_DIR` set).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use careconnect::crypto::{EncryptionContext, Kms, KmsKeyId, LocalKms, RootSecret};
+
+const ROOT_HEX: &str = "4b1d4b1d4b1d4b1d4b1d4b1d4b1d4b1d4b1d4b1d4b1d4b1d4b1d4b1d4b1d4b1d";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+fn key() -> KmsKeyId {
+    KmsKeyId::new("records").unwrap()
+}
+
+/// The child: rotates (and destroys old versions) in a loop, printing each
+/// version once `rotate` has returned, i.e. once it is durable.
+#[test]
+#[ignore = "run by the crash tests as a child process"]
+fn child_writer() {
+    let Some(dir) = std::env::var_os("CARECONNECT_CRASH_DIR") else {
+        return;
+    };
+    let limit: u32 = std::env::var("CARECONNECT_CRASH_COUNT")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(u32::MAX);
+    let kms = LocalKms::open(
+        Path::new(&dir).join("kms.bin"),
+        RootSecret::from_hex(ROOT_HEX).unwrap(),
+    )
+    .unwrap();
+    let rt = rt();
+    let mut out = std::io::stdout().lock();
+    for i in 0..limit {
+        let d = rt.block_on(kms.rotate(&key())).unwrap();
+        writeln!(out, "ack {}", d.current_version).unwrap();
+        out.flush().unwrap();
+        // Now and then destroy a version older than the previous one (never 1,
+        // which the parent's probe data key needs).
+        if i % 5 == 4 && d.current_version > 3 {
+            let _ = kms.destroy_version(&key(), d.current_version - 2);
+        }
+    }
+}
+
+/// A child process killed when dropped, so a failing test leaves none behind.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_child(dir: &Path, count: Option<u32>, pause_ms: Option<u64>) -> Reaped {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "child_writer",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("CARECONNECT_CRASH_DIR", dir)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    if let Some(ms) = pause_ms {
+        cmd.env("CARECONNECT_TEST_PAUSE_BEFORE_RENAME_MS", ms.to_string());
+    }
+    if let Some(n) = count {
+        cmd.env("CARECONNECT_CRASH_COUNT", n.to_string());
+    }
+    Reaped(cmd.spawn().unwrap())
+}
+
+/// The version in an `ack N` line. libtest prints `test child_writer ... `
+/// without a newline first, so the first ack shares its line.
+fn acks(line: &str) -> Option<u32> {
+    line.split("ack ").nth(1)?.trim().parse().ok()
+}
+
+#[test]
+fn sigkill_mid_write_loses_nothing_acknowledged() {
+    // On the build disk, not a tmpfs, so fsync and rename cost what they really cost.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("kms.bin");
+    let root = || RootSecret::from_hex(ROOT_HEX).unwrap();
+    let kms = LocalKms::open_or_create(&path, root()).unwrap();
+    kms.ensure_key(&key()).unwrap();
+    let ctx = EncryptionContext::new().with("probe", "1");
+    let rt = rt();
+    let (probe, wrapped) = rt.block_on(kms.generate_data_key(&key(), &ctx)).unwrap();
+    drop(kms);
+
+    let mut interrupted = 0;
+    for round in 0..10u32 {
+        // Even rounds: every write pauses 150 ms before its rename, and the
+        // kill lands inside that window (temporary file written, not yet
+        // renamed). Odd rounds: full speed, killed at a varying moment.
+        let paused = round % 2 == 0;
+        let mut child = spawn_child(dir.path(), None, paused.then_some(150));
+        let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+        let mut last = 0;
+        // Let it get some writes done, then kill it at a varying moment.
+        for _ in 0..(if paused { 2 } else { 3 + round * 5 }) {
+            last = lines
+                .by_ref()
+                .map_while(Result::ok)
+                .find_map(|l| acks(&l))
+                .expect("child stopped acknowledging");
+        }
+        let wait = if paused {
+            60_000
+        } else {
+            u64::from(round) * 150
+        };
+        std::thread::sleep(Duration::from_micros(wait));
+        child.0.kill().unwrap(); // SIGKILL
+        child.0.wait().unwrap();
+        // Anything printed before the kill was acknowledged too.
+        for line in lines.map_while(Result::ok) {
+            if let Some(v) = acks(&line) {
+                last = v;
+            }
+        }
+
+        let temps = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".tmp-")
+            })
+            .count();
+        if paused {
+            assert_eq!(temps, 1, "round {round}: the kill should land mid-write");
+        }
+        interrupted += temps;
+        let kms = LocalKms::open(&path, root()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let d = rt.block_on(kms.describe(&key())).unwrap();
+        assert!(
+            d.current_version >= last,
+            "round {round}: lost v{last}, file has v{}",
+            d.current_version
+        );
+        let again = rt.block_on(kms.decrypt(&key(), &wrapped, &ctx)).unwrap();
+        assert!(format!("{again:?}") == format!("{probe:?}"));
+        let (_, w) = rt.block_on(kms.generate_data_key(&key(), &ctx)).unwrap();
+        assert!(rt.block_on(kms.decrypt(&key(), &w, &ctx)).is_ok());
+    }
+    assert!(
+        interrupted >= 5,
+        "only {interrupted} writes were interrupted"
+    );
+    // Opening swept the temporary files of interrupted writes; the file is private.
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["kms.bin", "kms.bin.lock"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+#[test]
+fn concurrent_processes_never_lose_a_version() {
+    // On the build disk, not a tmpfs, so fsync and rename cost what they really cost.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("kms.bin");
+    let kms = LocalKms::open_or_create(&path, RootSecret::from_hex(ROOT_HEX).unwrap()).unwrap();
+    kms.ensure_key(&key()).unwrap();
+    let n = 40;
+    let children: Vec<Reaped> = (0..2)
+        .map(|_| spawn_child(dir.path(), Some(n), None))
+        .collect();
+    let mut seen = Vec::new();
+    for mut c in children {
+        let out = BufReader::new(c.0.stdout.take().unwrap());
+        seen.extend(out.lines().map_while(Result::ok).filter_map(|l| acks(&l)));
+        assert!(c.0.wait().unwrap().success());
+    }
+    seen.sort_unstable();
+    let expected: Vec<u32> = (2..=2 * n + 1).collect();
+    assert_eq!(seen, expected, "every rotation got its own version");
+    // This handle learns of the other processes' rotations by itself.
+    let d = rt().block_on(kms.describe(&key())).unwrap();
+    assert_eq!(d.current_version, 2 * n + 1);
+}
