@@ -153,9 +153,7 @@ fn documents(c: &mut Criterion) {
                     let _ = w.write_all(&data);
                     w.finish()
                 };
-                g.bench_function(BenchmarkId::new("seal-envelope", size), |b| {
-                    b.iter(&seal)
-                });
+                g.bench_function(BenchmarkId::new("seal-envelope", size), |b| b.iter(&seal));
                 let mut sealed = Vec::new();
                 if let Ok(mut w) =
                     sealer.begin_with_key(&dek, &kek, wrapped.clone(), &ctx, &mut sealed)
