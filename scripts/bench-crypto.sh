@@ -23,7 +23,7 @@ openssl_speed() { # tag
   for alg in aes-256-gcm chacha20-poly1305; do
     for bytes in 256 4096 65536 1048576; do
       openssl speed -evp "$alg" -bytes "$bytes" -seconds 1 2>/dev/null \
-        | awk -v a="$alg" -v b="$bytes" -v t="$1" '$1 == a { v=$NF; sub(/k$/,"",v); print t, a, b, v*1000 }'
+        | awk -v a="$alg" -v b="$bytes" -v t="$1" 'tolower($1) == a { v=$NF; sub(/k$/,"",v); print t, a, b, v*1000 }'
     done
   done >> "$out/openssl.txt"
 }

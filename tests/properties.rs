@@ -9,7 +9,8 @@ use std::io::{Read, Write};
 use careconnect::crypto::document::{DocumentHeader, DocumentSealer};
 use careconnect::crypto::provider::{CryptoProvider, all_providers};
 use careconnect::crypto::{
-    EncryptionContext, Error, KeyState, Keyring, Kms, KmsKeyId, LocalKms, RootSecret, Suite,
+    EncryptionContext, Error, KeyState, Keyring, Kms, KmsKeyId, LocalKms, RECORD_HEADER_LEN,
+    RootSecret, Suite,
 };
 use proptest::prelude::*;
 
@@ -162,6 +163,23 @@ proptest! {
         flipped[i / 8] ^= 1 << (i % 8);
         prop_assert!(reader.open(&flipped, &c).is_err(), "bit {} opened", i);
         prop_assert!(reader.open(&env[..cut.index(env.len())], &c).is_err());
+
+        // The zero-copy pair agrees with the allocating one, both ways.
+        let mut buf = vec![0u8; RECORD_HEADER_LEN];
+        buf.extend_from_slice(&plain);
+        ring.seal_in_place(&c, &mut buf).unwrap();
+        prop_assert_eq!(buf.len(), env.len());
+        prop_assert_eq!(&reader.open(&buf, &c).unwrap().plaintext, &plain);
+        let mut copy = env.clone();
+        prop_assert_eq!(&*reader.open_in_place(&mut copy, &c).unwrap().plaintext, plain.as_slice());
+        let mut flipped = env.clone();
+        flipped[i / 8] ^= 1 << (i % 8);
+        prop_assert!(reader.open_in_place(&mut flipped, &c).is_err());
+        // Too little room: refused, buffer untouched.
+        let mut short = plain[..plain.len().min(RECORD_HEADER_LEN - 1)].to_vec();
+        let before = short.clone();
+        prop_assert!(ring.seal_in_place(&c, &mut short).is_err());
+        prop_assert_eq!(short, before);
     }
 
     #[test]

@@ -41,7 +41,14 @@ fn document_ctx() -> EncryptionContext {
 
 fuzz_target!(|data: &[u8]| {
     let _ = Keyring::key_id_of(data);
-    let _ = keyring().open(data, &record_ctx());
+    let opened = keyring().open(data, &record_ctx()).ok();
+    let mut copy = data.to_vec();
+    let in_place = keyring().open_in_place(&mut copy, &record_ctx()).ok();
+    assert_eq!(
+        opened.as_ref().map(|o| o.plaintext.as_slice()),
+        in_place.as_ref().map(|o| &*o.plaintext),
+        "open and open_in_place disagree"
+    );
     let ctx = document_ctx();
 
     let mut input = data;

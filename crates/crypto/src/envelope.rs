@@ -145,14 +145,29 @@ pub(crate) fn seal_record_with_header(
         Vec::with_capacity(crate::format::MIN_HEADER_LEN + plaintext.len() + TAG_LEN + 64);
     header.write(&mut out)?;
     let header_len = out.len();
-    let aad = associated_data(&out, header, ctx)?;
     out.extend_from_slice(plaintext);
-    let aead = provider.aead(
-        header.suite,
-        &derive(dek, header.suite, header.form, &header.salt),
-    );
-    aead.seal_append(&chunk_nonce(0, true), &aad, &mut out, header_len)?;
+    seal_body_in_place(provider, dek, header, header_len, ctx, &mut out)?;
     Ok(out)
+}
+
+/// Seals `buf[header_len..]` in place and appends the tag; `buf[..header_len]`
+/// must already hold `header`'s bytes.
+pub(crate) fn seal_body_in_place(
+    provider: &dyn CryptoProvider,
+    dek: &DataKey,
+    header: &Header,
+    header_len: usize,
+    ctx: &EncryptionContext,
+    buf: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let (head, body) = buf
+        .split_at_mut_checked(header_len)
+        .ok_or(FormatError::Truncated)?;
+    let aad = associated_data(head, header, ctx)?;
+    let key = derive(dek, header.suite, header.form, &header.salt);
+    let tag = provider.seal_once(header.suite, &key, &chunk_nonce(0, true), &aad, body)?;
+    buf.extend_from_slice(&tag);
+    Ok(())
 }
 
 /// Opens a record envelope whose header was parsed from `envelope` (see
@@ -160,8 +175,9 @@ pub(crate) fn seal_record_with_header(
 ///
 /// # Errors
 ///
-/// [`Error::DecryptionFailed`] for a wrong key or context or any tampering;
-/// [`Misuse::WrongForm`] for a document envelope.
+/// [`Error::CommitmentMismatch`] for a wrong key, [`Error::DecryptionFailed`]
+/// for a wrong context or any tampering; [`Misuse::WrongForm`] for a document
+/// envelope.
 pub fn open_record(
     provider: &dyn CryptoProvider,
     dek: &DataKey,
@@ -170,18 +186,57 @@ pub fn open_record(
     envelope: &[u8],
     ctx: &EncryptionContext,
 ) -> Result<Vec<u8>, Error> {
+    let head = envelope.get(..header_len).ok_or(Error::DecryptionFailed)?;
+    let mut buf = envelope.get(header_len..).unwrap_or_default().to_vec();
+    let n = open_split(provider, dek, header, head, &mut buf, ctx)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Opens a record envelope in place; returns where the plaintext is in `envelope`.
+pub(crate) fn open_record_in_place(
+    provider: &dyn CryptoProvider,
+    dek: &DataKey,
+    header: &Header,
+    header_len: usize,
+    envelope: &mut [u8],
+    ctx: &EncryptionContext,
+) -> Result<std::ops::Range<usize>, Error> {
+    let (head, rest) = envelope
+        .split_at_mut_checked(header_len)
+        .ok_or(Error::DecryptionFailed)?;
+    let n = open_split(provider, dek, header, head, rest, ctx)?;
+    Ok(header_len..header_len + n)
+}
+
+/// Opens `sealed` (ciphertext || tag) in place under the header `head`;
+/// returns the plaintext length (a prefix of `sealed`).
+fn open_split(
+    provider: &dyn CryptoProvider,
+    dek: &DataKey,
+    header: &Header,
+    head: &[u8],
+    sealed: &mut [u8],
+    ctx: &EncryptionContext,
+) -> Result<usize, Error> {
     if header.form != Form::Record {
         return Err(Misuse::WrongForm.into());
     }
-    let (head, body) = envelope
-        .split_at_checked(header_len)
+    if !dek.commitment_matches(&header.commitment) {
+        tracing::debug!("envelope key commitment mismatch");
+        return Err(Error::CommitmentMismatch);
+    }
+    let n = sealed
+        .len()
+        .checked_sub(TAG_LEN)
         .ok_or(Error::DecryptionFailed)?;
-    let aead = message_aead(provider, dek, header)?;
+    let (body, tag) = sealed.split_at_mut(n);
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(tag);
     let aad = associated_data(head, header, ctx)?;
-    let mut buf = body.to_vec();
-    let n = aead.open_in_place(&chunk_nonce(0, true), &aad, &mut buf)?;
-    buf.truncate(n);
-    Ok(buf)
+    let key = derive(dek, header.suite, header.form, &header.salt);
+    provider.open_once(header.suite, &key, &chunk_nonce(0, true), &aad, body, &t)?;
+    Ok(n)
 }
 
 /// Seals with a caller-chosen salt, for known-answer vectors. Never reuse a salt.

@@ -98,6 +98,22 @@ pub struct Opened {
     pub key_state: KeyState,
 }
 
+/// A record opened in place by [`Keyring::open_in_place`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct OpenedInPlace<'a> {
+    /// The plaintext, inside the caller's buffer.
+    pub plaintext: &'a mut [u8],
+    /// The data key that sealed it.
+    pub key_id: KeyId,
+    /// That key's state: anything but `Primary` means the record should be re-sealed.
+    pub key_state: KeyState,
+}
+
+/// Length of the header of a record sealed by a keyring: the room
+/// [`Keyring::seal_in_place`] needs before the plaintext.
+pub const RECORD_HEADER_LEN: usize = crate::format::MIN_HEADER_LEN;
+
 /// Versioned data keys for sealing records (Tink's "keyset").
 ///
 /// Seals with the primary key; opens with whichever key the envelope names.
@@ -311,6 +327,95 @@ impl Keyring {
     /// the named key, [`Error::DecryptionFailed`] for a wrong context or any tampering;
     /// [`Error::UnknownKey`], [`Error::KeyDestroyed`]; a [`FormatError`].
     pub fn open(&self, envelope: &[u8], ctx: &EncryptionContext) -> Result<Opened, Error> {
+        let (header, header_len, entry, dek) = self.find(envelope)?;
+        let plaintext = open_record(self.provider, dek, &header, header_len, envelope, ctx)?;
+        Ok(Opened {
+            plaintext,
+            key_id: entry.info.id,
+            key_state: entry.info.state,
+        })
+    }
+
+    /// As [`Keyring::seal`], without allocating or copying: `buf` holds
+    /// [`RECORD_HEADER_LEN`] bytes of room (any value) followed by the
+    /// plaintext; on success it holds the envelope (the header written over
+    /// the room, the plaintext encrypted in place, the tag appended).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), careconnect_crypto::Error> {
+    /// use careconnect_crypto::{EncryptionContext, Keyring, RECORD_HEADER_LEN};
+    /// let ring = Keyring::generate();
+    /// let ctx = EncryptionContext::new().with("record", "1");
+    /// let mut buf = vec![0u8; RECORD_HEADER_LEN];
+    /// buf.extend_from_slice(b"pulse 72");
+    /// ring.seal_in_place(&ctx, &mut buf)?;
+    /// assert_eq!(ring.open(&buf, &ctx)?.plaintext, b"pulse 72");
+    /// let opened = ring.open_in_place(&mut buf, &ctx)?;
+    /// assert_eq!(opened.plaintext, b"pulse 72");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse::TooLong`] if `buf` is shorter than [`RECORD_HEADER_LEN`]
+    /// (nothing is changed then); as [`Keyring::seal`] otherwise.
+    pub fn seal_in_place(&self, ctx: &EncryptionContext, buf: &mut Vec<u8>) -> Result<(), Error> {
+        let dek = self
+            .entry(self.primary)
+            .and_then(|e| e.material.as_ref())
+            .ok_or(Error::UnknownKey(self.primary))?;
+        let room = buf.get_mut(..RECORD_HEADER_LEN).ok_or(Misuse::TooLong)?;
+        let header = crate::envelope::new_header(
+            dek,
+            self.suite,
+            Form::Record,
+            KeyRef::Keyring(self.primary),
+        );
+        let mut head = Vec::with_capacity(RECORD_HEADER_LEN);
+        header.write(&mut head)?;
+        room.copy_from_slice(head.get(..RECORD_HEADER_LEN).ok_or(Misuse::TooLong)?);
+        crate::envelope::seal_body_in_place(
+            self.provider,
+            dek,
+            &header,
+            RECORD_HEADER_LEN,
+            ctx,
+            buf,
+        )
+    }
+
+    /// As [`Keyring::open`], decrypting in place: returns the plaintext as a
+    /// slice of `envelope`. On failure the contents of `envelope` are
+    /// unspecified.
+    ///
+    /// # Errors
+    ///
+    /// As [`Keyring::open`].
+    pub fn open_in_place<'a>(
+        &self,
+        envelope: &'a mut [u8],
+        ctx: &EncryptionContext,
+    ) -> Result<OpenedInPlace<'a>, Error> {
+        let (header, header_len, entry, dek) = self.find(envelope)?;
+        let (key_id, key_state) = (entry.info.id, entry.info.state);
+        let range = crate::envelope::open_record_in_place(
+            self.provider,
+            dek,
+            &header,
+            header_len,
+            envelope,
+            ctx,
+        )?;
+        let plaintext = envelope.get_mut(range).ok_or(Error::DecryptionFailed)?;
+        Ok(OpenedInPlace {
+            plaintext,
+            key_id,
+            key_state,
+        })
+    }
+
+    /// Parses a record envelope's header and finds the data key it names.
+    fn find(&self, envelope: &[u8]) -> Result<(Header, usize, &Entry, &DataKey), Error> {
         let (header, header_len) = Header::parse(envelope)?;
         let KeyRef::Keyring(id) = header.key_ref else {
             return Err(Misuse::WrongKeyReference.into());
@@ -320,12 +425,7 @@ impl Keyring {
         }
         let entry = self.entry(id).ok_or(Error::UnknownKey(id))?;
         let dek = entry.material.as_ref().ok_or(Error::KeyDestroyed(id))?;
-        let plaintext = open_record(self.provider, dek, &header, header_len, envelope, ctx)?;
-        Ok(Opened {
-            plaintext,
-            key_id: id,
-            key_state: entry.info.state,
-        })
+        Ok((header, header_len, entry, dek))
     }
 
     /// Serialises the keyset and seals it under `kms_key` as a record

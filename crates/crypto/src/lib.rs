@@ -65,7 +65,7 @@ pub use context::{
 };
 pub use error::{Error, FormatError, KmsError, Misuse};
 pub use key::{COMMITMENT_LEN, DataKey, KeyId, SALT_LEN};
-pub use keyring::{KeyInfo, KeyState, Keyring, Opened};
+pub use keyring::{KeyInfo, KeyState, Keyring, Opened, OpenedInPlace, RECORD_HEADER_LEN};
 pub use kms::{KeyDescription, Kms, KmsKeyId, LocalKms, ROOT_SECRET_ENV, RootSecret, WrappedKey};
 pub use provider::{CryptoProvider, default_provider};
 pub use rng::reseed_after_fork;

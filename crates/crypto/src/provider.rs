@@ -34,6 +34,11 @@ impl AeadKey {
         Self(Zeroizing::new(bytes))
     }
 
+    /// Takes ownership of zeroizing key bytes without a copy left behind.
+    pub(crate) fn from_zeroizing(bytes: Zeroizing<[u8; KEY_LEN]>) -> Self {
+        Self(bytes)
+    }
+
     /// The key bytes, for a provider to schedule.
     pub fn expose(&self) -> &[u8; KEY_LEN] {
         &self.0
@@ -58,6 +63,43 @@ pub trait CryptoProvider: Send + Sync + Debug {
 
     /// Schedules `key` for `suite`.
     fn aead(&self, suite: Suite, key: &AeadKey) -> Box<dyn Aead>;
+
+    /// Seals one message under a key used once: the record hot path.
+    /// Providers override it to keep the key schedule on the stack; the
+    /// default goes through [`CryptoProvider::aead`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Aead::seal_in_place_detached`].
+    fn seal_once(
+        &self,
+        suite: Suite,
+        key: &AeadKey,
+        nonce: &Nonce,
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<Tag, Error> {
+        self.aead(suite, key)
+            .seal_in_place_detached(nonce, aad, buf)
+    }
+
+    /// Opens one message under a key used once. See [`CryptoProvider::seal_once`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Aead::open_in_place_detached`].
+    fn open_once(
+        &self,
+        suite: Suite,
+        key: &AeadKey,
+        nonce: &Nonce,
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &Tag,
+    ) -> Result<(), Error> {
+        self.aead(suite, key)
+            .open_in_place_detached(nonce, aad, buf, tag)
+    }
 }
 
 /// A keyed AEAD. Implement the two `*_detached` methods; the rest is provided.

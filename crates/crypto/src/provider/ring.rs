@@ -17,18 +17,45 @@ impl CryptoProvider for Ring {
     }
 
     fn aead(&self, suite: Suite, key: &AeadKey) -> Box<dyn Aead> {
-        let alg = match suite {
-            Suite::Aes256Gcm => &AES_256_GCM,
-            Suite::ChaCha20Poly1305 => &CHACHA20_POLY1305,
-        };
-        // Both algorithms take exactly KEY_LEN bytes, which `AeadKey` guarantees,
-        // so `UnboundKey::new` cannot fail; should it ever, every operation fails closed.
-        Box::new(Keyed(
-            UnboundKey::new(alg, key.expose())
-                .ok()
-                .map(LessSafeKey::new),
-        ))
+        Box::new(keyed(suite, key))
     }
+
+    fn seal_once(
+        &self,
+        suite: Suite,
+        key: &AeadKey,
+        nonce: &Nonce,
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<Tag, Error> {
+        keyed(suite, key).seal_in_place_detached(nonce, aad, buf)
+    }
+
+    fn open_once(
+        &self,
+        suite: Suite,
+        key: &AeadKey,
+        nonce: &Nonce,
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &Tag,
+    ) -> Result<(), Error> {
+        keyed(suite, key).open_in_place_detached(nonce, aad, buf, tag)
+    }
+}
+
+fn keyed(suite: Suite, key: &AeadKey) -> Keyed {
+    let alg = match suite {
+        Suite::Aes256Gcm => &AES_256_GCM,
+        Suite::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+    };
+    // Both algorithms take exactly KEY_LEN bytes, which `AeadKey` guarantees,
+    // so `UnboundKey::new` cannot fail; should it ever, every operation fails closed.
+    Keyed(
+        UnboundKey::new(alg, key.expose())
+            .ok()
+            .map(LessSafeKey::new),
+    )
 }
 
 struct Keyed(Option<LessSafeKey>);

@@ -24,6 +24,43 @@ impl CryptoProvider for RustCrypto {
             Suite::ChaCha20Poly1305 => Box::new(Keyed(ChaCha20Poly1305::new(k))),
         }
     }
+
+    fn seal_once(
+        &self,
+        suite: Suite,
+        key: &AeadKey,
+        nonce: &Nonce,
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<Tag, Error> {
+        let k = key.expose().into();
+        match suite {
+            Suite::Aes256Gcm => Keyed(Aes256Gcm::new(k)).seal_in_place_detached(nonce, aad, buf),
+            Suite::ChaCha20Poly1305 => {
+                Keyed(ChaCha20Poly1305::new(k)).seal_in_place_detached(nonce, aad, buf)
+            }
+        }
+    }
+
+    fn open_once(
+        &self,
+        suite: Suite,
+        key: &AeadKey,
+        nonce: &Nonce,
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &Tag,
+    ) -> Result<(), Error> {
+        let k = key.expose().into();
+        match suite {
+            Suite::Aes256Gcm => {
+                Keyed(Aes256Gcm::new(k)).open_in_place_detached(nonce, aad, buf, tag)
+            }
+            Suite::ChaCha20Poly1305 => {
+                Keyed(ChaCha20Poly1305::new(k)).open_in_place_detached(nonce, aad, buf, tag)
+            }
+        }
+    }
 }
 
 struct Keyed<C>(C);
