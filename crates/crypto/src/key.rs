@@ -111,6 +111,14 @@ impl DataKey {
         self.commitment.ct_eq(candidate).into()
     }
 
+    /// The per-message key of a record under `suite` and `salt`, for
+    /// benchmarks of the derivation alone.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn message_key_for_bench(&self, suite: crate::Suite, salt: &[u8; SALT_LEN]) -> AeadKey {
+        self.derive(MESSAGE_KEY_LABEL, &[suite.id(), 1, 0], salt)
+    }
+
     /// Derives the AEAD key for one message:
     /// `HKDF-Expand(PRK, label || params || salt, 32)`.
     pub(crate) fn derive(&self, label: &[u8], params: &[u8], salt: &[u8; SALT_LEN]) -> AeadKey {

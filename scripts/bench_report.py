@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Prints criterion's absolute throughput for scripts/bench-crypto.sh.
+
+Ratios and targets come from benches/ratios.rs (interleaved, robust to
+noise); these tables are sequential criterion medians, for absolute figures.
+
+Usage: bench_report.py CRITERION_DIR OUT_DIR
+OUT_DIR may hold openssl.txt and stream.txt (written by bench-crypto.sh).
+Medians throughout: these machines are noisy.
+"""
+import json
+import os
+import statistics
+import sys
+
+crit, out = sys.argv[1], sys.argv[2]
+ns = {}
+for root, _, files in os.walk(crit):
+    if root.endswith("/new") and "benchmark.json" in files:
+        b = json.load(open(os.path.join(root, "benchmark.json")))
+        e = json.load(open(os.path.join(root, "estimates.json")))
+        ns[b["full_id"]] = e["median"]["point_estimate"]
+
+
+def lines(name):
+    path = os.path.join(out, name)
+    return open(path).read().splitlines() if os.path.exists(path) else []
+
+
+ossl = {}
+for line in lines("openssl.txt"):
+    tag, alg, size, bps = line.split()
+    ossl.setdefault((alg, int(size)), []).append(float(bps))
+
+
+def gbs(size, t):
+    return size / t  # bytes per ns == GB/s
+
+
+targets = []
+SIZES = (256, 4096, 65536, 1048576)
+
+print("\n## Criterion, records: GB/s (median); ratios here are sequential, see the interleaved ones above")
+print("   raw = AEAD keyed once; raw+key = with its key schedule per message;")
+print("   env = Keyring::seal/open (allocating); inpl = seal_in_place/open_in_place (zero-copy)")
+hdr = f"{'provider-suite':30} {'size':>8} | {'raw':>6} {'raw+key':>7} {'env':>6} {'inpl':>6} {'env/raw':>7} {'inpl/raw':>8} {'inpl/(raw+key)':>14} | {'open raw':>8} {'env':>6} {'inpl':>6} {'inpl/raw':>8}"
+print(hdr)
+for group in sorted({k.rsplit("/", 2)[0] for k in ns if k.startswith("record/")}):
+    name = group.split("/", 1)[1]
+    for size in SIZES:
+        def g(op):
+            return ns.get(f"{group}/{op}/{size}")
+        sr, sk, se, si = g("seal-raw"), g("seal-raw+key"), g("seal-envelope"), g("seal-envelope-in-place")
+        orw, oe, oi = g("open-raw"), g("open-envelope"), g("open-envelope-in-place")
+        if None in (sr, sk, se, si, orw, oe, oi):
+            continue
+        print(
+            f"{name:30} {size:>8} | {gbs(size, sr):6.2f} {gbs(size, sk):7.2f} {gbs(size, se):6.2f} {gbs(size, si):6.2f}"
+            f" {sr / se:7.2f} {sr / si:8.2f} {sk / si:14.2f} | {gbs(size, orw):8.2f} {gbs(size, oe):6.2f} {gbs(size, oi):6.2f} {orw / oi:8.2f}"
+        )
+        need = 0.9 if size >= 65536 else (0.4 if size == 256 else None)
+        if need:
+            targets.append((f"record {name} {size} B seal_in_place/raw >= {need}", sr / si, need))
+            targets.append((f"record {name} {size} B open_in_place/raw >= {need}", orw / oi, need))
+            if size == 256:
+                targets.append((f"record {name} {size} B seal_in_place/(raw+key) >= {need}", sk / si, need))
+
+kdf = sorted(k for k in ns if k.startswith("kdf/"))
+if kdf:
+    print("\n## Per-message key cost (ns, median)")
+    for k in kdf:
+        print(f"  {k[4:]:48} {ns[k]:8.1f}")
+
+docs = sorted({k.rsplit("/", 2)[0] for k in ns if k.startswith("document/")})
+if docs:
+    print("\n## Documents (64 KiB chunks, std::io streaming API): GB/s and ratio to the raw AEAD over the same chunks")
+for group in docs:
+    name = group.split("/", 1)[1]
+    for size in (1 << 20, 64 << 20):
+        sr, se, oe = (ns.get(f"{group}/{op}/{size}") for op in ("seal-raw", "seal-envelope", "open-envelope"))
+        if None in (sr, se, oe):
+            continue
+        print(
+            f"  {name:30} {size >> 20:>3} MiB  raw {gbs(size, sr):6.2f}  seal {gbs(size, se):6.2f} ({sr / se:4.2f}x)"
+            f"  open {gbs(size, oe):6.2f} ({sr / oe:4.2f}x)"
+        )
+        targets.append((f"document {name} {size >> 20} MiB seal/raw >= 0.85", sr / se, 0.85))
+        targets.append((f"document {name} {size >> 20} MiB open/raw >= 0.85", sr / oe, 0.85))
+        if name == "ring-AES-256-GCM" and size == 1 << 20 and ("aes-256-gcm", size) in ossl:
+            o = statistics.median(ossl[("aes-256-gcm", size)]) / 1e9
+            targets.append((f"document ring AES-256-GCM 1 MiB seal vs openssl ({o:.2f} GB/s) >= 1.5", gbs(size, se) / o, 1.5))
+            targets.append((f"document ring AES-256-GCM 1 MiB open vs openssl ({o:.2f} GB/s) >= 1.5", gbs(size, oe) / o, 1.5))
+
+if ossl:
+    print("\n## openssl speed -evp (GB/s; before / after the criterion run)")
+    for (alg, size), v in sorted(ossl.items()):
+        print(f"  {alg:18} {size:>8}  " + " / ".join(f"{x / 1e9:5.2f}" for x in v))
+stream = lines("stream.txt")
+if stream:
+    print("\n## Streaming memory (sealed to a temporary file and read back)")
+    for line in stream:
+        print("  " + line.strip())
