@@ -38,6 +38,10 @@ pub enum Error {
     /// Reading or writing the underlying stream or file failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// TLS configuration or certificate handling failed.
+    #[cfg(feature = "tls")]
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A malformed envelope, keyset or key file. Returned by every parser.

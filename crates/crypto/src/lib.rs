@@ -59,6 +59,8 @@ pub mod mac;
 pub mod provider;
 mod rng;
 mod suite;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use context::{
     EncryptionContext, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_KEY_LEN, MAX_CONTEXT_VALUE_LEN,

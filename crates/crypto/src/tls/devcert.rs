@@ -1,0 +1,226 @@
+//! A development PKI: a local CA, a server certificate for localhost, and a
+//! client certificate for mTLS, made once and reused. Never for production.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+
+use super::TlsError;
+use super::pem::{CertPaths, load_certified_key, load_certs};
+
+/// Leaves are reissued when they expire within this margin.
+const RENEW_MARGIN: Duration = Duration::from_secs(7 * 24 * 3600);
+const CA_DAYS: i64 = 365;
+const LEAF_DAYS: i64 = 90;
+
+/// The files of a development PKI in one directory. Keys are written with
+/// mode 0600, atomically.
+///
+/// [`DevPki::load_or_create`] reuses what is there and valid: the CA (so
+/// clients that trust it keep working) and the leaves (until a week before
+/// they expire). Trust `ca_cert` in your browser or `curl --cacert`.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The CA certificate (PEM): what clients trust.
+    pub ca_cert: PathBuf,
+    /// The CA private key (PEM, 0600).
+    pub ca_key: PathBuf,
+    /// Server certificate for `localhost`, `127.0.0.1` and `::1`, and its key.
+    pub server: CertPaths,
+    /// Client certificate (for mTLS) and its key.
+    pub client: CertPaths,
+}
+
+impl DevPki {
+    /// The file layout under `dir`, without touching the disk.
+    pub fn paths(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        let f = |name: &str| dir.join(name);
+        Self {
+            ca_cert: f("ca.pem"),
+            ca_key: f("ca.key"),
+            server: CertPaths {
+                cert: f("server.pem"),
+                key: f("server.key"),
+            },
+            client: CertPaths {
+                cert: f("client.pem"),
+                key: f("client.key"),
+            },
+            dir,
+        }
+    }
+
+    /// Loads the PKI under `dir`, creating or renewing what is missing,
+    /// invalid or about to expire.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Write`] if the directory or a file cannot be written,
+    /// [`TlsError::Generate`] if generation fails.
+    pub fn load_or_create(dir: impl Into<PathBuf>) -> Result<Self, TlsError> {
+        let pki = Self::paths(dir);
+        std::fs::create_dir_all(&pki.dir).map_err(|source| TlsError::Write {
+            path: pki.dir.clone(),
+            source,
+        })?;
+        let ca = match pki.load_ca() {
+            Some(ca) => ca,
+            None => pki.create_ca()?,
+        };
+        let provider = rustls::crypto::ring::default_provider();
+        if !usable(&pki.server, &provider) {
+            pki.issue(&ca, &pki.server, Leaf::Server)?;
+        }
+        if !usable(&pki.client, &provider) {
+            pki.issue(&ca, &pki.client, Leaf::Client)?;
+        }
+        Ok(pki)
+    }
+
+    /// Issues a fresh server certificate (new key, new serial) from this CA
+    /// into `out`, e.g. to rotate the server certificate.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Generate`] if the CA cannot be loaded or signing fails;
+    /// [`TlsError::Write`].
+    pub fn issue_server_cert(&self, out: &CertPaths) -> Result<(), TlsError> {
+        let ca = self
+            .load_ca()
+            .ok_or_else(|| TlsError::Generate("the development CA is missing or invalid".into()))?;
+        self.issue(&ca, out, Leaf::Server)
+    }
+
+    /// Issues a client certificate from this CA into `out`.
+    ///
+    /// # Errors
+    ///
+    /// As [`DevPki::issue_server_cert`].
+    pub fn issue_client_cert(&self, out: &CertPaths) -> Result<(), TlsError> {
+        let ca = self
+            .load_ca()
+            .ok_or_else(|| TlsError::Generate("the development CA is missing or invalid".into()))?;
+        self.issue(&ca, out, Leaf::Client)
+    }
+
+    fn load_ca(&self) -> Option<Issuer<'static, KeyPair>> {
+        let certs = load_certs(&self.ca_cert).ok()?;
+        let ca = certs.first()?;
+        let info = super::pem::cert_info(ca).ok()?;
+        if info.not_after < now_unix() + RENEW_MARGIN.as_secs() as i64 {
+            return None;
+        }
+        let key = KeyPair::from_pem(&std::fs::read_to_string(&self.ca_key).ok()?).ok()?;
+        Issuer::from_ca_cert_der(ca, key).ok()
+    }
+
+    fn create_ca(&self) -> Result<Issuer<'static, KeyPair>, TlsError> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "careconnect development CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.serial_number = Some(random_serial());
+        let (from, to) = window(CA_DAYS);
+        params.not_before = from;
+        params.not_after = to;
+        let key = KeyPair::generate().map_err(gen_err)?;
+        let cert = params.self_signed(&key).map_err(gen_err)?;
+        write_private(&self.ca_key, key.serialize_pem().as_bytes())?;
+        write_private(&self.ca_cert, cert.pem().as_bytes())?;
+        Ok(Issuer::new(params, key))
+    }
+
+    fn issue(&self, ca: &Issuer<'_, KeyPair>, out: &CertPaths, leaf: Leaf) -> Result<(), TlsError> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+        match leaf {
+            Leaf::Server => {
+                params
+                    .distinguished_name
+                    .push(DnType::CommonName, "localhost");
+                params.subject_alt_names = vec![
+                    SanType::DnsName("localhost".try_into().map_err(gen_err)?),
+                    SanType::IpAddress([127, 0, 0, 1].into()),
+                    SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()),
+                ];
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            }
+            Leaf::Client => {
+                params
+                    .distinguished_name
+                    .push(DnType::CommonName, "careconnect development client");
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        let (from, to) = window(LEAF_DAYS);
+        params.not_before = from;
+        params.not_after = to;
+        let key = KeyPair::generate().map_err(gen_err)?;
+        let cert = params.signed_by(&key, ca).map_err(gen_err)?;
+        // Key first: a reader that sees the new certificate finds its key.
+        write_private(&out.key, key.serialize_pem().as_bytes())?;
+        write_private(&out.cert, cert.pem().as_bytes())?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Leaf {
+    Server,
+    Client,
+}
+
+fn usable(paths: &CertPaths, provider: &rustls::crypto::CryptoProvider) -> bool {
+    let Ok(key) = load_certified_key(paths, provider) else {
+        return false;
+    };
+    key.cert
+        .first()
+        .and_then(|c| super::pem::cert_info(c).ok())
+        .is_some_and(|i| i.not_after >= now_unix() + RENEW_MARGIN.as_secs() as i64)
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// From an hour ago (clock skew) to `days` from now.
+fn window(days: i64) -> (time::OffsetDateTime, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::now_utc();
+    (
+        now - time::Duration::hours(1),
+        now + time::Duration::days(days),
+    )
+}
+
+fn random_serial() -> SerialNumber {
+    let mut b = [0u8; 16];
+    crate::rng::fill_os(&mut b);
+    b[0] &= 0x7f; // positive
+    SerialNumber::from_slice(&b)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    crate::fsutil::write_atomic(path, bytes).map_err(|source| TlsError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn gen_err(e: impl std::fmt::Display) -> TlsError {
+    TlsError::Generate(e.to_string())
+}

@@ -1,0 +1,429 @@
+//! rustls configurations that are safe by default (cargo feature `tls`, on by default).
+//!
+//! - **TLS 1.3 only**, with exactly the seed's suites that rustls offers, in
+//!   this default order: `TLS13_AES_256_GCM_SHA384`,
+//!   `TLS13_CHACHA20_POLY1305_SHA256`, `TLS13_AES_128_GCM_SHA256`. The seed also
+//!   lists `TLS_AES_128_CCM_SHA256` and `TLS_AES_128_CCM_8_SHA256`; rustls
+//!   implements neither, so a client offering only those cannot connect.
+//! - The order is configurable ([`ServerTls::suites`]); anything outside
+//!   the list is refused.
+//! - TLS 1.2 only by the explicit [`ServerTls::allow_tls12`] /
+//!   [`ClientTls::allow_tls12`], and then only ECDHE key exchange with AEAD
+//!   suites (the only TLS 1.2 suites the ring provider has).
+//! - ALPN `h2` and `http/1.1`.
+//! - Client certificates (mTLS): [`ClientAuth::Off`], `Optional` or
+//!   `Required`, verified against the trust anchors you give. After the
+//!   handshake the verified chain is `ServerConnection::peer_certificates()`;
+//!   [`cert_info`] turns its leaf into subject and serial.
+//! - Certificates from PEM files with typed errors ([`load_certified_key`]),
+//!   reloaded without restart ([`ReloadingCertResolver`]), and a development
+//!   PKI for localhost ([`DevPki`]).
+//!
+//! ```
+//! use careconnect_crypto::tls::{ClientAuth, DevPki, ServerTls, ClientTls};
+//! # fn main() -> Result<(), careconnect_crypto::tls::TlsError> {
+//! let dir = tempfile::tempdir().map_err(|e| careconnect_crypto::tls::TlsError::Config(e.to_string()))?;
+//! let pki = DevPki::load_or_create(dir.path())?;
+//! let (server, _resolver) = ServerTls::new().build_reloading(pki.server.clone())?;
+//! assert_eq!(server.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+//! let client = ClientTls::new().trust_pem(&pki.ca_cert)?.build()?;
+//! # let _ = (client, ClientAuth::Off);
+//! # Ok(()) }
+//! ```
+
+mod devcert;
+mod pem;
+mod reload;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::{CipherSuite, ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite};
+
+pub use self::devcert::DevPki;
+pub use self::pem::{CertInfo, CertPaths, cert_info, load_certified_key, load_certs, load_key};
+pub use self::reload::ReloadingCertResolver;
+
+/// The seed's TLS 1.3 suites that rustls offers, in the default preference order.
+pub const SEED_SUITES: [CipherSuite; 3] = [
+    CipherSuite::TLS13_AES_256_GCM_SHA384,
+    CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+    CipherSuite::TLS13_AES_128_GCM_SHA256,
+];
+
+/// ALPN protocols offered and accepted, in preference order.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// What went wrong setting up TLS. Paths are named; key bytes never are.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file or directory could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file holds no PEM `CERTIFICATE` block.
+    #[error("no certificate in {0}")]
+    NoCertificate(std::path::PathBuf),
+    /// The file holds no PEM private key.
+    #[error("no private key in {0}")]
+    NoPrivateKey(std::path::PathBuf),
+    /// A PEM block is malformed.
+    #[error("malformed PEM in {path}: {reason}")]
+    Pem {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the parser said.
+        reason: String,
+    },
+    /// The private key is of a type the provider cannot sign with.
+    #[error("unsupported private key in {path}: {reason}")]
+    UnsupportedKey {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What the provider said.
+        reason: String,
+    },
+    /// The private key does not belong to the leaf certificate.
+    #[error("the key in {key} does not match the certificate in {cert}")]
+    KeyMismatch {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// The key file.
+        key: std::path::PathBuf,
+    },
+    /// The leaf certificate has expired.
+    #[error("the certificate in {path} expired at {not_after}")]
+    Expired {
+        /// The certificate file.
+        path: std::path::PathBuf,
+        /// Its notAfter.
+        not_after: String,
+    },
+    /// The leaf certificate is not valid yet.
+    #[error("the certificate in {path} is not valid before {not_before}")]
+    NotYetValid {
+        /// The certificate file.
+        path: std::path::PathBuf,
+        /// Its notBefore.
+        not_before: String,
+    },
+    /// A certificate is not parsable X.509.
+    #[error("bad certificate: {0}")]
+    BadCertificate(String),
+    /// A cipher suite outside [`SEED_SUITES`] (or the TLS 1.2 AEAD suites when allowed).
+    #[error("cipher suite {0} is not allowed")]
+    UnsupportedSuite(String),
+    /// rustls refused the configuration.
+    #[error("tls configuration: {0}")]
+    Config(String),
+    /// Generating a development certificate failed.
+    #[error("certificate generation: {0}")]
+    Generate(String),
+}
+
+/// Client-certificate authentication on a server.
+#[derive(Debug, Clone, Default)]
+pub enum ClientAuth {
+    /// No client certificates are requested.
+    #[default]
+    Off,
+    /// Requested; a client without one connects anonymously, a client with
+    /// one not chaining to these anchors is refused.
+    Optional(Vec<rustls::pki_types::CertificateDer<'static>>),
+    /// Required, chaining to these trust anchors.
+    Required(Vec<rustls::pki_types::CertificateDer<'static>>),
+}
+
+impl ClientAuth {
+    /// [`ClientAuth::Required`] with the anchors in a PEM file.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_certs`].
+    pub fn required_from_pem(path: &Path) -> Result<Self, TlsError> {
+        Ok(Self::Required(load_certs(path)?))
+    }
+
+    /// [`ClientAuth::Optional`] with the anchors in a PEM file.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_certs`].
+    pub fn optional_from_pem(path: &Path) -> Result<Self, TlsError> {
+        Ok(Self::Optional(load_certs(path)?))
+    }
+}
+
+/// The rustls provider with exactly `suites` (checked against the allowed
+/// list) plus, if `tls12`, the ring provider's TLS 1.2 suites (all ECDHE + AEAD).
+fn provider(suites: &[CipherSuite], tls12: bool) -> Result<Arc<CryptoProvider>, TlsError> {
+    let base = rustls::crypto::ring::default_provider();
+    let mut chosen: Vec<SupportedCipherSuite> = Vec::new();
+    for s in suites {
+        if !SEED_SUITES.contains(s) {
+            return Err(TlsError::UnsupportedSuite(format!("{s:?}")));
+        }
+        let found = base
+            .cipher_suites
+            .iter()
+            .find(|c| c.suite() == *s)
+            .ok_or_else(|| TlsError::UnsupportedSuite(format!("{s:?}")))?;
+        if !chosen.iter().any(|c| c.suite() == *s) {
+            chosen.push(*found);
+        }
+    }
+    if chosen.is_empty() {
+        return Err(TlsError::UnsupportedSuite("(none)".into()));
+    }
+    if tls12 {
+        chosen.extend(
+            base.cipher_suites
+                .iter()
+                .filter(|c| c.version() == &rustls::version::TLS12),
+        );
+    }
+    Ok(Arc::new(CryptoProvider {
+        cipher_suites: chosen,
+        ..base
+    }))
+}
+
+static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+static TLS13_AND_12: [&rustls::SupportedProtocolVersion; 2] =
+    [&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn versions(tls12: bool) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    if tls12 { &TLS13_AND_12 } else { &TLS13_ONLY }
+}
+
+fn roots(
+    anchors: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    for a in anchors {
+        store
+            .add(a.clone())
+            .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+    }
+    Ok(store)
+}
+
+/// Builds a rustls [`ServerConfig`]. Defaults: TLS 1.3, [`SEED_SUITES`] in
+/// order, [`ALPN`], no client certificates.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    suites: Vec<CipherSuite>,
+    tls12: bool,
+    client_auth: ClientAuth,
+}
+
+impl Default for ServerTls {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerTls {
+    /// The safe defaults.
+    pub fn new() -> Self {
+        Self {
+            suites: SEED_SUITES.to_vec(),
+            tls12: false,
+            client_auth: ClientAuth::Off,
+        }
+    }
+
+    /// The TLS 1.3 suites, in the server's preference order; each must be in
+    /// [`SEED_SUITES`] (checked by the build).
+    #[must_use]
+    pub fn suites(mut self, suites: &[CipherSuite]) -> Self {
+        self.suites = suites.to_vec();
+        self
+    }
+
+    /// Also accept TLS 1.2, with ECDHE + AEAD suites only. For old clients
+    /// that cannot be upgraded; leave off otherwise.
+    #[must_use]
+    pub fn allow_tls12(mut self) -> Self {
+        self.tls12 = true;
+        self
+    }
+
+    /// Client-certificate authentication.
+    #[must_use]
+    pub fn client_auth(mut self, auth: ClientAuth) -> Self {
+        self.client_auth = auth;
+        self
+    }
+
+    /// Builds the configuration around a certificate resolver.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::UnsupportedSuite`], [`TlsError::Config`], or a bad trust anchor.
+    pub fn build(
+        &self,
+        resolver: Arc<dyn ResolvesServerCert>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let provider = provider(&self.suites, self.tls12)?;
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(versions(self.tls12))
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = match &self.client_auth {
+            ClientAuth::Off => builder.with_no_client_auth(),
+            ClientAuth::Optional(anchors) | ClientAuth::Required(anchors) => {
+                let mut v = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots(anchors)?),
+                    provider,
+                );
+                if matches!(self.client_auth, ClientAuth::Optional(_)) {
+                    v = v.allow_unauthenticated();
+                }
+                builder.with_client_cert_verifier(
+                    v.build().map_err(|e| TlsError::Config(e.to_string()))?,
+                )
+            }
+        };
+        let mut config = builder.with_cert_resolver(resolver);
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        config.ignore_client_order = true;
+        Ok(Arc::new(config))
+    }
+
+    /// Builds the configuration serving the certificate at `paths`, with a
+    /// [`ReloadingCertResolver`] returned for reloads.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_certified_key`] and [`ServerTls::build`].
+    pub fn build_reloading(
+        &self,
+        paths: CertPaths,
+    ) -> Result<(Arc<ServerConfig>, Arc<ReloadingCertResolver>), TlsError> {
+        let provider = provider(&self.suites, self.tls12)?;
+        let resolver = ReloadingCertResolver::new(paths, provider)?;
+        let config = self.build(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>)?;
+        Ok((config, resolver))
+    }
+
+    /// The provider this builder would use (for tests and benchmarks).
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::UnsupportedSuite`].
+    pub fn crypto_provider(&self) -> Result<Arc<CryptoProvider>, TlsError> {
+        provider(&self.suites, self.tls12)
+    }
+}
+
+/// Builds a rustls [`ClientConfig`] that trusts only the anchors given.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    suites: Vec<CipherSuite>,
+    tls12: bool,
+    anchors: Vec<rustls::pki_types::CertificateDer<'static>>,
+    client_cert: Option<CertPaths>,
+}
+
+impl Default for ClientTls {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientTls {
+    /// TLS 1.3, [`SEED_SUITES`], no anchors yet.
+    pub fn new() -> Self {
+        Self {
+            suites: SEED_SUITES.to_vec(),
+            tls12: false,
+            anchors: Vec::new(),
+            client_cert: None,
+        }
+    }
+
+    /// Offer only these suites, in this order.
+    #[must_use]
+    pub fn suites(mut self, suites: &[CipherSuite]) -> Self {
+        self.suites = suites.to_vec();
+        self
+    }
+
+    /// Also speak TLS 1.2 (ECDHE + AEAD).
+    #[must_use]
+    pub fn allow_tls12(mut self) -> Self {
+        self.tls12 = true;
+        self
+    }
+
+    /// Trusts the certificates in a PEM file.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_certs`].
+    pub fn trust_pem(mut self, path: &Path) -> Result<Self, TlsError> {
+        self.anchors.extend(load_certs(path)?);
+        Ok(self)
+    }
+
+    /// Presents this client certificate (mTLS).
+    #[must_use]
+    pub fn client_cert(mut self, paths: CertPaths) -> Self {
+        self.client_cert = Some(paths);
+        self
+    }
+
+    /// Builds the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Config`] with no trust anchors; suite, anchor and
+    /// client-certificate errors.
+    pub fn build(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        if self.anchors.is_empty() {
+            return Err(TlsError::Config(
+                "a client needs at least one trust anchor".into(),
+            ));
+        }
+        let provider = provider(&self.suites, self.tls12)?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots(&self.anchors)?),
+            Arc::clone(&provider),
+        )
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(versions(self.tls12))
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_webpki_verifier(verifier);
+        let mut config = match &self.client_cert {
+            None => builder.with_no_client_auth(),
+            Some(paths) => {
+                let key = load_certified_key(paths, &provider)?;
+                builder
+                    .with_client_auth_cert(key.cert.clone(), load_key(&paths.key)?)
+                    .map_err(|e| TlsError::Config(e.to_string()))?
+            }
+        };
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+}

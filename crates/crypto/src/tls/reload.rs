@@ -1,0 +1,134 @@
+//! A server certificate that can be replaced without a restart.
+
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use super::TlsError;
+use super::pem::{CertInfo, CertPaths, cert_info, load_certified_key};
+
+/// Serves the certificate at [`CertPaths`] and swaps in a new one on
+/// [`ReloadingCertResolver::reload`] (call it on a signal, from an admin
+/// endpoint, or let [`ReloadingCertResolver::spawn_watcher`] poll the files).
+///
+/// New handshakes get the new certificate; connections already established
+/// keep the one they negotiated. A reload that fails (missing file, corrupt
+/// PEM, key mismatch, expired) changes nothing and returns why.
+#[derive(Debug)]
+pub struct ReloadingCertResolver {
+    paths: CertPaths,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+    stamp: Mutex<Option<(Option<SystemTime>, Option<SystemTime>)>>,
+}
+
+impl ReloadingCertResolver {
+    /// Loads the certificate once; it must be good.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_certified_key`].
+    pub fn new(paths: CertPaths, provider: Arc<CryptoProvider>) -> Result<Arc<Self>, TlsError> {
+        let stamp = file_stamps(&paths);
+        let key = load_certified_key(&paths, &provider)?;
+        Ok(Arc::new(Self {
+            paths,
+            provider,
+            current: RwLock::new(key),
+            stamp: Mutex::new(Some(stamp)),
+        }))
+    }
+
+    /// Loads the files again and, if they are good, serves them from the next
+    /// handshake on. Returns the new leaf's facts.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_certified_key`]; the certificate in service is unchanged.
+    pub fn reload(&self) -> Result<CertInfo, TlsError> {
+        let stamp = file_stamps(&self.paths);
+        let result = load_certified_key(&self.paths, &self.provider)
+            .and_then(|key| Ok((leaf_info(&key)?, key)));
+        // Remember these files either way, so a watcher reports a bad
+        // replacement once, not on every poll.
+        *self.stamp.lock().unwrap_or_else(PoisonError::into_inner) = Some(stamp);
+        match result {
+            Ok((info, key)) => {
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = key;
+                tracing::info!(serial = %hex_serial(&info.serial), subject = %info.subject, "tls certificate reloaded");
+                Ok(info)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tls certificate reload failed; keeping the current one");
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads if either file's modification time changed since the last load.
+    ///
+    /// # Errors
+    ///
+    /// As [`ReloadingCertResolver::reload`].
+    pub fn reload_if_changed(&self) -> Result<Option<CertInfo>, TlsError> {
+        let now = file_stamps(&self.paths);
+        let last = *self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
+        if last == Some(now) {
+            return Ok(None);
+        }
+        self.reload().map(Some)
+    }
+
+    /// Facts of the certificate in service.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::BadCertificate`] if the leaf does not parse (it did when loaded).
+    pub fn current(&self) -> Result<CertInfo, TlsError> {
+        leaf_info(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Polls the files every `every` on a background thread and reloads when
+    /// they change. The thread ends when the resolver is dropped.
+    pub fn spawn_watcher(self: &Arc<Self>, every: Duration) -> std::thread::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(resolver) = weak.upgrade() else {
+                    return;
+                };
+                // Failures are logged by `reload` and leave the old certificate.
+                let _ = resolver.reload_if_changed();
+            }
+        })
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
+}
+
+fn leaf_info(key: &CertifiedKey) -> Result<CertInfo, TlsError> {
+    let leaf = key
+        .cert
+        .first()
+        .ok_or_else(|| TlsError::BadCertificate("empty chain".into()))?;
+    cert_info(leaf)
+}
+
+fn file_stamps(paths: &CertPaths) -> (Option<SystemTime>, Option<SystemTime>) {
+    let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    (m(&paths.cert), m(&paths.key))
+}
+
+fn hex_serial(serial: &[u8]) -> String {
+    serial.iter().map(|b| format!("{b:02x}")).collect()
+}
