@@ -4,6 +4,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
+step "system tools (openssl, curl: real TLS clients for tests/tls.rs)"
+missing=()
+for t in openssl curl; do command -v "$t" >/dev/null || missing+=("$t"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ apt-get update -q >/dev/null && $sudo_ apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+echo "ok"
+
 step "format"
 cargo fmt --all --check
 step "clippy (all features, all targets)"

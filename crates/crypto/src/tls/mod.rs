@@ -233,6 +233,7 @@ pub struct ServerTls {
     suites: Vec<CipherSuite>,
     tls12: bool,
     client_auth: ClientAuth,
+    alpn: Vec<Vec<u8>>,
 }
 
 impl Default for ServerTls {
@@ -248,7 +249,17 @@ impl ServerTls {
             suites: SEED_SUITES.to_vec(),
             tls12: false,
             client_auth: ClientAuth::Off,
+            alpn: ALPN.iter().map(|p| p.to_vec()).collect(),
         }
+    }
+
+    /// ALPN protocols to accept, in preference order (default [`ALPN`]).
+    /// Offer only what the application speaks: a server without HTTP/2
+    /// passes `&[b"http/1.1"]`.
+    #[must_use]
+    pub fn alpn(mut self, protocols: &[&[u8]]) -> Self {
+        self.alpn = protocols.iter().map(|p| p.to_vec()).collect();
+        self
     }
 
     /// The TLS 1.3 suites, in the server's preference order; each must be in
@@ -303,7 +314,7 @@ impl ServerTls {
             }
         };
         let mut config = builder.with_cert_resolver(resolver);
-        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        config.alpn_protocols = self.alpn.clone();
         config.ignore_client_order = true;
         Ok(Arc::new(config))
     }

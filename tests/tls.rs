@@ -1,0 +1,535 @@
+//! The TLS configuration: in-process handshakes per suite, mTLS, reload, PEM
+//! errors, and real OS clients (`openssl s_client`, `curl`) against a server
+//! on 127.0.0.1 built from it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use careconnect::crypto::tls::{
+    CertPaths, ClientAuth, ClientTls, DevPki, SEED_SUITES, ServerTls, TlsError, cert_info,
+    load_certified_key,
+};
+use careconnect_tls_hello::Server;
+use rustls::{
+    CipherSuite, ClientConfig, ClientConnection, ProtocolVersion, ServerConfig, ServerConnection,
+};
+
+fn new_pki() -> (tempfile::TempDir, DevPki) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::load_or_create(dir.path()).unwrap();
+    (dir, pki)
+}
+
+/// Drives a handshake in memory. Returns both ends, or the first error.
+fn handshake(
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+) -> Result<(ClientConnection, ServerConnection), rustls::Error> {
+    let mut c = ClientConnection::new(client, "localhost".try_into().unwrap())?;
+    let mut s = ServerConnection::new(server)?;
+    for _ in 0..20 {
+        pump(&mut c, &mut s)?;
+        if !c.is_handshaking() && !s.is_handshaking() {
+            return Ok((c, s));
+        }
+    }
+    Err(rustls::Error::General("handshake did not finish".into()))
+}
+
+/// Moves pending records both ways once.
+fn pump(c: &mut ClientConnection, s: &mut ServerConnection) -> Result<(), rustls::Error> {
+    let mut buf = Vec::new();
+    while c.wants_write() {
+        c.write_tls(&mut buf).unwrap();
+    }
+    if !buf.is_empty() {
+        s.read_tls(&mut buf.as_slice()).unwrap();
+        if let Err(e) = s.process_new_packets() {
+            // Deliver the server's alert so the client fails too.
+            let mut alert = Vec::new();
+            let _ = s.write_tls(&mut alert);
+            let _ = c.read_tls(&mut alert.as_slice());
+            let _ = c.process_new_packets();
+            return Err(e);
+        }
+    }
+    let mut buf = Vec::new();
+    while s.wants_write() {
+        s.write_tls(&mut buf).unwrap();
+    }
+    if !buf.is_empty() {
+        c.read_tls(&mut buf.as_slice()).unwrap();
+        c.process_new_packets()?;
+    }
+    Ok(())
+}
+
+/// Sends `msg` from client to server over an established pair; returns what arrived.
+fn exchange(c: &mut ClientConnection, s: &mut ServerConnection, msg: &[u8]) -> Vec<u8> {
+    c.writer().write_all(msg).unwrap();
+    pump(c, s).unwrap();
+    let mut got = vec![0u8; msg.len()];
+    s.reader().read_exact(&mut got).unwrap();
+    got
+}
+
+fn client_for(pki: &DevPki) -> ClientTls {
+    ClientTls::new().trust_pem(&pki.ca_cert).unwrap()
+}
+
+#[test]
+fn each_seed_suite_negotiates_tls13_alone() {
+    let (_d, pki) = new_pki();
+    let (server, _r) = ServerTls::new()
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    for suite in SEED_SUITES {
+        let client = client_for(&pki).suites(&[suite]).build().unwrap();
+        let (c, s) = handshake(client, Arc::clone(&server)).unwrap();
+        assert_eq!(s.protocol_version(), Some(ProtocolVersion::TLSv1_3));
+        assert_eq!(c.negotiated_cipher_suite().unwrap().suite(), suite);
+        assert_eq!(s.alpn_protocol(), Some(&b"h2"[..]));
+    }
+}
+
+#[test]
+fn server_order_wins_and_is_configurable() {
+    let (_d, pki) = new_pki();
+    let client = client_for(&pki)
+        .suites(&[
+            CipherSuite::TLS13_AES_128_GCM_SHA256,
+            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+            CipherSuite::TLS13_AES_256_GCM_SHA384,
+        ])
+        .build()
+        .unwrap();
+    let (default, _r) = ServerTls::new()
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    let (c, _) = handshake(Arc::clone(&client), default).unwrap();
+    assert_eq!(
+        c.negotiated_cipher_suite().unwrap().suite(),
+        CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    let (chacha_first, _r) = ServerTls::new()
+        .suites(&[
+            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+            CipherSuite::TLS13_AES_256_GCM_SHA384,
+        ])
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    let (c, _) = handshake(client, chacha_first).unwrap();
+    assert_eq!(
+        c.negotiated_cipher_suite().unwrap().suite(),
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+    );
+}
+
+#[test]
+fn suites_outside_the_seed_list_are_refused() {
+    let (_d, pki) = new_pki();
+    for bad in [
+        CipherSuite::TLS13_AES_128_CCM_SHA256,
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    ] {
+        let err = ServerTls::new()
+            .suites(&[bad])
+            .build_reloading(pki.server.clone())
+            .unwrap_err();
+        assert!(matches!(err, TlsError::UnsupportedSuite(_)), "{err}");
+    }
+    assert!(matches!(
+        ServerTls::new().suites(&[]).crypto_provider(),
+        Err(TlsError::UnsupportedSuite(_))
+    ));
+}
+
+#[test]
+fn tls12_only_by_opt_in_and_then_ecdhe_aead() {
+    let (_d, pki) = new_pki();
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        for c in careconnect::crypto::tls::load_certs(&pki.ca_cert).unwrap() {
+            r.add(c).unwrap();
+        }
+        Arc::new(r)
+    };
+    let tls12_client = Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let (strict, _r) = ServerTls::new()
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    assert!(handshake(Arc::clone(&tls12_client), strict).is_err());
+    let (lenient, _r) = ServerTls::new()
+        .allow_tls12()
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    let (c, _) = handshake(tls12_client, lenient).unwrap();
+    assert_eq!(c.protocol_version(), Some(ProtocolVersion::TLSv1_2));
+    let name = format!("{:?}", c.negotiated_cipher_suite().unwrap().suite());
+    assert!(
+        name.starts_with("TLS_ECDHE_") && (name.contains("GCM") || name.contains("CHACHA20")),
+        "{name}"
+    );
+}
+
+#[test]
+fn mtls_off_optional_required() {
+    let (_d, pki) = new_pki();
+    let (_d2, other) = new_pki();
+    let anon = client_for(&pki).build().unwrap();
+    let with_cert = client_for(&pki)
+        .client_cert(pki.client.clone())
+        .build()
+        .unwrap();
+    let foreign = client_for(&pki)
+        .client_cert(other.client.clone())
+        .build()
+        .unwrap();
+
+    let (required, _r) = ServerTls::new()
+        .client_auth(ClientAuth::required_from_pem(&pki.ca_cert).unwrap())
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    assert!(handshake(Arc::clone(&anon), Arc::clone(&required)).is_err());
+    assert!(handshake(Arc::clone(&foreign), Arc::clone(&required)).is_err());
+    let (_, s) = handshake(Arc::clone(&with_cert), required).unwrap();
+    let peer = cert_info(&s.peer_certificates().unwrap()[0]).unwrap();
+    assert!(
+        peer.subject.contains("careconnect development client"),
+        "{}",
+        peer.subject
+    );
+
+    let (optional, _r) = ServerTls::new()
+        .client_auth(ClientAuth::optional_from_pem(&pki.ca_cert).unwrap())
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    let (_, s) = handshake(anon, Arc::clone(&optional)).unwrap();
+    assert!(s.peer_certificates().is_none());
+    assert!(handshake(foreign, Arc::clone(&optional)).is_err());
+    let (_, s) = handshake(with_cert, optional).unwrap();
+    assert!(s.peer_certificates().is_some());
+}
+
+#[test]
+fn dev_pki_is_reused_and_private() {
+    let (dir, pki) = new_pki();
+    let before = std::fs::read(&pki.server.cert).unwrap();
+    let again = DevPki::load_or_create(dir.path()).unwrap();
+    assert_eq!(std::fs::read(&again.server.cert).unwrap(), before);
+    #[cfg(unix)]
+    for key in [&pki.ca_key, &pki.server.key, &pki.client.key] {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // A missing leaf is reissued from the same CA; the CA is kept.
+    let ca = std::fs::read(&pki.ca_cert).unwrap();
+    std::fs::remove_file(&pki.server.key).unwrap();
+    let again = DevPki::load_or_create(dir.path()).unwrap();
+    assert_eq!(std::fs::read(&again.ca_cert).unwrap(), ca);
+    assert_ne!(std::fs::read(&again.server.cert).unwrap(), before);
+    let (server, _r) = ServerTls::new()
+        .build_reloading(again.server.clone())
+        .unwrap();
+    handshake(client_for(&again).build().unwrap(), server).unwrap();
+}
+
+#[test]
+fn reload_serves_new_certificate_and_keeps_old_connections() {
+    let (dir, pki) = new_pki();
+    let live = CertPaths {
+        cert: dir.path().join("live.pem"),
+        key: dir.path().join("live.key"),
+    };
+    std::fs::copy(&pki.server.cert, &live.cert).unwrap();
+    std::fs::copy(&pki.server.key, &live.key).unwrap();
+    let (server, resolver) = ServerTls::new().build_reloading(live.clone()).unwrap();
+    // A fresh client config per connection: a resumed session would report
+    // the certificate of the session it resumes, not what the server now serves.
+    let fresh = || client_for(&pki).build().unwrap();
+    let serial_seen = |c: &ClientConnection| {
+        cert_info(&c.peer_certificates().unwrap()[0])
+            .unwrap()
+            .serial
+    };
+
+    let (mut c1, mut s1) = handshake(fresh(), Arc::clone(&server)).unwrap();
+    let old = resolver.current().unwrap().serial;
+    assert_eq!(serial_seen(&c1), old);
+
+    pki.issue_server_cert(&live).unwrap();
+    assert_eq!(
+        resolver
+            .reload_if_changed()
+            .unwrap()
+            .map(|i| !i.serial.is_empty()),
+        Some(true)
+    );
+    let new = resolver.current().unwrap().serial;
+    assert_ne!(new, old);
+    let (c2, _s2) = handshake(fresh(), Arc::clone(&server)).unwrap();
+    assert_eq!(serial_seen(&c2), new);
+    // The connection made before the reload still works, on the old certificate.
+    assert_eq!(exchange(&mut c1, &mut s1, b"still here"), b"still here");
+    assert_eq!(serial_seen(&c1), old);
+
+    // A corrupt replacement is refused and the new certificate stays in service.
+    std::fs::write(
+        &live.cert,
+        b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    assert!(resolver.reload().is_err());
+    assert_eq!(resolver.current().unwrap().serial, new);
+    let (c3, _s3) = handshake(fresh(), Arc::clone(&server)).unwrap();
+    assert_eq!(serial_seen(&c3), new);
+    // A key that does not match is refused too.
+    pki.issue_server_cert(&live).unwrap();
+    std::fs::copy(&pki.client.key, &live.key).unwrap();
+    assert!(matches!(
+        resolver.reload(),
+        Err(TlsError::KeyMismatch { .. })
+    ));
+    assert_eq!(resolver.current().unwrap().serial, new);
+}
+
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+#[test]
+fn every_pem_error_is_typed() {
+    let (dir, pki) = new_pki();
+    let d = dir.path();
+    let p = |name: &str| d.join(name);
+    let paths = |cert: &Path, key: &Path| CertPaths {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+    };
+    let load = |cert: &Path, key: &Path| load_certified_key(&paths(cert, key), &provider());
+
+    // Missing file.
+    assert!(matches!(
+        load(&p("nope.pem"), &pki.server.key),
+        Err(TlsError::Read { .. })
+    ));
+    assert!(matches!(
+        load(&pki.server.cert, &p("nope.key")),
+        Err(TlsError::Read { .. })
+    ));
+    // No certificate in the file (a key file given as the certificate).
+    assert!(matches!(
+        load(&pki.server.key, &pki.server.key),
+        Err(TlsError::NoCertificate(_))
+    ));
+    // No private key in the file.
+    assert!(matches!(
+        load(&pki.server.cert, &pki.server.cert),
+        Err(TlsError::NoPrivateKey(_))
+    ));
+    // Malformed PEM.
+    std::fs::write(
+        p("bad.pem"),
+        "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    assert!(matches!(
+        load(&p("bad.pem"), &pki.server.key),
+        Err(TlsError::Pem { .. })
+    ));
+    // Key that does not match the certificate.
+    assert!(matches!(
+        load(&pki.server.cert, &pki.client.key),
+        Err(TlsError::KeyMismatch { .. })
+    ));
+    // Unsupported key type: Ed448 (ring signs with ECDSA P-256/P-384, Ed25519, RSA).
+    let ed448 = p("ed448.key");
+    let ok = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ED448", "-out"])
+        .arg(&ed448)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl genpkey");
+    assert!(matches!(
+        load(&pki.server.cert, &ed448),
+        Err(TlsError::UnsupportedKey { .. })
+    ));
+    // Expired certificate (valid signature, past notAfter).
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(p("old.pem"), cert.pem()).unwrap();
+    std::fs::write(p("old.key"), key.serialize_pem()).unwrap();
+    assert!(matches!(
+        load(&p("old.pem"), &p("old.key")),
+        Err(TlsError::Expired { .. })
+    ));
+    // Not yet valid.
+    params.not_before = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(30);
+    std::fs::write(p("new.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
+    assert!(matches!(
+        load(&p("new.pem"), &p("old.key")),
+        Err(TlsError::NotYetValid { .. })
+    ));
+    // Errors name files, never key bytes.
+    let msg = load(&pki.server.cert, &pki.client.key)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("client.key") && !msg.contains("BEGIN"),
+        "{msg}"
+    );
+}
+
+// ---- real clients from the OS -------------------------------------------
+
+fn tool(name: &str) -> bool {
+    Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+        || Command::new(name)
+            .arg("version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok()
+}
+
+/// `openssl s_client` with `args`; returns (success, combined output).
+fn s_client(addr: std::net::SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.success() && text.contains("Verify return code: 0"),
+        text,
+    )
+}
+
+fn curl(url: &str, ca: &Path, extra: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn openssl_and_curl_against_the_server() {
+    assert!(
+        tool("openssl") && tool("curl"),
+        "openssl and curl are installed by scripts/test.sh"
+    );
+    let (_d, pki) = new_pki();
+    let (config, _r) = ServerTls::new()
+        .alpn(careconnect_tls_hello::ALPN)
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    let server = Server::start("127.0.0.1:0", config).unwrap();
+    let addr = server.addr();
+    let ca = pki.ca_cert.to_str().unwrap();
+
+    let (ok, out) = s_client(addr, &["-tls1_3", "-CAfile", ca]);
+    assert!(ok && out.contains("TLSv1.3"), "{out}");
+    let (ok, out) = s_client(addr, &["-tls1_2", "-CAfile", ca]);
+    assert!(!ok, "TLS 1.2 connected: {out}");
+    let (ok, out) = s_client(
+        addr,
+        &[
+            "-tls1_3",
+            "-ciphersuites",
+            "TLS_AES_128_CCM_SHA256",
+            "-CAfile",
+            ca,
+        ],
+    );
+    assert!(!ok, "CCM-only client connected: {out}");
+    for suite in [
+        "TLS_AES_256_GCM_SHA384",
+        "TLS_CHACHA20_POLY1305_SHA256",
+        "TLS_AES_128_GCM_SHA256",
+    ] {
+        let (ok, out) = s_client(addr, &["-tls1_3", "-ciphersuites", suite, "-CAfile", ca]);
+        assert!(ok && out.contains(suite), "{suite}: {out}");
+    }
+
+    let url = format!("https://localhost:{}/", addr.port());
+    let (ok, out) = curl(&url, &pki.ca_cert, &[]);
+    assert!(ok && out.starts_with("ok TLSv1_3"), "{out}");
+    let (ok, out) = curl(
+        &format!("https://127.0.0.1:{}/", addr.port()),
+        &pki.ca_cert,
+        &[],
+    );
+    assert!(ok, "{out}");
+    // A client that does not trust the dev CA refuses the server.
+    let (_d2, other) = new_pki();
+    assert!(!curl(&url, &other.ca_cert, &[]).0);
+}
+
+#[test]
+fn mtls_with_curl() {
+    assert!(tool("curl"), "curl is installed by scripts/test.sh");
+    let (_d, pki) = new_pki();
+    let (_d2, other) = new_pki();
+    let (config, _r) = ServerTls::new()
+        .alpn(careconnect_tls_hello::ALPN)
+        .client_auth(ClientAuth::required_from_pem(&pki.ca_cert).unwrap())
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    let server = Server::start("127.0.0.1:0", config).unwrap();
+    let url = format!("https://localhost:{}/", server.addr().port());
+    let (ok, out) = curl(&url, &pki.ca_cert, &[]);
+    assert!(!ok, "no client certificate, yet: {out}");
+    let c = |p: &CertPaths| {
+        vec![
+            p.cert.to_str().unwrap().to_owned(),
+            p.key.to_str().unwrap().to_owned(),
+        ]
+    };
+    let mine = c(&pki.client);
+    let (ok, out) = curl(&url, &pki.ca_cert, &["--cert", &mine[0], "--key", &mine[1]]);
+    assert!(
+        ok && out.contains("client=CN=careconnect development client"),
+        "{out}"
+    );
+    let theirs = c(&other.client);
+    let (ok, out) = curl(
+        &url,
+        &pki.ca_cert,
+        &["--cert", &theirs[0], "--key", &theirs[1]],
+    );
+    assert!(!ok, "foreign client certificate accepted: {out}");
+}
