@@ -533,3 +533,19 @@ fn mtls_with_curl() {
     );
     assert!(!ok, "foreign client certificate accepted: {out}");
 }
+
+#[test]
+fn sessions_resume() {
+    let (_d, pki) = new_pki();
+    let (server, _r) = ServerTls::new()
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    let client = client_for(&pki).build().unwrap();
+    let (c, _) = handshake(Arc::clone(&client), Arc::clone(&server)).unwrap();
+    assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    let (mut c, mut s) = handshake(Arc::clone(&client), Arc::clone(&server)).unwrap();
+    // The ticket arrives after the first handshake; finish delivering it.
+    let _ = exchange(&mut c, &mut s, b"x");
+    let (c, _) = handshake(client, server).unwrap();
+    assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# TLS 1.3 handshakes per second, in process, per suite: full and resumed.
+# Prints the criterion medians as handshakes/s and the resumed/full ratio.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
+rm -rf "$target_dir/criterion/tls13-handshake"
+cargo bench -q --bench tls > /dev/null 2>&1
+python3 - "$target_dir/criterion/tls13-handshake" <<'PY'
+import json, os, sys
+root = sys.argv[1]
+ns = {}
+for d, _, files in os.walk(root):
+    if d.endswith("/new") and "benchmark.json" in files:
+        b = json.load(open(os.path.join(d, "benchmark.json")))
+        e = json.load(open(os.path.join(d, "estimates.json")))
+        ns[b["full_id"]] = e["median"]["point_estimate"]
+print(f"{'suite':34} {'full/s':>8} {'resumed/s':>10} {'resumed/full':>13}")
+for suite in ("TLS13_AES_256_GCM_SHA384", "TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_128_GCM_SHA256"):
+    f = ns.get(f"tls13-handshake/full/{suite}"); r = ns.get(f"tls13-handshake/resumed/{suite}")
+    if f and r:
+        print(f"{suite:34} {1e9/f:8.0f} {1e9/r:10.0f} {f/r:13.2f}")
+print("(client and server in one thread, in memory: the cost of both sides; ECDSA P-256 dev certificate)")
+PY
