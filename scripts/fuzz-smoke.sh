@@ -25,10 +25,18 @@ for v in vectors["valid"] + vectors["invalid"]:
     put("envelope_header", v["name"], env)
     put("open_any", v["name"], env)
 put("keyring_file", "keyset", bytes.fromhex(vectors["keyset"]))
+# PEM seeds: development certificates (fuzz/seeds) and a fresh throwaway key.
+import glob
+for f in glob.glob("fuzz/seeds/tls_pem/*"):
+    put("tls_pem", os.path.basename(f), open(f, "rb").read())
 PY
 
+if command -v openssl >/dev/null; then
+  mkdir -p fuzz/corpus/tls_pem && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out fuzz/corpus/tls_pem/seed-key 2>/dev/null || true
+fi
+
 log=$(mktemp); trap 'rm -f "$log"' EXIT
-for target in envelope_header open_any keyring_file; do
+for target in envelope_header open_any keyring_file tls_pem; do
   echo "fuzz $target for ${secs}s"
   status=0
   cargo fuzz run --fuzz-dir fuzz "$target" -- -max_total_time="$secs" -rss_limit_mb=2048 \

@@ -13,6 +13,9 @@
 //!   shot) and documents (chunked STREAM over `std::io`, constant memory).
 //! - **Keys**: a [`Kms`] trait with the embedded [`LocalKms`], and a
 //!   [`Keyring`] of versioned data keys persisted sealed under a KMS key.
+//! - **TLS** (feature `tls`, default): rustls configurations that are TLS 1.3
+//!   only with the seed's suites, mTLS, PEM loading, reload without restart
+//!   and a development PKI; see the `tls` module.
 //!
 //! # Example
 //!

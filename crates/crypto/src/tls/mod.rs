@@ -44,7 +44,10 @@ use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::{CipherSuite, ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite};
 
 pub use self::devcert::DevPki;
-pub use self::pem::{CertInfo, CertPaths, cert_info, load_certified_key, load_certs, load_key};
+pub use self::pem::{
+    CertInfo, CertPaths, cert_info, certs_from_pem, key_from_pem, load_certified_key, load_certs,
+    load_key,
+};
 pub use self::reload::ReloadingCertResolver;
 
 /// The seed's TLS 1.3 suites that rustls offers, in the default preference order.

@@ -18,15 +18,26 @@ use super::TlsError;
 /// [`TlsError::Read`] if the file cannot be read, [`TlsError::NoCertificate`]
 /// if it holds no `CERTIFICATE` block, [`TlsError::Pem`] if one is malformed.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    certs_from_pem(&read(path)?, path)
+}
+
+/// As [`load_certs`], from bytes; `origin` names them in errors.
+///
+/// # Errors
+///
+/// [`TlsError::NoCertificate`] or [`TlsError::Pem`].
+pub fn certs_from_pem(
+    bytes: &[u8],
+    origin: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
-            path: path.to_owned(),
+            path: origin.to_owned(),
             reason: e.to_string(),
         })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate(path.to_owned()));
+        return Err(TlsError::NoCertificate(origin.to_owned()));
     }
     Ok(certs)
 }
@@ -37,11 +48,19 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 ///
 /// [`TlsError::Read`], [`TlsError::NoPrivateKey`] or [`TlsError::Pem`].
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = read(path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey(path.to_owned()),
+    key_from_pem(&read(path)?, path)
+}
+
+/// As [`load_key`], from bytes; `origin` names them in errors.
+///
+/// # Errors
+///
+/// [`TlsError::NoPrivateKey`] or [`TlsError::Pem`].
+pub fn key_from_pem(bytes: &[u8], origin: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey(origin.to_owned()),
         other => TlsError::Pem {
-            path: path.to_owned(),
+            path: origin.to_owned(),
             reason: other.to_string(),
         },
     })
