@@ -549,3 +549,31 @@ fn sessions_resume() {
     let (c, _) = handshake(client, server).unwrap();
     assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
 }
+
+#[test]
+fn watcher_picks_up_replaced_files() {
+    let (dir, pki) = new_pki();
+    let live = CertPaths {
+        cert: dir.path().join("w.pem"),
+        key: dir.path().join("w.key"),
+    };
+    pki.issue_server_cert(&live).unwrap();
+    let (_server, resolver) = ServerTls::new().build_reloading(live.clone()).unwrap();
+    let first = resolver.current().unwrap().serial;
+    let watcher = resolver.spawn_watcher(std::time::Duration::from_millis(20));
+    // mtime granularity: make sure the replacement looks newer.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    pki.issue_server_cert(&live).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while resolver.current().unwrap().serial == first {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watcher did not reload"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The watcher thread ends once the resolver is gone.
+    drop(_server);
+    drop(resolver);
+    watcher.join().unwrap();
+}
