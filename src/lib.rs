@@ -2,7 +2,8 @@
 //!
 //! This facade re-exports the layer crates so embedders depend on one crate:
 //!
-//! - [`crypto`]: AEAD suites, HKDF, the envelope format, KMS, keyrings.
+//! - [`crypto`]: AEAD suites, HKDF, the envelope format, KMS, keyrings, TLS.
+//! - [`storage`]: storage traits and backends for sealed rows, audit log, key material.
 //!
 //! ```
 //! use careconnect::crypto::{EncryptionContext, Keyring};
@@ -15,3 +16,4 @@
 //! ```
 
 pub use careconnect_crypto as crypto;
+pub use careconnect_storage as storage;

@@ -1,0 +1,489 @@
+//! The backend conformance suite (feature `conformance`): one set of checks
+//! that every backend must pass. Each check uses fresh collection and key
+//! names, so it can run against a shared, non-empty database.
+//!
+//! Panics (with the failing check's name) on the first violation: it is
+//! test code.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{
+    AuditLog, Collection, IndexEntry, KeyStore, RecordStore, RowData, RowId, StorageError,
+};
+
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{prefix}-{}-{nanos:x}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn coll() -> Collection {
+    // Collections are at most 64 characters.
+    let mut s = unique("c");
+    s.truncate(64);
+    Collection::new(s).unwrap()
+}
+
+fn id(i: usize) -> RowId {
+    RowId::new(format!("row-{i:05}")).unwrap()
+}
+
+fn data(key_id: u32, body: &[u8]) -> RowData {
+    RowData {
+        key_id,
+        envelope: body.to_vec(),
+        indexes: vec![],
+    }
+}
+
+/// Runs every check against `store`.
+pub async fn run_all<S>(store: Arc<S>)
+where
+    S: RecordStore + AuditLog + KeyStore + 'static,
+{
+    crud(&*store).await;
+    indexes(&*store).await;
+    paging(&*store).await;
+    key_scan(&*store).await;
+    cas_race(Arc::clone(&store)).await;
+    no_lost_updates(Arc::clone(&store)).await;
+    audit(Arc::clone(&store)).await;
+    keys(&*store).await;
+}
+
+/// Insert, get, duplicate, compare-and-swap update and delete, not found.
+pub async fn crud(s: &dyn RecordStore) {
+    let c = coll();
+    let other = coll();
+    let v = s.insert(&c, &id(1), data(7, b"one")).await.unwrap();
+    assert_eq!(v, 1, "crud: first version is 1");
+    assert!(
+        matches!(
+            s.insert(&c, &id(1), data(7, b"x")).await,
+            Err(StorageError::DuplicateId)
+        ),
+        "crud: duplicate"
+    );
+    // The same id in another collection is another row.
+    s.insert(&other, &id(1), data(9, b"other")).await.unwrap();
+    let r = s.get(&c, &id(1)).await.unwrap();
+    assert_eq!(
+        (r.version, r.key_id, r.envelope.as_slice()),
+        (1, 7, &b"one"[..]),
+        "crud: get"
+    );
+    assert_eq!(
+        s.update(&c, &id(1), 1, data(8, b"two")).await.unwrap(),
+        2,
+        "crud: update"
+    );
+    assert!(
+        matches!(
+            s.update(&c, &id(1), 1, data(8, b"lost")).await,
+            Err(StorageError::VersionConflict {
+                expected: 1,
+                actual: 2
+            })
+        ),
+        "crud: stale update"
+    );
+    assert_eq!(
+        s.get(&c, &id(1)).await.unwrap().envelope,
+        b"two",
+        "crud: stale update changed nothing"
+    );
+    assert!(
+        matches!(
+            s.delete(&c, &id(1), 1).await,
+            Err(StorageError::VersionConflict { .. })
+        ),
+        "crud: stale delete"
+    );
+    s.delete(&c, &id(1), 2).await.unwrap();
+    assert!(
+        matches!(s.get(&c, &id(1)).await, Err(StorageError::NotFound)),
+        "crud: gone"
+    );
+    assert!(
+        matches!(
+            s.update(&c, &id(1), 2, data(1, b"")).await,
+            Err(StorageError::NotFound)
+        ),
+        "crud: update gone"
+    );
+    assert!(
+        matches!(s.delete(&c, &id(1), 2).await, Err(StorageError::NotFound)),
+        "crud: delete gone"
+    );
+    assert_eq!(
+        s.get(&other, &id(1)).await.unwrap().envelope,
+        b"other",
+        "crud: collections are separate"
+    );
+    // An empty envelope and a large one round-trip.
+    s.insert(&c, &id(2), data(1, b"")).await.unwrap();
+    let big = vec![0xa5u8; 1 << 20];
+    s.insert(&c, &id(3), data(1, &big)).await.unwrap();
+    assert_eq!(
+        s.get(&c, &id(3)).await.unwrap().envelope,
+        big,
+        "crud: 1 MiB envelope"
+    );
+}
+
+/// Blind-index lookups follow updates and deletes.
+pub async fn indexes(s: &dyn RecordStore) {
+    let c = coll();
+    let e = |n: &str, t: &[u8]| IndexEntry::new(n, t.to_vec()).unwrap();
+    let with = |key, body: &[u8], idx: Vec<IndexEntry>| RowData {
+        key_id: key,
+        envelope: body.to_vec(),
+        indexes: idx,
+    };
+    s.insert(
+        &c,
+        &id(1),
+        with(1, b"a", vec![e("email", b"tok-a"), e("nhs", b"n-1")]),
+    )
+    .await
+    .unwrap();
+    s.insert(
+        &c,
+        &id(2),
+        with(1, b"b", vec![e("email", b"tok-b"), e("nhs", b"n-1")]),
+    )
+    .await
+    .unwrap();
+    let found = s.find(&c, &e("email", b"tok-a")).await.unwrap();
+    assert_eq!(found.len(), 1, "indexes: one match");
+    assert_eq!(
+        found[0].indexes,
+        vec![e("email", b"tok-a"), e("nhs", b"n-1")],
+        "indexes: entries come back sorted"
+    );
+    let both: Vec<_> = s
+        .find(&c, &e("nhs", b"n-1"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        both,
+        vec![id(1), id(2)],
+        "indexes: several matches, id order"
+    );
+    assert!(
+        s.find(&c, &e("email", b"tok-c")).await.unwrap().is_empty(),
+        "indexes: no match"
+    );
+    assert!(
+        s.find(&coll(), &e("email", b"tok-a"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "indexes: per collection"
+    );
+    s.update(&c, &id(1), 1, with(1, b"a2", vec![e("email", b"tok-a2")]))
+        .await
+        .unwrap();
+    assert!(
+        s.find(&c, &e("email", b"tok-a")).await.unwrap().is_empty(),
+        "indexes: old token gone after update"
+    );
+    assert_eq!(
+        s.find(&c, &e("email", b"tok-a2")).await.unwrap().len(),
+        1,
+        "indexes: new token"
+    );
+    s.delete(&c, &id(2), 1).await.unwrap();
+    assert!(
+        s.find(&c, &e("email", b"tok-b")).await.unwrap().is_empty(),
+        "indexes: gone after delete"
+    );
+    let dup = with(1, b"x", vec![e("email", b"1"), e("email", b"2")]);
+    assert!(
+        matches!(
+            s.insert(&c, &id(3), dup).await,
+            Err(StorageError::Invalid { .. })
+        ),
+        "indexes: one entry per name"
+    );
+    assert!(
+        matches!(s.get(&c, &id(3)).await, Err(StorageError::NotFound)),
+        "indexes: refused insert wrote nothing"
+    );
+}
+
+async fn collect_pages(
+    s: &dyn RecordStore,
+    c: &Collection,
+    key: Option<u32>,
+    limit: usize,
+) -> (Vec<RowId>, usize) {
+    let mut after: Option<RowId> = None;
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = match key {
+            None => s.list(c, after.as_ref(), limit).await.unwrap(),
+            Some(k) => s.scan_key(c, k, after.as_ref(), limit).await.unwrap(),
+        };
+        pages += 1;
+        assert!(page.rows.len() <= limit, "paging: page over the limit");
+        ids.extend(page.rows.iter().map(|r| r.id.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return (ids, pages),
+        }
+    }
+}
+
+/// Pages of every size, including exact multiples and the empty collection.
+pub async fn paging(s: &dyn RecordStore) {
+    let empty = coll();
+    assert_eq!(
+        collect_pages(s, &empty, None, 10).await,
+        (vec![], 1),
+        "paging: empty"
+    );
+    for n in [1usize, 9, 10, 11, 20, 25] {
+        let c = coll();
+        for i in 0..n {
+            s.insert(&c, &id(i), data(1, b"x")).await.unwrap();
+        }
+        let (ids, pages) = collect_pages(s, &c, None, 10).await;
+        assert_eq!(
+            ids,
+            (0..n).map(id).collect::<Vec<_>>(),
+            "paging: {n} rows in order"
+        );
+        assert_eq!(
+            pages,
+            n.div_ceil(10).max(1),
+            "paging: {n} rows, no empty trailing page"
+        );
+    }
+    let c = coll();
+    assert!(
+        matches!(s.list(&c, None, 0).await, Err(StorageError::Invalid { .. })),
+        "paging: limit 0"
+    );
+    assert!(
+        matches!(
+            s.list(&c, None, 1001).await,
+            Err(StorageError::Invalid { .. })
+        ),
+        "paging: limit 1001"
+    );
+}
+
+/// Scans by data-key id resume from a cursor and see concurrent re-sealing.
+pub async fn key_scan(s: &dyn RecordStore) {
+    let c = coll();
+    for i in 0..30 {
+        s.insert(&c, &id(i), data(if i % 3 == 0 { 1 } else { 2 }, b"x"))
+            .await
+            .unwrap();
+    }
+    let (ids, _) = collect_pages(s, &c, Some(1), 4).await;
+    assert_eq!(
+        ids,
+        (0..30).filter(|i| i % 3 == 0).map(id).collect::<Vec<_>>(),
+        "key_scan: key 1 rows"
+    );
+    // Rotation: re-seal key-2 rows under key 3 while scanning key 2 page by page.
+    let mut after: Option<RowId> = None;
+    let mut moved = 0;
+    loop {
+        let page = s.scan_key(&c, 2, after.as_ref(), 4).await.unwrap();
+        for r in &page.rows {
+            assert_eq!(r.key_id, 2, "key_scan: only key 2");
+            s.update(&c, &r.id, r.version, data(3, b"resealed"))
+                .await
+                .unwrap();
+            moved += 1;
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(moved, 20, "key_scan: every key-2 row once");
+    assert!(
+        s.scan_key(&c, 2, None, 10).await.unwrap().rows.is_empty(),
+        "key_scan: none left under key 2"
+    );
+    assert_eq!(
+        collect_pages(s, &c, Some(3), 7).await.0.len(),
+        20,
+        "key_scan: all under key 3"
+    );
+}
+
+/// Many tasks race on one row: each round exactly one compare-and-swap wins.
+pub async fn cas_race<S: RecordStore + 'static>(s: Arc<S>) {
+    let c = coll();
+    s.insert(&c, &id(0), data(1, b"0")).await.unwrap();
+    for round in 1..=5u64 {
+        let mut tasks = Vec::new();
+        for t in 0..16u32 {
+            let (s, c) = (Arc::clone(&s), c.clone());
+            tasks.push(tokio::spawn(async move {
+                s.update(&c, &id(0), round, data(t, b"w")).await
+            }));
+        }
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(v) => {
+                    assert_eq!(v, round + 1, "cas_race: winner's version");
+                    wins += 1;
+                }
+                Err(StorageError::VersionConflict { .. }) => {}
+                Err(e) => panic!("cas_race: unexpected {e}"),
+            }
+        }
+        assert_eq!(wins, 1, "cas_race: exactly one winner in round {round}");
+    }
+}
+
+/// Read-modify-write with retries from many tasks: no increment is lost.
+pub async fn no_lost_updates<S: RecordStore + 'static>(s: Arc<S>) {
+    let c = coll();
+    s.insert(&c, &id(0), data(1, &0u64.to_be_bytes()))
+        .await
+        .unwrap();
+    let (tasks, each) = (16u64, 10u64);
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (s, c) = (Arc::clone(&s), c.clone());
+        handles.push(tokio::spawn(async move {
+            for _ in 0..each {
+                loop {
+                    let r = s.get(&c, &id(0)).await.unwrap();
+                    let n = u64::from_be_bytes(r.envelope.as_slice().try_into().unwrap());
+                    match s
+                        .update(&c, &id(0), r.version, data(1, &(n + 1).to_be_bytes()))
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(StorageError::VersionConflict { .. }) => tokio::task::yield_now().await,
+                        Err(e) => panic!("no_lost_updates: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let r = s.get(&c, &id(0)).await.unwrap();
+    assert_eq!(
+        u64::from_be_bytes(r.envelope.as_slice().try_into().unwrap()),
+        tasks * each,
+        "no_lost_updates: count"
+    );
+    assert_eq!(r.version, tasks * each + 1, "no_lost_updates: version");
+}
+
+/// Concurrent appends get distinct, gap-free sequence numbers; reads page.
+pub async fn audit<S: AuditLog + 'static>(s: Arc<S>) {
+    let mut handles = Vec::new();
+    for t in 0..8u8 {
+        let s = Arc::clone(&s);
+        handles.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25u8 {
+                seqs.push(s.append(vec![t, i]).await.unwrap());
+            }
+            seqs
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    assert_eq!(all.len(), 200, "audit: distinct sequence numbers");
+    let (lo, hi) = (*all.first().unwrap(), *all.last().unwrap());
+    // Other writers may share the log (a shared database), so check ours
+    // are inside a gap-free range of the log.
+    let mut seen = Vec::new();
+    let mut from = lo;
+    while from <= hi {
+        let page = s.read(from, 64).await.unwrap();
+        assert!(!page.is_empty(), "audit: read stalled at {from}");
+        for (seq, _) in &page {
+            assert_eq!(*seq, from, "audit: gap before {seq}");
+            from += 1;
+        }
+        seen.extend(page.into_iter().map(|(s, _)| s).filter(|s| *s <= hi));
+    }
+    assert!(
+        all.iter().all(|s| seen.contains(s)),
+        "audit: every appended entry is readable"
+    );
+    assert!(
+        matches!(s.read(1, 0).await, Err(StorageError::Invalid { .. })),
+        "audit: limit 0"
+    );
+}
+
+/// Versioned key material with compare-and-swap.
+pub async fn keys(s: &dyn KeyStore) {
+    let name = unique("keyset");
+    assert!(
+        matches!(s.load(&name).await, Err(StorageError::NotFound)),
+        "keys: missing"
+    );
+    assert_eq!(
+        s.store(&name, None, b"k1".to_vec()).await.unwrap(),
+        1,
+        "keys: create"
+    );
+    assert!(
+        matches!(
+            s.store(&name, None, b"k".to_vec()).await,
+            Err(StorageError::DuplicateId)
+        ),
+        "keys: create twice"
+    );
+    assert_eq!(
+        s.store(&name, Some(1), b"k2".to_vec()).await.unwrap(),
+        2,
+        "keys: cas"
+    );
+    assert!(
+        matches!(
+            s.store(&name, Some(1), b"k".to_vec()).await,
+            Err(StorageError::VersionConflict {
+                expected: 1,
+                actual: 2
+            })
+        ),
+        "keys: stale"
+    );
+    assert_eq!(
+        s.load(&name).await.unwrap(),
+        (2, b"k2".to_vec()),
+        "keys: load"
+    );
+    assert!(
+        matches!(
+            s.store(&unique("nokey"), Some(1), vec![]).await,
+            Err(StorageError::NotFound)
+        ),
+        "keys: cas on missing"
+    );
+}

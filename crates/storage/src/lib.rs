@@ -1,0 +1,43 @@
+//! Storage for sealed health data.
+//!
+//! Async traits the domain layer is written against, and backends:
+//! [`MemoryStore`] (tests), [`SqliteStore`] (the embedded default, one file).
+//! Storage never sees plaintext patient data: it keeps envelopes (opaque
+//! bytes) and the few plaintext columns needed to find them: ids, versions,
+//! the data-key id that sealed each row, and blind-index tokens.
+//!
+//! - [`RecordStore`]: rows in collections; insert, get, compare-and-swap
+//!   update and delete on a per-row version, blind-index lookup, paging, and
+//!   a resumable scan by data-key id (for rotation).
+//! - [`AuditLog`]: append-only, gap-free sequence numbers.
+//! - [`KeyStore`]: versioned key material (the sealed keyset), compare-and-swap.
+//!
+//! ```
+//! use careconnect_storage::{Collection, MemoryStore, RecordStore, RowData, RowId, StorageError};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), StorageError> {
+//! let store = MemoryStore::new();
+//! let notes = Collection::new("notes")?;
+//! let id = RowId::new("note-1")?;
+//! let v1 = store.insert(&notes, &id, RowData { key_id: 7, envelope: b"sealed".to_vec(), indexes: vec![] }).await?;
+//! let v2 = store.update(&notes, &id, v1, RowData { key_id: 8, envelope: b"resealed".to_vec(), indexes: vec![] }).await?;
+//! // A writer still holding version 1 loses the race instead of overwriting.
+//! let stale = store.update(&notes, &id, v1, RowData { key_id: 8, envelope: vec![], indexes: vec![] }).await;
+//! assert!(matches!(stale, Err(StorageError::VersionConflict { expected: 1, actual: 2 })));
+//! assert_eq!(store.get(&notes, &id).await?.version, v2);
+//! # Ok(()) }
+//! ```
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod error;
+mod memory;
+mod sqlite;
+mod traits;
+mod types;
+
+pub use error::{Result, StorageError};
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+pub use traits::{AuditLog, KeyStore, RecordStore};
+pub use types::{Collection, IndexEntry, MAX_PAGE, Page, Row, RowData, RowId};
