@@ -13,6 +13,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 echo "ok"
 
+step "PostgreSQL for the storage conformance suite"
+if [ -z "${CARECONNECT_PG_URL:-}" ]; then
+  CARECONNECT_PG_URL=$(scripts/pg.sh start)
+  export CARECONNECT_PG_URL
+  trap 'scripts/pg.sh stop' EXIT
+fi
+echo "$CARECONNECT_PG_URL"
+
 step "format"
 cargo fmt --all --check
 step "clippy (all features, all targets)"
@@ -26,7 +34,7 @@ cargo bench --workspace --all-features --no-run
 step "fuzz smoke"
 scripts/fuzz-smoke.sh
 step "quickstart"
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"; scripts/pg.sh stop' EXIT
 cargo run -q -p careconnect-quickstart -- --data-dir "$tmp" --document-kib 256 >/dev/null
 cargo run -q -p careconnect-quickstart -- --data-dir "$tmp" --document-kib 256 | tail -1
 echo; echo "all tests passed"

@@ -1,11 +1,13 @@
 //! The storage conformance suite against every backend that runs here:
-//! memory and SQLite (a real file). PostgreSQL joins when its backend lands.
+//! memory, SQLite (a real file) and a real PostgreSQL server
+//! (`CARECONNECT_PG_URL`, default `postgres://postgres@127.0.0.1:5432/test`;
+//! `scripts/test.sh` starts a server when none is running).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
 
 use std::sync::Arc;
 
-use careconnect::storage::{MemoryStore, SqliteStore, conformance};
+use careconnect::storage::{MemoryStore, PgStore, SqliteStore, conformance};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_conforms() {
@@ -46,4 +48,30 @@ async fn sqlite_reopens_with_data_and_url() {
     let url = format!("sqlite://{}", path.display());
     let s = SqliteStore::open_url(&url).await.unwrap();
     assert_eq!(s.get(&c, &id).await.unwrap().envelope, b"e");
+}
+
+fn pg_url() -> String {
+    std::env::var("CARECONNECT_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_conforms() {
+    let url = pg_url();
+    let store = PgStore::connect(&url, 8).await.unwrap_or_else(|e| {
+        panic!("no PostgreSQL at {url} ({e}): run scripts/test.sh, which starts one, or set CARECONNECT_PG_URL")
+    });
+    conformance::run_all(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn postgres_unreachable_is_unavailable() {
+    // Nothing listens on port 1 of loopback.
+    let err = PgStore::connect("postgres://postgres@127.0.0.1:1/test", 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, careconnect::storage::StorageError::Unavailable(_)),
+        "{err}"
+    );
 }

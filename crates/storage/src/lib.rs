@@ -1,7 +1,10 @@
 //! Storage for sealed health data.
 //!
 //! Async traits the domain layer is written against, and backends:
-//! [`MemoryStore`] (tests), [`SqliteStore`] (the embedded default, one file).
+//! [`MemoryStore`] (tests), [`SqliteStore`] (the embedded default, one file),
+//! [`PgStore`] (several nodes sharing one PostgreSQL database). One driver,
+//! `sqlx`, serves both SQL backends: async, pooled, no ORM, runtime-checked
+//! queries (no database needed to build).
 //! Storage never sees plaintext patient data: it keeps envelopes (opaque
 //! bytes) and the few plaintext columns needed to find them: ids, versions,
 //! the data-key id that sealed each row, and blind-index tokens.
@@ -32,12 +35,14 @@
 pub mod conformance;
 mod error;
 mod memory;
+mod postgres;
 mod sqlite;
 mod traits;
 mod types;
 
 pub use error::{Result, StorageError};
 pub use memory::MemoryStore;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use traits::{AuditLog, KeyStore, RecordStore};
 pub use types::{Collection, IndexEntry, MAX_PAGE, Page, Row, RowData, RowId};

@@ -1,0 +1,432 @@
+//! PostgreSQL, for when one machine is not enough: several web nodes share
+//! one database. Same semantics as [`crate::SqliteStore`] (the conformance
+//! suite runs against both): compare-and-swap via `UPDATE ... WHERE version`,
+//! which under READ COMMITTED re-checks the row after waiting on its lock, so
+//! exactly one of several racing writers wins; audit sequence numbers come
+//! from a counter row updated in the appending transaction, so a rolled-back
+//! append leaves no gap (a SEQUENCE would).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row as _};
+
+use crate::error::{Result, StorageError};
+use crate::traits::{AuditLog, KeyStore, RecordStore};
+use crate::types::{Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows};
+
+const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_V1: &str = "
+CREATE TABLE records (
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    key_id BIGINT NOT NULL,
+    envelope BYTEA NOT NULL,
+    PRIMARY KEY (collection, id)
+);
+CREATE INDEX records_by_key ON records (collection, key_id, id);
+CREATE TABLE record_index (
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    token BYTEA NOT NULL,
+    PRIMARY KEY (collection, id, name)
+);
+CREATE INDEX record_index_lookup ON record_index (collection, name, token);
+CREATE TABLE audit (seq BIGINT PRIMARY KEY, entry BYTEA NOT NULL);
+CREATE TABLE audit_seq (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), last BIGINT NOT NULL);
+INSERT INTO audit_seq (last) VALUES (0);
+CREATE TABLE key_material (name TEXT PRIMARY KEY, version BIGINT NOT NULL, bytes BYTEA NOT NULL);
+";
+
+/// Rows, audit log and key material in a PostgreSQL database, through a
+/// connection pool.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to a `postgres://` URL (pool of `max_connections`) and
+    /// migrates the schema.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Unavailable`] if the server cannot be reached (within
+    /// 10 s) or the migration fails.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // One migrator at a time across every node sharing the database.
+        sqlx::query("SELECT pg_advisory_xact_lock(7426019)")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS careconnect_schema (version BIGINT NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        let v: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM careconnect_schema")
+            .fetch_one(&mut *tx)
+            .await?;
+        let v = v.unwrap_or(0);
+        if v > SCHEMA_VERSION {
+            return Err(StorageError::Corrupt(format!(
+                "database schema version {v} is newer than this build ({SCHEMA_VERSION})"
+            )));
+        }
+        if v < 1 {
+            sqlx::raw_sql(SCHEMA_V1).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO careconnect_schema (version) VALUES (1)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn version_of(v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| StorageError::Corrupt(format!("negative version {v}")))
+}
+
+fn key_id_of(v: i64) -> Result<u32> {
+    u32::try_from(v).map_err(|_| StorageError::Corrupt(format!("key id {v} out of range")))
+}
+
+/// Folds joined (row, index) result rows into rows, in order.
+fn fold(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Row>> {
+    let mut out: Vec<Row> = Vec::new();
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        if out.last().is_none_or(|last| last.id.as_str() != id) {
+            out.push(Row {
+                id: RowId::new(id).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+                version: version_of(r.try_get("version")?)?,
+                key_id: key_id_of(r.try_get("key_id")?)?,
+                envelope: r.try_get("envelope")?,
+                indexes: Vec::new(),
+            });
+        }
+        let name: Option<String> = r.try_get("name")?;
+        let token: Option<Vec<u8>> = r.try_get("token")?;
+        if let (Some(name), Some(token), Some(last)) = (name, token, out.last_mut()) {
+            last.indexes.push(IndexEntry { name, token });
+        }
+    }
+    Ok(out)
+}
+
+/// Wraps a row query (binding the collection as `$1`) so each row comes with
+/// its index entries; a static string, so no SQL is built at run time.
+macro_rules! joined {
+    ($inner:literal) => {
+        concat!(
+            "SELECT r.id, r.version, r.key_id, r.envelope, i.name, i.token FROM (",
+            $inner,
+            ") r LEFT JOIN record_index i ON i.collection = $1 AND i.id = r.id ORDER BY r.id, i.name"
+        )
+    };
+}
+
+impl PgStore {
+    async fn write_indexes(
+        tx: &mut sqlx::PgConnection,
+        coll: &Collection,
+        id: &RowId,
+        indexes: &[IndexEntry],
+    ) -> Result<()> {
+        for i in indexes {
+            sqlx::query(
+                "INSERT INTO record_index (collection, id, name, token) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(coll.as_str())
+            .bind(id.as_str())
+            .bind(&i.name)
+            .bind(&i.token)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn current_version(&self, coll: &Collection, id: &RowId) -> Result<Option<u64>> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM records WHERE collection = $1 AND id = $2")
+                .bind(coll.as_str())
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        v.map(version_of).transpose()
+    }
+
+    async fn conflict(&self, coll: &Collection, id: &RowId, expected: u64) -> StorageError {
+        match self.current_version(coll, id).await {
+            Ok(Some(actual)) => StorageError::VersionConflict { expected, actual },
+            Ok(None) => StorageError::NotFound,
+            Err(e) => e,
+        }
+    }
+
+    async fn page(
+        &self,
+        sql: &'static str,
+        coll: &Collection,
+        key_id: Option<u32>,
+        after: Option<&RowId>,
+        limit: usize,
+    ) -> Result<Page> {
+        let limit = check_limit(limit)?;
+        let mut q = sqlx::query(sql)
+            .bind(coll.as_str())
+            .bind(after.map_or("", RowId::as_str))
+            .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX));
+        if let Some(k) = key_id {
+            q = q.bind(i64::from(k));
+        }
+        let mut rows = fold(q.fetch_all(&self.pool).await?)?;
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|r| r.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { rows, next })
+    }
+}
+
+#[async_trait]
+impl RecordStore for PgStore {
+    async fn insert(&self, coll: &Collection, id: &RowId, data: RowData) -> Result<u64> {
+        check_rows(&data)?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO records (collection, id, version, key_id, envelope) VALUES ($1, $2, 1, $3, $4)")
+            .bind(coll.as_str())
+            .bind(id.as_str())
+            .bind(i64::from(data.key_id))
+            .bind(&data.envelope)
+            .execute(&mut *tx)
+            .await?;
+        Self::write_indexes(&mut tx, coll, id, &data.indexes).await?;
+        tx.commit().await?;
+        Ok(1)
+    }
+
+    async fn get(&self, coll: &Collection, id: &RowId) -> Result<Row> {
+        let sql = joined!(
+            "SELECT id, version, key_id, envelope FROM records WHERE collection = $1 AND id = $2"
+        );
+        let rows = sqlx::query(sql)
+            .bind(coll.as_str())
+            .bind(id.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        fold(rows)?.into_iter().next().ok_or(StorageError::NotFound)
+    }
+
+    async fn update(
+        &self,
+        coll: &Collection,
+        id: &RowId,
+        expected: u64,
+        data: RowData,
+    ) -> Result<u64> {
+        check_rows(&data)?;
+        let next = expected.checked_add(1).ok_or(StorageError::Invalid {
+            what: "version",
+            why: "overflow",
+        })?;
+        let exp = i64::try_from(expected).map_err(|_| StorageError::Invalid {
+            what: "version",
+            why: "too large",
+        })?;
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE records SET version = $3, key_id = $4, envelope = $5 WHERE collection = $1 AND id = $2 AND version = $6",
+        )
+        .bind(coll.as_str())
+        .bind(id.as_str())
+        .bind(exp + 1)
+        .bind(i64::from(data.key_id))
+        .bind(&data.envelope)
+        .bind(exp)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            drop(tx);
+            return Err(self.conflict(coll, id, expected).await);
+        }
+        sqlx::query("DELETE FROM record_index WHERE collection = $1 AND id = $2")
+            .bind(coll.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        Self::write_indexes(&mut tx, coll, id, &data.indexes).await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    async fn delete(&self, coll: &Collection, id: &RowId, expected: u64) -> Result<()> {
+        let exp = i64::try_from(expected).map_err(|_| StorageError::Invalid {
+            what: "version",
+            why: "too large",
+        })?;
+        let mut tx = self.pool.begin().await?;
+        let done =
+            sqlx::query("DELETE FROM records WHERE collection = $1 AND id = $2 AND version = $3")
+                .bind(coll.as_str())
+                .bind(id.as_str())
+                .bind(exp)
+                .execute(&mut *tx)
+                .await?;
+        if done.rows_affected() != 1 {
+            drop(tx);
+            return Err(self.conflict(coll, id, expected).await);
+        }
+        sqlx::query("DELETE FROM record_index WHERE collection = $1 AND id = $2")
+            .bind(coll.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find(&self, coll: &Collection, entry: &IndexEntry) -> Result<Vec<Row>> {
+        let sql = joined!(
+            "SELECT r.id, r.version, r.key_id, r.envelope FROM records r \
+             JOIN record_index x ON x.collection = r.collection AND x.id = r.id \
+             WHERE r.collection = $1 AND x.name = $2 AND x.token = $3"
+        );
+        let rows = sqlx::query(sql)
+            .bind(coll.as_str())
+            .bind(&entry.name)
+            .bind(&entry.token)
+            .fetch_all(&self.pool)
+            .await?;
+        fold(rows)
+    }
+
+    async fn list(&self, coll: &Collection, after: Option<&RowId>, limit: usize) -> Result<Page> {
+        self.page(
+            joined!("SELECT id, version, key_id, envelope FROM records WHERE collection = $1 AND id > $2 ORDER BY id LIMIT $3"),
+            coll,
+            None,
+            after,
+            limit,
+        )
+        .await
+    }
+
+    async fn scan_key(
+        &self,
+        coll: &Collection,
+        key_id: u32,
+        after: Option<&RowId>,
+        limit: usize,
+    ) -> Result<Page> {
+        self.page(
+            joined!("SELECT id, version, key_id, envelope FROM records WHERE collection = $1 AND key_id = $4 AND id > $2 ORDER BY id LIMIT $3"),
+            coll,
+            Some(key_id),
+            after,
+            limit,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl AuditLog for PgStore {
+    async fn append(&self, entry: Vec<u8>) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let seq: i64 = sqlx::query_scalar("UPDATE audit_seq SET last = last + 1 RETURNING last")
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO audit (seq, entry) VALUES ($1, $2)")
+            .bind(seq)
+            .bind(entry)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        version_of(seq)
+    }
+
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let limit = check_limit(limit)?;
+        let rows =
+            sqlx::query("SELECT seq, entry FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2")
+                .bind(i64::try_from(from).unwrap_or(i64::MAX))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|r| Ok((version_of(r.try_get("seq")?)?, r.try_get("entry")?)))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl KeyStore for PgStore {
+    async fn load(&self, name: &str) -> Result<(u64, Vec<u8>)> {
+        let r = sqlx::query("SELECT version, bytes FROM key_material WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StorageError::NotFound)?;
+        Ok((version_of(r.try_get("version")?)?, r.try_get("bytes")?))
+    }
+
+    async fn store(&self, name: &str, expected: Option<u64>, bytes: Vec<u8>) -> Result<u64> {
+        match expected {
+            None => {
+                sqlx::query("INSERT INTO key_material (name, version, bytes) VALUES ($1, 1, $2)")
+                    .bind(name)
+                    .bind(bytes)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(1)
+            }
+            Some(e) => {
+                let exp = i64::try_from(e).map_err(|_| StorageError::Invalid {
+                    what: "version",
+                    why: "too large",
+                })?;
+                let done = sqlx::query("UPDATE key_material SET version = $2, bytes = $3 WHERE name = $1 AND version = $4")
+                    .bind(name)
+                    .bind(exp + 1)
+                    .bind(bytes)
+                    .bind(exp)
+                    .execute(&self.pool)
+                    .await?;
+                if done.rows_affected() == 1 {
+                    return Ok(e + 1);
+                }
+                match self.load(name).await {
+                    Ok((actual, _)) => Err(StorageError::VersionConflict {
+                        expected: e,
+                        actual,
+                    }),
+                    Err(err) => Err(err),
+                }
+            }
+        }
+    }
+}
