@@ -75,3 +75,56 @@ async fn postgres_unreachable_is_unavailable() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn fs_blobs_conform_and_hide_partial_uploads() {
+    use careconnect::storage::{BlobStore, FsBlobStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsBlobStore::open(dir.path()).await.unwrap();
+    conformance::blobs(&store).await;
+    // An upload whose source fails half-way leaves nothing behind.
+    struct Failing(usize);
+    impl tokio::io::AsyncRead for Failing {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.0 == 0 {
+                return std::task::Poll::Ready(Err(std::io::Error::other("client went away")));
+            }
+            self.0 -= 1;
+            buf.put_slice(&[7u8; 4096]);
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    assert!(store.put(&mut Failing(100)).await.is_err());
+    assert!(store.list().await.unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no temporary file left"
+    );
+}
+
+#[tokio::test]
+async fn backends_from_urls() {
+    use careconnect::storage::{StorageError, connect, connect_blobs};
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("u.db").display());
+    conformance::crud(&*connect(&sqlite).await.unwrap()).await;
+    conformance::crud(&*connect("memory:").await.unwrap()).await;
+    conformance::crud(&*connect(&pg_url()).await.unwrap()).await;
+    let blobs = format!("file://{}", dir.path().join("blobs").display());
+    conformance::blobs(&*connect_blobs(&blobs).await.unwrap()).await;
+    for bad in ["mysql://x", "", "file:relative"] {
+        assert!(
+            matches!(connect(bad).await, Err(StorageError::UnsupportedUrl)),
+            "{bad}"
+        );
+    }
+    assert!(matches!(
+        connect_blobs("s4://bucket").await,
+        Err(StorageError::UnsupportedUrl)
+    ));
+}

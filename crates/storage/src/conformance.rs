@@ -11,8 +11,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio::io::AsyncReadExt;
+
 use crate::{
-    AuditLog, Collection, IndexEntry, KeyStore, RecordStore, RowData, RowId, StorageError,
+    AuditLog, BlobId, BlobStore, Collection, IndexEntry, KeyStore, RecordStore, RowData, RowId,
+    StorageError,
 };
 
 static RUN: AtomicU64 = AtomicU64::new(0);
@@ -50,7 +53,7 @@ fn data(key_id: u32, body: &[u8]) -> RowData {
 /// Runs every check against `store`.
 pub async fn run_all<S>(store: Arc<S>)
 where
-    S: RecordStore + AuditLog + KeyStore + 'static,
+    S: RecordStore + AuditLog + KeyStore + ?Sized + 'static,
 {
     crud(&*store).await;
     indexes(&*store).await;
@@ -63,7 +66,7 @@ where
 }
 
 /// Insert, get, duplicate, compare-and-swap update and delete, not found.
-pub async fn crud(s: &dyn RecordStore) {
+pub async fn crud<S: RecordStore + ?Sized>(s: &S) {
     let c = coll();
     let other = coll();
     let v = s.insert(&c, &id(1), data(7, b"one")).await.unwrap();
@@ -143,7 +146,7 @@ pub async fn crud(s: &dyn RecordStore) {
 }
 
 /// Blind-index lookups follow updates and deletes.
-pub async fn indexes(s: &dyn RecordStore) {
+pub async fn indexes<S: RecordStore + ?Sized>(s: &S) {
     let c = coll();
     let e = |n: &str, t: &[u8]| IndexEntry::new(n, t.to_vec()).unwrap();
     let with = |key, body: &[u8], idx: Vec<IndexEntry>| RowData {
@@ -226,8 +229,8 @@ pub async fn indexes(s: &dyn RecordStore) {
     );
 }
 
-async fn collect_pages(
-    s: &dyn RecordStore,
+async fn collect_pages<S: RecordStore + ?Sized>(
+    s: &S,
     c: &Collection,
     key: Option<u32>,
     limit: usize,
@@ -251,7 +254,7 @@ async fn collect_pages(
 }
 
 /// Pages of every size, including exact multiples and the empty collection.
-pub async fn paging(s: &dyn RecordStore) {
+pub async fn paging<S: RecordStore + ?Sized>(s: &S) {
     let empty = coll();
     assert_eq!(
         collect_pages(s, &empty, None, 10).await,
@@ -290,7 +293,7 @@ pub async fn paging(s: &dyn RecordStore) {
 }
 
 /// Scans by data-key id resume from a cursor and see concurrent re-sealing.
-pub async fn key_scan(s: &dyn RecordStore) {
+pub async fn key_scan<S: RecordStore + ?Sized>(s: &S) {
     let c = coll();
     for i in 0..30 {
         s.insert(&c, &id(i), data(if i % 3 == 0 { 1 } else { 2 }, b"x"))
@@ -333,7 +336,7 @@ pub async fn key_scan(s: &dyn RecordStore) {
 }
 
 /// Many tasks race on one row: each round exactly one compare-and-swap wins.
-pub async fn cas_race<S: RecordStore + 'static>(s: Arc<S>) {
+pub async fn cas_race<S: RecordStore + ?Sized + 'static>(s: Arc<S>) {
     let c = coll();
     s.insert(&c, &id(0), data(1, b"0")).await.unwrap();
     for round in 1..=5u64 {
@@ -360,7 +363,7 @@ pub async fn cas_race<S: RecordStore + 'static>(s: Arc<S>) {
 }
 
 /// Read-modify-write with retries from many tasks: no increment is lost.
-pub async fn no_lost_updates<S: RecordStore + 'static>(s: Arc<S>) {
+pub async fn no_lost_updates<S: RecordStore + ?Sized + 'static>(s: Arc<S>) {
     let c = coll();
     s.insert(&c, &id(0), data(1, &0u64.to_be_bytes()))
         .await
@@ -399,7 +402,7 @@ pub async fn no_lost_updates<S: RecordStore + 'static>(s: Arc<S>) {
 }
 
 /// Concurrent appends get distinct, gap-free sequence numbers; reads page.
-pub async fn audit<S: AuditLog + 'static>(s: Arc<S>) {
+pub async fn audit<S: AuditLog + ?Sized + 'static>(s: Arc<S>) {
     let mut handles = Vec::new();
     for t in 0..8u8 {
         let s = Arc::clone(&s);
@@ -441,7 +444,7 @@ pub async fn audit<S: AuditLog + 'static>(s: Arc<S>) {
 }
 
 /// Versioned key material with compare-and-swap.
-pub async fn keys(s: &dyn KeyStore) {
+pub async fn keys<S: KeyStore + ?Sized>(s: &S) {
     let name = unique("keyset");
     assert!(
         matches!(s.load(&name).await, Err(StorageError::NotFound)),
@@ -486,4 +489,49 @@ pub async fn keys(s: &dyn KeyStore) {
         ),
         "keys: cas on missing"
     );
+}
+
+/// Blobs: empty and multi-megabyte streams round-trip; delete, exists, not
+/// found; ids that are not the store's own are refused before any I/O.
+pub async fn blobs<S: BlobStore + ?Sized>(s: &S) {
+    let empty = s.put(&mut &b""[..]).await.unwrap();
+    let mut out = Vec::new();
+    s.get(&empty)
+        .await
+        .unwrap()
+        .read_to_end(&mut out)
+        .await
+        .unwrap();
+    assert!(out.is_empty(), "blobs: empty");
+    let big: Vec<u8> = (0..(3 << 20) + 7).map(|i: u32| (i % 251) as u8).collect();
+    let id = s.put(&mut big.as_slice()).await.unwrap();
+    assert_ne!(id, empty, "blobs: fresh ids");
+    let mut out = Vec::new();
+    s.get(&id)
+        .await
+        .unwrap()
+        .read_to_end(&mut out)
+        .await
+        .unwrap();
+    assert!(out == big, "blobs: 3 MiB round trip");
+    assert!(s.exists(&id).await.unwrap(), "blobs: exists");
+    s.delete(&id).await.unwrap();
+    assert!(!s.exists(&id).await.unwrap(), "blobs: deleted");
+    assert!(
+        matches!(s.get(&id).await, Err(StorageError::NotFound)),
+        "blobs: get deleted"
+    );
+    assert!(
+        matches!(s.delete(&id).await, Err(StorageError::NotFound)),
+        "blobs: delete twice"
+    );
+    for bad in [
+        "../../etc/passwd",
+        "",
+        "ABCDEF0123456789abcdef0123456789",
+        ".tmp-0123456789abcdef0123456789abcdef",
+    ] {
+        assert!(BlobId::parse(bad).is_err(), "blobs: {bad:?} refused");
+    }
+    s.delete(&empty).await.unwrap();
 }

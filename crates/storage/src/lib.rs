@@ -14,6 +14,8 @@
 //!   a resumable scan by data-key id (for rotation).
 //! - [`AuditLog`]: append-only, gap-free sequence numbers.
 //! - [`KeyStore`]: versioned key material (the sealed keyset), compare-and-swap.
+//! - [`BlobStore`]: streaming blobs for documents, [`FsBlobStore`] by default;
+//!   names are made by the store, never taken from input.
 //!
 //! ```
 //! use careconnect_storage::{Collection, MemoryStore, RecordStore, RowData, RowId, StorageError};
@@ -31,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod blob;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
@@ -39,10 +42,13 @@ mod postgres;
 mod sqlite;
 mod traits;
 mod types;
+mod url;
 
+pub use blob::{BlobId, BlobReader, BlobStore, FsBlobStore};
 pub use error::{Result, StorageError};
 pub use memory::MemoryStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use traits::{AuditLog, KeyStore, RecordStore};
 pub use types::{Collection, IndexEntry, MAX_PAGE, Page, Row, RowData, RowId};
+pub use url::{Store, connect, connect_blobs};
