@@ -109,6 +109,22 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Runs SQLite's `PRAGMA integrity_check`; `Ok` when the file is sound.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Corrupt`] with SQLite's report.
+    pub async fn integrity_check(&self) -> Result<()> {
+        let report: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_all(&self.pool)
+            .await?;
+        if report == ["ok"] {
+            Ok(())
+        } else {
+            Err(StorageError::Corrupt(report.join("; ")))
+        }
+    }
+
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
