@@ -2,9 +2,16 @@
 //!
 //! Async traits the domain layer is written against, and backends:
 //! [`MemoryStore`] (tests), [`SqliteStore`] (the embedded default, one file),
-//! [`PgStore`] (several nodes sharing one PostgreSQL database). One driver,
-//! `sqlx`, serves both SQL backends: async, pooled, no ORM, runtime-checked
-//! queries (no database needed to build).
+//! [`PgStore`] (several nodes sharing one PostgreSQL database).
+//!
+//! One driver, `sqlx`, serves both SQL backends. Why: it is async on tokio
+//! (what the web layer runs on), has connection pools for both databases,
+//! speaks SQLite and PostgreSQL through one API, and does not impose an ORM:
+//! the schema is five small tables written out in SQL. Queries are plain
+//! strings checked at run time, so building needs no database; every query
+//! string is a compile-time constant (no SQL is assembled from input) and
+//! every value is bound. `diesel` (sync core, ORM) and `tokio-postgres` +
+//! `rusqlite` (two APIs, one blocking) fit less well.
 //! Storage never sees plaintext patient data: it keeps envelopes (opaque
 //! bytes) and the few plaintext columns needed to find them: ids, versions,
 //! the data-key id that sealed each row, and blind-index tokens.
