@@ -13,13 +13,22 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 echo "ok"
 
+cleanup() { scripts/pg.sh stop; scripts/moto.sh stop; rm -rf "${tmp:-/nonexistent}"; }
+trap cleanup EXIT
+
 step "PostgreSQL for the storage conformance suite"
 if [ -z "${CARECONNECT_PG_URL:-}" ]; then
   CARECONNECT_PG_URL=$(scripts/pg.sh start)
   export CARECONNECT_PG_URL
-  trap 'scripts/pg.sh stop' EXIT
 fi
 echo "$CARECONNECT_PG_URL"
+
+step "S3-compatible server (moto) for the blob tests"
+if [ -z "${CARECONNECT_S3_ENDPOINT:-}" ]; then
+  CARECONNECT_S3_ENDPOINT=$(scripts/moto.sh start)
+  export CARECONNECT_S3_ENDPOINT
+fi
+echo "$CARECONNECT_S3_ENDPOINT"
 
 step "format"
 cargo fmt --all --check
@@ -34,7 +43,7 @@ cargo bench --workspace --all-features --no-run
 step "fuzz smoke"
 scripts/fuzz-smoke.sh
 step "quickstart"
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"; scripts/pg.sh stop' EXIT
+tmp=$(mktemp -d)
 cargo run -q -p careconnect-quickstart -- --data-dir "$tmp" --document-kib 256 >/dev/null
 cargo run -q -p careconnect-quickstart -- --data-dir "$tmp" --document-kib 256 | tail -1
 echo; echo "all tests passed"

@@ -9,6 +9,9 @@ use std::sync::Arc;
 
 use careconnect::storage::{MemoryStore, PgStore, SqliteStore, conformance};
 
+mod common;
+use common::s3_store;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_conforms() {
     conformance::run_all(Arc::new(MemoryStore::new())).await;
@@ -127,4 +130,21 @@ async fn backends_from_urls() {
         connect_blobs("s4://bucket").await,
         Err(StorageError::UnsupportedUrl)
     ));
+}
+
+#[tokio::test]
+async fn s3_blobs_conform() {
+    use careconnect::storage::BlobStore;
+    let store = s3_store("documents");
+    conformance::blobs(&store).await;
+    // Bigger than one 8 MiB part: a real multipart upload.
+    let big: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let id = store.put(&mut big.as_slice()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut store.get(&id).await.unwrap(), &mut out)
+        .await
+        .unwrap();
+    assert!(out == big, "9 MiB multipart round trip");
+    store.delete(&id).await.unwrap();
+    assert!(store.list().await.unwrap().is_empty());
 }

@@ -17,6 +17,8 @@ use careconnect::storage::{
 };
 use tokio::io::AsyncReadExt;
 
+mod common;
+
 fn dir() -> Option<PathBuf> {
     std::env::var_os("CARECONNECT_CRASH_DIR").map(PathBuf::from)
 }
@@ -232,4 +234,73 @@ async fn blob_killed_mid_upload_never_appears() {
         .await
         .unwrap();
     assert_eq!(out, body(1));
+}
+
+#[tokio::test]
+#[ignore = "run by s3_killed_mid_upload as a child process"]
+async fn child_s3_writer() {
+    let Some(bucket) = std::env::var("CARECONNECT_CRASH_BUCKET").ok() else {
+        return;
+    };
+    let store = common::s3_store_in(Some(&bucket), "docs");
+    let id = store.put(&mut &body(1)[..]).await.unwrap();
+    println!("ack {}", id.as_str());
+    // A slow upload, past the first 8 MiB part, that the parent kills.
+    let (mut tx, mut rx) = tokio::io::duplex(256 * 1024);
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for _ in 0..1000 {
+            if tx.write_all(&[9u8; 256 * 1024]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    println!("uploading");
+    let _ = store.put(&mut rx).await;
+    println!("finished (should have been killed)");
+}
+
+#[tokio::test]
+async fn s3_killed_mid_upload_never_appears() {
+    let bucket = common::fresh_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "child_s3_writer",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("CARECONNECT_CRASH_DIR", dir.path())
+    .env("CARECONNECT_CRASH_BUCKET", &bucket)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    let mut child = Reaped(cmd.spawn().unwrap());
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let first = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| ack(&l))
+        .expect("child stopped");
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("uploading"))
+    );
+    // About 25 MB/s offered: after 1.5 s at least one 8 MiB part is uploaded.
+    std::thread::sleep(Duration::from_millis(1500));
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let store = common::s3_store_in(Some(&bucket), "docs");
+    let ids: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().to_owned())
+        .collect();
+    assert_eq!(ids, vec![first], "only the completed blob is visible");
 }

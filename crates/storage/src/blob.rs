@@ -14,7 +14,7 @@ use crate::error::{Result, StorageError};
 pub struct BlobId(String);
 
 impl BlobId {
-    fn random() -> Result<Self> {
+    pub(crate) fn random() -> Result<Self> {
         let mut b = [0u8; 16];
         getrandom::fill(&mut b).map_err(|e| {
             StorageError::Unavailable(Box::new(std::io::Error::other(e.to_string())))

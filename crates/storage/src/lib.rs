@@ -46,6 +46,8 @@ pub mod conformance;
 mod error;
 mod memory;
 mod postgres;
+#[cfg(feature = "s3")]
+mod s3;
 mod sqlite;
 mod traits;
 mod types;
@@ -55,6 +57,8 @@ pub use blob::{BlobId, BlobReader, BlobStore, FsBlobStore};
 pub use error::{Result, StorageError};
 pub use memory::MemoryStore;
 pub use postgres::PgStore;
+#[cfg(feature = "s3")]
+pub use s3::S3BlobStore;
 pub use sqlite::SqliteStore;
 pub use traits::{AuditLog, KeyStore, RecordStore};
 pub use types::{Collection, IndexEntry, MAX_PAGE, Page, Row, RowData, RowId};

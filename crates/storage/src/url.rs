@@ -31,7 +31,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     Err(StorageError::UnsupportedUrl)
 }
 
-/// Opens the blob store a URL names: `file:///path/to/dir`.
+/// Opens the blob store a URL names: `file:///path/to/dir`, or (feature
+/// `s3`) `s3://bucket/prefix` with credentials from the AWS environment.
 ///
 /// # Errors
 ///
@@ -42,6 +43,10 @@ pub async fn connect_blobs(url: &str) -> Result<Arc<dyn BlobStore>> {
             return Err(StorageError::UnsupportedUrl);
         }
         return Ok(Arc::new(FsBlobStore::open(path).await?));
+    }
+    #[cfg(feature = "s3")]
+    if url.starts_with("s3://") {
+        return Ok(Arc::new(crate::S3BlobStore::open(url)?));
     }
     Err(StorageError::UnsupportedUrl)
 }
