@@ -23,11 +23,13 @@ if [ -z "${CARECONNECT_PG_URL:-}" ]; then
 fi
 echo "$CARECONNECT_PG_URL"
 
-step "S3-compatible server (moto) for the blob tests"
+step "S3- and KMS-compatible server (moto) for the blob and AWS KMS tests"
 if [ -z "${CARECONNECT_S3_ENDPOINT:-}" ]; then
   CARECONNECT_S3_ENDPOINT=$(scripts/moto.sh start)
   export CARECONNECT_S3_ENDPOINT
 fi
+export CARECONNECT_MOTO_ENDPOINT="$CARECONNECT_S3_ENDPOINT"
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-testing}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-testing}"
 echo "$CARECONNECT_S3_ENDPOINT"
 
 step "format"

@@ -13,9 +13,13 @@ use crate::error::{Error, Misuse};
 use crate::format::{MAX_WRAPPED_LEN, check_kms_key};
 use crate::key::DataKey;
 
+#[cfg(feature = "aws-kms")]
+mod aws;
 mod local;
 
 #[doc(hidden)]
+#[cfg(feature = "aws-kms")]
+pub use aws::{AwsKms, AwsKmsConfig};
 pub use local::decode_table_for_fuzzing;
 pub use local::{LocalKms, ROOT_SECRET_ENV, RootSecret};
 

@@ -1,0 +1,243 @@
+//! The [`Kms`] trait on AWS KMS (cargo feature `aws-kms`).
+//!
+//! Data keys come from `GenerateDataKey` (AES_256); unwrapping is `Decrypt`
+//! pinned to the expected key; re-wrapping is `ReEncrypt` (the data key never
+//! leaves KMS); rotation is `RotateKeyOnDemand`. The envelope's encryption
+//! context is passed as the KMS encryption context, so CloudTrail shows what
+//! each unwrap was for, and a wrong context fails inside KMS.
+//!
+//! IAM permissions on the key: `kms:GenerateDataKey`, `kms:Decrypt`,
+//! `kms:ReEncryptFrom` and `kms:ReEncryptTo` (for re-wrapping), `kms:DescribeKey`,
+//! `kms:ListKeyRotations` (describe), `kms:RotateKeyOnDemand` (rotate).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_kms::Client;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::DataKeySpec;
+use zeroize::Zeroizing;
+
+use super::{KeyDescription, Kms, KmsKeyId, WrappedKey};
+use crate::context::EncryptionContext;
+use crate::error::{Error, KmsError};
+use crate::key::DataKey;
+use crate::suite::KEY_LEN;
+
+/// Settings for [`AwsKms::connect`].
+#[derive(Debug, Clone)]
+pub struct AwsKmsConfig {
+    /// Region, e.g. `eu-west-2`; `None` takes the standard AWS chain's.
+    pub region: Option<String>,
+    /// Endpoint URL for private endpoints or a local test server.
+    pub endpoint: Option<String>,
+    /// Time allowed for one attempt (connect + request).
+    pub attempt_timeout: Duration,
+    /// Time allowed for a whole call, retries included.
+    pub operation_timeout: Duration,
+    /// Attempts per call (1 = no retry). Retries use AWS's standard backoff.
+    pub max_attempts: u32,
+}
+
+impl Default for AwsKmsConfig {
+    fn default() -> Self {
+        Self {
+            region: None,
+            endpoint: None,
+            attempt_timeout: Duration::from_secs(2),
+            operation_timeout: Duration::from_secs(5),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// AWS KMS as a [`Kms`]. Credentials come from the standard AWS chain
+/// (environment, profile, instance role...).
+#[derive(Debug, Clone)]
+pub struct AwsKms {
+    client: Client,
+}
+
+impl AwsKms {
+    /// Builds a client with explicit timeouts and retries.
+    pub async fn connect(config: &AwsKmsConfig) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(config.attempt_timeout)
+                    .operation_attempt_timeout(config.attempt_timeout)
+                    .operation_timeout(config.operation_timeout)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts.max(1)));
+        if let Some(region) = &config.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &config.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        Self::from_client(Client::new(&loader.load().await))
+    }
+
+    /// Wraps a client configured by the caller.
+    pub fn from_client(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+fn context_pairs(ctx: &EncryptionContext) -> std::collections::HashMap<String, String> {
+    ctx.iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Maps an SDK error to a typed one, keeping the cause.
+fn map_err<E, R>(key: &KmsKeyId, e: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let kms = match &e {
+        SdkError::ServiceError(se) => match se.err().code() {
+            Some("NotFoundException") => KmsError::KeyNotFound(key.to_string()),
+            Some("DisabledException" | "KMSInvalidStateException" | "KeyUnavailableException") => {
+                KmsError::KeyUnusable(format!(
+                    "{key}: {}",
+                    se.err().message().unwrap_or("disabled or pending deletion")
+                ))
+            }
+            Some("AccessDeniedException" | "IncorrectKeyException") => KmsError::AccessDenied,
+            Some("ThrottlingException" | "LimitExceededException") => KmsError::Throttled,
+            Some("InvalidCiphertextException") => KmsError::UnwrapFailed,
+            _ => KmsError::Other(Box::new(e)),
+        },
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            KmsError::Unavailable(Box::new(e))
+        }
+        _ => KmsError::Other(Box::new(e)),
+    };
+    Error::Kms(kms)
+}
+
+fn data_key(bytes: &[u8]) -> Result<DataKey, Error> {
+    let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| {
+        KmsError::Other(Box::new(std::io::Error::other(
+            "KMS returned a data key that is not 32 bytes",
+        )))
+    })?;
+    Ok(DataKey::from_bytes(Zeroizing::new(arr)))
+}
+
+#[async_trait]
+impl Kms for AwsKms {
+    async fn generate_data_key(
+        &self,
+        key: &KmsKeyId,
+        ctx: &EncryptionContext,
+    ) -> Result<(DataKey, WrappedKey), Error> {
+        let out = self
+            .client
+            .generate_data_key()
+            .key_id(key.as_str())
+            .key_spec(DataKeySpec::Aes256)
+            .set_encryption_context(Some(context_pairs(ctx)))
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        let plain = out.plaintext().ok_or(KmsError::UnwrapFailed)?;
+        let dek = data_key(plain.as_ref())?;
+        let wrapped = out.ciphertext_blob().ok_or(KmsError::UnwrapFailed)?;
+        Ok((dek, WrappedKey::new(wrapped.as_ref().to_vec())?))
+    }
+
+    async fn decrypt(
+        &self,
+        key: &KmsKeyId,
+        wrapped: &WrappedKey,
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, Error> {
+        let out = self
+            .client
+            .decrypt()
+            .key_id(key.as_str())
+            .ciphertext_blob(Blob::new(wrapped.as_bytes().to_vec()))
+            .set_encryption_context(Some(context_pairs(ctx)))
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        data_key(out.plaintext().ok_or(KmsError::UnwrapFailed)?.as_ref())
+    }
+
+    async fn re_encrypt(
+        &self,
+        from: &KmsKeyId,
+        wrapped: &WrappedKey,
+        ctx: &EncryptionContext,
+        to: &KmsKeyId,
+    ) -> Result<WrappedKey, Error> {
+        let pairs = context_pairs(ctx);
+        let out = self
+            .client
+            .re_encrypt()
+            .source_key_id(from.as_str())
+            .ciphertext_blob(Blob::new(wrapped.as_bytes().to_vec()))
+            .set_source_encryption_context(Some(pairs.clone()))
+            .destination_key_id(to.as_str())
+            .set_destination_encryption_context(Some(pairs))
+            .send()
+            .await
+            .map_err(|e| map_err(from, e))?;
+        WrappedKey::new(
+            out.ciphertext_blob()
+                .ok_or(KmsError::UnwrapFailed)?
+                .as_ref()
+                .to_vec(),
+        )
+    }
+
+    async fn rotate(&self, key: &KmsKeyId) -> Result<KeyDescription, Error> {
+        self.client
+            .rotate_key_on_demand()
+            .key_id(key.as_str())
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        self.describe(key).await
+    }
+
+    async fn describe(&self, key: &KmsKeyId) -> Result<KeyDescription, Error> {
+        let meta = self
+            .client
+            .describe_key()
+            .key_id(key.as_str())
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        let enabled = meta.key_metadata().is_some_and(|m| m.enabled());
+        // AWS keeps every backing key of a KMS key; versions here count them.
+        let rotations = match self
+            .client
+            .list_key_rotations()
+            .key_id(key.as_str())
+            .send()
+            .await
+        {
+            Ok(r) => u32::try_from(r.rotations().len()).unwrap_or(u32::MAX),
+            Err(_) => 0,
+        };
+        let current = rotations.saturating_add(1);
+        Ok(KeyDescription {
+            key: key.clone(),
+            current_version: current,
+            enabled_versions: if enabled {
+                (1..=current).collect()
+            } else {
+                Vec::new()
+            },
+            destroyed_versions: Vec::new(),
+        })
+    }
+}
