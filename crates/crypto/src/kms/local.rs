@@ -256,7 +256,7 @@ impl LocalKms {
     ///
     /// I/O errors persisting the file.
     pub fn ensure_key(&self, key: &KmsKeyId) -> Result<KeyDescription, Error> {
-        self.mutate(|t| {
+        self.mutate_key(key, |t| {
             t.keys.entry(key.clone()).or_insert_with(|| {
                 vec![Version {
                     version: 1,
@@ -265,8 +265,7 @@ impl LocalKms {
                 }]
             });
             Ok(())
-        })?;
-        self.describe_now(key)
+        })
     }
 
     /// Destroys one version of `key` for good: data keys it wrapped can never
@@ -277,7 +276,7 @@ impl LocalKms {
     /// [`KmsError::KeyNotFound`], [`KmsError::KeyUnusable`] for the current
     /// or an unknown version, I/O errors.
     pub fn destroy_version(&self, key: &KmsKeyId, version: u32) -> Result<KeyDescription, Error> {
-        self.mutate(|t| {
+        self.mutate_key(key, |t| {
             let versions = t
                 .keys
                 .get_mut(key)
@@ -295,8 +294,7 @@ impl LocalKms {
                 .ok_or_else(|| KmsError::KeyUnusable(format!("{key} has no version {version}")))?;
             v.material = None;
             Ok(())
-        })?;
-        self.describe_now(key)
+        })
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -351,15 +349,33 @@ impl LocalKms {
 
     /// Read-modify-write under the file lock, starting from the file's
     /// current contents so concurrent processes never lose each other's versions.
-    fn mutate(&self, f: impl FnOnce(&mut Table) -> Result<(), Error>) -> Result<(), Error> {
+    fn mutate<T>(&self, f: impl FnOnce(&mut Table) -> Result<T, Error>) -> Result<T, Error> {
         let _lock = self.lock_file()?;
         let bytes = fs::read(&self.path)?;
         let mut table = self.decode_file(&bytes)?;
-        f(&mut table)?;
+        let out = f(&mut table)?;
         self.persist(&table)?;
         *self.table() = table;
         *self.stamp() = Some(file_stamp(&self.path)?);
-        Ok(())
+        Ok(out)
+    }
+
+    /// [`LocalKms::mutate`] one key and describe it as written, inside the
+    /// lock: describing afterwards could report another process's later
+    /// rotation as this one.
+    fn mutate_key(
+        &self,
+        key: &KmsKeyId,
+        f: impl FnOnce(&mut Table) -> Result<(), Error>,
+    ) -> Result<KeyDescription, Error> {
+        self.mutate(|t| {
+            f(t)?;
+            let versions = t
+                .keys
+                .get(key)
+                .ok_or_else(|| KmsError::KeyNotFound(key.to_string()))?;
+            Ok(describe(key, versions))
+        })
     }
 
     fn root_key_id(&self) -> KeyId {
@@ -663,7 +679,7 @@ impl Kms for LocalKms {
     }
 
     async fn rotate(&self, key: &KmsKeyId) -> Result<KeyDescription, Error> {
-        self.mutate(|t| {
+        self.mutate_key(key, |t| {
             let versions = t
                 .keys
                 .get_mut(key)
@@ -681,8 +697,7 @@ impl Kms for LocalKms {
                 material: Some(DataKey::generate()),
             });
             Ok(())
-        })?;
-        self.describe_now(key)
+        })
     }
 
     async fn describe(&self, key: &KmsKeyId) -> Result<KeyDescription, Error> {
