@@ -88,14 +88,20 @@ async fn child_blob_writer() {
     let id = store.put(&mut &body(1)[..]).await.unwrap();
     println!("ack {}", id.as_str());
     // Then a slow upload that the parent kills half-way.
-    let (mut tx, mut rx) = tokio::io::duplex(64 * 1024);
+    upload_slowly(&store, 64 * 1024, 20).await;
+}
+
+/// Uploads `chunk`-byte pieces every `pause_ms` until the parent kills us.
+async fn upload_slowly(store: &dyn BlobStore, chunk: usize, pause_ms: u64) {
+    let (mut tx, mut rx) = tokio::io::duplex(chunk);
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
+        let piece = vec![9u8; chunk];
         for _ in 0..1000 {
-            if tx.write_all(&[9u8; 64 * 1024]).await.is_err() {
+            if tx.write_all(&piece).await.is_err() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         }
     });
     println!("uploading");
@@ -113,21 +119,24 @@ impl Drop for Reaped {
 }
 
 fn spawn(name: &str, dir: &Path) -> Reaped {
-    Reaped(
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                name,
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("CARECONNECT_CRASH_DIR", dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    )
+    spawn_with(name, dir, &[])
+}
+
+/// Re-runs this binary as the child test `name`, with extra environment.
+fn spawn_with(name: &str, dir: &Path, env: &[(&str, &str)]) -> Reaped {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("CARECONNECT_CRASH_DIR", dir)
+    .envs(env.iter().copied())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    Reaped(cmd.spawn().unwrap())
 }
 
 #[tokio::test]
@@ -246,38 +255,18 @@ async fn child_s3_writer() {
     let id = store.put(&mut &body(1)[..]).await.unwrap();
     println!("ack {}", id.as_str());
     // A slow upload, past the first 8 MiB part, that the parent kills.
-    let (mut tx, mut rx) = tokio::io::duplex(256 * 1024);
-    tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        for _ in 0..1000 {
-            if tx.write_all(&[9u8; 256 * 1024]).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
-    println!("uploading");
-    let _ = store.put(&mut rx).await;
-    println!("finished (should have been killed)");
+    upload_slowly(&store, 256 * 1024, 10).await;
 }
 
 #[tokio::test]
 async fn s3_killed_mid_upload_never_appears() {
     let bucket = common::fresh_bucket();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
+    let mut child = spawn_with(
         "child_s3_writer",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("CARECONNECT_CRASH_DIR", dir.path())
-    .env("CARECONNECT_CRASH_BUCKET", &bucket)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    let mut child = Reaped(cmd.spawn().unwrap());
+        dir.path(),
+        &[("CARECONNECT_CRASH_BUCKET", bucket.as_str())],
+    );
     let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let first = lines
         .by_ref()

@@ -48,6 +48,7 @@ mod memory;
 mod postgres;
 #[cfg(feature = "s3")]
 mod s3;
+mod sql;
 mod sqlite;
 mod traits;
 mod types;

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 
 use crate::error::{Result, StorageError};
 use crate::traits::{AuditLog, KeyStore, RecordStore};
-use crate::types::{Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows};
+use crate::types::{
+    Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows, page_of,
+};
 
 /// Rows, audit entries and key material in memory.
 #[derive(Debug, Default)]
@@ -47,19 +49,13 @@ fn page(
     limit: usize,
     keep: impl Fn(&Row) -> bool,
 ) -> Page {
-    let mut out: Vec<Row> = rows
+    let out: Vec<Row> = rows
         .iter()
         .filter(|((c, id), r)| c == coll && after.is_none_or(|a| id > a) && keep(r))
         .take(limit + 1)
         .map(|(_, r)| r.clone())
         .collect();
-    let next = if out.len() > limit {
-        out.truncate(limit);
-        out.last().map(|r| r.id.clone())
-    } else {
-        None
-    };
-    Page { rows: out, next }
+    page_of(out, limit)
 }
 
 #[async_trait]

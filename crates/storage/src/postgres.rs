@@ -14,8 +14,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row as _};
 
 use crate::error::{Result, StorageError};
+use crate::sql::{key_id_of, version_col, version_of};
 use crate::traits::{AuditLog, KeyStore, RecordStore};
-use crate::types::{Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows};
+use crate::types::{
+    Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows, page_of,
+};
 
 const SCHEMA_VERSION: i64 = 1;
 const SCHEMA_V1: &str = "
@@ -103,14 +106,6 @@ impl PgStore {
     }
 }
 
-fn version_of(v: i64) -> Result<u64> {
-    u64::try_from(v).map_err(|_| StorageError::Corrupt(format!("negative version {v}")))
-}
-
-fn key_id_of(v: i64) -> Result<u32> {
-    u32::try_from(v).map_err(|_| StorageError::Corrupt(format!("key id {v} out of range")))
-}
-
 /// Folds joined (row, index) result rows into rows, in order.
 fn fold(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Row>> {
     let mut out: Vec<Row> = Vec::new();
@@ -167,6 +162,19 @@ impl PgStore {
         Ok(())
     }
 
+    async fn clear_indexes(
+        tx: &mut sqlx::PgConnection,
+        coll: &Collection,
+        id: &RowId,
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM record_index WHERE collection = $1 AND id = $2")
+            .bind(coll.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
     async fn current_version(&self, coll: &Collection, id: &RowId) -> Result<Option<u64>> {
         let v: Option<i64> =
             sqlx::query_scalar("SELECT version FROM records WHERE collection = $1 AND id = $2")
@@ -201,14 +209,7 @@ impl PgStore {
         if let Some(k) = key_id {
             q = q.bind(i64::from(k));
         }
-        let mut rows = fold(q.fetch_all(&self.pool).await?)?;
-        let next = if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last().map(|r| r.id.clone())
-        } else {
-            None
-        };
-        Ok(Page { rows, next })
+        Ok(page_of(fold(q.fetch_all(&self.pool).await?)?, limit))
     }
 }
 
@@ -253,10 +254,7 @@ impl RecordStore for PgStore {
             what: "version",
             why: "overflow",
         })?;
-        let exp = i64::try_from(expected).map_err(|_| StorageError::Invalid {
-            what: "version",
-            why: "too large",
-        })?;
+        let exp = version_col(expected)?;
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE records SET version = $3, key_id = $4, envelope = $5 WHERE collection = $1 AND id = $2 AND version = $6",
@@ -273,21 +271,14 @@ impl RecordStore for PgStore {
             drop(tx);
             return Err(self.conflict(coll, id, expected).await);
         }
-        sqlx::query("DELETE FROM record_index WHERE collection = $1 AND id = $2")
-            .bind(coll.as_str())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
+        Self::clear_indexes(&mut tx, coll, id).await?;
         Self::write_indexes(&mut tx, coll, id, &data.indexes).await?;
         tx.commit().await?;
         Ok(next)
     }
 
     async fn delete(&self, coll: &Collection, id: &RowId, expected: u64) -> Result<()> {
-        let exp = i64::try_from(expected).map_err(|_| StorageError::Invalid {
-            what: "version",
-            why: "too large",
-        })?;
+        let exp = version_col(expected)?;
         let mut tx = self.pool.begin().await?;
         let done =
             sqlx::query("DELETE FROM records WHERE collection = $1 AND id = $2 AND version = $3")
@@ -300,11 +291,7 @@ impl RecordStore for PgStore {
             drop(tx);
             return Err(self.conflict(coll, id, expected).await);
         }
-        sqlx::query("DELETE FROM record_index WHERE collection = $1 AND id = $2")
-            .bind(coll.as_str())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
+        Self::clear_indexes(&mut tx, coll, id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -405,10 +392,7 @@ impl KeyStore for PgStore {
                 Ok(1)
             }
             Some(e) => {
-                let exp = i64::try_from(e).map_err(|_| StorageError::Invalid {
-                    what: "version",
-                    why: "too large",
-                })?;
+                let exp = version_col(e)?;
                 let done = sqlx::query("UPDATE key_material SET version = $2, bytes = $3 WHERE name = $1 AND version = $4")
                     .bind(name)
                     .bind(exp + 1)

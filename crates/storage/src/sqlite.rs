@@ -12,8 +12,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row as _, SqlitePool};
 
 use crate::error::{Result, StorageError};
+use crate::sql::{key_id_of, version_col, version_of};
 use crate::traits::{AuditLog, KeyStore, RecordStore};
-use crate::types::{Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows};
+use crate::types::{
+    Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows, page_of,
+};
 
 const SCHEMA_VERSION: i64 = 1;
 const SCHEMA_V1: &str = "
@@ -131,14 +134,6 @@ impl SqliteStore {
     }
 }
 
-fn version_of(v: i64) -> Result<u64> {
-    u64::try_from(v).map_err(|_| StorageError::Corrupt(format!("negative version {v}")))
-}
-
-fn key_id_of(v: i64) -> Result<u32> {
-    u32::try_from(v).map_err(|_| StorageError::Corrupt(format!("key id {v} out of range")))
-}
-
 /// Folds joined (row, index) result rows into rows, in order.
 fn fold(rows: Vec<sqlx::sqlite::SqliteRow>) -> Result<Vec<Row>> {
     let mut out: Vec<Row> = Vec::new();
@@ -195,6 +190,19 @@ impl SqliteStore {
         Ok(())
     }
 
+    async fn clear_indexes(
+        tx: &mut sqlx::SqliteConnection,
+        coll: &Collection,
+        id: &RowId,
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM record_index WHERE collection = ?1 AND id = ?2")
+            .bind(coll.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
     async fn current_version(&self, coll: &Collection, id: &RowId) -> Result<Option<u64>> {
         let v: Option<i64> =
             sqlx::query_scalar("SELECT version FROM records WHERE collection = ?1 AND id = ?2")
@@ -229,14 +237,7 @@ impl SqliteStore {
         if let Some(k) = key_id {
             q = q.bind(i64::from(k));
         }
-        let mut rows = fold(q.fetch_all(&self.pool).await?)?;
-        let next = if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last().map(|r| r.id.clone())
-        } else {
-            None
-        };
-        Ok(Page { rows, next })
+        Ok(page_of(fold(q.fetch_all(&self.pool).await?)?, limit))
     }
 }
 
@@ -281,10 +282,7 @@ impl RecordStore for SqliteStore {
             what: "version",
             why: "overflow",
         })?;
-        let exp = i64::try_from(expected).map_err(|_| StorageError::Invalid {
-            what: "version",
-            why: "too large",
-        })?;
+        let exp = version_col(expected)?;
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE records SET version = ?3, key_id = ?4, envelope = ?5 WHERE collection = ?1 AND id = ?2 AND version = ?6",
@@ -301,21 +299,14 @@ impl RecordStore for SqliteStore {
             drop(tx);
             return Err(self.conflict(coll, id, expected).await);
         }
-        sqlx::query("DELETE FROM record_index WHERE collection = ?1 AND id = ?2")
-            .bind(coll.as_str())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
+        Self::clear_indexes(&mut tx, coll, id).await?;
         Self::write_indexes(&mut tx, coll, id, &data.indexes).await?;
         tx.commit().await?;
         Ok(next)
     }
 
     async fn delete(&self, coll: &Collection, id: &RowId, expected: u64) -> Result<()> {
-        let exp = i64::try_from(expected).map_err(|_| StorageError::Invalid {
-            what: "version",
-            why: "too large",
-        })?;
+        let exp = version_col(expected)?;
         let mut tx = self.pool.begin().await?;
         let done =
             sqlx::query("DELETE FROM records WHERE collection = ?1 AND id = ?2 AND version = ?3")
@@ -328,11 +319,7 @@ impl RecordStore for SqliteStore {
             drop(tx);
             return Err(self.conflict(coll, id, expected).await);
         }
-        sqlx::query("DELETE FROM record_index WHERE collection = ?1 AND id = ?2")
-            .bind(coll.as_str())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
+        Self::clear_indexes(&mut tx, coll, id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -427,10 +414,7 @@ impl KeyStore for SqliteStore {
                 Ok(1)
             }
             Some(e) => {
-                let exp = i64::try_from(e).map_err(|_| StorageError::Invalid {
-                    what: "version",
-                    why: "too large",
-                })?;
+                let exp = version_col(e)?;
                 let done = sqlx::query("UPDATE key_material SET version = ?2, bytes = ?3 WHERE name = ?1 AND version = ?4")
                     .bind(name)
                     .bind(exp + 1)

@@ -165,3 +165,15 @@ pub(crate) fn check_limit(limit: usize) -> Result<usize, StorageError> {
     }
     Ok(limit)
 }
+
+/// Makes a page from up to `limit + 1` rows fetched in id order: the extra
+/// row, if any, only says that there is more.
+pub(crate) fn page_of(mut rows: Vec<Row>, limit: usize) -> Page {
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    Page { rows, next }
+}

@@ -18,11 +18,7 @@ impl CryptoProvider for RustCrypto {
     }
 
     fn aead(&self, suite: Suite, key: &AeadKey) -> Box<dyn Aead> {
-        let k = key.expose().into();
-        match suite {
-            Suite::Aes256Gcm => Box::new(Keyed(Aes256Gcm::new(k))),
-            Suite::ChaCha20Poly1305 => Box::new(Keyed(ChaCha20Poly1305::new(k))),
-        }
+        Box::new(keyed(suite, key))
     }
 
     fn seal_once(
@@ -33,13 +29,7 @@ impl CryptoProvider for RustCrypto {
         aad: &[u8],
         buf: &mut [u8],
     ) -> Result<Tag, Error> {
-        let k = key.expose().into();
-        match suite {
-            Suite::Aes256Gcm => Keyed(Aes256Gcm::new(k)).seal_in_place_detached(nonce, aad, buf),
-            Suite::ChaCha20Poly1305 => {
-                Keyed(ChaCha20Poly1305::new(k)).seal_in_place_detached(nonce, aad, buf)
-            }
-        }
+        keyed(suite, key).seal_in_place_detached(nonce, aad, buf)
     }
 
     fn open_once(
@@ -51,14 +41,51 @@ impl CryptoProvider for RustCrypto {
         buf: &mut [u8],
         tag: &Tag,
     ) -> Result<(), Error> {
-        let k = key.expose().into();
-        match suite {
-            Suite::Aes256Gcm => {
-                Keyed(Aes256Gcm::new(k)).open_in_place_detached(nonce, aad, buf, tag)
-            }
-            Suite::ChaCha20Poly1305 => {
-                Keyed(ChaCha20Poly1305::new(k)).open_in_place_detached(nonce, aad, buf, tag)
-            }
+        keyed(suite, key).open_in_place_detached(nonce, aad, buf, tag)
+    }
+}
+
+/// Either suite's cipher, keyed on the stack (boxed only by `aead`).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "lives on the stack for one message; avoiding the box is the point of seal_once"
+)]
+enum Cipher {
+    Aes(Keyed<Aes256Gcm>),
+    ChaCha(Keyed<ChaCha20Poly1305>),
+}
+
+fn keyed(suite: Suite, key: &AeadKey) -> Cipher {
+    let k = key.expose().into();
+    match suite {
+        Suite::Aes256Gcm => Cipher::Aes(Keyed(Aes256Gcm::new(k))),
+        Suite::ChaCha20Poly1305 => Cipher::ChaCha(Keyed(ChaCha20Poly1305::new(k))),
+    }
+}
+
+impl Aead for Cipher {
+    fn seal_in_place_detached(
+        &self,
+        nonce: &Nonce,
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<Tag, Error> {
+        match self {
+            Self::Aes(c) => c.seal_in_place_detached(nonce, aad, buf),
+            Self::ChaCha(c) => c.seal_in_place_detached(nonce, aad, buf),
+        }
+    }
+
+    fn open_in_place_detached(
+        &self,
+        nonce: &Nonce,
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &Tag,
+    ) -> Result<(), Error> {
+        match self {
+            Self::Aes(c) => c.open_in_place_detached(nonce, aad, buf, tag),
+            Self::ChaCha(c) => c.open_in_place_detached(nonce, aad, buf, tag),
         }
     }
 }

@@ -297,7 +297,14 @@ impl ServerTls {
         &self,
         resolver: Arc<dyn ResolvesServerCert>,
     ) -> Result<Arc<ServerConfig>, TlsError> {
-        let provider = provider(&self.suites, self.tls12)?;
+        self.build_with(resolver, provider(&self.suites, self.tls12)?)
+    }
+
+    fn build_with(
+        &self,
+        resolver: Arc<dyn ResolvesServerCert>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(versions(self.tls12))
             .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -333,8 +340,11 @@ impl ServerTls {
         paths: CertPaths,
     ) -> Result<(Arc<ServerConfig>, Arc<ReloadingCertResolver>), TlsError> {
         let provider = provider(&self.suites, self.tls12)?;
-        let resolver = ReloadingCertResolver::new(paths, provider)?;
-        let config = self.build(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>)?;
+        let resolver = ReloadingCertResolver::new(paths, Arc::clone(&provider))?;
+        let config = self.build_with(
+            Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>,
+            provider,
+        )?;
         Ok((config, resolver))
     }
 
