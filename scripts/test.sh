@@ -2,6 +2,9 @@
 # The whole test suite, as CI runs it. Installs what it needs (idempotent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A server that fails to come up must fail the run, not hang it: every start
+# is bounded (generous, as the first run installs packages).
+start() { timeout 900 "$@"; }
 step() { printf '\n==> %s\n' "$*"; }
 
 step "system tools (openssl, curl: real TLS clients for tests/tls.rs)"
@@ -13,24 +16,31 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 echo "ok"
 
-cleanup() { scripts/pg.sh stop; scripts/moto.sh stop; rm -rf "${tmp:-/nonexistent}"; }
+cleanup() { scripts/pg.sh stop; scripts/moto.sh stop; scripts/localstack.sh stop; rm -rf "${tmp:-/nonexistent}"; }
 trap cleanup EXIT
 
 step "PostgreSQL for the storage conformance suite"
 if [ -z "${CARECONNECT_PG_URL:-}" ]; then
-  CARECONNECT_PG_URL=$(scripts/pg.sh start)
+  CARECONNECT_PG_URL=$(start scripts/pg.sh start)
   export CARECONNECT_PG_URL
 fi
 echo "$CARECONNECT_PG_URL"
 
 step "S3- and KMS-compatible server (moto) for the blob and AWS KMS tests"
 if [ -z "${CARECONNECT_S3_ENDPOINT:-}" ]; then
-  CARECONNECT_S3_ENDPOINT=$(scripts/moto.sh start)
+  CARECONNECT_S3_ENDPOINT=$(start scripts/moto.sh start)
   export CARECONNECT_S3_ENDPOINT
 fi
 export CARECONNECT_MOTO_ENDPOINT="$CARECONNECT_S3_ENDPOINT"
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-testing}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-testing}"
 echo "$CARECONNECT_S3_ENDPOINT"
+
+step "LocalStack's KMS (enforces key states) for the AWS KMS tests"
+if [ -z "${CARECONNECT_LOCALSTACK_ENDPOINT:-}" ]; then
+  CARECONNECT_LOCALSTACK_ENDPOINT=$(start scripts/localstack.sh start)
+  export CARECONNECT_LOCALSTACK_ENDPOINT
+fi
+echo "$CARECONNECT_LOCALSTACK_ENDPOINT"
 
 step "format"
 cargo fmt --all --check

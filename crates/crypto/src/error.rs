@@ -137,6 +137,8 @@ pub enum Misuse {
     WeakKey,
     /// A MAC tag of a length that cannot be verified safely.
     TagLength(usize),
+    /// A KMS rotation period outside the range the service accepts.
+    RotationPeriod,
 }
 
 impl fmt::Display for Misuse {
@@ -154,6 +156,7 @@ impl fmt::Display for Misuse {
             Self::WrongKeyReference => f.write_str("envelope key reference is of another kind"),
             Self::WeakKey => f.write_str("key shorter than 128 bits"),
             Self::TagLength(n) => write!(f, "mac tag of {n} bytes; 16 to 32 are accepted"),
+            Self::RotationPeriod => write!(f, "kms rotation period outside 90 to 2560 days"),
         }
     }
 }

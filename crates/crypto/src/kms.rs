@@ -15,11 +15,13 @@ use crate::key::DataKey;
 
 #[cfg(feature = "aws-kms")]
 mod aws;
+mod cache;
 mod local;
 
-#[doc(hidden)]
 #[cfg(feature = "aws-kms")]
-pub use aws::{AwsKms, AwsKmsConfig};
+pub use aws::{AwsKms, AwsKmsConfig, ROTATION_PERIOD_DAYS, RotationStatus};
+pub use cache::{CacheLimits, CacheStats, CachingKms};
+#[doc(hidden)]
 pub use local::decode_table_for_fuzzing;
 pub use local::{LocalKms, ROOT_SECRET_ENV, RootSecret};
 
