@@ -29,6 +29,7 @@ put("keyring_file", "keyset", bytes.fromhex(vectors["keyset"]))
 import glob
 for f in glob.glob("fuzz/seeds/tls_pem/*"):
     put("tls_pem", os.path.basename(f), open(f, "rb").read())
+put("authz_config", "roles-example", open("docs/roles.example.toml", "rb").read())
 PY
 
 if command -v openssl >/dev/null; then
@@ -36,7 +37,7 @@ if command -v openssl >/dev/null; then
 fi
 
 log=$(mktemp); trap 'rm -f "$log"' EXIT
-for target in envelope_header open_any keyring_file tls_pem; do
+for target in envelope_header open_any keyring_file tls_pem authz_config; do
   echo "fuzz $target for ${secs}s"
   status=0
   cargo fuzz run --fuzz-dir fuzz "$target" -- -max_total_time="$secs" -rss_limit_mb=2048 \

@@ -16,7 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 echo "ok"
 
-cleanup() { scripts/pg.sh stop; scripts/moto.sh stop; scripts/localstack.sh stop; rm -rf "${tmp:-/nonexistent}"; }
+cleanup() { scripts/pg.sh stop; scripts/moto.sh stop; scripts/localstack.sh stop; scripts/oidc-provider.sh stop; rm -rf "${tmp:-/nonexistent}"; }
 trap cleanup EXIT
 
 step "PostgreSQL for the storage conformance suite"
@@ -41,6 +41,18 @@ if [ -z "${CARECONNECT_LOCALSTACK_ENDPOINT:-}" ]; then
   export CARECONNECT_LOCALSTACK_ENDPOINT
 fi
 echo "$CARECONNECT_LOCALSTACK_ENDPOINT"
+
+step "OpenID provider (npm oidc-provider) for the authz login tests"
+if [ -z "${CARECONNECT_OIDC_ISSUER:-}" ]; then
+  CARECONNECT_OIDC_ISSUER=$(start scripts/oidc-provider.sh start)
+  export CARECONNECT_OIDC_ISSUER
+fi
+echo "$CARECONNECT_OIDC_ISSUER"
+
+step "headless Chromium (Debian) + playwright-core for the HTML page tests"
+CARECONNECT_BROWSER_DIR=$(start scripts/browser.sh)
+export CARECONNECT_BROWSER_DIR
+echo "$CARECONNECT_BROWSER_DIR"
 
 step "format"
 cargo fmt --all --check

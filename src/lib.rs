@@ -4,6 +4,7 @@
 //!
 //! - [`crypto`]: AEAD suites, HKDF, the envelope format, KMS, keyrings, TLS.
 //! - [`storage`]: storage traits and backends for sealed rows, audit log, key material.
+//! - [`authz`]: roles, the access policy, role mapping, sessions, OpenID Connect login.
 //!
 //! ```
 //! use careconnect::crypto::{EncryptionContext, Keyring};
@@ -15,5 +16,6 @@
 //! # Ok(()) }
 //! ```
 
+pub use careconnect_authz as authz;
 pub use careconnect_crypto as crypto;
 pub use careconnect_storage as storage;

@@ -1,0 +1,31 @@
+//! Who may do what in careconnect: roles, a deny-by-default policy, a role
+//! mapper, server-side sessions and OpenID Connect login.
+//!
+//! ```
+//! use careconnect_authz::{authorize, Action, Decision, Principal, Resource, Role, UserId};
+//! let doctor = UserId::new("https://idp.example", "dr-grey").unwrap();
+//! let patient = UserId::new("https://idp.example", "p-17").unwrap();
+//! let p = Principal::new(doctor.clone(), [Role::Doctor].into_iter().collect());
+//! let rx = Resource::Prescription { patient: &patient, prescriber: &doctor };
+//! assert!(authorize(&p, Action::CancelPrescription, &rx).is_allowed());
+//! // Finance never reaches clinical data.
+//! let f = Principal::new(doctor, [Role::Finance].into_iter().collect());
+//! assert!(!authorize(&f, Action::ReadHealthRecord, &Resource::Patient(&patient)).is_allowed());
+//! ```
+
+#[cfg(feature = "dev-issuer")]
+pub mod dev_issuer;
+mod error;
+pub mod mapper;
+#[cfg(feature = "oidc")]
+pub mod oidc;
+#[cfg(feature = "oidc")]
+pub mod pending;
+pub mod policy;
+mod principal;
+mod rows;
+pub mod session;
+
+pub use error::AuthzError;
+pub use policy::{Action, Basis, Decision, DenyReason, Resource, ResourceKind, authorize};
+pub use principal::{Principal, Role, RoleSet, UserId};

@@ -1,0 +1,487 @@
+//! Server-side sessions: the browser holds only an opaque 256-bit random id.
+//!
+//! - A new id at every login ([`Sessions::login`] deletes the session the
+//!   browser came with), so an id planted before login is worthless
+//!   (no fixation).
+//! - Idle and absolute expiry, checked on every [`Sessions::get`]; an expired
+//!   session is deleted when seen.
+//! - [`Sessions::logout`] deletes the row.
+//! - The store keys rows by SHA-256 of the id, so a copy of the database does
+//!   not yield ids that log anyone in.
+//! - Each session carries a CSRF token for the web layer's forms
+//!   ([`Session::csrf_matches`] compares in constant time).
+//!
+//! Cookie guidance for the web layer: name the cookie with the `__Host-`
+//! prefix (e.g. `__Host-cc_session`), which browsers accept only with
+//! `Secure`, `Path=/` and no `Domain`; set `HttpOnly` (scripts never need it)
+//! and `SameSite=Lax` (the OIDC redirect back is a top-level GET; state changes
+//! are POSTs with the CSRF token, so `Lax` is enough); give it no `Max-Age`
+//! beyond the absolute expiry.
+//!
+//! ```
+//! # async fn demo() -> Result<(), careconnect_authz::AuthzError> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use careconnect_authz::session::{ManualClock, SessionConfig, Sessions};
+//! use careconnect_authz::{Principal, Role, UserId};
+//! use careconnect_storage::MemoryStore;
+//!
+//! let clock = Arc::new(ManualClock::new(1_700_000_000));
+//! let sessions = Sessions::new(Arc::new(MemoryStore::new()), SessionConfig::default(), clock.clone())?;
+//! let who = Principal::new(UserId::new("https://idp.example", "p-17")?, [Role::Patient].into_iter().collect());
+//! let (id, _) = sessions.login(None, who).await?;
+//! assert!(sessions.get(&id).await?.is_some());
+//! clock.advance(Duration::from_secs(31 * 60)); // idle for longer than 30 minutes
+//! assert!(sessions.get(&id).await?.is_none());
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use careconnect_storage::{Collection, RecordStore, RowData, RowId, StorageError};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::error::AuthzError;
+use crate::principal::{Principal, RoleSet, UserId};
+use crate::rows::{hashed_row, purge};
+
+/// The current time, injectable for tests.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Seconds since the Unix epoch.
+    fn now(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// A clock that moves only when told (tests, simulations).
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// Starts at `unix_secs`.
+    pub fn new(unix_secs: u64) -> Self {
+        Self(AtomicU64::new(unix_secs))
+    }
+
+    /// Moves forward.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_secs(), Ordering::SeqCst);
+    }
+
+    /// Jumps to `unix_secs` (backwards too).
+    pub fn set(&self, unix_secs: u64) {
+        self.0.store(unix_secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Expiry settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// A session unused for this long ends. Default 30 minutes.
+    pub idle: Duration,
+    /// A session ends this long after login, used or not. Default 12 hours.
+    pub absolute: Duration,
+    /// Last-seen is written back at most this often, to spare the store a
+    /// write per request. Default 60 s; must be well below `idle`.
+    pub touch_every: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(30 * 60),
+            absolute: Duration::from_secs(12 * 3600),
+            touch_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An opaque session id: 32 random bytes, shown to the browser as 64 hex
+/// characters. Never in Debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionId(Zeroizing<[u8; 32]>);
+
+impl SessionId {
+    fn generate() -> Result<Self, AuthzError> {
+        let mut b = Zeroizing::new([0u8; 32]);
+        getrandom::fill(b.as_mut()).map_err(|_| AuthzError::Random)?;
+        Ok(Self(b))
+    }
+
+    /// Parses the cookie value; anything but 64 hex characters is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthzError::MalformedSessionId`].
+    pub fn parse(cookie: &str) -> Result<Self, AuthzError> {
+        let mut b = Zeroizing::new([0u8; 32]);
+        if cookie.len() != 64 {
+            return Err(AuthzError::MalformedSessionId);
+        }
+        hex::decode_to_slice(cookie, b.as_mut()).map_err(|_| AuthzError::MalformedSessionId)?;
+        Ok(Self(b))
+    }
+
+    /// The cookie value (64 lower-case hex characters). Treat as a secret.
+    pub fn to_cookie_value(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.0.as_ref()))
+    }
+
+    fn row(&self) -> Result<RowId, AuthzError> {
+        hashed_row(&[b"session", self.0.as_ref()])
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionId(..)")
+    }
+}
+
+/// What a session records.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Issuer and subject of the user.
+    pub user: UserId,
+    /// Their roles at login.
+    pub roles: RoleSet,
+    /// Login time, Unix seconds.
+    pub login_at: u64,
+    /// Last use, Unix seconds (written back at most every `touch_every`).
+    pub last_seen: u64,
+    csrf: String,
+}
+
+impl Session {
+    /// The principal this session stands for.
+    pub fn principal(&self) -> Principal {
+        Principal::new(self.user.clone(), self.roles)
+    }
+
+    /// The CSRF token to embed in this session's forms.
+    pub fn csrf_token(&self) -> &str {
+        &self.csrf
+    }
+
+    /// Whether a submitted CSRF token is this session's (constant time).
+    pub fn csrf_matches(&self, submitted: &str) -> bool {
+        submitted.len() == self.csrf.len()
+            && bool::from(submitted.as_bytes().ct_eq(self.csrf.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("user", &self.user)
+            .field("roles", &self.roles)
+            .field("login_at", &self.login_at)
+            .field("last_seen", &self.last_seen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The collection sessions live in.
+pub const SESSIONS_COLLECTION: &str = "authz_sessions";
+
+/// Sessions in a [`RecordStore`].
+#[derive(Clone)]
+pub struct Sessions {
+    store: Arc<dyn RecordStore>,
+    coll: Collection,
+    config: SessionConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sessions")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    /// Sessions in `store`, timed by `clock`.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthzError::Config`] when `touch_every` is not below `idle` or
+    /// `idle` exceeds `absolute`.
+    pub fn new(
+        store: Arc<dyn RecordStore>,
+        config: SessionConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AuthzError> {
+        if config.touch_every >= config.idle || config.idle > config.absolute {
+            return Err(AuthzError::Config(
+                "sessions need touch_every < idle <= absolute".into(),
+            ));
+        }
+        Ok(Self {
+            store,
+            coll: Collection::new(SESSIONS_COLLECTION)?,
+            config,
+            clock,
+        })
+    }
+
+    /// Starts a session for `principal` under a fresh id, deleting the
+    /// session `previous` (the one the browser came with), if any.
+    ///
+    /// # Errors
+    ///
+    /// Storage or randomness failures.
+    pub async fn login(
+        &self,
+        previous: Option<&SessionId>,
+        principal: Principal,
+    ) -> Result<(SessionId, Session), AuthzError> {
+        if let Some(old) = previous {
+            self.logout(old).await?;
+        }
+        let now = self.clock.now();
+        let csrf = SessionId::generate()?.to_cookie_value();
+        let session = Session {
+            user: principal.user,
+            roles: principal.roles,
+            login_at: now,
+            last_seen: now,
+            csrf: csrf.as_str().to_owned(),
+        };
+        let id = SessionId::generate()?;
+        self.store
+            .insert(&self.coll, &id.row()?, Self::data(&session)?)
+            .await?;
+        Ok((id, session))
+    }
+
+    fn data(s: &Session) -> Result<RowData, AuthzError> {
+        Ok(RowData {
+            key_id: 0,
+            envelope: serde_json::to_vec(s).map_err(|_| AuthzError::Corrupt("session"))?,
+            indexes: vec![],
+        })
+    }
+
+    fn expired(&self, s: &Session, now: u64) -> bool {
+        now >= s.login_at.saturating_add(self.config.absolute.as_secs())
+            || now >= s.last_seen.saturating_add(self.config.idle.as_secs())
+            || now.saturating_add(self.config.touch_every.as_secs()) < s.login_at
+    }
+
+    /// The live session for `id`, or `None` when there is none or it has
+    /// expired (then it is deleted). Refreshes last-seen.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures; [`AuthzError::Corrupt`] for an undecodable row.
+    pub async fn get(&self, id: &SessionId) -> Result<Option<Session>, AuthzError> {
+        let row_id = id.row()?;
+        let row = match self.store.get(&self.coll, &row_id).await {
+            Ok(r) => r,
+            Err(StorageError::NotFound) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut s: Session =
+            serde_json::from_slice(&row.envelope).map_err(|_| AuthzError::Corrupt("session"))?;
+        let now = self.clock.now();
+        if self.expired(&s, now) {
+            match self.store.delete(&self.coll, &row_id, row.version).await {
+                Ok(()) | Err(StorageError::NotFound | StorageError::VersionConflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(None);
+        }
+        if now
+            >= s.last_seen
+                .saturating_add(self.config.touch_every.as_secs())
+        {
+            s.last_seen = now;
+            // Another request touching at the same time is as good as ours.
+            match self
+                .store
+                .update(&self.coll, &row_id, row.version, Self::data(&s)?)
+                .await
+            {
+                Ok(_) | Err(StorageError::VersionConflict { .. }) => {}
+                Err(StorageError::NotFound) => return Ok(None), // logged out meanwhile
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(s))
+    }
+
+    /// Ends the session (idempotent).
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub async fn logout(&self, id: &SessionId) -> Result<(), AuthzError> {
+        let row_id = id.row()?;
+        for _ in 0..4 {
+            let version = match self.store.get(&self.coll, &row_id).await {
+                Ok(r) => r.version,
+                Err(StorageError::NotFound) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            match self.store.delete(&self.coll, &row_id, version).await {
+                Ok(()) | Err(StorageError::NotFound) => return Ok(()),
+                Err(StorageError::VersionConflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AuthzError::Storage(StorageError::Unavailable(
+            "session kept changing during logout".into(),
+        )))
+    }
+
+    /// Deletes every expired session; returns how many. Run it now and then
+    /// (sessions nobody returns to are otherwise only deleted when seen).
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub async fn purge_expired(&self) -> Result<usize, AuthzError> {
+        let now = self.clock.now();
+        purge(self.store.as_ref(), &self.coll, |body| {
+            serde_json::from_slice::<Session>(body).map_or(true, |s| self.expired(&s, now))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::Role;
+    use careconnect_storage::MemoryStore;
+
+    const T0: u64 = 1_700_000_000;
+
+    fn setup() -> (Arc<ManualClock>, Sessions, Principal) {
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = Sessions::new(
+            Arc::new(MemoryStore::new()),
+            SessionConfig::default(),
+            clock.clone(),
+        )
+        .unwrap();
+        let p = Principal::new(
+            UserId::new("https://idp.test", "p1").unwrap(),
+            [Role::Patient].into_iter().collect(),
+        );
+        (clock, s, p)
+    }
+
+    #[tokio::test]
+    async fn idle_expiry_is_pushed_back_by_use() {
+        let (clock, s, p) = setup();
+        let (id, _) = s.login(None, p).await.unwrap();
+        for _ in 0..10 {
+            clock.advance(Duration::from_secs(20 * 60)); // under the 30-minute idle limit
+            assert!(s.get(&id).await.unwrap().is_some());
+        }
+        clock.advance(Duration::from_secs(30 * 60));
+        assert!(s.get(&id).await.unwrap().is_none());
+        // Gone for good, even if the clock went back.
+        clock.set(T0);
+        assert!(s.get(&id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn absolute_expiry_ends_even_a_busy_session() {
+        let (clock, s, p) = setup();
+        let (id, first) = s.login(None, p).await.unwrap();
+        assert_eq!(first.login_at, T0);
+        let mut alive = 0;
+        for _ in 0..(13 * 4) {
+            clock.advance(Duration::from_secs(15 * 60));
+            if s.get(&id).await.unwrap().is_some() {
+                alive += 1;
+            }
+        }
+        assert_eq!(
+            alive,
+            12 * 4 - 1,
+            "alive until 12 h after login, then never"
+        );
+    }
+
+    #[tokio::test]
+    async fn login_rotates_the_id_and_logout_deletes() {
+        let (_clock, s, p) = setup();
+        let (planted, _) = s.login(None, p.clone()).await.unwrap();
+        let (fresh, _) = s.login(Some(&planted), p).await.unwrap();
+        assert_ne!(planted, fresh);
+        assert!(s.get(&planted).await.unwrap().is_none(), "old id is dead");
+        let live = s.get(&fresh).await.unwrap().unwrap();
+        assert_eq!(live.principal().roles.to_string(), "patient");
+        s.logout(&fresh).await.unwrap();
+        assert!(s.get(&fresh).await.unwrap().is_none());
+        s.logout(&fresh).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn purge_removes_only_expired_sessions() {
+        let (clock, s, p) = setup();
+        let (old, _) = s.login(None, p.clone()).await.unwrap();
+        clock.advance(Duration::from_secs(20 * 60));
+        let (new, _) = s.login(None, p).await.unwrap();
+        clock.advance(Duration::from_secs(15 * 60));
+        assert_eq!(s.purge_expired().await.unwrap(), 1);
+        assert!(s.get(&new).await.unwrap().is_some());
+        assert!(s.get(&old).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn ids_and_csrf_tokens() {
+        let (_clock, s, p) = setup();
+        let (id, sess) = s.login(None, p).await.unwrap();
+        let cookie = id.to_cookie_value();
+        assert_eq!(cookie.len(), 64);
+        assert_eq!(SessionId::parse(&cookie).unwrap(), id);
+        for bad in ["", "zz", &"g".repeat(64), &"a".repeat(63), &"a".repeat(65)] {
+            assert!(SessionId::parse(bad).is_err());
+        }
+        assert!(sess.csrf_matches(sess.csrf_token()));
+        assert!(!sess.csrf_matches(""));
+        assert!(!sess.csrf_matches(&"0".repeat(64)));
+        assert!(!format!("{id:?}{sess:?}").contains(cookie.as_str()));
+        assert!(!format!("{sess:?}").contains(sess.csrf_token()));
+        // The store never holds the id itself.
+        let rows = s.store.list(&s.coll, None, 10).await.unwrap();
+        assert!(!rows.rows[0].id.as_str().contains(cookie.as_str()));
+    }
+
+    #[test]
+    fn inconsistent_config_is_refused() {
+        let bad = SessionConfig {
+            idle: Duration::from_secs(10),
+            ..SessionConfig::default()
+        };
+        assert!(Sessions::new(Arc::new(MemoryStore::new()), bad, Arc::new(SystemClock)).is_err());
+    }
+}
