@@ -115,7 +115,7 @@ async fn envelope_suite(kms: &dyn Kms, a: &KmsKeyId, b: Option<&KmsKeyId>) {
         .with("document", "8");
     let err = open(doc.clone(), other).await.unwrap_err();
     assert!(
-        matches!(err, Error::Kms(KmsError::UnwrapFailed)),
+        matches!(err, Error::Kms(KmsError::UnwrapFailed { .. })),
         "wrong context: {err:?}"
     );
 
@@ -216,9 +216,23 @@ async fn unwrap_of(kms: &dyn Kms, doc: &[u8], ctx: &EncryptionContext) -> Result
 fn unusable(r: Result<impl std::fmt::Debug, Error>, what: &str) {
     let err = r.unwrap_err();
     assert!(
-        matches!(err, Error::Kms(KmsError::KeyUnusable(_))),
+        matches!(err, Error::Kms(KmsError::KeyUnusable { .. })),
         "{what}: {err:?}"
     );
+    let cause = service_cause(&err);
+    assert!(
+        cause.contains("Disabled") || cause.contains("InvalidState"),
+        "{what}: the KMS's own answer is kept as the cause: {cause}"
+    );
+}
+
+/// The KMS service error kept under a typed error, as text.
+fn service_cause(err: &Error) -> String {
+    let Error::Kms(kms) = err else {
+        panic!("not a KMS error: {err:?}")
+    };
+    let cause = std::error::Error::source(kms).expect("the cause is kept");
+    format!("{cause}: {cause:?}")
 }
 
 // moto does not check key states (it keeps serving a disabled key), so this
@@ -260,6 +274,29 @@ async fn disabled_and_pending_deletion_keys_are_unusable() {
     unwrap_of(&kms, &doc, &ctx).await.unwrap();
 }
 
+// `describe` counts AWS's backing keys from ListKeyRotations (every page).
+// LocalStack's community KMS lacks that call: it reads as "never rotated",
+// while a typed failure (here: an unknown key) is still reported.
+#[tokio::test]
+async fn on_demand_rotations_are_counted() {
+    let (kms, a, _, _) = aws(Server::Moto).await;
+    assert_eq!(kms.describe(&a).await.unwrap().current_version, 1);
+    kms.rotate(&a).await.unwrap();
+    let after = kms.rotate(&a).await.unwrap();
+    assert_eq!(after.current_version, 3);
+    assert_eq!(after.enabled_versions, vec![1, 2, 3]);
+
+    let (kms, a, _, _) = aws(Server::LocalStack).await;
+    kms.rotate(&a).await.unwrap();
+    assert_eq!(kms.describe(&a).await.unwrap().current_version, 1);
+    let missing = KmsKeyId::new("00000000-0000-0000-0000-000000000000").unwrap();
+    let err = kms.describe(&missing).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Kms(KmsError::KeyNotFound { .. })),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn scheduled_rotation_can_be_turned_on_and_off() {
     for server in [Server::Moto, Server::LocalStack] {
@@ -296,12 +333,13 @@ async fn unknown_keys_are_typed() {
         let missing = KmsKeyId::new("00000000-0000-0000-0000-000000000000").unwrap();
         let err = kms.generate_data_key(&missing, &ctx).await.unwrap_err();
         assert!(
-            matches!(err, Error::Kms(KmsError::KeyNotFound(_))),
+            matches!(err, Error::Kms(KmsError::KeyNotFound { .. })),
             "{err:?}"
         );
+        assert!(service_cause(&err).contains("NotFound"), "{err:?}");
         let err = kms.rotation_status(&missing).await.unwrap_err();
         assert!(
-            matches!(err, Error::Kms(KmsError::KeyNotFound(_))),
+            matches!(err, Error::Kms(KmsError::KeyNotFound { .. })),
             "{err:?}"
         );
     }

@@ -83,25 +83,52 @@ pub enum FormatError {
     TrailingBytes,
 }
 
-/// A KMS operation failed. The cause is kept for logs; it never holds key bytes.
+/// A KMS operation failed. A remote KMS's own answer is kept as the `source()`
+/// (`None` for the local KMS, whose errors say everything themselves); it
+/// never holds key bytes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KmsError {
     /// The KMS has no key with that id.
-    #[error("key not found: {0}")]
-    KeyNotFound(String),
-    /// The key (or the key version a wrapped key names) is disabled or destroyed.
-    #[error("key unusable: {0}")]
-    KeyUnusable(String),
+    #[error("key not found: {key}")]
+    KeyNotFound {
+        /// The key id, ARN or alias asked for.
+        key: String,
+        /// What the KMS answered, when it is a remote service.
+        #[source]
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The key (or the key version a wrapped key names) is disabled, pending
+    /// deletion or destroyed.
+    #[error("key unusable: {reason}")]
+    KeyUnusable {
+        /// Which key and why, without key material.
+        reason: String,
+        /// What the KMS answered, when it is a remote service.
+        #[source]
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The wrapped data key did not unwrap under this key and context.
     #[error("wrapped key did not unwrap")]
-    UnwrapFailed,
+    UnwrapFailed {
+        /// What the KMS answered, when it is a remote service.
+        #[source]
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The caller is not allowed to use the key.
     #[error("access denied")]
-    AccessDenied,
+    AccessDenied {
+        /// What the KMS answered.
+        #[source]
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The KMS asked us to slow down.
     #[error("throttled")]
-    Throttled,
+    Throttled {
+        /// What the KMS answered.
+        #[source]
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The KMS could not be reached or did not answer in time.
     #[error("kms unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -111,6 +138,29 @@ pub enum KmsError {
     /// Any other failure reported by the KMS.
     #[error("kms failure")]
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl KmsError {
+    /// `KeyNotFound` for `key`, with no further cause.
+    pub(crate) fn key_not_found(key: impl ToString) -> Self {
+        Self::KeyNotFound {
+            key: key.to_string(),
+            cause: None,
+        }
+    }
+
+    /// `KeyUnusable` for `reason`, with no further cause.
+    pub(crate) fn key_unusable(reason: impl Into<String>) -> Self {
+        Self::KeyUnusable {
+            reason: reason.into(),
+            cause: None,
+        }
+    }
+
+    /// `UnwrapFailed`, with no further cause.
+    pub(crate) const fn unwrap_failed() -> Self {
+        Self::UnwrapFailed { cause: None }
+    }
 }
 
 /// A way of using the API that cannot be right.

@@ -187,32 +187,58 @@ fn context_pairs(ctx: &EncryptionContext) -> std::collections::HashMap<String, S
         .collect()
 }
 
-/// Maps an SDK error to a typed one, keeping the cause.
+/// Maps an SDK error to a typed one, keeping the cause: the operation's own
+/// service error (code and message) for answers, the SDK error for transport
+/// failures. Neither holds key material.
 fn map_err<E, R>(key: &KmsKeyId, e: SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let kms = match &e {
-        SdkError::ServiceError(se) => match se.err().code() {
-            Some("NotFoundException") => KmsError::KeyNotFound(key.to_string()),
-            Some("DisabledException" | "KMSInvalidStateException" | "KeyUnavailableException") => {
-                KmsError::KeyUnusable(format!(
-                    "{key}: {}",
-                    se.err().message().unwrap_or("disabled or pending deletion")
-                ))
+    let kms = match e {
+        SdkError::ServiceError(se) => {
+            let err = se.into_err();
+            let code = err.code().map(str::to_owned);
+            let message = err.message().map(str::to_owned);
+            let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
+            match code.as_deref() {
+                Some("NotFoundException") => KmsError::KeyNotFound {
+                    key: key.to_string(),
+                    cause: Some(boxed),
+                },
+                Some(
+                    "DisabledException" | "KMSInvalidStateException" | "KeyUnavailableException",
+                ) => KmsError::KeyUnusable {
+                    reason: format!(
+                        "{key}: {}",
+                        message.as_deref().unwrap_or("disabled or pending deletion")
+                    ),
+                    cause: Some(boxed),
+                },
+                Some("AccessDeniedException" | "IncorrectKeyException") => {
+                    KmsError::AccessDenied { cause: Some(boxed) }
+                }
+                Some("ThrottlingException" | "LimitExceededException") => {
+                    KmsError::Throttled { cause: Some(boxed) }
+                }
+                Some("InvalidCiphertextException") => KmsError::UnwrapFailed { cause: Some(boxed) },
+                _ => KmsError::Other(boxed),
             }
-            Some("AccessDeniedException" | "IncorrectKeyException") => KmsError::AccessDenied,
-            Some("ThrottlingException" | "LimitExceededException") => KmsError::Throttled,
-            Some("InvalidCiphertextException") => KmsError::UnwrapFailed,
-            _ => KmsError::Other(Box::new(e)),
-        },
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            KmsError::Unavailable(Box::new(e))
         }
-        _ => KmsError::Other(Box::new(e)),
+        e @ (SdkError::TimeoutError(_)
+        | SdkError::DispatchFailure(_)
+        | SdkError::ResponseError(_)) => KmsError::Unavailable(Box::new(e)),
+        e => KmsError::Other(Box::new(e)),
     };
     Error::Kms(kms)
+}
+
+/// A response without the field the operation promises: the server is not
+/// behaving like KMS.
+fn missing(field: &'static str) -> Error {
+    Error::Kms(KmsError::Other(Box::new(std::io::Error::other(format!(
+        "KMS response without {field}"
+    )))))
 }
 
 fn data_key(bytes: &[u8]) -> Result<DataKey, Error> {
@@ -240,9 +266,11 @@ impl Kms for AwsKms {
             .send()
             .await
             .map_err(|e| map_err(key, e))?;
-        let plain = out.plaintext().ok_or(KmsError::UnwrapFailed)?;
+        let plain = out.plaintext().ok_or_else(|| missing("Plaintext"))?;
         let dek = data_key(plain.as_ref())?;
-        let wrapped = out.ciphertext_blob().ok_or(KmsError::UnwrapFailed)?;
+        let wrapped = out
+            .ciphertext_blob()
+            .ok_or_else(|| missing("CiphertextBlob"))?;
         Ok((dek, WrappedKey::new(wrapped.as_ref().to_vec())?))
     }
 
@@ -261,7 +289,11 @@ impl Kms for AwsKms {
             .send()
             .await
             .map_err(|e| map_err(key, e))?;
-        data_key(out.plaintext().ok_or(KmsError::UnwrapFailed)?.as_ref())
+        data_key(
+            out.plaintext()
+                .ok_or_else(|| missing("Plaintext"))?
+                .as_ref(),
+        )
     }
 
     async fn re_encrypt(
@@ -285,7 +317,7 @@ impl Kms for AwsKms {
             .map_err(|e| map_err(from, e))?;
         WrappedKey::new(
             out.ciphertext_blob()
-                .ok_or(KmsError::UnwrapFailed)?
+                .ok_or_else(|| missing("CiphertextBlob"))?
                 .as_ref()
                 .to_vec(),
         )
@@ -310,17 +342,26 @@ impl Kms for AwsKms {
             .await
             .map_err(|e| map_err(key, e))?;
         let enabled = meta.key_metadata().is_some_and(|m| m.enabled());
-        // AWS keeps every backing key of a KMS key; versions here count them.
-        let rotations = match self
+        // AWS keeps every backing key of a KMS key; versions here count them,
+        // over every page. A typed failure (access denied, throttled, down...)
+        // is reported; only an answer we cannot classify (a local server
+        // without ListKeyRotations, such as LocalStack's community edition)
+        // is read as "never rotated".
+        let mut pages = self
             .client
             .list_key_rotations()
             .key_id(key.as_str())
-            .send()
-            .await
-        {
-            Ok(r) => u32::try_from(r.rotations().len()).unwrap_or(u32::MAX),
-            Err(_) => 0,
-        };
+            .into_paginator()
+            .items()
+            .send();
+        let mut rotations = 0u32;
+        while let Some(item) = pages.next().await {
+            match item.map_err(|e| map_err(key, e)) {
+                Ok(_) => rotations = rotations.saturating_add(1),
+                Err(Error::Kms(KmsError::Other(_))) if rotations == 0 => break,
+                Err(e) => return Err(e),
+            }
+        }
         let current = rotations.saturating_add(1);
         Ok(KeyDescription {
             key: key.clone(),

@@ -280,10 +280,10 @@ impl LocalKms {
             let versions = t
                 .keys
                 .get_mut(key)
-                .ok_or_else(|| KmsError::KeyNotFound(key.to_string()))?;
+                .ok_or_else(|| KmsError::key_not_found(key))?;
             let current = versions.iter().map(|v| v.version).max();
             if current == Some(version) {
-                return Err(KmsError::KeyUnusable(format!(
+                return Err(KmsError::key_unusable(format!(
                     "{key} v{version} is current; rotate first"
                 ))
                 .into());
@@ -291,7 +291,7 @@ impl LocalKms {
             let v = versions
                 .iter_mut()
                 .find(|v| v.version == version)
-                .ok_or_else(|| KmsError::KeyUnusable(format!("{key} has no version {version}")))?;
+                .ok_or_else(|| KmsError::key_unusable(format!("{key} has no version {version}")))?;
             v.material = None;
             Ok(())
         })
@@ -373,7 +373,7 @@ impl LocalKms {
             let versions = t
                 .keys
                 .get(key)
-                .ok_or_else(|| KmsError::KeyNotFound(key.to_string()))?;
+                .ok_or_else(|| KmsError::key_not_found(key))?;
             Ok(describe(key, versions))
         })
     }
@@ -427,7 +427,7 @@ impl LocalKms {
         let versions = t
             .keys
             .get(key)
-            .ok_or_else(|| KmsError::KeyNotFound(key.to_string()))?;
+            .ok_or_else(|| KmsError::key_not_found(key))?;
         Ok(describe(key, versions))
     }
 
@@ -442,15 +442,15 @@ impl LocalKms {
         let versions = t
             .keys
             .get(key)
-            .ok_or_else(|| KmsError::KeyNotFound(key.to_string()))?;
+            .ok_or_else(|| KmsError::key_not_found(key))?;
         let current = versions
             .iter()
             .max_by_key(|v| v.version)
-            .ok_or_else(|| KmsError::KeyNotFound(key.to_string()))?;
+            .ok_or_else(|| KmsError::key_not_found(key))?;
         let kek = current
             .material
             .as_ref()
-            .ok_or_else(|| KmsError::KeyUnusable(format!("{key} current version destroyed")))?;
+            .ok_or_else(|| KmsError::key_unusable(format!("{key} current version destroyed")))?;
         let mut salt = [0u8; SALT_LEN];
         crate::rng::fill_salt(&mut salt);
         let mut out = Vec::with_capacity(WRAPPED_LEN);
@@ -474,9 +474,9 @@ impl LocalKms {
         ctx: &EncryptionContext,
     ) -> Result<DataKey, Error> {
         let mut r = Reader(wrapped.as_bytes());
-        let bad = |_| Error::Kms(KmsError::UnwrapFailed);
+        let bad = |_| Error::Kms(KmsError::unwrap_failed());
         if r.u8().map_err(bad)? != WRAP_VERSION {
-            return Err(KmsError::UnwrapFailed.into());
+            return Err(KmsError::unwrap_failed().into());
         }
         let version = u32::from_be_bytes(r.array().map_err(bad)?);
         let salt: [u8; SALT_LEN] = r.array().map_err(bad)?;
@@ -487,15 +487,15 @@ impl LocalKms {
         let versions = t
             .keys
             .get(key)
-            .ok_or_else(|| KmsError::KeyNotFound(key.to_string()))?;
+            .ok_or_else(|| KmsError::key_not_found(key))?;
         let v = versions
             .iter()
             .find(|v| v.version == version)
-            .ok_or_else(|| KmsError::KeyUnusable(format!("{key} has no version {version}")))?;
+            .ok_or_else(|| KmsError::key_unusable(format!("{key} has no version {version}")))?;
         let kek = v
             .material
             .as_ref()
-            .ok_or_else(|| KmsError::KeyUnusable(format!("{key} v{version} destroyed")))?;
+            .ok_or_else(|| KmsError::key_unusable(format!("{key} v{version} destroyed")))?;
         let aad = wrap_aad(key, version, ctx)?;
         let aead = default_provider().aead(
             Suite::Aes256Gcm,
@@ -503,7 +503,7 @@ impl LocalKms {
         );
         let n = aead
             .open_in_place(&chunk_nonce(0, true), &aad, &mut body)
-            .map_err(|_| KmsError::UnwrapFailed)?;
+            .map_err(|_| KmsError::unwrap_failed())?;
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
         k.copy_from_slice(&body[..n.min(KEY_LEN)]);
         zeroize::Zeroize::zeroize(&mut body);
@@ -683,7 +683,7 @@ impl Kms for LocalKms {
             let versions = t
                 .keys
                 .get_mut(key)
-                .ok_or_else(|| KmsError::KeyNotFound(key.to_string()))?;
+                .ok_or_else(|| KmsError::key_not_found(key))?;
             let next = versions
                 .iter()
                 .map(|v| v.version)
@@ -735,7 +735,7 @@ mod tests {
             let other = EncryptionContext::new().with("doc", "2");
             assert!(matches!(
                 kms.decrypt(&k, &w1, &other).await,
-                Err(Error::Kms(KmsError::UnwrapFailed))
+                Err(Error::Kms(KmsError::UnwrapFailed { .. }))
             ));
 
             let d = kms.rotate(&k).await.unwrap();
@@ -759,7 +759,7 @@ mod tests {
             kms.destroy_version(&k, 1).unwrap();
             assert!(matches!(
                 kms.decrypt(&k, &w1, &ctx).await,
-                Err(Error::Kms(KmsError::KeyUnusable(_)))
+                Err(Error::Kms(KmsError::KeyUnusable { .. }))
             ));
             assert_eq!(
                 kms.decrypt(&k, &w2, &ctx).await.unwrap().expose(),
