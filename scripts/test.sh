@@ -62,8 +62,8 @@ step "build with default features"
 cargo build --workspace
 step "tests (all features: both crypto providers)"
 cargo test --workspace --all-features
-step "benches compile"
-cargo bench --workspace --all-features --no-run
+step "benches build (test profile: reuses the test build; clippy already checked them)"
+cargo test --workspace --all-features --benches --no-run
 step "fuzz smoke"
 scripts/fuzz-smoke.sh
 step "quickstart"
