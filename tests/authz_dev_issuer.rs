@@ -2,7 +2,8 @@
 //! (login end to end with ES256 and RS256, key rotation, PKCE and single-use
 //! codes enforced), and every ID-token rejection the relying party must make,
 //! each with its typed error, using tokens forged with the issuer's own key
-//! (so only the one property under test is wrong).
+//! (so only the one property under test is wrong); callbacks bound to the
+//! browser that started the login.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
 
@@ -374,4 +375,59 @@ async fn a_login_started_on_one_node_completes_on_another() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+// Login CSRF: an attacker completes a login at the provider and feeds its
+// callback to a victim's browser, which would then be signed in as the
+// attacker. The login cookie binds the state to the browser that started it.
+#[tokio::test]
+async fn a_callback_completes_only_in_the_browser_that_started_it() {
+    use careconnect::authz::oidc::{LOGIN_COOKIE, LoginStart};
+    let iss = issuer(DevAlg::Es256, None).await;
+    let rp = rp(&iss).await;
+    let victim = rp.begin().await.unwrap();
+    let attacker = rp.begin().await.unwrap();
+    let set = victim.set_cookie();
+    assert!(
+        set.starts_with(&format!("{LOGIN_COOKIE}={};", victim.state))
+            && set.ends_with("; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=600"),
+        "{set}"
+    );
+    let victim_cookie = format!("theme=dark; {}", set.split(';').next().unwrap());
+    let attacker_cb = callback_of(&headless_login(&attacker.url, "patient-alice").await);
+    let victim_cb = callback_of(&headless_login(&victim.url, "doctor-grey").await);
+
+    for (cb, header) in [
+        (&attacker_cb, Some(victim_cookie.as_str())), // the attack
+        (&victim_cb, None),                           // no cookie at all
+        (&victim_cb, Some("theme=dark")),
+        (
+            &victim_cb,
+            Some(&format!("{LOGIN_COOKIE}={}", attacker.state)),
+        ),
+        (
+            &victim_cb,
+            Some(&format!("{LOGIN_COOKIE}={}x", victim.state)),
+        ),
+    ] {
+        match rp.complete_in_browser(cb, header).await.unwrap_err() {
+            AuthzError::Oidc(OidcError::BrowserMismatch) => {}
+            other => panic!("{header:?}: {other:?}"),
+        }
+    }
+    // The refusals consumed nothing: the real login still completes, once.
+    let claims = rp
+        .complete_in_browser(&victim_cb, Some(&victim_cookie))
+        .await
+        .unwrap();
+    assert_eq!(claims.user.subject(), "doctor-grey");
+    match rp
+        .complete_in_browser(&victim_cb, Some(&victim_cookie))
+        .await
+        .unwrap_err()
+    {
+        AuthzError::Oidc(OidcError::UnknownState) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(LoginStart::clear_cookie().ends_with("Max-Age=0"));
 }

@@ -13,6 +13,7 @@
 //! assert!(!authorize(&f, Action::ReadHealthRecord, &Resource::Patient(&patient)).is_allowed());
 //! ```
 
+mod cookie;
 #[cfg(feature = "dev-issuer")]
 pub mod dev_issuer;
 mod error;

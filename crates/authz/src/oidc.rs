@@ -10,10 +10,11 @@
 //!    keeps them server-side under the `state` (single use, 10 minutes; in
 //!    memory, or in storage shared by several web nodes with
 //!    [`RelyingParty::with_pending_logins`]), and returns the URL to send
-//!    the browser to. The web layer should also bind
-//!    the `state` to the browser (a short-lived `__Host-` cookie) and compare
-//!    it on the way back, so a callback cannot be completed from another
-//!    browser.
+//!    the browser to, with [`LoginStart::set_cookie`]: a short-lived
+//!    `__Host-cc_login` cookie that binds the `state` to this browser.
+//!    Finish with [`RelyingParty::complete_in_browser`], which compares it,
+//!    so a callback cannot be completed from another browser (login CSRF:
+//!    an attacker's own code fed to a victim's browser).
 //! 3. [`RelyingParty::complete`] takes the callback's parameters: consumes
 //!    the pending login (an unknown or already used `state` is refused before
 //!    any network call), checks the RFC 9207 `iss` parameter when present,
@@ -58,10 +59,12 @@ use openidconnect::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 use thiserror::Error;
 use url::Url;
 use zeroize::Zeroizing;
 
+use crate::cookie;
 use crate::error::AuthzError;
 use crate::mapper::Claims;
 use crate::pending::{MemoryPendingLogins, PendingLogin, PendingLogins};
@@ -87,6 +90,10 @@ pub enum OidcError {
     /// The provider returned an error to the callback (e.g. access_denied).
     #[error("identity provider refused the login: {0}")]
     Provider(String),
+    /// The callback's `state` is not the one this browser's login cookie
+    /// holds (or it holds none): the callback was started elsewhere.
+    #[error("login was not started in this browser")]
+    BrowserMismatch,
     /// The callback has no code.
     #[error("callback without an authorization code")]
     MissingCode,
@@ -273,6 +280,10 @@ impl fmt::Debug for OidcConfig {
     }
 }
 
+/// The cookie that binds a pending login's `state` to the browser that
+/// started it (`__Host-`: HTTPS, this host, `Path=/` only).
+pub const LOGIN_COOKIE: &str = "__Host-cc_login";
+
 /// Where to send the browser to log in.
 #[derive(Debug, Clone)]
 pub struct LoginStart {
@@ -280,6 +291,23 @@ pub struct LoginStart {
     pub url: Url,
     /// The `state` in that URL (bind it to the browser, see the module docs).
     pub state: String,
+    max_age_secs: u64,
+}
+
+impl LoginStart {
+    /// The `Set-Cookie` value to send with the redirect to [`LoginStart::url`]:
+    /// [`LOGIN_COOKIE`] holding the `state`, `Secure; HttpOnly;
+    /// SameSite=Lax` (sent on the provider's top-level redirect back), living
+    /// as long as the pending login.
+    pub fn set_cookie(&self) -> String {
+        cookie::set(LOGIN_COOKIE, &self.state, self.max_age_secs)
+    }
+
+    /// The `Set-Cookie` value that removes the login cookie (send it with the
+    /// callback's response, whatever its outcome).
+    pub fn clear_cookie() -> String {
+        cookie::clear(LOGIN_COOKIE)
+    }
 }
 
 /// The query parameters of the redirect back.
@@ -429,7 +457,33 @@ impl RelyingParty {
         Ok(LoginStart {
             url,
             state: state.secret().clone(),
+            max_age_secs: self.config.login_timeout.as_secs(),
         })
+    }
+
+    /// [`RelyingParty::complete`] for a browser: first checks that the
+    /// callback's `state` is the one in this browser's [`LOGIN_COOKIE`]
+    /// (`cookie_header` is the request's `Cookie` header; constant-time
+    /// comparison). A mismatch consumes nothing, so a forged callback cannot
+    /// spoil the real login.
+    ///
+    /// # Errors
+    ///
+    /// [`OidcError::BrowserMismatch`], then as [`RelyingParty::complete`].
+    pub async fn complete_in_browser(
+        &self,
+        cb: &Callback,
+        cookie_header: Option<&str>,
+    ) -> Result<Claims, AuthzError> {
+        let bound = cookie_header
+            .and_then(|h| cookie::find(h, LOGIN_COOKIE))
+            .is_some_and(|v| {
+                v.len() == cb.state.len() && bool::from(v.as_bytes().ct_eq(cb.state.as_bytes()))
+            });
+        if !bound {
+            return Err(OidcError::BrowserMismatch.into());
+        }
+        self.complete(cb).await
     }
 
     /// Finishes a login from the callback's parameters and returns the

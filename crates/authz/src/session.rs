@@ -16,7 +16,9 @@
 //! `Secure`, `Path=/` and no `Domain`; set `HttpOnly` (scripts never need it)
 //! and `SameSite=Lax` (the OIDC redirect back is a top-level GET; state changes
 //! are POSTs with the CSRF token, so `Lax` is enough); give it no `Max-Age`
-//! beyond the absolute expiry.
+//! beyond the absolute expiry. [`Sessions::set_cookie`],
+//! [`Sessions::clear_cookie`] and [`SessionId::from_cookie_header`] do exactly
+//! this, so the web layer need not spell the attributes itself.
 //!
 //! ```
 //! # async fn demo() -> Result<(), careconnect_authz::AuthzError> {
@@ -47,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::cookie;
 use crate::error::AuthzError;
 use crate::principal::{Principal, RoleSet, UserId};
 use crate::rows::{hashed_row, purge};
@@ -144,6 +147,16 @@ impl SessionId {
         Ok(Self(b))
     }
 
+    /// Finds the session id in a `Cookie` request header (`a=1; __Host-cc_session=...`).
+    ///
+    /// `None` when the cookie is absent or its value is malformed: either way
+    /// the request has no session. Other cookies are ignored. If a header
+    /// carries the name twice, the first wins, as in browsers' ordering
+    /// (the `__Host-` prefix already stops sibling hosts planting one).
+    pub fn from_cookie_header(header: &str) -> Option<Self> {
+        cookie::find(header, SESSION_COOKIE).and_then(|v| Self::parse(v).ok())
+    }
+
     /// The cookie value (64 lower-case hex characters). Treat as a secret.
     pub fn to_cookie_value(&self) -> Zeroizing<String> {
         Zeroizing::new(hex::encode(self.0.as_ref()))
@@ -203,6 +216,11 @@ impl fmt::Debug for Session {
     }
 }
 
+/// The session cookie's name. The `__Host-` prefix makes browsers accept it
+/// only with `Secure`, `Path=/` and no `Domain`, so no other host or path
+/// can set or shadow it.
+pub const SESSION_COOKIE: &str = "__Host-cc_session";
+
 /// The collection sessions live in.
 pub const SESSIONS_COLLECTION: &str = "authz_sessions";
 
@@ -246,6 +264,24 @@ impl Sessions {
             config,
             clock,
         })
+    }
+
+    /// The `Set-Cookie` header value that hands `id` to the browser:
+    /// [`SESSION_COOKIE`], `Path=/; Secure; HttpOnly; SameSite=Lax`, and a
+    /// `Max-Age` of the absolute expiry (the server ends it sooner when idle).
+    /// Holds the id: treat as a secret, never log it.
+    pub fn set_cookie(&self, id: &SessionId) -> Zeroizing<String> {
+        Zeroizing::new(cookie::set(
+            SESSION_COOKIE,
+            &id.to_cookie_value(),
+            self.config.absolute.as_secs(),
+        ))
+    }
+
+    /// The `Set-Cookie` header value that removes the session cookie (send
+    /// it with the response to [`Sessions::logout`]).
+    pub fn clear_cookie() -> String {
+        cookie::clear(SESSION_COOKIE)
     }
 
     /// Starts a session for `principal` under a fresh id, deleting the
@@ -474,6 +510,67 @@ mod tests {
         // The store never holds the id itself.
         let rows = s.store.list(&s.coll, None, 10).await.unwrap();
         assert!(!rows.rows[0].id.as_str().contains(cookie.as_str()));
+    }
+
+    #[tokio::test]
+    async fn cookies_carry_the_id_with_safe_attributes() {
+        let (_clock, s, p) = setup();
+        let (id, _) = s.login(None, p).await.unwrap();
+        let set = s.set_cookie(&id);
+        let (pair, attrs) = set.split_once("; ").unwrap();
+        assert_eq!(SessionId::from_cookie_header(pair), Some(id.clone()));
+        let attrs: Vec<&str> = attrs.split("; ").collect();
+        assert_eq!(
+            attrs,
+            [
+                "Path=/",
+                "Secure",
+                "HttpOnly",
+                "SameSite=Lax",
+                "Max-Age=43200"
+            ]
+        );
+        assert!(pair.starts_with("__Host-"));
+        let clear = Sessions::clear_cookie();
+        assert!(clear.starts_with("__Host-cc_session=;") && clear.ends_with("Max-Age=0"));
+        assert_eq!(SessionId::from_cookie_header(&clear), None);
+
+        let value = id.to_cookie_value();
+        let header = format!("theme=dark; {SESSION_COOKIE}={}; lang=en", value.as_str());
+        assert_eq!(SessionId::from_cookie_header(&header), Some(id.clone()));
+        for no in [
+            "",
+            "theme=dark",
+            "cc_session=00",
+            &format!("cc_session={}", value.as_str()), // without the prefix
+            &format!("{SESSION_COOKIE}=zz; x=1"),
+            SESSION_COOKIE,
+        ] {
+            assert_eq!(SessionId::from_cookie_header(no), None, "{no}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn cookie_header_round_trips(
+            bytes in proptest::array::uniform32(proptest::prelude::any::<u8>()),
+            before in proptest::collection::vec("[a-z]{1,8}=[a-zA-Z0-9]{0,12}", 0..4),
+            after in proptest::collection::vec("[a-z]{1,8}=[a-zA-Z0-9]{0,12}", 0..4),
+        ) {
+            let id = SessionId(Zeroizing::new(bytes));
+            let value = id.to_cookie_value();
+            proptest::prop_assert_eq!(SessionId::parse(&value).ok(), Some(id.clone()));
+            let mut parts = before;
+            parts.push(format!("{SESSION_COOKIE}={}", value.as_str()));
+            parts.extend(after);
+            let header = parts.join("; ");
+            proptest::prop_assert_eq!(SessionId::from_cookie_header(&header), Some(id));
+        }
+
+        #[test]
+        fn cookie_header_never_panics(header in ".{0,200}") {
+            let _ = SessionId::from_cookie_header(&header);
+        }
     }
 
     #[test]
