@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 # A server that fails to come up must fail the run, not hang it: every start
 # is bounded (generous, as the first run installs packages).
 start() { timeout 900 "$@"; }
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> %s  [%dm%02ds]\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
 
 step "system tools (openssl, curl: real TLS clients for tests/tls.rs)"
 missing=()
@@ -58,8 +58,8 @@ step "format"
 cargo fmt --all --check
 step "clippy (all features, all targets)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
-step "build with default features"
-cargo build --workspace
+step "default features compile (check: the test and quickstart steps build)"
+cargo check --workspace
 step "tests (all features: both crypto providers)"
 cargo test --workspace --all-features
 step "benches build (test profile: reuses the test build; clippy already checked them)"
