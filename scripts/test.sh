@@ -5,6 +5,15 @@ cd "$(dirname "$0")/.."
 # A server that fails to come up must fail the run, not hang it: every start
 # is bounded (generous, as the first run installs packages).
 start() { timeout 900 "$@"; }
+# serve VAR CMD...: uses $VAR when the caller set it (a server of their own),
+# otherwise starts one with CMD (which prints its address); exports and prints it.
+serve() {
+  local var=$1 value; shift
+  value=${!var:-}
+  if [ -z "$value" ]; then value=$(start "$@"); fi
+  export "$var=$value"
+  echo "$value"
+}
 step() { printf '\n==> %s  [%dm%02ds]\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
 
 step "system tools (openssl, curl: real TLS clients for tests/tls.rs)"
@@ -20,39 +29,21 @@ cleanup() { scripts/pg.sh stop; scripts/moto.sh stop; scripts/localstack.sh stop
 trap cleanup EXIT
 
 step "PostgreSQL for the storage conformance suite"
-if [ -z "${CARECONNECT_PG_URL:-}" ]; then
-  CARECONNECT_PG_URL=$(start scripts/pg.sh start)
-  export CARECONNECT_PG_URL
-fi
-echo "$CARECONNECT_PG_URL"
+serve CARECONNECT_PG_URL scripts/pg.sh start
 
 step "S3- and KMS-compatible server (moto) for the blob and AWS KMS tests"
-if [ -z "${CARECONNECT_S3_ENDPOINT:-}" ]; then
-  CARECONNECT_S3_ENDPOINT=$(start scripts/moto.sh start)
-  export CARECONNECT_S3_ENDPOINT
-fi
+serve CARECONNECT_S3_ENDPOINT scripts/moto.sh start
 export CARECONNECT_MOTO_ENDPOINT="$CARECONNECT_S3_ENDPOINT"
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-testing}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-testing}"
-echo "$CARECONNECT_S3_ENDPOINT"
 
 step "LocalStack's KMS (enforces key states) for the AWS KMS tests"
-if [ -z "${CARECONNECT_LOCALSTACK_ENDPOINT:-}" ]; then
-  CARECONNECT_LOCALSTACK_ENDPOINT=$(start scripts/localstack.sh start)
-  export CARECONNECT_LOCALSTACK_ENDPOINT
-fi
-echo "$CARECONNECT_LOCALSTACK_ENDPOINT"
+serve CARECONNECT_LOCALSTACK_ENDPOINT scripts/localstack.sh start
 
 step "OpenID provider (npm oidc-provider) for the authz login tests"
-if [ -z "${CARECONNECT_OIDC_ISSUER:-}" ]; then
-  CARECONNECT_OIDC_ISSUER=$(start scripts/oidc-provider.sh start)
-  export CARECONNECT_OIDC_ISSUER
-fi
-echo "$CARECONNECT_OIDC_ISSUER"
+serve CARECONNECT_OIDC_ISSUER scripts/oidc-provider.sh start
 
 step "headless Chromium (Debian) + playwright-core for the HTML page tests"
-CARECONNECT_BROWSER_DIR=$(start scripts/browser.sh)
-export CARECONNECT_BROWSER_DIR
-echo "$CARECONNECT_BROWSER_DIR"
+serve CARECONNECT_BROWSER_DIR scripts/browser.sh
 
 step "format"
 cargo fmt --all --check

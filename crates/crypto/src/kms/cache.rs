@@ -133,6 +133,34 @@ impl<K: Kms> CachingKms<K> {
     fn enabled(&self) -> bool {
         self.limits.max_uses > 0 && self.limits.max_entries > 0
     }
+
+    /// Serves `slot` from the map `pick` selects, or awaits `fetch` (the KMS
+    /// call) and keeps its answer there. `None` for `slot` bypasses the cache.
+    async fn through<Q, T>(
+        &self,
+        slot: Option<Q>,
+        pick: fn(&mut State) -> &mut HashMap<Q, Entry<T>>,
+        fetch: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error>
+    where
+        Q: std::hash::Hash + Eq + Clone,
+        T: Clone,
+    {
+        if let Some(slot) = &slot {
+            let mut s = self.lock();
+            if let Some(hit) = take(pick(&mut s), slot, &self.limits) {
+                s.stats.hits += 1;
+                return Ok(hit);
+            }
+        }
+        let fresh = fetch.await?;
+        let mut s = self.lock();
+        s.stats.kms_calls += 1;
+        if let Some(slot) = slot {
+            put(pick(&mut s), slot, fresh.clone(), &self.limits);
+        }
+        Ok(fresh)
+    }
 }
 
 /// Serves from `map[key]` if the entry is still within limits, counting the use.
@@ -200,20 +228,12 @@ impl<K: Kms> Kms for CachingKms<K> {
         let slot = canonical(ctx)
             .filter(|_| self.enabled())
             .map(|c| (key.clone(), c));
-        if let Some(slot) = &slot {
-            let mut s = self.lock();
-            if let Some(hit) = take(&mut s.generated, slot, &self.limits) {
-                s.stats.hits += 1;
-                return Ok(hit);
-            }
-        }
-        let fresh = self.inner.generate_data_key(key, ctx).await?;
-        let mut s = self.lock();
-        s.stats.kms_calls += 1;
-        if let Some(slot) = slot {
-            put(&mut s.generated, slot, fresh.clone(), &self.limits);
-        }
-        Ok(fresh)
+        self.through(
+            slot,
+            |s| &mut s.generated,
+            self.inner.generate_data_key(key, ctx),
+        )
+        .await
     }
 
     async fn decrypt(
@@ -225,20 +245,12 @@ impl<K: Kms> Kms for CachingKms<K> {
         let slot = canonical(ctx)
             .filter(|_| self.enabled())
             .map(|c| (key.clone(), wrapped.as_bytes().to_vec(), c));
-        if let Some(slot) = &slot {
-            let mut s = self.lock();
-            if let Some(hit) = take(&mut s.unwrapped, slot, &self.limits) {
-                s.stats.hits += 1;
-                return Ok(hit);
-            }
-        }
-        let dek = self.inner.decrypt(key, wrapped, ctx).await?;
-        let mut s = self.lock();
-        s.stats.kms_calls += 1;
-        if let Some(slot) = slot {
-            put(&mut s.unwrapped, slot, dek.clone(), &self.limits);
-        }
-        Ok(dek)
+        self.through(
+            slot,
+            |s| &mut s.unwrapped,
+            self.inner.decrypt(key, wrapped, ctx),
+        )
+        .await
     }
 
     async fn re_encrypt(
