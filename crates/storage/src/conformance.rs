@@ -134,6 +134,29 @@ pub async fn crud<S: RecordStore + ?Sized>(s: &S) {
         b"other",
         "crud: collections are separate"
     );
+    // Versions at the end of the range are errors, never an overflow (a
+    // panic in debug builds, a wrapped version in release ones).
+    for edge in [i64::MAX as u64 - 1, i64::MAX as u64, u64::MAX - 1, u64::MAX] {
+        assert!(
+            matches!(
+                s.update(&other, &id(1), edge, data(1, b"edge")).await,
+                Err(StorageError::VersionConflict { .. } | StorageError::Invalid { .. })
+            ),
+            "crud: update expecting version {edge}"
+        );
+        assert!(
+            matches!(
+                s.delete(&other, &id(1), edge).await,
+                Err(StorageError::VersionConflict { .. } | StorageError::Invalid { .. })
+            ),
+            "crud: delete expecting version {edge}"
+        );
+    }
+    assert_eq!(
+        s.get(&other, &id(1)).await.unwrap().envelope,
+        b"other",
+        "crud: edge versions changed nothing"
+    );
     // An empty envelope and a large one round-trip.
     s.insert(&c, &id(2), data(1, b"")).await.unwrap();
     let big = vec![0xa5u8; 1 << 20];
@@ -489,6 +512,15 @@ pub async fn keys<S: KeyStore + ?Sized>(s: &S) {
         ),
         "keys: cas on missing"
     );
+    for edge in [i64::MAX as u64, u64::MAX] {
+        assert!(
+            matches!(
+                s.store(&name, Some(edge), b"k".to_vec()).await,
+                Err(StorageError::VersionConflict { .. } | StorageError::Invalid { .. })
+            ),
+            "keys: cas expecting version {edge}"
+        );
+    }
 }
 
 /// Blobs: empty and multi-megabyte streams round-trip; delete, exists, not

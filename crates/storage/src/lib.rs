@@ -57,7 +57,7 @@ mod url;
 pub use blob::{BlobId, BlobReader, BlobStore, FsBlobStore};
 pub use error::{Result, StorageError};
 pub use memory::MemoryStore;
-pub use postgres::PgStore;
+pub use postgres::{PG_CONNECT_TIMEOUT, PgStore};
 #[cfg(feature = "s3")]
 pub use s3::S3BlobStore;
 pub use sqlite::SqliteStore;

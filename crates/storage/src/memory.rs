@@ -96,8 +96,9 @@ impl RecordStore for MemoryStore {
                 actual: current.version,
             });
         }
-        *current = row(id, expected + 1, data);
-        Ok(expected + 1)
+        let next = crate::types::next_version(expected)?;
+        *current = row(id, next, data);
+        Ok(next)
     }
 
     async fn delete(&self, coll: &Collection, id: &RowId, expected: u64) -> Result<()> {
@@ -184,7 +185,7 @@ impl KeyStore for MemoryStore {
                     actual: *v,
                 });
             }
-            (Some((v, _)), Some(_)) => v + 1,
+            (Some((v, _)), Some(_)) => crate::types::next_version(*v)?,
         };
         keys.insert(name.to_owned(), (next, bytes));
         Ok(next)

@@ -14,13 +14,13 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row as _};
 
 use crate::error::{Result, StorageError};
-use crate::sql::{key_id_of, version_col, version_of};
+use crate::sql::{key_id_of, version_col, version_of, versions};
 use crate::traits::{AuditLog, KeyStore, RecordStore};
 use crate::types::{
     Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows, page_of,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const SCHEMA_V1: &str = "
 CREATE TABLE records (
     collection TEXT NOT NULL,
@@ -44,6 +44,26 @@ CREATE TABLE audit_seq (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), last B
 INSERT INTO audit_seq (last) VALUES (0);
 CREATE TABLE key_material (name TEXT PRIMARY KEY, version BIGINT NOT NULL, bytes BYTEA NOT NULL);
 ";
+/// The audit log is append-only at the database too (UPDATE, DELETE and
+/// TRUNCATE raise), for whoever reaches it with SQL rather than this crate.
+/// The owner of the table can still drop the triggers: run the web nodes as a
+/// role that does not own the schema to close that too.
+const SCHEMA_V2: &str = "
+CREATE FUNCTION careconnect_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit log is append-only' USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+CREATE TRIGGER audit_no_update_delete BEFORE UPDATE OR DELETE ON audit
+    FOR EACH ROW EXECUTE FUNCTION careconnect_audit_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION careconnect_audit_append_only();
+";
+
+/// How long [`PgStore::connect`] waits for a connection by default: short,
+/// so that a health check or a start against a server that is down answers
+/// quickly. [`PgStore::connect_with`] takes another.
+pub const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Rows, audit log and key material in a PostgreSQL database, through a
 /// connection pool.
@@ -54,17 +74,32 @@ pub struct PgStore {
 
 impl PgStore {
     /// Connects to a `postgres://` URL (pool of `max_connections`) and
-    /// migrates the schema.
+    /// migrates the schema, waiting at most [`PG_CONNECT_TIMEOUT`] for a
+    /// connection.
     ///
     /// # Errors
     ///
-    /// [`StorageError::Unavailable`] if the server cannot be reached (within
-    /// 10 s) or the migration fails.
+    /// [`StorageError::Unavailable`] if the server cannot be reached in time
+    /// or the migration fails.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        Self::connect_with(url, max_connections, PG_CONNECT_TIMEOUT).await
+    }
+
+    /// As [`PgStore::connect`], waiting at most `connect_timeout` for each
+    /// connection (at start, and whenever the pool needs one later).
+    ///
+    /// # Errors
+    ///
+    /// As [`PgStore::connect`].
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        connect_timeout: Duration,
+    ) -> Result<Self> {
         let opts = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(connect_timeout)
             .connect_with(opts)
             .await?;
         let store = Self { pool };
@@ -93,6 +128,12 @@ impl PgStore {
         if v < 1 {
             sqlx::raw_sql(SCHEMA_V1).execute(&mut *tx).await?;
             sqlx::query("INSERT INTO careconnect_schema (version) VALUES (1)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        if v < 2 {
+            sqlx::raw_sql(SCHEMA_V2).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO careconnect_schema (version) VALUES (2)")
                 .execute(&mut *tx)
                 .await?;
         }
@@ -250,18 +291,14 @@ impl RecordStore for PgStore {
         data: RowData,
     ) -> Result<u64> {
         check_rows(&data)?;
-        let next = expected.checked_add(1).ok_or(StorageError::Invalid {
-            what: "version",
-            why: "overflow",
-        })?;
-        let exp = version_col(expected)?;
+        let (exp, next_col, next) = versions(expected)?;
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE records SET version = $3, key_id = $4, envelope = $5 WHERE collection = $1 AND id = $2 AND version = $6",
         )
         .bind(coll.as_str())
         .bind(id.as_str())
-        .bind(exp + 1)
+        .bind(next_col)
         .bind(i64::from(data.key_id))
         .bind(&data.envelope)
         .bind(exp)
@@ -392,16 +429,16 @@ impl KeyStore for PgStore {
                 Ok(1)
             }
             Some(e) => {
-                let exp = version_col(e)?;
+                let (exp, next_col, next) = versions(e)?;
                 let done = sqlx::query("UPDATE key_material SET version = $2, bytes = $3 WHERE name = $1 AND version = $4")
                     .bind(name)
-                    .bind(exp + 1)
+                    .bind(next_col)
                     .bind(bytes)
                     .bind(exp)
                     .execute(&self.pool)
                     .await?;
                 if done.rows_affected() == 1 {
-                    return Ok(e + 1);
+                    return Ok(next);
                 }
                 match self.load(name).await {
                     Ok((actual, _)) => Err(StorageError::VersionConflict {
@@ -412,5 +449,63 @@ impl KeyStore for PgStore {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pg_url() -> String {
+        std::env::var("CARECONNECT_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    /// Someone with SQL access to the database (not through this crate)
+    /// cannot rewrite, delete or truncate audit entries.
+    #[tokio::test]
+    async fn audit_rows_refuse_update_delete_and_truncate_in_sql() {
+        let s = PgStore::connect(&pg_url(), 2).await.unwrap();
+        let entry = b"doctor 7 read record 42".to_vec();
+        let seq = s.append(entry.clone()).await.unwrap();
+        let col = i64::try_from(seq).unwrap();
+        for sql in [
+            "UPDATE audit SET entry = '\\x00' WHERE seq = $1",
+            "DELETE FROM audit WHERE seq = $1",
+            "TRUNCATE audit",
+        ] {
+            let err = sqlx::query(sql)
+                .bind(col)
+                .execute(&s.pool)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        }
+        assert_eq!(s.read(seq, 1).await.unwrap(), vec![(seq, entry)]);
+    }
+
+    /// A server that accepts connections but never answers: the connect
+    /// gives up after the configured timeout instead of hanging.
+    #[tokio::test]
+    async fn connect_gives_up_on_a_silent_server() {
+        let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tarpit.local_addr().unwrap().port();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = tarpit.accept().await {
+                held.push(sock);
+            }
+        });
+        let url = format!("postgres://postgres@127.0.0.1:{port}/test");
+        // The guard only stops a hang from blocking the suite; it is not a
+        // timing assertion.
+        let r = tokio::time::timeout(
+            Duration::from_secs(120),
+            PgStore::connect_with(&url, 1, Duration::from_millis(300)),
+        )
+        .await
+        .expect("connect_with returned instead of hanging");
+        assert!(matches!(r, Err(StorageError::Unavailable(_))), "{r:?}");
+        hold.abort();
     }
 }

@@ -12,13 +12,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row as _, SqlitePool};
 
 use crate::error::{Result, StorageError};
-use crate::sql::{key_id_of, version_col, version_of};
+use crate::sql::{key_id_of, version_col, version_of, versions};
 use crate::traits::{AuditLog, KeyStore, RecordStore};
 use crate::types::{
     Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows, page_of,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const SCHEMA_V1: &str = "
 CREATE TABLE records (
     collection TEXT NOT NULL,
@@ -39,6 +39,16 @@ CREATE TABLE record_index (
 CREATE INDEX record_index_lookup ON record_index (collection, name, token);
 CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry BLOB NOT NULL);
 CREATE TABLE key_material (name TEXT PRIMARY KEY, version INTEGER NOT NULL, bytes BLOB NOT NULL);
+";
+/// The audit log is append-only at the database too: whoever reaches the
+/// file with SQL (not through this crate) cannot rewrite or remove entries
+/// without first dropping these triggers, which the audit hash chain of the
+/// domain layer then exposes.
+const SCHEMA_V2: &str = "
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 ";
 
 /// Rows, audit log and key material in one SQLite file.
@@ -104,7 +114,10 @@ impl SqliteStore {
         }
         if v < 1 {
             sqlx::raw_sql(SCHEMA_V1).execute(&mut *tx).await?;
-            sqlx::raw_sql("PRAGMA user_version = 1")
+        }
+        if v < 2 {
+            sqlx::raw_sql(SCHEMA_V2).execute(&mut *tx).await?;
+            sqlx::raw_sql("PRAGMA user_version = 2")
                 .execute(&mut *tx)
                 .await?;
         }
@@ -278,18 +291,14 @@ impl RecordStore for SqliteStore {
         data: RowData,
     ) -> Result<u64> {
         check_rows(&data)?;
-        let next = expected.checked_add(1).ok_or(StorageError::Invalid {
-            what: "version",
-            why: "overflow",
-        })?;
-        let exp = version_col(expected)?;
+        let (exp, next_col, next) = versions(expected)?;
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE records SET version = ?3, key_id = ?4, envelope = ?5 WHERE collection = ?1 AND id = ?2 AND version = ?6",
         )
         .bind(coll.as_str())
         .bind(id.as_str())
-        .bind(exp + 1)
+        .bind(next_col)
         .bind(i64::from(data.key_id))
         .bind(&data.envelope)
         .bind(exp)
@@ -414,16 +423,16 @@ impl KeyStore for SqliteStore {
                 Ok(1)
             }
             Some(e) => {
-                let exp = version_col(e)?;
+                let (exp, next_col, next) = versions(e)?;
                 let done = sqlx::query("UPDATE key_material SET version = ?2, bytes = ?3 WHERE name = ?1 AND version = ?4")
                     .bind(name)
-                    .bind(exp + 1)
+                    .bind(next_col)
                     .bind(bytes)
                     .bind(exp)
                     .execute(&self.pool)
                     .await?;
                 if done.rows_affected() == 1 {
-                    return Ok(e + 1);
+                    return Ok(next);
                 }
                 match self.load(name).await {
                     Ok((actual, _)) => Err(StorageError::VersionConflict {
@@ -434,5 +443,65 @@ impl KeyStore for SqliteStore {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Someone with SQL access to the file (not through this crate) cannot
+    /// rewrite or delete audit entries.
+    #[tokio::test]
+    async fn audit_rows_refuse_update_and_delete_in_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("a.db")).await.unwrap();
+        let seq = s.append(b"doctor 7 read record 42".to_vec()).await.unwrap();
+        let seq = i64::try_from(seq).unwrap();
+        for sql in [
+            "UPDATE audit SET entry = x'00' WHERE seq = ?1",
+            "DELETE FROM audit WHERE seq = ?1",
+            "DELETE FROM audit",
+        ] {
+            let err = sqlx::query(sql)
+                .bind(seq)
+                .execute(&s.pool)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        }
+        let entries = s.read(1, 10).await.unwrap();
+        assert_eq!(entries, vec![(1, b"doctor 7 read record 42".to_vec())]);
+    }
+
+    /// A file made by schema version 1 gains the triggers on open.
+    #[tokio::test]
+    async fn version_1_files_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let opts = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
+            sqlx::raw_sql(SCHEMA_V1).execute(&pool).await.unwrap();
+            sqlx::raw_sql("PRAGMA user_version = 1")
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO audit (entry) VALUES (x'01')")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        let s = SqliteStore::open(&path).await.unwrap();
+        assert!(
+            sqlx::query("DELETE FROM audit")
+                .execute(&s.pool)
+                .await
+                .is_err()
+        );
+        assert_eq!(s.read(1, 10).await.unwrap(), vec![(1, vec![1])]);
     }
 }

@@ -177,3 +177,11 @@ pub(crate) fn page_of(mut rows: Vec<Row>, limit: usize) -> Page {
     };
     Page { rows, next }
 }
+
+/// The version after `v`; an error rather than an overflow at the end of the range.
+pub(crate) fn next_version(v: u64) -> crate::error::Result<u64> {
+    v.checked_add(1).ok_or(StorageError::Invalid {
+        what: "version",
+        why: "overflow",
+    })
+}
