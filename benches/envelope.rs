@@ -11,7 +11,7 @@
 use std::hint::black_box;
 use std::io::{Read, Write};
 
-use careconnect::crypto::document::{DocumentHeader, DocumentSealer};
+use careconnect::crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
 use careconnect::crypto::provider::{AeadKey, CryptoProvider, all_providers};
 use careconnect::crypto::{
     DataKey, EncryptionContext, Keyring, KmsKeyId, RECORD_HEADER_LEN, Suite, WrappedKey,
@@ -142,6 +142,7 @@ fn key_derivation(c: &mut Criterion) {
 fn documents(c: &mut Criterion) {
     let ctx = ctx();
     let kek = KmsKeyId::new("documents").unwrap_or_else(|_| unreachable!());
+    let options = OpenOptions::trusting(&kek);
     let dek = DataKey::generate();
     let wrapped = WrappedKey::new(vec![1; 85]).unwrap_or_else(|_| unreachable!());
     for p in all_providers() {
@@ -186,7 +187,7 @@ fn documents(c: &mut Criterion) {
                     let mut out = vec![0u8; 64 << 10];
                     b.iter(|| {
                         let mut input = sealed.as_slice();
-                        let Ok(h) = DocumentHeader::read_from(&mut input) else {
+                        let Ok(h) = DocumentHeader::read_from(&mut input, &options) else {
                             return 0;
                         };
                         let Ok(opener) = h.with_key(&dek, &ctx, p) else {

@@ -17,7 +17,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use careconnect::crypto::document::{DocumentHeader, DocumentSealer};
+use careconnect::crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
 use careconnect::crypto::kms::{AwsKms, AwsKmsConfig, CacheLimits, CachingKms};
 use careconnect::crypto::{EncryptionContext, Kms, KmsKeyId, LocalKms, RootSecret};
 
@@ -42,9 +42,9 @@ async fn seal(kms: &dyn Kms, key: &KmsKeyId, ctx: &EncryptionContext, body: &[u8
     w.finish().unwrap_or_default()
 }
 
-async fn open(kms: &dyn Kms, doc: &[u8], ctx: &EncryptionContext) -> usize {
+async fn open(kms: &dyn Kms, key: &KmsKeyId, doc: &[u8], ctx: &EncryptionContext) -> usize {
     let mut input = doc;
-    let Ok(header) = DocumentHeader::read_from(&mut input) else {
+    let Ok(header) = DocumentHeader::read_from(&mut input, &OpenOptions::trusting(key)) else {
         return 0;
     };
     let Ok(opener) = header.unwrap_key(kms, ctx).await else {
@@ -67,7 +67,7 @@ async fn run(kms: &dyn Kms, key: &KmsKeyId) -> (f64, f64) {
     let t = Instant::now();
     let mut opened = 0;
     for i in 0..DOCS {
-        opened += open(kms, &docs[i % 10], &ctx).await;
+        opened += open(kms, key, &docs[i % 10], &ctx).await;
     }
     let open_rate = DOCS as f64 / t.elapsed().as_secs_f64();
     if opened != DOCS * body.len() {

@@ -5,13 +5,13 @@
 //! a ratio is the median over rounds of that round's ratio. Criterion
 //! (`benches/envelope.rs`) gives absolute throughput; this gives the ratios.
 //!
-//! `cargo bench --features ring --bench ratios [-- quick]`
+//! `cargo bench --features ring --bench ratios [-- quick] [salts]`
 
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use careconnect::crypto::document::{DocumentHeader, DocumentSealer};
+use careconnect::crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
 use careconnect::crypto::provider::{AeadKey, all_providers};
 use careconnect::crypto::{
     DataKey, EncryptionContext, Keyring, KmsKeyId, RECORD_HEADER_LEN, Suite, WrappedKey,
@@ -250,6 +250,7 @@ fn records(rounds: usize, targets: &mut Vec<(String, f64, f64)>) {
 fn documents(rounds: usize, targets: &mut Vec<(String, f64, f64)>, openssl_aes_1mib: Option<f64>) {
     let ctx = ctx();
     let kek = KmsKeyId::new("documents").unwrap_or_else(|_| unreachable!());
+    let options = OpenOptions::trusting(&kek);
     let dek = DataKey::generate();
     println!(
         "\n## Documents (64 KiB chunks, streaming std::io API): GB/s, ratio to raw AEAD over the same chunks"
@@ -306,7 +307,7 @@ fn documents(rounds: usize, targets: &mut Vec<(String, f64, f64)>, openssl_aes_1
                             "open",
                             Box::new(|| {
                                 let mut input = sealed.as_slice();
-                                let Ok(h) = DocumentHeader::read_from(&mut input) else {
+                                let Ok(h) = DocumentHeader::read_from(&mut input, &options) else {
                                     return;
                                 };
                                 let Ok(opener) = h.with_key(&dek, &ctx, p) else {
@@ -366,6 +367,95 @@ fn documents(rounds: usize, targets: &mut Vec<(String, f64, f64)>, openssl_aes_1
     }
 }
 
+/// Where salts come from, and what it costs a 256-B record (issue 13, item 4).
+///
+/// The engine takes every salt from `getrandom(2)`, which cannot repeat after
+/// a fork or a VM snapshot restore; until issue 13 it used `rand`'s
+/// `ThreadRng`, which can. Both are raced here against raw AEAD, through the
+/// same sealing code (only the salt source differs), so the before/after
+/// ratios come from one run.
+fn salts(rounds: usize) {
+    use careconnect::crypto::envelope::seal_record_with_salt;
+    use careconnect::crypto::format::KeyRef;
+    use careconnect::crypto::{KeyId, SALT_LEN};
+    use rand::{RngCore, TryRngCore};
+    println!("\n## Salts: 256-B record seal, OS salt (now) vs ThreadRng salt (before issue 13)");
+    println!(
+        "{:30} | {:>7} {:>7} {:>7} | {:>9} {:>9} | {:>7} {:>7}",
+        "provider-suite", "raw ns", "os ns", "tr ns", "os/raw", "tr/raw", "getrnd", "thrdrng"
+    );
+    let ctx = ctx();
+    let data = [0x42u8; 256];
+    let Some(id) = KeyId::new(1) else { return };
+    for p in all_providers() {
+        let s = Suite::Aes256Gcm;
+        let ring = Keyring::generate().with_suite(s).with_provider(p);
+        let dek = DataKey::from_bytes(zeroize::Zeroizing::new([9; 32]));
+        let raw = p.aead(s, &AeadKey::new([9; 32]));
+        let mut a = data;
+        let r = race(
+            rounds,
+            &mut variants![
+                (
+                    "raw",
+                    Box::new(|| {
+                        let _ = black_box(raw.seal_in_place_detached(&NONCE, b"aad", &mut a));
+                    })
+                ),
+                (
+                    "os",
+                    Box::new(|| {
+                        let _ = black_box(ring.seal(&ctx, black_box(&data)));
+                    })
+                ),
+                (
+                    "threadrng",
+                    Box::new(|| {
+                        let mut salt = [0u8; SALT_LEN];
+                        rand::rng().fill_bytes(&mut salt);
+                        let _ = black_box(seal_record_with_salt(
+                            p,
+                            s,
+                            &dek,
+                            KeyRef::Keyring(id),
+                            salt,
+                            &ctx,
+                            black_box(&data),
+                        ));
+                    })
+                ),
+                (
+                    "getrandom only",
+                    Box::new(|| {
+                        let mut salt = [0u8; SALT_LEN];
+                        let _ = rand::rngs::OsRng.try_fill_bytes(&mut salt);
+                        black_box(salt);
+                    })
+                ),
+                (
+                    "threadrng only",
+                    Box::new(|| {
+                        let mut salt = [0u8; SALT_LEN];
+                        rand::rng().fill_bytes(&mut salt);
+                        black_box(salt);
+                    })
+                ),
+            ],
+        );
+        println!(
+            "{:30} | {:7.0} {:7.0} {:7.0} | {:9.2} {:9.2} | {:7.0} {:7.0}",
+            format!("{}-{}", p.name(), s.name()),
+            r[0].0,
+            r[1].0,
+            r[2].0,
+            r[1].1,
+            r[2].1,
+            r[3].0,
+            r[4].0
+        );
+    }
+}
+
 /// The kdf costs, interleaved with nothing: ns per call.
 fn kdf(rounds: usize) {
     use hkdf::Hkdf;
@@ -419,6 +509,10 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let quick = args.iter().any(|a| a == "quick");
+    if args.iter().any(|a| a == "salts") {
+        salts(if quick { 9 } else { 31 });
+        return;
+    }
     let rounds = if quick { 9 } else { 31 };
     // GB/s of `openssl speed -evp aes-256-gcm -bytes 1048576`, measured by the
     // calling script in the same run.
@@ -429,6 +523,7 @@ fn main() {
     records(rounds, &mut targets);
     documents(rounds.min(15), &mut targets, openssl);
     kdf(rounds);
+    salts(rounds);
     println!("\n## Targets (issue 2)");
     for (what, got, need) in targets {
         println!(

@@ -8,7 +8,7 @@
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
-use careconnect::crypto::document::{DocumentHeader, DocumentSealer};
+use careconnect::crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
 use careconnect::crypto::provider::all_providers;
 use careconnect::crypto::{DataKey, EncryptionContext, KmsKeyId, Suite, WrappedKey};
 
@@ -81,7 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let mut input = io::BufReader::new(&file);
     io::Seek::rewind(&mut input)?;
-    let header = DocumentHeader::read_from(&mut input)?;
+    let header = DocumentHeader::read_from(&mut input, &OpenOptions::trusting(&kek))?;
     let mut reader = header.with_key(&dek, &ctx, p)?.reader(input);
     let opened = io::copy(&mut reader, &mut io::sink())?;
     let open = t.elapsed();

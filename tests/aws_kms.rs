@@ -8,10 +8,10 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use careconnect::crypto::document::{DocumentHeader, DocumentSealer};
+use careconnect::crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
 use careconnect::crypto::kms::{AwsKms, AwsKmsConfig, CacheLimits, CachingKms};
 use careconnect::crypto::{
-    EncryptionContext, Error, Keyring, Kms, KmsError, KmsKeyId, LocalKms, RootSecret,
+    EncryptionContext, Error, Keyring, Kms, KmsError, KmsKeyId, LocalKms, RootSecret, TrustedKeys,
 };
 
 #[derive(Clone, Copy)]
@@ -92,9 +92,13 @@ async fn envelope_suite(kms: &dyn Kms, a: &KmsKeyId, b: Option<&KmsKeyId>) {
             w.finish().unwrap()
         }
     };
+    // The reader trusts exactly the suite's keys.
+    let trusted = TrustedKeys::new(std::iter::once(a.clone()).chain(b.cloned()));
+    let options = OpenOptions::trusting(trusted.clone());
+    let options = &options;
     let open = |sealed: Vec<u8>, ctx: EncryptionContext| async move {
         let mut input = sealed.as_slice();
-        let header = DocumentHeader::read_from(&mut input)?;
+        let header = DocumentHeader::read_from(&mut input, options)?;
         let mut out = Vec::new();
         header
             .unwrap_key(kms, &ctx)
@@ -129,13 +133,31 @@ async fn envelope_suite(kms: &dyn Kms, a: &KmsKeyId, b: Option<&KmsKeyId>) {
     let newer = seal(a.clone()).await;
     assert_eq!(open(newer, ctx.clone()).await.unwrap(), plain);
 
+    // Strict mode: a document or keyset sealed under a KMS key the reader
+    // does not trust is refused with a typed error, before any KMS call.
+    let elsewhere = KmsKeyId::new("alias/not-the-writer").unwrap();
+    let doc_a = seal(a.clone()).await;
+    let header =
+        DocumentHeader::read_from(&mut doc_a.as_slice(), &OpenOptions::trusting(&elsewhere))
+            .unwrap();
+    assert!(matches!(
+        header.unwrap_key(kms, &ctx).await,
+        Err(Error::Kms(KmsError::UntrustedKey { ref key })) if key == a.as_str()
+    ));
+    let stored = Keyring::generate().seal_keyset(kms, a).await.unwrap();
+    assert!(matches!(
+        Keyring::open_keyset(kms, &(&elsewhere).into(), &stored).await,
+        Err(Error::Kms(KmsError::UntrustedKey { .. }))
+    ));
+    assert!(Keyring::open_keyset(kms, &trusted, &stored).await.is_ok());
+
     // Re-wrapping (ReEncrypt) is skipped where the server lacks it
     // (LocalStack's free KMS).
     let Some(b) = b else { return };
 
     // Re-wrap the document's key under b: only the header changes.
     let mut input = doc.as_slice();
-    let header = DocumentHeader::read_from(&mut input).unwrap();
+    let header = DocumentHeader::read_from(&mut input, options).unwrap();
     let mut moved = header.rewrap(kms, &ctx, b).await.unwrap();
     moved.extend_from_slice(input);
     assert_eq!(
@@ -149,8 +171,12 @@ async fn envelope_suite(kms: &dyn Kms, a: &KmsKeyId, b: Option<&KmsKeyId>) {
     let rctx = EncryptionContext::new().with("record", "1");
     let record = ring.seal(&rctx, b"allergies: none").unwrap();
     let stored = ring.seal_keyset(kms, a).await.unwrap();
-    let rewrapped = Keyring::rewrap_keyset(kms, &stored, b).await.unwrap();
-    let back = Keyring::open_keyset(kms, &rewrapped).await.unwrap();
+    let rewrapped = Keyring::rewrap_keyset(kms, &trusted, &stored, b)
+        .await
+        .unwrap();
+    let back = Keyring::open_keyset(kms, &trusted, &rewrapped)
+        .await
+        .unwrap();
     assert_eq!(
         back.open(&record, &rctx).unwrap().plaintext,
         b"allergies: none"
@@ -205,9 +231,14 @@ async fn sealed(kms: &dyn Kms, key: &KmsKeyId, ctx: &EncryptionContext) -> Resul
     w.finish()
 }
 
-async fn unwrap_of(kms: &dyn Kms, doc: &[u8], ctx: &EncryptionContext) -> Result<(), Error> {
+async fn unwrap_of(
+    kms: &dyn Kms,
+    key: &KmsKeyId,
+    doc: &[u8],
+    ctx: &EncryptionContext,
+) -> Result<(), Error> {
     let mut input = doc;
-    DocumentHeader::read_from(&mut input)?
+    DocumentHeader::read_from(&mut input, &OpenOptions::trusting(key))?
         .unwrap_key(kms, ctx)
         .await
         .map(drop)
@@ -246,12 +277,12 @@ async fn disabled_and_pending_deletion_keys_are_unusable() {
     admin.disable_key().key_id(a.as_str()).send().await.unwrap();
     unusable(sealed(&kms, &a, &ctx).await, "seal under a disabled key");
     unusable(
-        unwrap_of(&kms, &doc, &ctx).await,
+        unwrap_of(&kms, &a, &doc, &ctx).await,
         "open under a disabled key",
     );
 
     admin.enable_key().key_id(a.as_str()).send().await.unwrap();
-    unwrap_of(&kms, &doc, &ctx).await.unwrap();
+    unwrap_of(&kms, &a, &doc, &ctx).await.unwrap();
 
     admin
         .schedule_key_deletion()
@@ -261,7 +292,10 @@ async fn disabled_and_pending_deletion_keys_are_unusable() {
         .await
         .unwrap();
     unusable(sealed(&kms, &a, &ctx).await, "seal, pending deletion");
-    unusable(unwrap_of(&kms, &doc, &ctx).await, "open, pending deletion");
+    unusable(
+        unwrap_of(&kms, &a, &doc, &ctx).await,
+        "open, pending deletion",
+    );
     // Cancelling leaves the key disabled, as on AWS; enabling brings it back.
     admin
         .cancel_key_deletion()
@@ -269,9 +303,9 @@ async fn disabled_and_pending_deletion_keys_are_unusable() {
         .send()
         .await
         .unwrap();
-    unusable(unwrap_of(&kms, &doc, &ctx).await, "open after cancel");
+    unusable(unwrap_of(&kms, &a, &doc, &ctx).await, "open after cancel");
     admin.enable_key().key_id(a.as_str()).send().await.unwrap();
-    unwrap_of(&kms, &doc, &ctx).await.unwrap();
+    unwrap_of(&kms, &a, &doc, &ctx).await.unwrap();
 }
 
 // `describe` counts AWS's backing keys from ListKeyRotations (every page).
@@ -403,7 +437,7 @@ async fn keys_can_be_named_by_alias_or_arn() {
         for name in [alias.as_str(), arn.as_str()] {
             let key = KmsKeyId::new(name).unwrap();
             let doc = sealed(&kms, &key, &ctx).await.unwrap();
-            unwrap_of(&kms, &doc, &ctx).await.unwrap();
+            unwrap_of(&kms, &key, &doc, &ctx).await.unwrap();
         }
     }
 }

@@ -207,3 +207,77 @@ fn concurrent_processes_never_lose_a_version() {
     let d = rt().block_on(kms.describe(&key())).unwrap();
     assert_eq!(d.current_version, 2 * n + 1);
 }
+
+/// The child of `every_salt_is_fresh_from_the_os`: seals records and prints
+/// each envelope's salt in hex.
+#[test]
+#[ignore = "run by every_salt_is_fresh_from_the_os as a child process"]
+fn child_sealer() {
+    let Some(n) = std::env::var("CARECONNECT_SEAL_COUNT")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+    else {
+        return;
+    };
+    let ring = careconnect::crypto::Keyring::generate();
+    let ctx = EncryptionContext::new().with("record", "1");
+    let mut out = std::io::stdout().lock();
+    for _ in 0..n {
+        let env = ring.seal(&ctx, &[0x42; 256]).unwrap();
+        let (header, _) = careconnect::crypto::format::Header::parse(&env).unwrap();
+        writeln!(out, "salt {}", hex::encode(header.salt)).unwrap();
+    }
+}
+
+/// Salts must not repeat in both halves of a `fork(2)` or in the copies of a
+/// restored VM snapshot, which a user-space generator seeded once would do.
+/// So every salt is one `getrandom(2)` call: traced with strace, each salt an
+/// envelope carries is exactly the buffer of its own call.
+#[test]
+fn every_salt_is_fresh_from_the_os() {
+    const N: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let out = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-xx",
+            "-s",
+            "64",
+            "-e",
+            "trace=getrandom",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_sealer", "--test-threads=1"])
+        .env("CARECONNECT_SEAL_COUNT", N.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("strace runs (scripts/test.sh installs it)");
+    assert!(out.status.success(), "child failed");
+    let salts: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        // The harness may print "test child_sealer ... " before the first line.
+        .filter_map(|l| l.split("salt ").nth(1).map(str::to_owned))
+        .collect();
+    assert_eq!(salts.len(), N);
+    // `getrandom("\x12\x34...", 32, 0) = 32` -> "1234..."
+    let calls: Vec<String> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let s = l.split("getrandom(\"").nth(1)?;
+            Some(s.split('"').next()?.replace("\\x", ""))
+        })
+        .collect();
+    for salt in &salts {
+        assert_eq!(
+            calls.iter().filter(|c| *c == salt).count(),
+            1,
+            "salt {salt} is not the output of one getrandom call"
+        );
+    }
+}

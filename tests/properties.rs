@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 
-use careconnect::crypto::document::{DocumentHeader, DocumentSealer};
+use careconnect::crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
 use careconnect::crypto::provider::{CryptoProvider, all_providers};
 use careconnect::crypto::{
     EncryptionContext, Error, KeyState, Keyring, Kms, KmsKeyId, LocalKms, RECORD_HEADER_LEN,
@@ -74,7 +74,7 @@ fn open_doc(
     ctx: &EncryptionContext,
     mut sealed: &[u8],
 ) -> Result<Vec<u8>, Error> {
-    let header = DocumentHeader::read_from(&mut sealed)?;
+    let header = DocumentHeader::read_from(&mut sealed, &OpenOptions::trusting(&f.key))?;
     let opener = block(header.unwrap_key_with(&f.kms, ctx, p))?;
     let mut out = Vec::new();
     opener
@@ -187,7 +187,8 @@ proptest! {
         let ring = Keyring::generate();
         let _ = ring.open(&bytes, &EncryptionContext::new());
         let _ = Keyring::decode(&bytes);
-        let _ = DocumentHeader::read_from(&mut bytes.as_slice());
+        let any = OpenOptions::trusting(KmsKeyId::new("k").unwrap());
+        let _ = DocumentHeader::read_from(&mut bytes.as_slice(), &any);
     }
 
     #[test]
@@ -214,7 +215,7 @@ proptest! {
         // Survives persistence: still destroyed after a KMS round trip.
         let f = fixture();
         let stored = block(ring.seal_keyset(&f.kms, &f.key)).unwrap();
-        let reloaded = block(Keyring::open_keyset(&f.kms, &stored)).unwrap();
+        let reloaded = block(Keyring::open_keyset(&f.kms, &(&f.key).into(), &stored)).unwrap();
         prop_assert!(matches!(reloaded.open(env, &c), Err(Error::KeyDestroyed(_))));
         for (_, env) in &sealed[1..] {
             prop_assert_eq!(&reloaded.open(env, &c).unwrap().plaintext, &plain);
@@ -264,7 +265,7 @@ fn document_chunk_surgery_is_detected() {
     let plain = data(3 * CHUNK - 10);
     let sealed = seal_doc(&f, Suite::Aes256Gcm, p, &c, &plain);
     let mut hdr = sealed.as_slice();
-    DocumentHeader::read_from(&mut hdr).unwrap();
+    DocumentHeader::read_from(&mut hdr, &OpenOptions::trusting(&f.key)).unwrap();
     let head = &sealed[..sealed.len() - hdr.len()];
     let sc = CHUNK + 16;
     let chunks: Vec<&[u8]> = hdr.chunks(sc).collect();

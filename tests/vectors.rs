@@ -12,7 +12,7 @@
 
 use std::io::{Read, Write};
 
-use careconnect::crypto::document::{DocumentHeader, DocumentSealer};
+use careconnect::crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
 use careconnect::crypto::envelope::seal_record_with_salt;
 use careconnect::crypto::format::KeyRef;
 use careconnect::crypto::provider::all_providers;
@@ -120,7 +120,8 @@ fn open(v: &Value, envelope: &[u8], ctx: &EncryptionContext) -> Result<Vec<u8>, 
         }
         _ => {
             let mut input = envelope;
-            let header = DocumentHeader::read_from(&mut input)?;
+            let options = OpenOptions::trusting(KmsKeyId::new(v["kms_key"].as_str().unwrap())?);
+            let header = DocumentHeader::read_from(&mut input, &options)?;
             let provider = all_providers()[0];
             let mut out = Vec::new();
             header

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::sync::OnceLock;
 
-use careconnect_crypto::document::DocumentHeader;
+use careconnect_crypto::document::{DocumentHeader, OpenOptions};
 use careconnect_crypto::{DataKey, EncryptionContext, Keyring, default_provider};
 use libfuzzer_sys::fuzz_target;
 use zeroize::Zeroizing;
@@ -39,6 +39,17 @@ fn document_ctx() -> EncryptionContext {
         .with("document", "7")
 }
 
+/// The reader's policy: the vectors' KMS key, default limits (1 MiB chunks).
+fn options() -> OpenOptions {
+    static OPTIONS: OnceLock<OpenOptions> = OnceLock::new();
+    OPTIONS
+        .get_or_init(|| {
+            let key = careconnect_crypto::KmsKeyId::new("clinic-documents").expect("valid name");
+            OpenOptions::trusting(key)
+        })
+        .clone()
+}
+
 fuzz_target!(|data: &[u8]| {
     let _ = Keyring::key_id_of(data);
     let opened = keyring().open(data, &record_ctx()).ok();
@@ -52,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
     let ctx = document_ctx();
 
     let mut input = data;
-    if let Ok(header) = DocumentHeader::read_from(&mut input) {
+    if let Ok(header) = DocumentHeader::read_from(&mut input, &options()) {
         let dek = DataKey::from_bytes(Zeroizing::new(vector_key()));
         if let Ok(opener) = header.with_key(&dek, &ctx, default_provider()) {
             let mut out = Vec::new();

@@ -62,6 +62,16 @@ impl EncryptionContext {
         self.0.is_empty()
     }
 
+    /// Length of the canonical encoding, without building it (saturating;
+    /// bounds are checked by [`EncryptionContext::encode_into`]).
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.0.iter().fold(1usize, |n, (k, v)| {
+            n.saturating_add(3)
+                .saturating_add(k.len())
+                .saturating_add(v.len())
+        })
+    }
+
     /// Appends the canonical encoding (`docs/envelope-format.md` §5):
     /// `u8 count`, then per entry in key order `u8 key_len, key, u16 value_len, value`.
     ///

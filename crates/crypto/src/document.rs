@@ -4,12 +4,20 @@
 //! in the header. Plaintext is cut into chunks of `2^chunk_log2` bytes
 //! (64 KiB by default); chunk `i` is sealed with nonce `i || last`, so
 //! truncation, reordering, duplication and appended chunks all fail to open.
-//! Reader and writer each hold one chunk (plus a tag and one byte).
+//! Reader and writer each hold one chunk (plus a tag and one byte). The
+//! reader refuses chunks larger than its [`OpenOptions`] allow (1 MiB by
+//! default) before allocating, and only asks the KMS to unwrap keys wrapped
+//! under a KMS key it trusts.
+//!
+//! Both fail closed: after any error (an I/O error from the sink or source,
+//! a chunk that does not authenticate) every later call fails too. A writer
+//! that could be retried after a failed write would seal the same buffer
+//! under the same nonce twice.
 //!
 //! ```
 //! # async fn demo() -> Result<(), careconnect_crypto::Error> {
 //! use careconnect_crypto::{EncryptionContext, LocalKms, RootSecret, KmsKeyId};
-//! use careconnect_crypto::document::{DocumentSealer, DocumentHeader};
+//! use careconnect_crypto::document::{DocumentSealer, DocumentHeader, OpenOptions};
 //! use std::io::{Read, Write};
 //!
 //! let dir = tempfile::tempdir()?;
@@ -22,8 +30,10 @@
 //! w.write_all(b"x-ray, left wrist")?;
 //! let sealed = w.finish()?;
 //!
+//! // The reader says which KMS keys it trusts; a header naming another is refused.
+//! let options = OpenOptions::trusting(kek);
 //! let mut input = &sealed[..];
-//! let header = DocumentHeader::read_from(&mut input)?;
+//! let header = DocumentHeader::read_from(&mut input, &options)?;
 //! let mut r = header.unwrap_key(&kms, &ctx).await?.reader(input);
 //! let mut plain = Vec::new();
 //! r.read_to_end(&mut plain)?;
@@ -41,7 +51,7 @@ use crate::format::{
     DEFAULT_CHUNK_LOG2, Form, Header, KeyRef, MAX_CHUNK_LOG2, MIN_CHUNK_LOG2, PREFIX_LEN,
 };
 use crate::key::DataKey;
-use crate::kms::{Kms, KmsKeyId, WrappedKey};
+use crate::kms::{Kms, KmsKeyId, TrustedKeys, WrappedKey};
 use crate::provider::{Aead, CryptoProvider, default_provider};
 use crate::suite::{Suite, TAG_LEN};
 
@@ -89,13 +99,7 @@ impl DocumentSealer {
     ///
     /// [`Misuse::ChunkSize`] for any other size.
     pub fn chunk_size(mut self, bytes: usize) -> Result<Self, Error> {
-        let log2 = bytes.trailing_zeros();
-        if !bytes.is_power_of_two()
-            || !(u32::from(MIN_CHUNK_LOG2)..=u32::from(MAX_CHUNK_LOG2)).contains(&log2)
-        {
-            return Err(Misuse::ChunkSize(bytes).into());
-        }
-        self.chunk_log2 = log2 as u8;
+        self.chunk_log2 = chunk_log2_of(bytes)?;
         Ok(self)
     }
 
@@ -137,7 +141,7 @@ impl DocumentSealer {
             key: kms_key.as_str().to_owned(),
             wrapped: wrapped.into_bytes(),
         };
-        self.begin_with_header(dek, new_header(dek, self.suite, form, key_ref), ctx, out)
+        self.begin_with_header(dek, new_header(dek, self.suite, form, key_ref)?, ctx, out)
     }
 
     /// As [`DocumentSealer::begin_with_key`] with a caller-chosen salt, for
@@ -192,6 +196,7 @@ impl DocumentSealer {
             buf: Vec::with_capacity(chunk + TAG_LEN),
             chunk,
             counter: 0,
+            failed: false,
         })
     }
 }
@@ -200,6 +205,11 @@ impl DocumentSealer {
 ///
 /// Dropping it without `finish` leaves a document with no last chunk, which
 /// never opens: an interrupted upload cannot pass for a complete one.
+///
+/// After any error (including a failed or interrupted write to the inner
+/// writer) the writer is failed for good: every later `write`, `flush` and
+/// `finish` returns [`Misuse::StreamFailed`]. Start a new document instead
+/// of retrying; the bytes already written are not a document.
 pub struct DocumentWriter<W: Write> {
     out: W,
     aead: Box<dyn Aead>,
@@ -207,6 +217,7 @@ pub struct DocumentWriter<W: Write> {
     buf: Vec<u8>,
     chunk: usize,
     counter: u64,
+    failed: bool,
 }
 
 impl<W: Write> std::fmt::Debug for DocumentWriter<W> {
@@ -214,24 +225,46 @@ impl<W: Write> std::fmt::Debug for DocumentWriter<W> {
         f.debug_struct("DocumentWriter")
             .field("chunk", &self.chunk)
             .field("counter", &self.counter)
+            .field("failed", &self.failed)
             .finish()
     }
 }
 
+fn stream_failed() -> io::Error {
+    io::Error::other(Error::Misuse(Misuse::StreamFailed))
+}
+
 impl<W: Write> DocumentWriter<W> {
+    /// Runs `f` unless the writer already failed; any error fails it for good.
+    fn guarded<T>(&mut self, f: impl FnOnce(&mut Self) -> io::Result<T>) -> io::Result<T> {
+        if self.failed {
+            return Err(stream_failed());
+        }
+        // Failed until proven otherwise: a panic in the inner writer leaves it failed too.
+        self.failed = true;
+        let out = f(self)?;
+        self.failed = false;
+        Ok(out)
+    }
+
+    /// Seals `buf` as chunk `counter` and writes it out. The caller has marked
+    /// the writer failed; the buffer is consumed (cleared) whatever happens,
+    /// so its ciphertext can never be sealed a second time.
     fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
         let nonce = chunk_nonce(self.counter, last);
-        let tag = self
+        let sealed = self
             .aead
-            .seal_in_place_detached(&nonce, &self.aad, &mut self.buf)
-            .map_err(io::Error::other)?;
-        self.out.write_all(&self.buf)?;
-        self.out.write_all(&tag)?;
+            .seal_in_place_detached(&nonce, &self.aad, &mut self.buf);
+        let written = sealed.map_err(io::Error::other).and_then(|tag| {
+            self.out.write_all(&self.buf)?;
+            self.out.write_all(&tag)
+        });
         self.buf.clear();
+        written?;
         self.counter = self
             .counter
             .checked_add(1)
-            .ok_or_else(|| io::Error::other(Misuse::TooLong.to_string()))?;
+            .ok_or_else(|| io::Error::other(Error::Misuse(Misuse::TooLong)))?;
         Ok(())
     }
 
@@ -239,32 +272,127 @@ impl<W: Write> DocumentWriter<W> {
     ///
     /// # Errors
     ///
-    /// An I/O error from the inner writer.
+    /// An I/O error from the inner writer; [`Misuse::StreamFailed`] if an
+    /// earlier call failed.
     pub fn finish(mut self) -> Result<W, Error> {
-        self.seal_chunk(true)?;
-        self.out.flush()?;
+        self.guarded(|w| {
+            w.seal_chunk(true)?;
+            w.out.flush()
+        })
+        .map_err(into_error)?;
         Ok(self.out)
     }
 }
 
+/// Unwraps our own errors carried through `io::Error`.
+fn into_error(e: io::Error) -> Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        if let Some(inner) = e.into_inner()
+            && let Ok(ours) = inner.downcast::<Error>()
+        {
+            return *ours;
+        }
+        return Error::Misuse(Misuse::StreamFailed);
+    }
+    Error::Io(e)
+}
+
 impl<W: Write> Write for DocumentWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if data.is_empty() {
-            return Ok(0);
-        }
-        // A full buffer is sealed only once more data arrives, so that the
-        // final chunk is always sealed by `finish` with the last flag.
-        if self.buf.len() == self.chunk {
-            self.seal_chunk(false)?;
-        }
-        let n = data.len().min(self.chunk - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        Ok(n)
+        self.guarded(|w| {
+            if data.is_empty() {
+                return Ok(0);
+            }
+            // A full buffer is sealed only once more data arrives, so that the
+            // final chunk is always sealed by `finish` with the last flag.
+            if w.buf.len() == w.chunk {
+                w.seal_chunk(false)?;
+            }
+            let n = data.len().min(w.chunk - w.buf.len());
+            w.buf.extend_from_slice(&data[..n]);
+            Ok(n)
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.guarded(|w| w.out.flush())
     }
+}
+
+/// What a document reader accepts: the KMS keys it trusts to have wrapped
+/// document keys, the largest chunk it will allocate, and the longest
+/// associated data it will authenticate per chunk.
+///
+/// There is no default: a reader must say which KMS keys it trusts
+/// ([`TrustedKeys`]). The limits default to 1 MiB chunks (the format allows
+/// up to 16 MiB) and 16 KiB of associated data (header fields plus the
+/// encoded [`EncryptionContext`]).
+///
+/// ```
+/// use careconnect_crypto::document::OpenOptions;
+/// use careconnect_crypto::kms::{KmsKeyId, TrustedKeys};
+///
+/// let current = KmsKeyId::new("alias/medicloud")?;
+/// let previous = KmsKeyId::new("alias/medicloud-2025")?;
+/// let options = OpenOptions::trusting(TrustedKeys::new([current, previous]))
+///     .max_chunk_size(4 << 20)?;
+/// # Ok::<(), careconnect_crypto::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    trusted: TrustedKeys,
+    max_chunk_log2: u8,
+    max_aad: usize,
+}
+
+/// Default [`OpenOptions::max_chunk_size`]: 1 MiB.
+pub const DEFAULT_MAX_CHUNK_SIZE: usize = 1 << 20;
+/// Default [`OpenOptions::max_aad_len`]: 16 KiB.
+pub const DEFAULT_MAX_AAD_LEN: usize = 16 << 10;
+
+impl OpenOptions {
+    /// Trusts `keys` (one [`KmsKeyId`], or a [`TrustedKeys`] set), with the
+    /// default limits.
+    pub fn trusting(keys: impl Into<TrustedKeys>) -> Self {
+        Self {
+            trusted: keys.into(),
+            max_chunk_log2: DEFAULT_MAX_CHUNK_SIZE.trailing_zeros() as u8,
+            max_aad: DEFAULT_MAX_AAD_LEN,
+        }
+    }
+
+    /// Accepts chunks of up to `bytes` bytes: a power of two from 4 KiB to 16 MiB.
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse::ChunkSize`] for any other size.
+    pub fn max_chunk_size(mut self, bytes: usize) -> Result<Self, Error> {
+        self.max_chunk_log2 = chunk_log2_of(bytes)?;
+        Ok(self)
+    }
+
+    /// Accepts associated data (header fields plus the encoded context) of up
+    /// to `bytes` bytes.
+    #[must_use]
+    pub fn max_aad_len(mut self, bytes: usize) -> Self {
+        self.max_aad = bytes;
+        self
+    }
+
+    /// The trusted KMS keys.
+    pub fn trusted(&self) -> &TrustedKeys {
+        &self.trusted
+    }
+}
+
+fn chunk_log2_of(bytes: usize) -> Result<u8, Error> {
+    let log2 = bytes.trailing_zeros();
+    if !bytes.is_power_of_two()
+        || !(u32::from(MIN_CHUNK_LOG2)..=u32::from(MAX_CHUNK_LOG2)).contains(&log2)
+    {
+        return Err(Misuse::ChunkSize(bytes).into());
+    }
+    u8::try_from(log2).map_err(|_| Misuse::ChunkSize(bytes).into())
 }
 
 /// A document header read from a stream, before its data key is unwrapped.
@@ -272,16 +400,19 @@ impl<W: Write> Write for DocumentWriter<W> {
 pub struct DocumentHeader {
     header: Header,
     bytes: Vec<u8>,
+    options: OpenOptions,
 }
 
 impl DocumentHeader {
-    /// Reads exactly the header from `input`, leaving it at the first chunk.
+    /// Reads exactly the header from `input`, leaving it at the first chunk,
+    /// and checks it against `options`' chunk-size limit.
     ///
     /// # Errors
     ///
     /// A [`FormatError`] for a malformed header ([`FormatError::Truncated`] if
-    /// the stream ends inside it), [`Misuse::WrongForm`] for a record.
-    pub fn read_from<R: Read>(input: &mut R) -> Result<Self, Error> {
+    /// the stream ends inside it), [`Misuse::WrongForm`] for a record,
+    /// [`Error::LimitExceeded`] for a chunk larger than `options` allow.
+    pub fn read_from<R: Read>(input: &mut R, options: &OpenOptions) -> Result<Self, Error> {
         let mut prefix = [0u8; PREFIX_LEN];
         read_exact_or_truncated(input, &mut prefix)?;
         let len = Header::len_from_prefix(&prefix)?;
@@ -289,10 +420,21 @@ impl DocumentHeader {
         bytes[..PREFIX_LEN].copy_from_slice(&prefix);
         read_exact_or_truncated(input, &mut bytes[PREFIX_LEN..])?;
         let (header, _) = Header::parse(&bytes)?;
-        if !matches!(header.form, Form::Document { .. }) {
+        let Form::Document { chunk_log2 } = header.form else {
             return Err(Misuse::WrongForm.into());
+        };
+        if chunk_log2 > options.max_chunk_log2 {
+            return Err(Error::LimitExceeded {
+                what: "chunk size",
+                len: 1 << chunk_log2,
+                max: 1 << options.max_chunk_log2,
+            });
         }
-        Ok(Self { header, bytes })
+        Ok(Self {
+            header,
+            bytes,
+            options: options.clone(),
+        })
     }
 
     /// The parsed header.
@@ -300,13 +442,25 @@ impl DocumentHeader {
         &self.header
     }
 
+    /// The header's KMS key, if the reader trusts it.
+    fn trusted_kms_ref(&self) -> Result<(KmsKeyId, WrappedKey), Error> {
+        let KeyRef::Kms { key, wrapped } = &self.header.key_ref else {
+            return Err(Misuse::WrongKeyReference.into());
+        };
+        let kms_key = self.options.trusted.check(key)?;
+        Ok((kms_key, WrappedKey::new(wrapped.clone())?))
+    }
+
     /// Unwraps the data key with `kms` under `ctx`, with the default provider.
     ///
     /// # Errors
     ///
-    /// A KMS error (the wrapped key does not unwrap under this context), or
+    /// [`crate::KmsError::UntrustedKey`] (before any KMS call) when the header
+    /// names a KMS key the reader's [`OpenOptions`] do not trust; a KMS error
+    /// (the wrapped key does not unwrap under this context);
     /// [`Error::CommitmentMismatch`] if the unwrapped key does not match the
-    /// header's commitment.
+    /// header's commitment; [`Error::LimitExceeded`] for associated data
+    /// longer than the options allow.
     pub async fn unwrap_key(
         self,
         kms: &dyn Kms,
@@ -326,13 +480,9 @@ impl DocumentHeader {
         ctx: &EncryptionContext,
         provider: &'static dyn CryptoProvider,
     ) -> Result<DocumentOpener, Error> {
-        let KeyRef::Kms { key, wrapped } = &self.header.key_ref else {
-            return Err(Misuse::WrongKeyReference.into());
-        };
-        let kms_key = KmsKeyId::new(key.clone())?;
-        let dek = kms
-            .decrypt(&kms_key, &WrappedKey::new(wrapped.clone())?, ctx)
-            .await?;
+        let (kms_key, wrapped) = self.trusted_kms_ref()?;
+        self.check_aad(ctx)?;
+        let dek = kms.decrypt(&kms_key, &wrapped, ctx).await?;
         self.with_key(&dek, ctx, provider)
     }
 
@@ -344,34 +494,46 @@ impl DocumentHeader {
     ///
     /// # Errors
     ///
-    /// KMS errors, or a header outside the format's bounds.
+    /// [`crate::KmsError::UntrustedKey`] when the header names a KMS key the
+    /// options do not trust (re-wrapping would launder a forged key); KMS
+    /// errors, or a header outside the format's bounds.
     pub async fn rewrap(
         &self,
         kms: &dyn Kms,
         ctx: &EncryptionContext,
         to: &KmsKeyId,
     ) -> Result<Vec<u8>, Error> {
-        let KeyRef::Kms { key, wrapped } = &self.header.key_ref else {
-            return Err(Misuse::WrongKeyReference.into());
-        };
-        let from = KmsKeyId::new(key.clone())?;
-        let rewrapped = kms
-            .re_encrypt(&from, &WrappedKey::new(wrapped.clone())?, ctx, to)
-            .await?;
+        let (from, wrapped) = self.trusted_kms_ref()?;
+        let rewrapped = kms.re_encrypt(&from, &wrapped, ctx, to).await?;
         crate::envelope::rewrite_kms_ref(&self.header, to.as_str(), rewrapped.into_bytes())
+    }
+
+    /// Refuses associated data longer than the options allow, before it is built.
+    fn check_aad(&self, ctx: &EncryptionContext) -> Result<(), Error> {
+        let len = crate::envelope::associated_data_len(&self.header, ctx);
+        if len > self.options.max_aad {
+            return Err(Error::LimitExceeded {
+                what: "associated data",
+                len,
+                max: self.options.max_aad,
+            });
+        }
+        Ok(())
     }
 
     /// Prepares to open with a data key the caller already holds.
     ///
     /// # Errors
     ///
-    /// [`Error::CommitmentMismatch`] if `dek` does not match the commitment.
+    /// [`Error::CommitmentMismatch`] if `dek` does not match the commitment;
+    /// [`Error::LimitExceeded`] for associated data longer than the options allow.
     pub fn with_key(
         self,
         dek: &DataKey,
         ctx: &EncryptionContext,
         provider: &'static dyn CryptoProvider,
     ) -> Result<DocumentOpener, Error> {
+        self.check_aad(ctx)?;
         let aead = message_aead(provider, dek, &self.header)?;
         let aad = associated_data(&self.bytes, &self.header, ctx)?;
         let Form::Document { chunk_log2 } = self.header.form else {
@@ -412,7 +574,10 @@ impl DocumentOpener {
     ///
     /// Each chunk is authenticated before any of its bytes are returned. A
     /// read fails with [`io::ErrorKind::InvalidData`] (wrapping
-    /// [`Error::DecryptionFailed`]) on any tampering, truncation or extension.
+    /// [`Error::DecryptionFailed`]) on any tampering, truncation or
+    /// extension, and on a non-canonical document (an empty last chunk after
+    /// a full one, which no writer produces). After any error every later
+    /// read fails as well.
     pub fn reader<R: Read>(self, input: R) -> DocumentReader<R> {
         let cap = self.chunk + TAG_LEN + 1;
         DocumentReader {
@@ -424,6 +589,7 @@ impl DocumentOpener {
             end: 0,
             counter: 0,
             done: false,
+            failed: false,
         }
     }
 }
@@ -440,6 +606,8 @@ pub struct DocumentReader<R: Read> {
     end: usize,
     counter: u64,
     done: bool,
+    /// An earlier read failed: every later read fails too.
+    failed: bool,
 }
 
 impl<R: Read> std::fmt::Debug for DocumentReader<R> {
@@ -447,6 +615,7 @@ impl<R: Read> std::fmt::Debug for DocumentReader<R> {
         f.debug_struct("DocumentReader")
             .field("counter", &self.counter)
             .field("done", &self.done)
+            .field("failed", &self.failed)
             .finish()
     }
 }
@@ -483,6 +652,11 @@ impl<R: Read> DocumentReader<R> {
             .aead
             .open_in_place(&nonce, &self.opener.aad, &mut self.buf[..len])
             .map_err(|_| invalid())?;
+        if last && n == 0 && self.counter > 0 {
+            // Authentic, but not what a writer produces: a full chunk is only
+            // sealed once more data follows it (§6).
+            return Err(invalid());
+        }
         self.pos = 0;
         self.end = n;
         self.done = last;
@@ -500,10 +674,361 @@ impl<R: Read> Read for DocumentReader<R> {
                 self.pos += n;
                 return Ok(n);
             }
+            if self.failed {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    Error::Misuse(Misuse::StreamFailed),
+                ));
+            }
             if self.done || out.is_empty() {
                 return Ok(0);
             }
-            self.next_chunk()?;
+            if let Err(e) = self.next_chunk() {
+                // Nothing of a chunk that failed is ever returned.
+                self.failed = true;
+                self.pos = 0;
+                self.end = 0;
+                self.buf.clear();
+                return Err(e);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::{LocalKms, RootSecret};
+
+    const CHUNK: usize = 4096;
+
+    /// A recognisable plaintext: no 16-byte window of it occurs in random bytes.
+    fn plaintext(n: usize) -> Vec<u8> {
+        b"PATIENT 4711 HIV+ "
+            .iter()
+            .copied()
+            .cycle()
+            .take(n)
+            .collect()
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// A sink whose `fail_at`-th write fails (once, with a retryable error).
+    struct FlakySink {
+        bytes: Vec<u8>,
+        writes: usize,
+        fail_at: usize,
+    }
+
+    impl Write for FlakySink {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            self.writes += 1;
+            if self.writes == self.fail_at {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.bytes.extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn key_and_kek() -> (DataKey, KmsKeyId, WrappedKey) {
+        (
+            DataKey::generate(),
+            KmsKeyId::new("clinic").unwrap(),
+            WrappedKey::new(vec![7; 60]).unwrap(),
+        )
+    }
+
+    fn sealer() -> DocumentSealer {
+        DocumentSealer::new().chunk_size(CHUNK).unwrap()
+    }
+
+    #[test]
+    fn a_writer_that_failed_once_stays_failed_and_never_leaks_plaintext() {
+        let (dek, kek, wrapped) = key_and_kek();
+        let ctx = EncryptionContext::new().with("document", "1");
+        let data = plaintext(3 * CHUNK + 100);
+        // Fail each write in turn: the header, a chunk body, a tag.
+        for fail_at in 2..=6 {
+            let sink = FlakySink {
+                bytes: Vec::new(),
+                writes: 0,
+                fail_at,
+            };
+            let mut w = sealer()
+                .begin_with_key(&dek, &kek, wrapped.clone(), &ctx, sink)
+                .unwrap();
+            // Retry as `Write`'s contract allows after `WouldBlock`.
+            let mut failures = 0;
+            let mut off = 0;
+            while off < data.len() && failures < 10 {
+                match w.write(&data[off..]) {
+                    Ok(n) => off += n,
+                    Err(_) => failures += 1,
+                }
+            }
+            assert!(failures > 0, "fail_at {fail_at}: the sink failed");
+            assert!(
+                off < data.len(),
+                "fail_at {fail_at}: no write succeeds after a failure"
+            );
+            assert!(w.flush().is_err());
+            let sink_bytes = &w.out.bytes.clone();
+            assert!(matches!(
+                w.finish(),
+                Err(Error::Misuse(Misuse::StreamFailed))
+            ));
+            for window in data.chunks(32) {
+                assert!(
+                    !contains(sink_bytes, window),
+                    "fail_at {fail_at}: plaintext reached the sink"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_finish_fails_for_good() {
+        let (dek, kek, wrapped) = key_and_kek();
+        let ctx = EncryptionContext::new();
+        let sink = FlakySink {
+            bytes: Vec::new(),
+            writes: 0,
+            fail_at: 2, // the last chunk's body
+        };
+        let mut w = sealer()
+            .begin_with_key(&dek, &kek, wrapped, &ctx, sink)
+            .unwrap();
+        w.write_all(&plaintext(100)).unwrap();
+        assert!(matches!(w.finish(), Err(Error::Io(_))));
+    }
+
+    fn sealed_doc(data: &[u8], ctx: &EncryptionContext) -> (DataKey, Vec<u8>) {
+        let (dek, kek, wrapped) = key_and_kek();
+        let mut w = sealer()
+            .begin_with_key(&dek, &kek, wrapped, ctx, Vec::new())
+            .unwrap();
+        w.write_all(data).unwrap();
+        (dek, w.finish().unwrap())
+    }
+
+    fn options() -> OpenOptions {
+        OpenOptions::trusting(KmsKeyId::new("clinic").unwrap())
+    }
+
+    fn reader<'a>(
+        dek: &DataKey,
+        sealed: &'a [u8],
+        ctx: &EncryptionContext,
+    ) -> DocumentReader<&'a [u8]> {
+        let mut input = sealed;
+        DocumentHeader::read_from(&mut input, &options())
+            .unwrap()
+            .with_key(dek, ctx, default_provider())
+            .unwrap()
+            .reader(input)
+    }
+
+    #[test]
+    fn a_reader_that_failed_stays_failed() {
+        let ctx = EncryptionContext::new();
+        let data = plaintext(3 * CHUNK);
+        let (dek, mut sealed) = sealed_doc(&data, &ctx);
+        let (_, head) = Header::parse(&sealed).unwrap();
+        sealed[head + CHUNK + TAG_LEN + 5] ^= 1; // chunk 1
+        let mut r = reader(&dek, &sealed, &ctx);
+        let mut out = vec![0u8; CHUNK];
+        r.read_exact(&mut out).unwrap();
+        assert_eq!(out, data[..CHUNK]);
+        let err = r.read(&mut out).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        for _ in 0..3 {
+            let again = r.read(&mut out).unwrap_err();
+            assert_eq!(again.kind(), io::ErrorKind::InvalidData);
+        }
+    }
+
+    #[test]
+    fn an_empty_last_chunk_after_a_full_one_is_rejected() {
+        let (dek, kek, wrapped) = key_and_kek();
+        let ctx = EncryptionContext::new();
+        let data = plaintext(CHUNK);
+        // What no writer produces: a full chunk 0, then an empty last chunk 1.
+        let mut w = sealer()
+            .begin_with_key(&dek, &kek, wrapped, &ctx, Vec::new())
+            .unwrap();
+        w.write_all(&data).unwrap();
+        w.seal_chunk(false).unwrap();
+        let odd = w.finish().unwrap();
+        let mut out = Vec::new();
+        let err = reader(&dek, &odd, &ctx).read_to_end(&mut out).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // The canonical encoding of the same plaintext opens.
+        let (dek, canonical) = sealed_doc(&data, &ctx);
+        assert_eq!(canonical.len() + TAG_LEN, odd.len());
+        out.clear();
+        reader(&dek, &canonical, &ctx)
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
+        // So does the empty document: one empty last chunk 0.
+        let (dek, empty) = sealed_doc(b"", &ctx);
+        out.clear();
+        reader(&dek, &empty, &ctx).read_to_end(&mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn chunk_size_and_associated_data_are_bounded_by_the_reader() {
+        let (dek, kek, wrapped) = key_and_kek();
+        let ctx = EncryptionContext::new();
+        // A header announcing 16 MiB chunks: refused before anything is allocated.
+        let big = DocumentSealer::new().chunk_size(16 << 20).unwrap();
+        let w = big
+            .begin_with_key(&dek, &kek, wrapped.clone(), &ctx, Vec::new())
+            .unwrap();
+        let sealed = w.finish().unwrap();
+        let err = DocumentHeader::read_from(&mut &sealed[..], &options()).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::LimitExceeded {
+                what: "chunk size",
+                len,
+                max,
+            } if len == 16 << 20 && max == DEFAULT_MAX_CHUNK_SIZE
+        ));
+        // A reader that opts in accepts it.
+        let roomy = options().max_chunk_size(16 << 20).unwrap();
+        assert!(DocumentHeader::read_from(&mut &sealed[..], &roomy).is_ok());
+        assert!(options().max_chunk_size(3 << 20).is_err());
+
+        // Associated data: a context past the reader's limit is refused.
+        let wide = (0..8).fold(EncryptionContext::new(), |c, i| {
+            c.with(format!("k{i}"), "v".repeat(4096))
+        });
+        let (dek, sealed) = sealed_doc(b"hello", &wide);
+        let header = DocumentHeader::read_from(&mut &sealed[..], &options()).unwrap();
+        assert!(matches!(
+            header.with_key(&dek, &wide, default_provider()),
+            Err(Error::LimitExceeded {
+                what: "associated data",
+                ..
+            })
+        ));
+        let roomy = options().max_aad_len(64 << 10);
+        let mut input = &sealed[..];
+        let mut out = Vec::new();
+        DocumentHeader::read_from(&mut input, &roomy)
+            .unwrap()
+            .with_key(&dek, &wide, default_provider())
+            .unwrap()
+            .reader(input)
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, b"hello");
+    }
+
+    /// A KMS that counts the calls it receives.
+    #[derive(Debug)]
+    struct Counting<'a>(&'a LocalKms, std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl Kms for Counting<'_> {
+        async fn generate_data_key(
+            &self,
+            key: &KmsKeyId,
+            ctx: &EncryptionContext,
+        ) -> Result<(DataKey, WrappedKey), Error> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.generate_data_key(key, ctx).await
+        }
+        async fn decrypt(
+            &self,
+            key: &KmsKeyId,
+            wrapped: &WrappedKey,
+            ctx: &EncryptionContext,
+        ) -> Result<DataKey, Error> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.decrypt(key, wrapped, ctx).await
+        }
+        async fn re_encrypt(
+            &self,
+            from: &KmsKeyId,
+            wrapped: &WrappedKey,
+            ctx: &EncryptionContext,
+            to: &KmsKeyId,
+        ) -> Result<WrappedKey, Error> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.re_encrypt(from, wrapped, ctx, to).await
+        }
+        async fn rotate(&self, key: &KmsKeyId) -> Result<crate::KeyDescription, Error> {
+            self.0.rotate(key).await
+        }
+        async fn describe(&self, key: &KmsKeyId) -> Result<crate::KeyDescription, Error> {
+            self.0.describe(key).await
+        }
+    }
+
+    #[test]
+    fn documents_under_an_untrusted_kms_key_are_refused_before_any_kms_call() {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let local =
+                    LocalKms::open_or_create(dir.path().join("kms"), RootSecret::generate())
+                        .unwrap();
+                let clinic = KmsKeyId::new("clinic").unwrap();
+                let attacker = KmsKeyId::new("attacker").unwrap();
+                local.ensure_key(&clinic).unwrap();
+                local.ensure_key(&attacker).unwrap();
+                let kms = Counting(&local, 0.into());
+                let ctx = EncryptionContext::new().with("document", "9");
+                // A forged document: the attacker's own data key, under a
+                // KMS key the reader's credentials can call.
+                let mut w = sealer()
+                    .begin(&kms, &attacker, &ctx, Vec::new())
+                    .await
+                    .unwrap();
+                w.write_all(b"forged lab result").unwrap();
+                let forged = w.finish().unwrap();
+                let calls = kms.1.load(std::sync::atomic::Ordering::SeqCst);
+
+                let opts = OpenOptions::trusting(&clinic);
+                let header = DocumentHeader::read_from(&mut &forged[..], &opts).unwrap();
+                assert!(matches!(
+                    header.rewrap(&kms, &ctx, &clinic).await,
+                    Err(Error::Kms(crate::KmsError::UntrustedKey { ref key })) if key == "attacker"
+                ));
+                assert!(matches!(
+                    header.unwrap_key(&kms, &ctx).await,
+                    Err(Error::Kms(crate::KmsError::UntrustedKey { .. }))
+                ));
+                assert_eq!(kms.1.load(std::sync::atomic::Ordering::SeqCst), calls);
+                // Case and spelling matter: names compare byte for byte.
+                let opts = OpenOptions::trusting(KmsKeyId::new("Attacker").unwrap());
+                let header = DocumentHeader::read_from(&mut &forged[..], &opts).unwrap();
+                assert!(header.unwrap_key(&kms, &ctx).await.is_err());
+                // A reader that does trust the key opens it.
+                let opts = OpenOptions::trusting(TrustedKeys::new([clinic, attacker]));
+                let mut input = &forged[..];
+                let mut out = Vec::new();
+                DocumentHeader::read_from(&mut input, &opts)
+                    .unwrap()
+                    .unwrap_key(&kms, &ctx)
+                    .await
+                    .unwrap()
+                    .reader(input)
+                    .read_to_end(&mut out)
+                    .unwrap();
+                assert_eq!(out, b"forged lab result");
+            });
     }
 }

@@ -51,6 +51,16 @@ pub(crate) fn associated_data(
     Ok(aad)
 }
 
+/// The length [`associated_data`] will have, computed without building it.
+pub(crate) fn associated_data_len(header: &Header, ctx: &EncryptionContext) -> usize {
+    let keyring_id = if matches!(header.key_ref, KeyRef::Keyring(_)) {
+        4
+    } else {
+        0
+    };
+    (5 + 4 + keyring_id + SALT_LEN + COMMITMENT_LEN).saturating_add(ctx.encoded_len())
+}
+
 /// Replaces the KMS key reference of a KMS-keyed envelope header, leaving the
 /// body valid: the body's authentication does not cover the key reference
 /// (§5). Returns the new header bytes; the body follows unchanged.
@@ -99,17 +109,22 @@ fn derive(
     dek.derive(MESSAGE_KEY_LABEL, &[suite.id(), f, c], salt)
 }
 
-/// A fresh header for `form` under `dek`, with a random salt.
-pub(crate) fn new_header(dek: &DataKey, suite: Suite, form: Form, key_ref: KeyRef) -> Header {
+/// A fresh header for `form` under `dek`, with a salt from the OS.
+pub(crate) fn new_header(
+    dek: &DataKey,
+    suite: Suite,
+    form: Form,
+    key_ref: KeyRef,
+) -> Result<Header, Error> {
     let mut salt = [0u8; SALT_LEN];
-    crate::rng::fill_salt(&mut salt);
-    Header {
+    crate::rng::fill(&mut salt)?;
+    Ok(Header {
         suite,
         form,
         key_ref,
         salt,
         commitment: *dek.commitment(),
-    }
+    })
 }
 
 /// Seals `plaintext` as a record envelope under `dek`, naming it by `key_ref`.
@@ -128,7 +143,7 @@ pub fn seal_record(
     seal_record_with_header(
         provider,
         dek,
-        &new_header(dek, suite, Form::Record, key_ref),
+        &new_header(dek, suite, Form::Record, key_ref)?,
         ctx,
         plaintext,
     )
@@ -273,6 +288,27 @@ mod tests {
             chunk_nonce(0x0102, false),
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0]
         );
+    }
+
+    #[test]
+    fn associated_data_len_is_exact() {
+        let dek = DataKey::generate();
+        let ctx = EncryptionContext::new()
+            .with("collection", "notes")
+            .with("record", "x".repeat(300));
+        for key_ref in [
+            KeyRef::Keyring(KeyId::new(5).unwrap()),
+            KeyRef::Kms {
+                key: "alias/k".into(),
+                wrapped: vec![1; 60],
+            },
+        ] {
+            let h = new_header(&dek, Suite::Aes256Gcm, Form::Record, key_ref).unwrap();
+            let mut bytes = Vec::new();
+            h.write(&mut bytes).unwrap();
+            let aad = associated_data(&bytes, &h, &ctx).unwrap();
+            assert_eq!(associated_data_len(&h, &ctx), aad.len());
+        }
     }
 
     #[test]

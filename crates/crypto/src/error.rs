@@ -29,9 +29,21 @@ pub enum Error {
     /// The data key was destroyed; nothing sealed under it can be opened again.
     #[error("data key {0} was destroyed")]
     KeyDestroyed(crate::KeyId),
-    /// A KMS operation failed.
+    /// A KMS operation failed, or the envelope names a KMS key the caller does not trust.
     #[error("kms: {0}")]
     Kms(#[from] KmsError),
+    /// The envelope asks for more than this reader agreed to allocate (a
+    /// larger chunk or longer associated data than its
+    /// [`crate::document::OpenOptions`] allow). Refused before allocating.
+    #[error("{what} of {len} bytes exceeds this reader's limit of {max}")]
+    LimitExceeded {
+        /// What was too large: `"chunk size"` or `"associated data"`.
+        what: &'static str,
+        /// The size the envelope or context asked for.
+        len: usize,
+        /// The reader's limit.
+        max: usize,
+    },
     /// The API was used in a way that cannot be right (see the message).
     #[error("misuse: {0}")]
     Misuse(Misuse),
@@ -115,6 +127,13 @@ pub enum KmsError {
         #[source]
         cause: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// The envelope names a KMS key that is not among the keys the caller
+    /// trusts ([`crate::kms::TrustedKeys`]). Refused before any KMS call.
+    #[error("kms key not trusted: {key}")]
+    UntrustedKey {
+        /// The key name found in the envelope (printable ASCII, at most 255 bytes).
+        key: String,
+    },
     /// The caller is not allowed to use the key.
     #[error("access denied")]
     AccessDenied {
@@ -132,6 +151,15 @@ pub enum KmsError {
     /// The KMS could not be reached or did not answer in time.
     #[error("kms unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A local KMS holds as many keys, or a key as many versions, as its
+    /// file format can carry; nothing was changed.
+    #[error("local kms full: at most {max} {what}")]
+    LimitReached {
+        /// `"keys"` or `"versions per key"`.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
     /// The root secret that protects a local KMS is missing or malformed.
     #[error("root secret: {0}")]
     RootSecret(&'static str),
@@ -171,6 +199,12 @@ pub enum Misuse {
     PrimaryKey(crate::KeyId),
     /// A destroyed key cannot change state again.
     AlreadyDestroyed(crate::KeyId),
+    /// A compromised key can only be destroyed.
+    Compromised(crate::KeyId),
+    /// An earlier call on this document writer or reader failed; it stays
+    /// failed, because continuing could reuse a nonce or pass off a partial
+    /// document as whole.
+    StreamFailed,
     /// A chunk size outside the allowed range was requested.
     ChunkSize(usize),
     /// A KMS key name that is empty, too long or not printable ASCII.
@@ -196,6 +230,12 @@ impl fmt::Display for Misuse {
         match self {
             Self::PrimaryKey(id) => write!(f, "data key {id} is the primary; rotate first"),
             Self::AlreadyDestroyed(id) => write!(f, "data key {id} is already destroyed"),
+            Self::Compromised(id) => {
+                write!(f, "data key {id} is compromised; it can only be destroyed")
+            }
+            Self::StreamFailed => {
+                f.write_str("an earlier call on this stream failed; it cannot be used again")
+            }
             Self::ChunkSize(n) => {
                 write!(f, "chunk size {n} is not a power of two in 4 KiB..=16 MiB")
             }

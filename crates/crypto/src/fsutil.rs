@@ -2,30 +2,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically with mode 0600: a temporary file in
 /// the same directory, fsync, rename over `path`, fsync the directory. A
 /// crash leaves either the old file or the new one, never a mix.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("path has no file name"))?;
-    let mut suffix = [0u8; 8];
-    crate::rng::fill_salt(&mut suffix);
-    let tmp = dir.join(format!(
-        ".{}.tmp-{:016x}",
-        name.to_string_lossy(),
-        u64::from_be_bytes(suffix)
-    ));
+    let (dir, tmp) = write_temp(path, bytes)?;
     let result = (|| {
-        let mut f = create_private(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
         #[cfg(feature = "test-util")]
         pause_before_rename();
         fs::rename(&tmp, path)?;
@@ -35,6 +19,51 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Publishes `bytes` at `path` only if nothing is there yet, atomically and
+/// with mode 0600: a complete temporary file, fsynced, then hard-linked to
+/// `path` (`link(2)` fails if the name exists, unlike `rename(2)`). Returns
+/// `false`, touching nothing, if `path` already existed: of several
+/// processes racing, exactly one publishes and the others read its file.
+pub(crate) fn publish_new(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    let (dir, tmp) = write_temp(path, bytes)?;
+    let result = match fs::hard_link(&tmp, path) {
+        Ok(()) => File::open(dir).and_then(|d| d.sync_all()).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    };
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
+/// Writes `bytes` to a fresh private temporary file beside `path`, fsynced;
+/// returns the directory and the temporary file's path. Removes the
+/// temporary file again if writing it fails.
+fn write_temp<'p>(path: &'p Path, bytes: &[u8]) -> std::io::Result<(&'p Path, PathBuf)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("path has no file name"))?;
+    let mut suffix = [0u8; 8];
+    crate::rng::fill(&mut suffix).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{:016x}",
+        name.to_string_lossy(),
+        u64::from_be_bytes(suffix)
+    ));
+    let written = create_private(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok((dir, tmp))
 }
 
 /// Crash tests only (`test-util`): with `CARECONNECT_TEST_PAUSE_BEFORE_RENAME_MS`

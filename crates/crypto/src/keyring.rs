@@ -10,7 +10,7 @@ use crate::envelope::{open_record, seal_record};
 use crate::error::{Error, FormatError, Misuse};
 use crate::format::{Form, Header, KeyRef, Reader};
 use crate::key::{DataKey, KeyId};
-use crate::kms::{Kms, KmsKeyId, WrappedKey};
+use crate::kms::{Kms, KmsKeyId, TrustedKeys, WrappedKey};
 use crate::provider::{CryptoProvider, default_provider};
 use crate::suite::{KEY_LEN, Suite};
 
@@ -245,7 +245,8 @@ impl Keyring {
     /// # Errors
     ///
     /// [`Error::UnknownKey`]; [`Misuse::PrimaryKey`] for the primary;
-    /// [`Misuse::AlreadyDestroyed`].
+    /// [`Misuse::AlreadyDestroyed`]; [`Misuse::Compromised`] for a
+    /// compromised key (it can only be destroyed).
     pub fn retire(&mut self, id: KeyId) -> Result<(), Error> {
         self.set_state(id, KeyState::Retired)
     }
@@ -278,8 +279,16 @@ impl Keyring {
             return Err(Misuse::PrimaryKey(id).into());
         }
         let e = self.entry_mut(id)?;
-        if e.info.state == KeyState::Destroyed {
-            return Err(Misuse::AlreadyDestroyed(id).into());
+        match e.info.state {
+            KeyState::Destroyed => return Err(Misuse::AlreadyDestroyed(id).into()),
+            // Relabelling a compromised key would hide the compromise from
+            // `Opened::key_state` and from whoever reviews the keyring.
+            KeyState::Compromised
+                if !matches!(state, KeyState::Compromised | KeyState::Destroyed) =>
+            {
+                return Err(Misuse::Compromised(id).into());
+            }
+            _ => {}
         }
         e.info.state = state;
         Ok(())
@@ -370,7 +379,7 @@ impl Keyring {
             self.suite,
             Form::Record,
             KeyRef::Keyring(self.primary),
-        );
+        )?;
         let mut head = Vec::with_capacity(RECORD_HEADER_LEN);
         header.write(&mut head)?;
         room.copy_from_slice(head.get(..RECORD_HEADER_LEN).ok_or(Misuse::TooLong)?);
@@ -451,24 +460,31 @@ impl Keyring {
         )
     }
 
-    /// Opens a keyset sealed by [`Keyring::seal_keyset`].
+    /// Opens a keyset sealed by [`Keyring::seal_keyset`], if it was sealed
+    /// under a KMS key in `trusted`.
+    ///
+    /// Whoever can write the stored keyset chooses the KMS key its header
+    /// names; trusting any would let them substitute data keys of their own,
+    /// which every later record would then be sealed under.
     ///
     /// # Errors
     ///
-    /// KMS errors, [`Error::DecryptionFailed`], or a [`FormatError`] for a
-    /// malformed file.
-    pub async fn open_keyset(kms: &dyn Kms, sealed: &[u8]) -> Result<Self, Error> {
+    /// [`crate::KmsError::UntrustedKey`] (before any KMS call) for a keyset
+    /// sealed under a key not in `trusted`; KMS errors,
+    /// [`Error::DecryptionFailed`], or a [`FormatError`] for a malformed file.
+    pub async fn open_keyset(
+        kms: &dyn Kms,
+        trusted: &TrustedKeys,
+        sealed: &[u8],
+    ) -> Result<Self, Error> {
         let (header, header_len) = Header::parse(sealed)?;
         let KeyRef::Kms { key, wrapped } = &header.key_ref else {
             return Err(Misuse::WrongKeyReference.into());
         };
+        let kms_key = trusted.check(key)?;
         let ctx = keyset_context();
         let dek = kms
-            .decrypt(
-                &KmsKeyId::new(key.clone())?,
-                &WrappedKey::new(wrapped.clone())?,
-                &ctx,
-            )
+            .decrypt(&kms_key, &WrappedKey::new(wrapped.clone())?, &ctx)
             .await?;
         let plain = Zeroizing::new(open_record(
             default_provider(),
@@ -487,9 +503,12 @@ impl Keyring {
     ///
     /// # Errors
     ///
-    /// KMS errors or a malformed keyset envelope.
+    /// [`crate::KmsError::UntrustedKey`] for a keyset sealed under a key not
+    /// in `trusted` (re-wrapping it would launder a forged keyset); KMS
+    /// errors or a malformed keyset envelope.
     pub async fn rewrap_keyset(
         kms: &dyn Kms,
+        trusted: &TrustedKeys,
         sealed: &[u8],
         to: &KmsKeyId,
     ) -> Result<Vec<u8>, Error> {
@@ -497,7 +516,7 @@ impl Keyring {
         let KeyRef::Kms { key, wrapped } = &header.key_ref else {
             return Err(Misuse::WrongKeyReference.into());
         };
-        let from = KmsKeyId::new(key.clone())?;
+        let from = trusted.check(key)?;
         let rewrapped = kms
             .re_encrypt(
                 &from,
@@ -656,6 +675,30 @@ mod tests {
         assert!(matches!(back.open(&env, &ctx), Err(Error::KeyDestroyed(_))));
         assert_eq!(back.open(&env2, &ctx).unwrap().plaintext, b"y");
         assert!(!format!("{back:?}").contains("material"));
+    }
+
+    #[test]
+    fn compromised_key_can_only_be_destroyed() {
+        let mut ring = Keyring::generate();
+        let ctx = EncryptionContext::new();
+        let k1 = ring.primary();
+        let env = ring.seal(&ctx, b"x").unwrap();
+        ring.rotate();
+        ring.mark_compromised(k1).unwrap();
+        // Relabelling would hide the compromise from every later open.
+        assert!(matches!(
+            ring.retire(k1),
+            Err(Error::Misuse(Misuse::Compromised(id))) if id == k1
+        ));
+        assert_eq!(ring.key(k1).unwrap().state, KeyState::Compromised);
+        assert_eq!(
+            ring.open(&env, &ctx).unwrap().key_state,
+            KeyState::Compromised
+        );
+        // Marking it again is harmless; destroying it is the way out.
+        ring.mark_compromised(k1).unwrap();
+        ring.destroy(k1).unwrap();
+        assert_eq!(ring.key(k1).unwrap().state, KeyState::Destroyed);
     }
 
     #[test]

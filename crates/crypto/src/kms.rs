@@ -59,6 +59,83 @@ impl fmt::Debug for KmsKeyId {
     }
 }
 
+/// The KMS keys a reader trusts to have wrapped the data keys it opens.
+///
+/// The KMS key named in an envelope header was chosen by whoever wrote the
+/// bytes. Someone who can write to storage could point a header at a KMS key
+/// they control that the reader's credentials may also call, wrap a data key
+/// of their own choosing, and forge an envelope for any row. Opening a
+/// document or a sealed keyset therefore takes the set of keys the caller
+/// trusts and refuses any other with [`crate::KmsError::UntrustedKey`] before
+/// the KMS is called (the AWS Encryption SDK's "strict mode").
+///
+/// Names are compared byte for byte, exactly as written in the header: an
+/// alias and the ARN of the same key are different names. List every name
+/// your writers use. An empty set trusts nothing.
+///
+/// ```
+/// use careconnect_crypto::kms::{KmsKeyId, TrustedKeys};
+/// let kek = KmsKeyId::new("alias/clinic-documents")?;
+/// let trusted = TrustedKeys::from(kek.clone());
+/// assert!(trusted.contains("alias/clinic-documents"));
+/// assert!(!trusted.contains("alias/Clinic-Documents"));
+/// # Ok::<(), careconnect_crypto::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedKeys(Vec<KmsKeyId>);
+
+impl TrustedKeys {
+    /// Trusts exactly `keys`.
+    pub fn new(keys: impl IntoIterator<Item = KmsKeyId>) -> Self {
+        let mut v: Vec<KmsKeyId> = keys.into_iter().collect();
+        v.sort();
+        v.dedup();
+        Self(v)
+    }
+
+    /// Whether `name` is trusted (exact, byte-for-byte comparison).
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.iter().any(|k| k.as_str() == name)
+    }
+
+    /// The trusted keys, in byte order.
+    pub fn iter(&self) -> impl Iterator<Item = &KmsKeyId> {
+        self.0.iter()
+    }
+
+    /// The trusted key called `name`, or [`crate::KmsError::UntrustedKey`].
+    pub(crate) fn check(&self, name: &str) -> Result<KmsKeyId, Error> {
+        match self.0.iter().find(|k| k.as_str() == name) {
+            Some(k) => Ok(k.clone()),
+            None => {
+                tracing::warn!(key = name, "envelope names an untrusted kms key");
+                Err(crate::KmsError::UntrustedKey {
+                    key: name.to_owned(),
+                }
+                .into())
+            }
+        }
+    }
+}
+
+impl From<KmsKeyId> for TrustedKeys {
+    fn from(key: KmsKeyId) -> Self {
+        Self(vec![key])
+    }
+}
+
+impl From<&KmsKeyId> for TrustedKeys {
+    fn from(key: &KmsKeyId) -> Self {
+        Self(vec![key.clone()])
+    }
+}
+
+impl FromIterator<KmsKeyId> for TrustedKeys {
+    fn from_iter<I: IntoIterator<Item = KmsKeyId>>(iter: I) -> Self {
+        Self::new(iter)
+    }
+}
+
 /// A data key wrapped by a KMS key: opaque bytes that only the KMS can open.
 /// Not secret; at most 1024 bytes.
 #[derive(Clone, PartialEq, Eq)]

@@ -35,7 +35,7 @@
 //! let stored = ring.seal_keyset(&kms, &kek).await?;
 //!
 //! // Seal a record bound to where it lives; open it with the same context.
-//! let ring = Keyring::open_keyset(&kms, &stored).await?;
+//! let ring = Keyring::open_keyset(&kms, &(&kek).into(), &stored).await?;
 //! let ctx = EncryptionContext::new().with("collection", "health_records").with("record", "42");
 //! let sealed = ring.seal(&ctx, b"allergies: penicillin")?;
 //! assert_eq!(ring.open(&sealed, &ctx)?.plaintext, b"allergies: penicillin");
@@ -71,7 +71,8 @@ pub use context::{
 pub use error::{Error, FormatError, KmsError, Misuse};
 pub use key::{COMMITMENT_LEN, DataKey, KeyId, SALT_LEN};
 pub use keyring::{KeyInfo, KeyState, Keyring, Opened, OpenedInPlace, RECORD_HEADER_LEN};
-pub use kms::{KeyDescription, Kms, KmsKeyId, LocalKms, ROOT_SECRET_ENV, RootSecret, WrappedKey};
+pub use kms::{
+    KeyDescription, Kms, KmsKeyId, LocalKms, ROOT_SECRET_ENV, RootSecret, TrustedKeys, WrappedKey,
+};
 pub use provider::{CryptoProvider, default_provider};
-pub use rng::reseed_after_fork;
 pub use suite::{KEY_LEN, NONCE_LEN, Suite, TAG_LEN};

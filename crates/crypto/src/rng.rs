@@ -1,39 +1,47 @@
-//! Randomness.
+//! Randomness: every byte comes from the operating system.
 //!
-//! Salts come from `rand`'s `ThreadRng` (ChaCha12 seeded from the operating
-//! system, reseeded every 64 KiB of output): one getrandom(2) call per
-//! message costs about 360 ns on the machines we measured, more than the rest
-//! of sealing a small record. Long-term keys come straight from the OS.
-//!
-//! `ThreadRng` is not reseeded on `fork(2)`. A process that forks and then
-//! seals in both parent and child must call [`reseed_after_fork`] in the child
-//! first (Rust's `std::process::Command` execs at once and is not affected).
+//! Record nonces are fixed (§7), so nonce safety rests on 256-bit salts never
+//! repeating. A user-space generator seeded once (such as `rand`'s
+//! `ThreadRng`) repeats its output in both halves of a `fork(2)` unless
+//! reseeded by hand, and in every copy of a restored VM snapshot. The
+//! kernel's generator does neither: it is per call, and Linux reseeds it when
+//! a VM is forked (vmgenid). So each salt is one `getrandom(2)` call. It
+//! costs a few hundred nanoseconds per message; `benches/ratios.rs` measures
+//! it beside a user-space generator in the same run.
 
-use rand::RngCore;
+use rand::TryRngCore;
 
-/// Fills `out` from the operating system's CSPRNG (for long-term keys).
-pub(crate) fn fill_os(out: &mut [u8]) {
-    let mut os = rand::rngs::OsRng;
-    rand::TryRngCore::try_fill_bytes(&mut os, out).unwrap_or_else(|_| {
-        // The OS RNG failing is unrecoverable; fall back to ThreadRng, which
-        // was seeded from it and would itself have failed before now.
-        rand::rng().fill_bytes(out);
-    });
-}
-
-/// Fills `out` with salt bytes from the thread-local CSPRNG.
-pub(crate) fn fill_salt(out: &mut [u8]) {
-    rand::rng().fill_bytes(out);
-}
-
-/// Reseeds this thread's CSPRNG from the OS. Call in a forked child before it
-/// seals anything.
+/// Fills `out` from the operating system's CSPRNG.
 ///
 /// # Errors
 ///
-/// When the operating system's CSPRNG cannot be read.
-pub fn reseed_after_fork() -> Result<(), crate::Error> {
-    rand::rng()
-        .reseed()
+/// [`crate::Error::Io`] when the operating system's generator cannot be read
+/// (on Linux, only before the kernel's pool is first initialised, or under a
+/// seccomp policy that forbids the call). Never falls back to anything weaker.
+pub(crate) fn fill(out: &mut [u8]) -> Result<(), crate::Error> {
+    rand::rngs::OsRng
+        .try_fill_bytes(out)
         .map_err(|e| crate::Error::Io(std::io::Error::other(e.to_string())))
+}
+
+/// Fills `out` from the OS, for long-term keys made where no error can be
+/// returned. A machine whose OS generator fails cannot make keys safely at
+/// all: this stops the process rather than return a predictable key.
+#[allow(clippy::panic)] // no safe way to continue; reached only if getrandom(2) fails
+pub(crate) fn fill_os(out: &mut [u8]) {
+    if fill(out).is_err() {
+        panic!("the operating system's random number generator failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn salts_differ_across_fork_like_clones() {
+        // Two draws never match (a user-space generator cloned by fork would).
+        let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+        super::fill(&mut a).unwrap();
+        super::fill(&mut b).unwrap();
+        assert_ne!(a, b);
+    }
 }

@@ -10,7 +10,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use careconnect::crypto::document::{DocumentHeader, DocumentSealer};
+use careconnect::crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
 use careconnect::crypto::kms::Kms;
 use careconnect::crypto::{
     EncryptionContext, Keyring, KmsKeyId, LocalKms, ROOT_SECRET_ENV, RootSecret,
@@ -63,7 +63,7 @@ async fn main() -> Result<()> {
     // 3. The keyring, persisted sealed under the records KEK.
     let keyring_path = dir.join("keyring.bin");
     let ring = match fs::read(&keyring_path) {
-        Ok(bytes) => Keyring::open_keyset(&kms, &bytes).await?,
+        Ok(bytes) => Keyring::open_keyset(&kms, &(&records_kek).into(), &bytes).await?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let ring = Keyring::generate();
             fs::write(&keyring_path, ring.seal_keyset(&kms, &records_kek).await?)?;
@@ -120,7 +120,7 @@ async fn main() -> Result<()> {
     let sealed_len = fs::metadata(&path)?.len();
 
     let mut input = BufReader::new(File::open(&path)?);
-    let header = DocumentHeader::read_from(&mut input)?;
+    let header = DocumentHeader::read_from(&mut input, &OpenOptions::trusting(&documents_kek))?;
     let mut plain = Vec::with_capacity(doc.len());
     header
         .unwrap_key(&kms, &doc_ctx)

@@ -90,8 +90,24 @@ impl RootSecret {
     /// # Errors
     ///
     /// I/O errors, or [`KmsError::RootSecret`] for a malformed file.
+    ///
+    /// On Unix the file must not be readable or writable by group or others
+    /// (mode `0600` or stricter): a root secret anyone else on the machine
+    /// can read protects nothing, so such a file is refused.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = Zeroizing::new(fs::read_to_string(path)?);
+        let file = File::open(path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if file.metadata()?.permissions().mode() & 0o077 != 0 {
+                return Err(KmsError::RootSecret(
+                    "key file is accessible by group or others; chmod 600 it",
+                )
+                .into());
+            }
+        }
+        let mut text = Zeroizing::new(String::with_capacity(2 * KEY_LEN + 2));
+        std::io::Read::read_to_string(&mut std::io::Read::take(&file, 256), &mut text)?;
         Self::from_hex(&text)
     }
 
@@ -102,6 +118,10 @@ impl RootSecret {
     /// # Errors
     ///
     /// I/O errors, or [`KmsError::RootSecret`] for a malformed file.
+    ///
+    /// Several processes starting at once on an empty directory all end up
+    /// with the same secret: the new file is published with a hard link,
+    /// which fails if the name exists, and the loser reads the winner's file.
     pub fn load_or_create_file(path: &Path) -> Result<Self, Error> {
         match Self::from_file(path) {
             Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -112,8 +132,12 @@ impl RootSecret {
                     text.push(char::from(HEX[usize::from(b & 0xf)]));
                 }
                 text.push('\n');
-                crate::fsutil::write_atomic(path, text.as_bytes())?;
-                Ok(s)
+                if crate::fsutil::publish_new(path, text.as_bytes())? {
+                    Ok(s)
+                } else {
+                    // Another process published first: use its secret.
+                    Self::from_file(path)
+                }
             }
             other => other,
         }
@@ -384,7 +408,7 @@ impl LocalKms {
     }
 
     fn persist(&self, table: &Table) -> Result<(), Error> {
-        let plain = encode_table(table);
+        let plain = encode_table(table)?;
         let mut out = Vec::with_capacity(plain.len() + 128);
         out.extend_from_slice(&FILE_MAGIC);
         out.push(FILE_VERSION);
@@ -452,7 +476,7 @@ impl LocalKms {
             .as_ref()
             .ok_or_else(|| KmsError::key_unusable(format!("{key} current version destroyed")))?;
         let mut salt = [0u8; SALT_LEN];
-        crate::rng::fill_salt(&mut salt);
+        crate::rng::fill(&mut salt)?;
         let mut out = Vec::with_capacity(WRAPPED_LEN);
         out.push(WRAP_VERSION);
         out.extend_from_slice(&current.version.to_be_bytes());
@@ -554,13 +578,26 @@ fn describe(key: &KmsKeyId, versions: &[Version]) -> KeyDescription {
     }
 }
 
-fn encode_table(t: &Table) -> Zeroizing<Vec<u8>> {
+/// Serialises the key table (§9), refusing anything [`decode_table`] would
+/// reject: a file that is written but cannot be read back loses every KEK.
+fn encode_table(t: &Table) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let full = |what: &'static str, max: usize| Error::Kms(KmsError::LimitReached { what, max });
+    if t.keys.len() > MAX_KEYS {
+        return Err(full("keys", MAX_KEYS));
+    }
+    let count = u16::try_from(t.keys.len()).map_err(|_| full("keys", MAX_KEYS))?;
     let mut out = Zeroizing::new(Vec::new());
-    out.extend_from_slice(&(t.keys.len() as u16).to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
     for (name, versions) in &t.keys {
-        out.push(name.as_str().len() as u8);
+        let name_len = u8::try_from(name.as_str().len()).map_err(|_| Misuse::KmsKeyName)?;
+        let n =
+            u16::try_from(versions.len()).map_err(|_| full("versions per key", MAX_VERSIONS))?;
+        if versions.is_empty() {
+            return Err(KmsError::key_not_found(name).into());
+        }
+        out.push(name_len);
         out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(&(versions.len() as u16).to_be_bytes());
+        out.extend_from_slice(&n.to_be_bytes());
         for v in versions {
             out.extend_from_slice(&v.version.to_be_bytes());
             out.extend_from_slice(&v.created.to_be_bytes());
@@ -573,7 +610,7 @@ fn encode_table(t: &Table) -> Zeroizing<Vec<u8>> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Parses the plaintext key table of a local KMS file (§9). Public for fuzzing.
@@ -794,6 +831,114 @@ mod tests {
             .to_string();
         assert!(!err.contains("aaaa"), "secret echoed: {err}");
         assert_eq!(format!("{a:?}"), "RootSecret { .. }");
+    }
+
+    #[test]
+    fn limits_are_checked_before_persisting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kms");
+        let root = "22".repeat(32);
+        let kms = LocalKms::open_or_create(&path, RootSecret::from_hex(&root).unwrap()).unwrap();
+        let one = |n: u32| Version {
+            version: n,
+            created: 0,
+            material: None,
+        };
+        kms.mutate(|t| {
+            for i in 0..MAX_KEYS {
+                t.keys
+                    .insert(KmsKeyId::new(format!("k{i}")).unwrap(), vec![one(1)]);
+            }
+            Ok(())
+        })
+        .unwrap();
+        // The 4,097th key is refused, not written into a file no one can read back.
+        assert!(matches!(
+            kms.ensure_key(&KmsKeyId::new("one-too-many").unwrap()),
+            Err(Error::Kms(KmsError::LimitReached { what: "keys", .. }))
+        ));
+        let again = LocalKms::open(&path, RootSecret::from_hex(&root).unwrap()).unwrap();
+        assert_eq!(again.table().keys.len(), MAX_KEYS);
+        // The same for versions: 65,535 fit the u16 count, one more does not.
+        let k = KmsKeyId::new("k0").unwrap();
+        again
+            .mutate(|t| {
+                t.keys.insert(
+                    k.clone(),
+                    (1..=u32::try_from(MAX_VERSIONS).unwrap())
+                        .map(one)
+                        .collect(),
+                );
+                Ok(())
+            })
+            .unwrap();
+        let mut t = Table::default();
+        t.keys.insert(
+            k.clone(),
+            (1..=u32::try_from(MAX_VERSIONS + 1).unwrap())
+                .map(one)
+                .collect(),
+        );
+        assert!(matches!(
+            encode_table(&t),
+            Err(Error::Kms(KmsError::LimitReached {
+                what: "versions per key",
+                ..
+            }))
+        ));
+        assert!(LocalKms::open(&path, RootSecret::from_hex(&root).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn concurrent_first_starts_agree_on_one_root_secret() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("root.key");
+            let barrier = std::sync::Barrier::new(6);
+            let secrets: Vec<[u8; KEY_LEN]> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..6)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            *RootSecret::load_or_create_file(&path).unwrap().0
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(
+                secrets.iter().all(|s| *s == secrets[0]),
+                "every starter must end up with the published secret"
+            );
+            assert_eq!(*RootSecret::from_file(&path).unwrap().0, secrets[0]);
+            assert_eq!(
+                fs::read_dir(dir.path()).unwrap().count(),
+                1,
+                "no temporary file left"
+            );
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn root_key_file_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.key");
+        RootSecret::load_or_create_file(&path).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            assert!(
+                matches!(
+                    RootSecret::from_file(&path),
+                    Err(Error::Kms(KmsError::RootSecret(_)))
+                ),
+                "mode {mode:o}"
+            );
+            assert!(RootSecret::load_or_create_file(&path).is_err());
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(RootSecret::from_file(&path).is_ok());
     }
 
     #[test]
