@@ -69,8 +69,10 @@ fn salt_of(v: &Value) -> [u8; 32] {
     hexv(v).try_into().unwrap()
 }
 
-fn dek() -> DataKey {
-    DataKey::from_bytes(Zeroizing::new(vector_key()))
+/// The vector's data key (`data_key`: the keyring's key `key_id` for a
+/// record, the unwrapped key for a document).
+fn dek(v: &Value) -> DataKey {
+    DataKey::from_bytes(Zeroizing::new(hexv(&v["data_key"]).try_into().unwrap()))
 }
 
 /// Seals one vector from its inputs with `provider`'s index into all_providers().
@@ -86,7 +88,7 @@ fn seal(v: &Value, provider: usize) -> Vec<u8> {
             seal_record_with_salt(
                 p,
                 suite,
-                &dek(),
+                &dek(v),
                 KeyRef::Keyring(id),
                 salt,
                 &ctx,
@@ -103,7 +105,7 @@ fn seal(v: &Value, provider: usize) -> Vec<u8> {
                 .chunk_size(v["chunk_size"].as_u64().unwrap() as usize)
                 .unwrap();
             let mut w = sealer
-                .begin_with_salt(&dek(), &kms_key, wrapped, salt, &ctx, Vec::new())
+                .begin_with_salt(&dek(v), &kms_key, wrapped, salt, &ctx, Vec::new())
                 .unwrap();
             w.write_all(&plaintext).unwrap();
             w.finish().unwrap()
@@ -124,7 +126,7 @@ fn open(v: &Value, envelope: &[u8], ctx: &EncryptionContext) -> Result<Vec<u8>, 
             let provider = all_providers()[0];
             let mut out = Vec::new();
             header
-                .with_key(&dek(), ctx, provider)?
+                .with_key(&dek(v), ctx, provider)?
                 .reader(input)
                 .read_to_end(&mut out)
                 .map_err(|e| match e.into_inner().map(|i| i.downcast::<Error>()) {
@@ -139,6 +141,7 @@ fn open(v: &Value, envelope: &[u8], ctx: &EncryptionContext) -> Result<Vec<u8>, 
 fn record(name: &str, suite: Suite, ctx: &[(&str, &str)], plaintext: &[u8], salt: u8) -> Value {
     json!({
         "name": name, "form": "record", "suite": suite.name(), "key_id": 1,
+        "data_key": hex::encode(vector_key()),
         "context": ctx, "salt": hex::encode([salt; 32]), "plaintext": hex::encode(plaintext),
     })
 }
@@ -146,6 +149,7 @@ fn record(name: &str, suite: Suite, ctx: &[(&str, &str)], plaintext: &[u8], salt
 fn document(name: &str, suite: Suite, len: usize, chunk: usize, salt: u8) -> Value {
     json!({
         "name": name, "form": "document", "suite": suite.name(), "chunk_size": chunk,
+        "data_key": hex::encode(vector_key()),
         "kms_key": "clinic-documents", "wrapped_key": hex::encode(pattern(85)),
         "context": [["collection", "documents"], ["document", "7"]],
         "salt": hex::encode([salt; 32]), "plaintext": hex::encode(pattern(len)),
@@ -213,6 +217,7 @@ fn generate() -> Value {
     let mut env = hexv(&destroyed["envelope"]);
     env[14] = 2; // key id 1 -> 2 (offset 11..15), which the keyset holds destroyed
     destroyed["name"] = json!("record-destroyed-key");
+    destroyed["key_id"] = json!(2);
     destroyed["envelope"] = json!(hex::encode(env));
     destroyed["error"] = json!("KeyDestroyed");
     invalid.push(destroyed);
