@@ -226,7 +226,7 @@ fn read_header(input: &mut &[u8], _v: &Value) -> Result<DocumentHeader, Error> {
 }
 
 /// The KMS keys a reader of `v` trusts: `trusted_kms_keys`, or the key
-/// its header names.
+/// its header names (none for a header without one).
 fn trusted_of(v: &Value) -> Vec<KmsKeyId> {
     match v.get("trusted_kms_keys") {
         Some(keys) => keys
@@ -235,7 +235,11 @@ fn trusted_of(v: &Value) -> Vec<KmsKeyId> {
             .iter()
             .map(|k| KmsKeyId::new(k.as_str().unwrap()).unwrap())
             .collect(),
-        None => vec![KmsKeyId::new(v["kms_key"].as_str().unwrap()).unwrap()],
+        None => v
+            .get("kms_key")
+            .map(|k| KmsKeyId::new(k.as_str().unwrap()).unwrap())
+            .into_iter()
+            .collect(),
     }
 }
 
