@@ -44,9 +44,11 @@ async fn logins(iss: &DevIssuer) -> Option<(f64, f64)> {
     .ok()?;
     let t = Instant::now();
     for _ in 0..LOGINS {
-        let start = rp.begin().await.ok()?;
+        let start = rp.begin().ok()?;
         let cb = headless_login(&start.url, "doctor-grey").await;
-        rp.complete(&callback_of(&cb)).await.ok()?;
+        rp.complete_in_browser(&callback_of(&cb), Some(&start.cookie_header()))
+            .await
+            .ok()?;
     }
     let login_rate = LOGINS as f64 / t.elapsed().as_secs_f64();
     // One real token, validated repeatedly (nonce from a raw request).
@@ -95,7 +97,13 @@ async fn raw_token(iss: &DevIssuer) -> Option<String> {
 }
 
 async fn session_gets(store: Arc<dyn RecordStore>) -> Option<f64> {
-    let sessions = Sessions::new(store, SessionConfig::default(), Arc::new(SystemClock)).ok()?;
+    let sessions = Sessions::new(
+        store,
+        careconnect::crypto::Keyring::generate(),
+        SessionConfig::default(),
+        Arc::new(SystemClock),
+    )
+    .ok()?;
     let who = Principal::new(
         UserId::new("https://idp", "u").ok()?,
         [Role::Doctor].into_iter().collect(),

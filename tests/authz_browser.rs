@@ -80,7 +80,7 @@ async fn signing_in_by_clicking_in_chromium() {
     )
     .await
     .unwrap();
-    let start = rp.begin().await.unwrap();
+    let start = rp.begin().unwrap();
     let url = start.url.to_string();
     let seen = tokio::task::spawn_blocking(move || {
         click_through(&url, "Dr Meredith Grey", "dev-issuer-login.png")
@@ -91,7 +91,10 @@ async fn signing_in_by_clicking_in_chromium() {
     assert!(seen.banner.contains("Development issuer"), "{seen:?}");
     let cb = callback_of(&url::Url::parse(&seen.callback).unwrap());
     assert_eq!(cb.state, start.state);
-    let claims = rp.complete(&cb).await.unwrap();
+    let claims = rp
+        .complete_in_browser(&cb, Some(&start.cookie_header()))
+        .await
+        .unwrap();
     assert_eq!(claims.user.subject(), "doctor-grey");
 }
 

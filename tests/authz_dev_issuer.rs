@@ -15,6 +15,7 @@ use careconnect::authz::AuthzError;
 use careconnect::authz::dev_issuer::{DevAlg, DevClient, DevIssuer, DevIssuerConfig};
 use careconnect::authz::mapper::{RoleAssignments, RoleMapper};
 use careconnect::authz::oidc::{IdTokenError, OidcConfig, OidcError, RelyingParty};
+use careconnect::crypto::Keyring;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use oidc_common::{REDIRECT, callback_of, headless_login, rsa_pem, token_request};
 use serde_json::json;
@@ -38,9 +39,11 @@ async fn rp(iss: &DevIssuer) -> RelyingParty {
 }
 
 async fn login(rp: &RelyingParty, user: &str) -> careconnect::authz::mapper::Claims {
-    let start = rp.begin().await.unwrap();
+    let start = rp.begin().unwrap();
     let cb = headless_login(&start.url, user).await;
-    rp.complete(&callback_of(&cb)).await.unwrap()
+    rp.complete_in_browser(&callback_of(&cb), Some(&start.cookie_header()))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -50,7 +53,7 @@ async fn login_through_the_development_issuer_es256_and_rs256() {
     let mapper =
         RoleMapper::from_toml("[[rule]]\ngroup = \"clinicians\"\nroles = [\"doctor\"]").unwrap();
     let store = std::sync::Arc::new(careconnect::storage::MemoryStore::new());
-    let assignments = RoleAssignments::new(store).unwrap();
+    let assignments = RoleAssignments::new(store, Keyring::generate()).unwrap();
     let grey = login(&rp_es, "doctor-grey").await;
     assert_eq!(grey.user.issuer(), es.url());
     assert!(grey.email_verified);
@@ -331,7 +334,6 @@ async fn userinfo_is_merged_and_slow_logins_expire() {
     let iss = issuer(DevAlg::Es256, None).await;
     let mut config = OidcConfig::new(iss.url(), CLIENT.0, REDIRECT).with_secret(CLIENT.1);
     config.use_userinfo = true;
-    config.groups_claim = "groups".into();
     let clock = std::sync::Arc::new(careconnect::authz::session::ManualClock::new(now() as u64));
     let rp = RelyingParty::discover_with_clock(config, clock.clone())
         .await
@@ -341,10 +343,14 @@ async fn userinfo_is_merged_and_slow_logins_expire() {
     assert_eq!(pat.email.as_deref(), Some("pat@northside-labs.example"));
 
     // A login left pending for longer than the timeout cannot complete.
-    let start = rp.begin().await.unwrap();
+    let start = rp.begin().unwrap();
     let cb = callback_of(&headless_login(&start.url, "patient-alice").await);
     clock.advance(std::time::Duration::from_secs(11 * 60));
-    match rp.complete(&cb).await.unwrap_err() {
+    match rp
+        .complete_in_browser(&cb, Some(&start.cookie_header()))
+        .await
+        .unwrap_err()
+    {
         AuthzError::Oidc(OidcError::StateExpired) => {}
         other => panic!("{other:?}"),
     }
@@ -352,28 +358,117 @@ async fn userinfo_is_merged_and_slow_logins_expire() {
 
 #[tokio::test]
 async fn a_login_started_on_one_node_completes_on_another() {
-    use careconnect::authz::pending::StoredPendingLogins;
-    use careconnect::storage::SqliteStore;
     let iss = issuer(DevAlg::Es256, None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("shared.db");
-    // Two nodes, each with its own handle on the shared database.
+    // Two nodes sharing the login keyring (as they share the database).
+    let keys = Keyring::generate();
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        let store = std::sync::Arc::new(SqliteStore::open(&db).await.unwrap());
-        let pending = std::sync::Arc::new(StoredPendingLogins::new(store).unwrap());
-        nodes.push(rp(&iss).await.with_pending_logins(pending));
+        nodes.push(rp(&iss).await.with_login_keys(keys.clone()));
     }
-    let start = nodes[0].begin().await.unwrap();
+    let start = nodes[0].begin().unwrap();
     let cb = callback_of(&headless_login(&start.url, "doctor-grey").await);
-    let claims = nodes[1].complete(&cb).await.unwrap();
+    let cookie = start.cookie_header();
+    let claims = nodes[1]
+        .complete_in_browser(&cb, Some(&cookie))
+        .await
+        .unwrap();
     assert_eq!(claims.user.subject(), "doctor-grey");
-    // Taken: neither node accepts the callback again.
-    for node in &nodes {
-        match node.complete(&cb).await.unwrap_err() {
-            AuthzError::Oidc(OidcError::UnknownState) => {}
-            other => panic!("{other:?}"),
-        }
+    // Used: the node that completed refuses a replay before any network
+    // call; the other one has not seen it, and the provider refuses the
+    // spent code.
+    match nodes[1]
+        .complete_in_browser(&cb, Some(&cookie))
+        .await
+        .unwrap_err()
+    {
+        AuthzError::Oidc(OidcError::UnknownState) => {}
+        other => panic!("{other:?}"),
+    }
+    match nodes[0]
+        .complete_in_browser(&cb, Some(&cookie))
+        .await
+        .unwrap_err()
+    {
+        AuthzError::Oidc(OidcError::CodeRejected(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    // A node with other login keys cannot open the cookie at all.
+    let stranger = rp(&iss).await;
+    match stranger
+        .complete_in_browser(&cb, Some(&cookie))
+        .await
+        .unwrap_err()
+    {
+        AuthzError::Oidc(OidcError::UnknownState) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+// Login starts are unauthenticated: a flood of them must not lock real users
+// out. Nothing is kept server-side between begin and the callback, so there
+// is nothing to fill.
+#[tokio::test]
+async fn a_flood_of_login_starts_locks_nobody_out() {
+    let iss = issuer(DevAlg::Es256, None).await;
+    let rp = rp(&iss).await;
+    let real = rp.begin().unwrap();
+    for _ in 0..30_000 {
+        // Three times the old in-memory limit, abandoned.
+        rp.begin().unwrap();
+    }
+    let cb = callback_of(&headless_login(&real.url, "patient-alice").await);
+    let claims = rp
+        .complete_in_browser(&cb, Some(&real.cookie_header()))
+        .await
+        .unwrap();
+    assert_eq!(claims.user.subject(), "patient-alice");
+    // And a login started after the flood works as well.
+    login(&rp, "doctor-grey").await;
+}
+
+// Mix-up (RFC 9207): a login started with one provider cannot be completed
+// as another's, and a provider that promises `iss` must send it.
+#[tokio::test]
+async fn a_callback_for_another_issuer_is_refused() {
+    let a = issuer(DevAlg::Es256, None).await;
+    let b = issuer(DevAlg::Es256, None).await;
+    let keys = Keyring::generate();
+    let rp_a = rp(&a).await.with_login_keys(keys.clone());
+    let rp_b = rp(&b).await.with_login_keys(keys);
+    let start = rp_a.begin().unwrap();
+    let cb = callback_of(&headless_login(&start.url, "doctor-grey").await);
+    let cookie = start.cookie_header();
+    // The callback routed to provider B's relying party: its cookie names A.
+    match rp_b
+        .complete_in_browser(&cb, Some(&cookie))
+        .await
+        .unwrap_err()
+    {
+        AuthzError::Oidc(OidcError::IssuerMismatch) => {}
+        other => panic!("{other:?}"),
+    }
+    // The dev issuer advertises authorization_response_iss_parameter_supported:
+    // a callback without `iss` is refused, and one naming B as well.
+    let mut stripped = cb.clone();
+    stripped.iss = None;
+    match rp_a
+        .complete_in_browser(&stripped, Some(&cookie))
+        .await
+        .unwrap_err()
+    {
+        AuthzError::Oidc(OidcError::IssuerMissing) => {}
+        other => panic!("{other:?}"),
+    }
+    let start = rp_a.begin().unwrap();
+    let mut wrong = callback_of(&headless_login(&start.url, "doctor-grey").await);
+    wrong.iss = Some(b.url().to_owned());
+    match rp_a
+        .complete_in_browser(&wrong, Some(&start.cookie_header()))
+        .await
+        .unwrap_err()
+    {
+        AuthzError::Oidc(OidcError::IssuerMismatch) => {}
+        other => panic!("{other:?}"),
     }
 }
 
@@ -385,14 +480,16 @@ async fn a_callback_completes_only_in_the_browser_that_started_it() {
     use careconnect::authz::oidc::{LOGIN_COOKIE, LoginStart};
     let iss = issuer(DevAlg::Es256, None).await;
     let rp = rp(&iss).await;
-    let victim = rp.begin().await.unwrap();
-    let attacker = rp.begin().await.unwrap();
+    let victim = rp.begin().unwrap();
+    let attacker = rp.begin().unwrap();
     let set = victim.set_cookie();
     assert!(
-        set.starts_with(&format!("{LOGIN_COOKIE}={};", victim.state))
+        set.starts_with(&format!("{LOGIN_COOKIE}="))
             && set.ends_with("; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=600"),
-        "{set}"
+        "{set:?}"
     );
+    // The cookie is sealed: it shows neither the state nor the PKCE verifier.
+    assert!(!set.contains(&victim.state));
     let victim_cookie = format!("theme=dark; {}", set.split(';').next().unwrap());
     let attacker_cb = callback_of(&headless_login(&attacker.url, "patient-alice").await);
     let victim_cb = callback_of(&headless_login(&victim.url, "doctor-grey").await);
@@ -401,17 +498,24 @@ async fn a_callback_completes_only_in_the_browser_that_started_it() {
         (&attacker_cb, Some(victim_cookie.as_str())), // the attack
         (&victim_cb, None),                           // no cookie at all
         (&victim_cb, Some("theme=dark")),
-        (
-            &victim_cb,
-            Some(&format!("{LOGIN_COOKIE}={}", attacker.state)),
-        ),
-        (
-            &victim_cb,
-            Some(&format!("{LOGIN_COOKIE}={}x", victim.state)),
-        ),
+        (&victim_cb, Some(attacker.cookie_header().as_str())), // another login's cookie
     ] {
         match rp.complete_in_browser(cb, header).await.unwrap_err() {
             AuthzError::Oidc(OidcError::BrowserMismatch) => {}
+            other => panic!("{header:?}: {other:?}"),
+        }
+    }
+    // Cookies that are not ours (forged, altered) do not open.
+    let sealed = victim.cookie_header();
+    let altered = format!("{}A", sealed.as_str());
+    let forged = format!("{LOGIN_COOKIE}={}", victim.state);
+    for header in [altered.as_str(), forged.as_str()] {
+        match rp
+            .complete_in_browser(&victim_cb, Some(header))
+            .await
+            .unwrap_err()
+        {
+            AuthzError::Oidc(OidcError::UnknownState) => {}
             other => panic!("{header:?}: {other:?}"),
         }
     }
@@ -430,4 +534,125 @@ async fn a_callback_completes_only_in_the_browser_that_started_it() {
         other => panic!("{other:?}"),
     }
     assert!(LoginStart::clear_cookie().ends_with("Max-Age=0"));
+}
+
+/// A provider whose JWKS endpoint counts its requests and can be made to fail.
+struct CountingJwks {
+    hits: std::sync::atomic::AtomicUsize,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+async fn counting_provider() -> (String, std::sync::Arc<CountingJwks>) {
+    use axum::routing::get;
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = std::sync::Arc::new(CountingJwks {
+        hits: 0.into(),
+        fail: false.into(),
+    });
+    let discovery = json!({
+        "issuer": base,
+        "authorization_endpoint": format!("{base}/authorize"),
+        "token_endpoint": format!("{base}/token"),
+        "jwks_uri": format!("{base}/jwks"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+    });
+    let s = state.clone();
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(move || async move { axum::Json(discovery) }),
+        )
+        .route(
+            "/jwks",
+            get(move || {
+                let s = s.clone();
+                async move {
+                    s.hits.fetch_add(1, Ordering::SeqCst);
+                    // Slow enough that concurrent callers overlap.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if s.fail.load(Ordering::SeqCst) {
+                        Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+                    } else {
+                        Ok(axum::Json(json!({ "keys": [] })))
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, state)
+}
+
+// Tokens with made-up `kid`s, arriving together, or a failing JWKS endpoint:
+// one re-fetch at a time, at most one per 10 seconds, however it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jwks_refetches_are_single_flight_and_throttled_even_when_failing() {
+    use std::sync::atomic::Ordering;
+    let (base, jwks) = counting_provider().await;
+    let clock = std::sync::Arc::new(careconnect::authz::session::ManualClock::new(now() as u64));
+    let rp = std::sync::Arc::new(
+        RelyingParty::discover_with_clock(OidcConfig::new(&base, "c", REDIRECT), clock.clone())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        jwks.hits.load(Ordering::SeqCst),
+        1,
+        "discovery fetches the JWKS"
+    );
+    let token = format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","kid":"made-up","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(
+            json!({"iss": base, "sub": "s", "aud": "c", "exp": now() + 60, "iat": now()})
+                .to_string()
+        ),
+        URL_SAFE_NO_PAD.encode([7u8; 64]),
+    );
+    let burst = |rp: std::sync::Arc<RelyingParty>| {
+        let token = token.clone();
+        async move {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..32 {
+                let (rp, token) = (rp.clone(), token.clone());
+                set.spawn(async move { rp.verify_id_token(&token, "n").await });
+            }
+            let mut errors = Vec::new();
+            while let Some(r) = set.join_next().await {
+                errors.push(r.unwrap().unwrap_err());
+            }
+            errors
+        }
+    };
+    // 32 at once: one fetch between them.
+    for e in burst(rp.clone()).await {
+        assert!(
+            matches!(
+                e,
+                AuthzError::Oidc(OidcError::IdToken(IdTokenError::UnknownKey))
+            ),
+            "{e:?}"
+        );
+    }
+    assert_eq!(jwks.hits.load(Ordering::SeqCst), 2);
+    // Within the interval: none.
+    burst(rp.clone()).await;
+    assert_eq!(jwks.hits.load(Ordering::SeqCst), 2);
+    // A failing endpoint after the interval: one attempt, recorded, so the
+    // next burst inside the interval asks nothing either.
+    jwks.fail.store(true, Ordering::SeqCst);
+    clock.advance(std::time::Duration::from_secs(11));
+    let errors = burst(rp.clone()).await;
+    assert_eq!(jwks.hits.load(Ordering::SeqCst), 3);
+    assert!(
+        errors
+            .iter()
+            .any(|e| matches!(e, AuthzError::Oidc(OidcError::Unavailable(_)))),
+        "the caller that fetched sees the failure"
+    );
+    burst(rp.clone()).await;
+    assert_eq!(jwks.hits.load(Ordering::SeqCst), 3);
 }

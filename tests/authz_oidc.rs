@@ -11,9 +11,10 @@ mod oidc_common;
 use std::sync::Arc;
 
 use careconnect::authz::mapper::{RoleAssignments, RoleMapper, parse_roles};
-use careconnect::authz::oidc::{Callback, OidcConfig, OidcError, RelyingParty};
+use careconnect::authz::oidc::{Callback, LoginStart, OidcConfig, OidcError, RelyingParty};
 use careconnect::authz::session::{SessionConfig, Sessions, SystemClock};
 use careconnect::authz::{AuthzError, Principal};
+use careconnect::crypto::Keyring;
 use careconnect::storage::{RecordStore, SqliteStore};
 use oidc_common::{REDIRECT, callback_of, headless_login, token_request};
 
@@ -58,14 +59,16 @@ async fn login_with_oidc_provider_gives_the_mapped_roles_and_a_session() {
             .await
             .unwrap(),
     );
-    let assignments = RoleAssignments::new(store.clone()).unwrap();
-    let sessions = Sessions::new(store, SessionConfig::default(), Arc::new(SystemClock)).unwrap();
+    let keys = Keyring::generate();
+    let assignments = RoleAssignments::new(store.clone(), keys.clone()).unwrap();
+    let sessions =
+        Sessions::new(store, keys, SessionConfig::default(), Arc::new(SystemClock)).unwrap();
 
     // dr-grey: groups claim -> doctor; verified stjohns.example -> finance;
     // a stored assignment (by issuer + subject) -> admin.
-    let start = rp.begin().await.unwrap();
+    let start = rp.begin().unwrap();
     let cb = headless_login(&start.url, "dr-grey").await;
-    let claims = rp.complete(&callback_of(&cb)).await.unwrap();
+    let claims = complete(&rp, &start, &callback_of(&cb)).await.unwrap();
     assert_eq!(claims.user.issuer(), issuer());
     assert_eq!(claims.user.subject(), "dr-grey");
     assert_eq!(claims.groups, vec!["clinicians"]);
@@ -93,9 +96,9 @@ async fn login_with_oidc_provider_gives_the_mapped_roles_and_a_session() {
     assert_eq!(live.roles, roles);
 
     // A patient by exact verified e-mail.
-    let start = rp.begin().await.unwrap();
+    let start = rp.begin().unwrap();
     let cb = headless_login(&start.url, "p-alice").await;
-    let alice = rp.complete(&callback_of(&cb)).await.unwrap();
+    let alice = complete(&rp, &start, &callback_of(&cb)).await.unwrap();
     assert_eq!(
         mapper
             .roles(&alice, &assignments)
@@ -106,9 +109,9 @@ async fn login_with_oidc_provider_gives_the_mapped_roles_and_a_session() {
     );
 
     // An unverified address at the clinic's domain gets nothing.
-    let start = rp.begin().await.unwrap();
+    let start = rp.begin().unwrap();
     let cb = headless_login(&start.url, "mallory").await;
-    let mallory = rp.complete(&callback_of(&cb)).await.unwrap();
+    let mallory = complete(&rp, &start, &callback_of(&cb)).await.unwrap();
     assert!(!mallory.email_verified);
     assert!(
         mapper
@@ -117,6 +120,16 @@ async fn login_with_oidc_provider_gives_the_mapped_roles_and_a_session() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// The callback as the browser that started `start` delivers it.
+async fn complete(
+    rp: &RelyingParty,
+    start: &LoginStart,
+    cb: &Callback,
+) -> Result<careconnect::authz::mapper::Claims, AuthzError> {
+    rp.complete_in_browser(cb, Some(&start.cookie_header()))
+        .await
 }
 
 fn oidc_err(r: Result<impl std::fmt::Debug, AuthzError>) -> OidcError {
@@ -129,58 +142,69 @@ fn oidc_err(r: Result<impl std::fmt::Debug, AuthzError>) -> OidcError {
 #[tokio::test]
 async fn replayed_state_reused_code_and_bad_callbacks_are_refused() {
     let rp = rp().await;
-    let start = rp.begin().await.unwrap();
+    let start = rp.begin().unwrap();
     let cb = callback_of(&headless_login(&start.url, "p-alice").await);
-    rp.complete(&cb).await.unwrap();
+    complete(&rp, &start, &cb).await.unwrap();
 
     // The same callback again: the state was single use.
     assert!(matches!(
-        oidc_err(rp.complete(&cb).await),
+        oidc_err(complete(&rp, &start, &cb).await),
         OidcError::UnknownState
     ));
 
-    // The used code under a fresh state: the provider refuses it.
-    let fresh = rp.begin().await.unwrap();
+    // The used code under a fresh login: the provider refuses it.
+    let fresh = rp.begin().unwrap();
     let reused = Callback {
-        state: fresh.state,
+        state: fresh.state.clone(),
         ..cb.clone()
     };
     assert!(matches!(
-        oidc_err(rp.complete(&reused).await),
+        oidc_err(complete(&rp, &fresh, &reused).await),
         OidcError::CodeRejected(_)
     ));
 
-    // A forged state.
+    // A forged state: not the one the browser's cookie holds.
+    let fresh = rp.begin().unwrap();
     let forged = Callback {
         state: "forged".into(),
         ..cb.clone()
     };
     assert!(matches!(
-        oidc_err(rp.complete(&forged).await),
-        OidcError::UnknownState
+        oidc_err(complete(&rp, &fresh, &forged).await),
+        OidcError::BrowserMismatch
     ));
 
     // The provider's error, and a callback claiming another issuer (mix-up).
-    let s = rp.begin().await.unwrap();
+    let s = rp.begin().unwrap();
     let denied = Callback {
-        state: s.state,
+        state: s.state.clone(),
         code: None,
         iss: None,
         error: Some("access_denied".into()),
     };
     assert!(matches!(
-        oidc_err(rp.complete(&denied).await),
+        oidc_err(complete(&rp, &s, &denied).await),
         OidcError::Provider(_)
     ));
-    let s = rp.begin().await.unwrap();
+    let s = rp.begin().unwrap();
     let cb2 = callback_of(&headless_login(&s.url, "p-alice").await);
     let mixed = Callback {
         iss: Some("https://evil.example".into()),
-        ..cb2
+        ..cb2.clone()
     };
     assert!(matches!(
-        oidc_err(rp.complete(&mixed).await),
+        oidc_err(complete(&rp, &s, &mixed).await),
         OidcError::IssuerMismatch
+    ));
+    // oidc-provider advertises authorization_response_iss_parameter_supported:
+    // without `iss` the callback is refused (RFC 9207 §2.4).
+    let s = rp.begin().unwrap();
+    let cb3 = callback_of(&headless_login(&s.url, "p-alice").await);
+    assert!(cb3.iss.is_some(), "the provider sends iss");
+    let stripped = Callback { iss: None, ..cb3 };
+    assert!(matches!(
+        oidc_err(complete(&rp, &s, &stripped).await),
+        OidcError::IssuerMissing
     ));
 }
 
@@ -190,7 +214,7 @@ async fn the_provider_enforces_pkce() {
     // without a verifier, and with a wrong one. Both refused.
     let rp = rp().await;
     for verifier in [None, Some("x".repeat(64))] {
-        let start = rp.begin().await.unwrap();
+        let start = rp.begin().unwrap();
         let cb = callback_of(&headless_login(&start.url, "p-alice").await);
         let status = token_request(
             &format!("{}/token", issuer()),

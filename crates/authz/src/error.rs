@@ -32,6 +32,10 @@ pub enum AuthzError {
     #[cfg(feature = "oidc")]
     #[error(transparent)]
     Oidc(#[from] crate::oidc::OidcError),
+    /// Sealing or opening a stored row or a login cookie failed for a
+    /// reason other than a forgery (which reads as "no such row").
+    #[error("crypto: {0}")]
+    Crypto(#[from] careconnect_crypto::Error),
     /// Stored data (a session, an assignment) did not decode.
     #[error("stored {0} is corrupt")]
     Corrupt(&'static str),

@@ -21,7 +21,7 @@ pub mod mapper;
 #[cfg(feature = "oidc")]
 pub mod oidc;
 #[cfg(feature = "oidc")]
-pub mod pending;
+mod pending;
 pub mod policy;
 mod principal;
 mod rows;

@@ -9,7 +9,14 @@
 //! Unknown users get no role, not a default one. E-mail rules apply only when
 //! the provider says the address is verified (`email_verified: true`):
 //! otherwise anyone who can type an address at a permissive provider would get
-//! its roles. Rules can be pinned to one issuer.
+//! its roles. Rules can be pinned to one issuer; with several providers,
+//! group and role-claim rules must be (see [`RoleMapper::check_providers`]):
+//! a group called `doctors` at one provider says nothing about a group of the
+//! same name at another.
+//!
+//! The names of the groups and roles claims are one setting ([`ClaimNames`]),
+//! read here and handed to each provider's
+//! [`OidcConfig`](crate::oidc::OidcConfig) with `with_claim_names`.
 //!
 //! ```
 //! use careconnect_authz::mapper::{Claims, RoleMapper};
@@ -32,12 +39,13 @@
 
 use std::sync::Arc;
 
-use careconnect_storage::{Collection, RecordStore, RowData, RowId, StorageError};
+use careconnect_crypto::Keyring;
+use careconnect_storage::{RecordStore, RowId, StorageError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::AuthzError;
 use crate::principal::{Role, RoleSet, UserId};
-use crate::rows::hashed_row;
+use crate::rows::{SealedRows, hashed_row};
 
 /// What the role mapper looks at, taken from a validated ID token (and
 /// userinfo, when used).
@@ -110,6 +118,8 @@ enum Condition {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
+    /// 1-based position in the configuration, for error messages.
+    n: usize,
     issuer: Option<String>,
     condition: Condition,
     roles: RoleSet,
@@ -132,11 +142,33 @@ impl Rule {
     }
 }
 
+/// The names of the claims that carry groups and roles (default `groups`
+/// and `roles`). One setting: the role mapper's configuration
+/// (`groups_claim`, `roles_claim`) names them, and each provider's
+/// configuration takes them from there
+/// ([`OidcConfig::with_claim_names`](crate::oidc::OidcConfig::with_claim_names)),
+/// which [`RoleMapper::check_providers`] verifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimNames {
+    /// The claim holding groups.
+    pub groups: String,
+    /// The claim holding roles.
+    pub roles: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        Self {
+            groups: default_groups(),
+            roles: default_roles(),
+        }
+    }
+}
+
 /// Claim rules from configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleMapper {
-    groups_claim: String,
-    roles_claim: String,
+    claim_names: ClaimNames,
     rules: Vec<Rule>,
 }
 
@@ -190,14 +222,17 @@ impl RoleMapper {
                 return Err(AuthzError::Config(format!("rule {n} has an empty value")));
             }
             rules.push(Rule {
+                n,
                 issuer: r.issuer,
                 condition,
                 roles: r.roles.into_iter().collect(),
             });
         }
         Ok(Self {
-            groups_claim: file.groups_claim,
-            roles_claim: file.roles_claim,
+            claim_names: ClaimNames {
+                groups: file.groups_claim,
+                roles: file.roles_claim,
+            },
             rules,
         })
     }
@@ -213,14 +248,66 @@ impl RoleMapper {
         Self::from_toml(&text).map_err(|e| AuthzError::Config(format!("{}: {e}", path.display())))
     }
 
+    /// The names of the groups and roles claims (hand them to every
+    /// provider's configuration).
+    pub fn claim_names(&self) -> &ClaimNames {
+        &self.claim_names
+    }
+
     /// The name of the claim holding groups (default `groups`).
     pub fn groups_claim(&self) -> &str {
-        &self.groups_claim
+        &self.claim_names.groups
     }
 
     /// The name of the claim holding roles (default `roles`).
     pub fn roles_claim(&self) -> &str {
-        &self.roles_claim
+        &self.claim_names.roles
+    }
+
+    /// Checks the rules against the identity providers configured beside
+    /// them (call it once at start, with every provider's issuer and claim
+    /// names):
+    /// - with more than one provider, every `group` and `role_claim` rule
+    ///   names its `issuer` (group and role names are each provider's own);
+    /// - every rule's `issuer` is one of the providers (a typo would
+    ///   silently grant nothing);
+    /// - every provider reads groups and roles from the claims named here.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthzError::Config`] naming the rule or provider at fault.
+    pub fn check_providers<'a>(
+        &self,
+        providers: impl IntoIterator<Item = (&'a str, &'a ClaimNames)>,
+    ) -> Result<(), AuthzError> {
+        let providers: Vec<(&str, &ClaimNames)> = providers.into_iter().collect();
+        for (issuer, names) in &providers {
+            if **names != self.claim_names {
+                return Err(AuthzError::Config(format!(
+                    "provider {issuer} reads groups/roles from claims {:?}/{:?}, the role mapper from {:?}/{:?}: set them once, in the role mapping",
+                    names.groups, names.roles, self.claim_names.groups, self.claim_names.roles
+                )));
+            }
+        }
+        for r in &self.rules {
+            let claim_rule = matches!(r.condition, Condition::Group(_) | Condition::RoleClaim(_));
+            match &r.issuer {
+                None if claim_rule && providers.len() > 1 => {
+                    return Err(AuthzError::Config(format!(
+                        "rule {} matches a group or roles claim without an issuer; with several providers it must name one",
+                        r.n
+                    )));
+                }
+                Some(i) if !providers.iter().any(|(p, _)| p == i) => {
+                    return Err(AuthzError::Config(format!(
+                        "rule {} names issuer {i:?}, which is not a configured provider",
+                        r.n
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Roles from the claim rules alone.
@@ -254,34 +341,28 @@ struct StoredAssignment {
 
 /// Role assignments stored in a [`RecordStore`], keyed by issuer + subject.
 /// The row id is a SHA-256 of the identity, so ids do not reveal who holds
-/// roles; the row holds the identity and roles (no clinical data).
-#[derive(Clone)]
+/// roles; the row holds the identity and roles (no clinical data), sealed
+/// with a [`Keyring`] and bound to its row id: a row forged or altered by
+/// someone who can write the database grants no role.
+#[derive(Clone, Debug)]
 pub struct RoleAssignments {
     store: Arc<dyn RecordStore>,
-    coll: Collection,
-}
-
-impl std::fmt::Debug for RoleAssignments {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoleAssignments")
-            .field("collection", &self.coll)
-            .finish_non_exhaustive()
-    }
+    rows: SealedRows,
 }
 
 /// The collection assignments live in.
 pub const ASSIGNMENTS_COLLECTION: &str = "authz_role_assignments";
 
 impl RoleAssignments {
-    /// Assignments in `store`.
+    /// Assignments in `store`, sealed with `keys`.
     ///
     /// # Errors
     ///
     /// Never in practice (the collection name is a valid constant).
-    pub fn new(store: Arc<dyn RecordStore>) -> Result<Self, AuthzError> {
+    pub fn new(store: Arc<dyn RecordStore>, keys: Keyring) -> Result<Self, AuthzError> {
         Ok(Self {
             store,
-            coll: Collection::new(ASSIGNMENTS_COLLECTION)?,
+            rows: SealedRows::new(keys, ASSIGNMENTS_COLLECTION)?,
         })
     }
 
@@ -289,22 +370,20 @@ impl RoleAssignments {
         hashed_row(&[user.issuer().as_bytes(), user.subject().as_bytes()])
     }
 
-    /// The roles stored for `user` (empty when none).
+    /// The roles stored for `user` (empty when none, and when the row does
+    /// not open: a forged or altered row grants nothing).
     ///
     /// # Errors
     ///
-    /// Storage failures; [`AuthzError::Corrupt`] for an undecodable row.
+    /// Storage failures.
     pub async fn get(&self, user: &UserId) -> Result<RoleSet, AuthzError> {
-        match self.store.get(&self.coll, &Self::row(user)?).await {
-            Ok(row) => {
-                let a: StoredAssignment = serde_json::from_slice(&row.envelope)
-                    .map_err(|_| AuthzError::Corrupt("role assignment"))?;
-                // A row for another identity under this hash is corrupt.
-                if a.user != *user {
-                    return Err(AuthzError::Corrupt("role assignment"));
-                }
-                Ok(a.roles)
-            }
+        match self.store.get(self.rows.coll(), &Self::row(user)?).await {
+            Ok(row) => Ok(self
+                .rows
+                .open::<StoredAssignment>(&row)
+                // Bound to the row id, which is the identity's hash; checked anyway.
+                .filter(|a| a.user == *user)
+                .map_or(RoleSet::EMPTY, |a| a.roles)),
             Err(StorageError::NotFound) => Ok(RoleSet::EMPTY),
             Err(e) => Err(e.into()),
         }
@@ -319,29 +398,27 @@ impl RoleAssignments {
     /// Storage failures.
     pub async fn set(&self, user: &UserId, roles: RoleSet) -> Result<(), AuthzError> {
         let id = Self::row(user)?;
-        let data = RowData {
-            key_id: 0,
-            envelope: serde_json::to_vec(&StoredAssignment {
+        let data = self.rows.seal(
+            &id,
+            &StoredAssignment {
                 user: user.clone(),
                 roles,
-            })
-            .map_err(|_| AuthzError::Corrupt("role assignment"))?,
-            indexes: vec![],
-        };
+            },
+        )?;
         for _ in 0..8 {
-            let r = match self.store.get(&self.coll, &id).await {
+            let r = match self.store.get(self.rows.coll(), &id).await {
                 Ok(row) if roles.is_empty() => {
-                    self.store.delete(&self.coll, &id, row.version).await
+                    self.store.delete(self.rows.coll(), &id, row.version).await
                 }
                 Ok(row) => self
                     .store
-                    .update(&self.coll, &id, row.version, data.clone())
+                    .update(self.rows.coll(), &id, row.version, data.clone())
                     .await
                     .map(drop),
                 Err(StorageError::NotFound) if roles.is_empty() => return Ok(()),
                 Err(StorageError::NotFound) => self
                     .store
-                    .insert(&self.coll, &id, data.clone())
+                    .insert(self.rows.coll(), &id, data.clone())
                     .await
                     .map(drop),
                 Err(e) => return Err(e.into()),
@@ -449,10 +526,104 @@ mod tests {
         }
     }
 
+    #[test]
+    fn claim_rules_must_be_pinned_when_several_providers_are_configured() {
+        let names = ClaimNames::default();
+        let one = ("https://idp.one", &names);
+        let two = ("https://idp.two", &names);
+        let unpinned = RoleMapper::from_toml(
+            "[[rule]]\nemail_domain = \"stjohns.example\"\nroles = [\"doctor\"]\n\
+             [[rule]]\ngroup = \"clinicians\"\nroles = [\"doctor\"]",
+        )
+        .unwrap();
+        // One provider: a group means that provider's group.
+        unpinned.check_providers([one]).unwrap();
+        // Two: the same group name at the other provider must not grant it.
+        let err = unpinned
+            .check_providers([one, two])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rule 2"), "{err}");
+        let pinned = RoleMapper::from_toml(
+            "[[rule]]\nissuer = \"https://idp.one\"\ngroup = \"clinicians\"\nroles = [\"doctor\"]\n\
+             [[rule]]\nissuer = \"https://idp.two\"\nrole_claim = \"md\"\nroles = [\"doctor\"]",
+        )
+        .unwrap();
+        pinned.check_providers([one, two]).unwrap();
+        // A pinned issuer that is not configured is a typo, not a rule.
+        let err = pinned.check_providers([one]).unwrap_err().to_string();
+        assert!(err.contains("not a configured provider"), "{err}");
+        // Claim names are one setting: a provider reading other claims is refused.
+        let other = ClaimNames {
+            groups: "grp".into(),
+            roles: "roles".into(),
+        };
+        let err = pinned
+            .check_providers([one, ("https://idp.two", &other)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set them once"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn forged_or_moved_assignment_rows_grant_nothing() {
+        use careconnect_storage::{Collection, RowData};
+        let store: Arc<dyn RecordStore> = Arc::new(MemoryStore::new());
+        let a = RoleAssignments::new(store.clone(), Keyring::generate()).unwrap();
+        let coll = Collection::new(ASSIGNMENTS_COLLECTION).unwrap();
+        let mallory = claims("https://idp.one").user;
+        let grey = UserId::new("https://idp.one", "grey").unwrap();
+        // A plain JSON row, as this crate wrote them before rows were sealed.
+        let forged = serde_json::to_vec(&StoredAssignment {
+            user: mallory.clone(),
+            roles: parse_roles(["admin"]).unwrap(),
+        })
+        .unwrap();
+        store
+            .insert(
+                &coll,
+                &RoleAssignments::row(&mallory).unwrap(),
+                RowData {
+                    key_id: 0,
+                    envelope: forged,
+                    indexes: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        assert!(a.get(&mallory).await.unwrap().is_empty());
+        // A genuine row copied to another identity's id does not open there.
+        a.set(&grey, parse_roles(["admin"]).unwrap()).await.unwrap();
+        let genuine = store
+            .get(&coll, &RoleAssignments::row(&grey).unwrap())
+            .await
+            .unwrap();
+        let row = RoleAssignments::row(&mallory).unwrap();
+        let current = store.get(&coll, &row).await.unwrap();
+        store
+            .update(
+                &coll,
+                &row,
+                current.version,
+                RowData {
+                    key_id: genuine.key_id,
+                    envelope: genuine.envelope.clone(),
+                    indexes: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        assert!(a.get(&mallory).await.unwrap().is_empty());
+        assert_eq!(a.get(&grey).await.unwrap().to_string(), "admin");
+        // A keyring that did not seal the row does not open it either.
+        let other = RoleAssignments::new(store, Keyring::generate()).unwrap();
+        assert!(other.get(&grey).await.unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn stored_assignments_are_keyed_by_issuer_and_subject() {
         let store: Arc<dyn RecordStore> = Arc::new(MemoryStore::new());
-        let a = RoleAssignments::new(store).unwrap();
+        let a = RoleAssignments::new(store, Keyring::generate()).unwrap();
         let m = RoleMapper::from_toml("").unwrap();
         let one = claims("https://idp.one");
         let two = claims("https://idp.two"); // same subject, other issuer

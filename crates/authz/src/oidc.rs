@@ -6,18 +6,21 @@
 //! same way, by issuer URL, client id/secret and redirect URI.
 //!
 //! 1. [`RelyingParty::discover`] fetches the discovery document and JWKS.
-//! 2. [`RelyingParty::begin`] makes a PKCE verifier, a `state` and a `nonce`,
-//!    keeps them server-side under the `state` (single use, 10 minutes; in
-//!    memory, or in storage shared by several web nodes with
-//!    [`RelyingParty::with_pending_logins`]), and returns the URL to send
-//!    the browser to, with [`LoginStart::set_cookie`]: a short-lived
-//!    `__Host-cc_login` cookie that binds the `state` to this browser.
-//!    Finish with [`RelyingParty::complete_in_browser`], which compares it,
-//!    so a callback cannot be completed from another browser (login CSRF:
-//!    an attacker's own code fed to a victim's browser).
-//! 3. [`RelyingParty::complete`] takes the callback's parameters: consumes
-//!    the pending login (an unknown or already used `state` is refused before
-//!    any network call), checks the RFC 9207 `iss` parameter when present,
+//! 2. [`RelyingParty::begin`] makes a PKCE verifier, a `state` and a `nonce`
+//!    and returns the URL to send the browser to, with
+//!    [`LoginStart::set_cookie`]: a short-lived `__Host-cc_login` cookie
+//!    holding all of it sealed (AEAD) with the relying party's login
+//!    [`Keyring`], together with the issuer and the start time. Nothing is
+//!    stored server-side, so a flood of login starts fills nothing and
+//!    locks nobody out; several web nodes share the keyring
+//!    ([`RelyingParty::with_login_keys`]) so the callback may land on any.
+//! 3. [`RelyingParty::complete_in_browser`] takes the callback's parameters
+//!    and the request's `Cookie` header: the cookie must open and hold the
+//!    callback's `state` (so a callback cannot be completed in another
+//!    browser: login CSRF), be this provider's (mix-up), not be expired, and
+//!    not be used before (replay; refused before any network call). Then it
+//!    checks the RFC 9207 `iss` parameter (required when the provider
+//!    advertises `authorization_response_iss_parameter_supported`),
 //!    exchanges the code with the PKCE verifier, and validates the ID token:
 //!    signature against the JWKS (asymmetric algorithms only; on an unknown
 //!    `kid` the JWKS is fetched again once, for key rotation), issuer,
@@ -31,9 +34,11 @@
 //! let rp = RelyingParty::discover(OidcConfig::new(
 //!     "https://accounts.google.com", "my-client-id", "https://clinic.example/callback",
 //! )).await?;
-//! let start = rp.begin().await?;           // redirect the browser to start.url
-//! # let (state, code) = (String::new(), String::new());
-//! let claims = rp.complete(&Callback { state, code: Some(code), iss: None, error: None }).await?;
+//! let start = rp.begin()?;                  // redirect to start.url with start.set_cookie()
+//! # let (state, code, cookie_header) = (String::new(), String::new(), String::new());
+//! // The callback request: its query parameters and its `Cookie` header.
+//! let cb = Callback { state, code: Some(code), iss: None, error: None };
+//! let claims = rp.complete_in_browser(&cb, Some(&cookie_header)).await?;
 //! println!("{} logged in", claims.user);
 //! # Ok(()) }
 //! ```
@@ -43,19 +48,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use careconnect_crypto::Keyring;
 use openidconnect::core::{
-    CoreAuthDisplay, CoreAuthPrompt, CoreErrorResponseType, CoreGenderClaim, CoreJsonWebKey,
-    CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
-    CoreProviderMetadata, CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
-    CoreTokenIntrospectionResponse, CoreTokenType,
+    CoreAuthDisplay, CoreAuthPrompt, CoreClaimName, CoreClaimType, CoreClientAuthMethod,
+    CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey, CoreJsonWebKeySet,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
+    CoreSubjectIdentifierType, CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
-    AccessTokenHash, AdditionalClaims, AuthenticationFlow, AuthorizationCode,
-    ClaimsVerificationError, Client, ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, IdToken, IdTokenFields, IdTokenVerifier,
-    IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
-    SignatureVerificationError, StandardErrorResponse, StandardTokenResponse, TokenResponse,
-    UserInfoClaims,
+    AccessTokenHash, AdditionalClaims, AdditionalProviderMetadata, AuthenticationFlow,
+    AuthorizationCode, ClaimsVerificationError, Client, ClientId, ClientSecret, CsrfToken,
+    EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdToken, IdTokenFields,
+    IdTokenVerifier, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
+    ProviderMetadata, RedirectUrl, Scope, SignatureVerificationError, StandardErrorResponse,
+    StandardTokenResponse, TokenResponse, UserInfoClaims,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -66,8 +73,8 @@ use zeroize::Zeroizing;
 
 use crate::cookie;
 use crate::error::AuthzError;
-use crate::mapper::Claims;
-use crate::pending::{MemoryPendingLogins, PendingLogin, PendingLogins};
+use crate::mapper::{ClaimNames, Claims};
+use crate::pending::{self, ConsumedStates, PendingLogin};
 use crate::principal::UserId;
 use crate::session::{Clock, SystemClock};
 
@@ -97,9 +104,14 @@ pub enum OidcError {
     /// The callback has no code.
     #[error("callback without an authorization code")]
     MissingCode,
-    /// The RFC 9207 `iss` parameter names another issuer (mix-up attack).
+    /// The RFC 9207 `iss` parameter, or the login cookie, names another
+    /// issuer (mix-up attack).
     #[error("callback from another issuer")]
     IssuerMismatch,
+    /// The provider advertises `authorization_response_iss_parameter_supported`
+    /// but the callback has no `iss` (RFC 9207 §2.4: refuse it).
+    #[error("callback without the iss parameter its provider sends")]
+    IssuerMissing,
     /// The token endpoint refused the code (used, expired, PKCE mismatch...).
     #[error("code exchange refused: {0}")]
     CodeRejected(String),
@@ -227,10 +239,9 @@ pub struct OidcConfig {
     pub login_timeout: Duration,
     /// Also fetch userinfo and merge its e-mail, groups and roles.
     pub use_userinfo: bool,
-    /// The claim holding groups. Default `groups`.
-    pub groups_claim: String,
-    /// The claim holding roles. Default `roles`.
-    pub roles_claim: String,
+    /// The claims holding groups and roles: the role mapper's setting
+    /// ([`OidcConfig::with_claim_names`]). Default `groups` and `roles`.
+    pub claim_names: ClaimNames,
     /// Extra trust anchors (PEM) for an issuer with a private CA.
     pub extra_roots_pem: Option<Vec<u8>>,
     /// Timeout for each HTTP call to the provider. Default 10 s.
@@ -254,8 +265,7 @@ impl OidcConfig {
             max_token_age: Duration::from_secs(600),
             login_timeout: Duration::from_secs(600),
             use_userinfo: false,
-            groups_claim: "groups".into(),
-            roles_claim: "roles".into(),
+            claim_names: ClaimNames::default(),
             extra_roots_pem: None,
             http_timeout: Duration::from_secs(10),
         }
@@ -266,6 +276,21 @@ impl OidcConfig {
     pub fn with_secret(mut self, secret: impl Into<String>) -> Self {
         self.client_secret = Some(SecretString::from(secret.into()));
         self
+    }
+
+    /// Reads groups and roles from the claims the role mapper names (pass
+    /// [`RoleMapper::claim_names`](crate::mapper::RoleMapper::claim_names)):
+    /// the names are set once, in the role mapping.
+    #[must_use]
+    pub fn with_claim_names(mut self, names: ClaimNames) -> Self {
+        self.claim_names = names;
+        self
+    }
+
+    /// This provider's issuer and claim names, for
+    /// [`RoleMapper::check_providers`](crate::mapper::RoleMapper::check_providers).
+    pub fn provider(&self) -> (&str, &ClaimNames) {
+        (&self.issuer, &self.claim_names)
     }
 }
 
@@ -285,22 +310,39 @@ impl fmt::Debug for OidcConfig {
 pub const LOGIN_COOKIE: &str = "__Host-cc_login";
 
 /// Where to send the browser to log in.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoginStart {
     /// The provider's authorization URL with all parameters.
     pub url: Url,
-    /// The `state` in that URL (bind it to the browser, see the module docs).
+    /// The `state` in that URL.
     pub state: String,
+    /// The sealed pending login (PKCE verifier, nonce, state, issuer, time).
+    sealed: Zeroizing<String>,
     max_age_secs: u64,
+}
+
+impl fmt::Debug for LoginStart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginStart")
+            .field("url", &self.url.origin().ascii_serialization())
+            .finish_non_exhaustive()
+    }
 }
 
 impl LoginStart {
     /// The `Set-Cookie` value to send with the redirect to [`LoginStart::url`]:
-    /// [`LOGIN_COOKIE`] holding the `state`, `Secure; HttpOnly;
+    /// [`LOGIN_COOKIE`] holding the sealed pending login, `Secure; HttpOnly;
     /// SameSite=Lax` (sent on the provider's top-level redirect back), living
-    /// as long as the pending login.
-    pub fn set_cookie(&self) -> String {
-        cookie::set(LOGIN_COOKIE, &self.state, self.max_age_secs)
+    /// as long as the login may take. Treat it as a secret; never log it.
+    pub fn set_cookie(&self) -> Zeroizing<String> {
+        Zeroizing::new(cookie::set(LOGIN_COOKIE, &self.sealed, self.max_age_secs))
+    }
+
+    /// The `Cookie` request header a browser sends back after
+    /// [`LoginStart::set_cookie`], for clients that are not browsers
+    /// (tests, command-line logins).
+    pub fn cookie_header(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!("{LOGIN_COOKIE}={}", self.sealed.as_str()))
     }
 
     /// The `Set-Cookie` value that removes the login cookie (send it with the
@@ -323,15 +365,58 @@ pub struct Callback {
     pub error: Option<String>,
 }
 
+/// The provider metadata this crate reads beyond the core fields.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+struct MoreMetadata {
+    /// RFC 9207: the provider sends `iss` with every authorization response.
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
+}
+impl AdditionalProviderMetadata for MoreMetadata {}
+
+type Metadata = ProviderMetadata<
+    MoreMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// The provider's keys, and the state of re-fetching them for an unknown `kid`.
+struct Jwks {
+    set: CoreJsonWebKeySet,
+    /// When a re-fetch was last attempted (recorded before fetching, so a
+    /// failing endpoint is also asked at most once per interval).
+    last_attempt: Option<u64>,
+    /// Bumped by every successful re-fetch, so a caller that waited for
+    /// another's fetch knows to retry with the new keys.
+    generation: u64,
+}
+
+/// Seconds between two JWKS re-fetches for unknown `kid`s.
+const JWKS_REFETCH_INTERVAL: u64 = 10;
+
+/// How many used login states are remembered (about 100 bytes each).
+const CONSUMED_STATES: usize = 100_000;
+
 /// An OpenID Connect relying party for one provider.
 pub struct RelyingParty {
     config: OidcConfig,
     client: OidcClient,
     http: reqwest::Client,
-    metadata: CoreProviderMetadata,
-    /// The JWKS and when it was last re-fetched for an unknown `kid`.
-    jwks: RwLock<(CoreJsonWebKeySet, Option<u64>)>,
-    pending: Arc<dyn PendingLogins>,
+    metadata: Metadata,
+    jwks: RwLock<Jwks>,
+    /// One JWKS re-fetch at a time; others wait for its result.
+    refetch: tokio::sync::Mutex<()>,
+    login_keys: Keyring,
+    consumed: ConsumedStates,
     clock: Arc<dyn Clock>,
 }
 
@@ -386,7 +471,7 @@ impl RelyingParty {
         let http = http_client(&config)?;
         let issuer = IssuerUrl::new(config.issuer.clone())
             .map_err(|e| OidcError::Configuration(format!("issuer URL: {e}")))?;
-        let metadata = CoreProviderMetadata::discover_async(issuer, &http)
+        let metadata = Metadata::discover_async(issuer, &http)
             .await
             .map_err(|e| unavailable(error_chain(&e)))?;
         let redirect = RedirectUrl::new(config.redirect_uri.clone())
@@ -401,17 +486,19 @@ impl RelyingParty {
         )
         .set_redirect_uri(redirect);
         let jwks = metadata.jwks().clone();
-        let pending = Arc::new(MemoryPendingLogins::new(
-            10_000,
-            config.login_timeout.as_secs(),
-        ));
         Ok(Self {
             config,
             client,
             http,
             metadata,
-            jwks: RwLock::new((jwks, None)),
-            pending,
+            jwks: RwLock::new(Jwks {
+                set: jwks,
+                last_attempt: None,
+                generation: 0,
+            }),
+            refetch: tokio::sync::Mutex::new(()),
+            login_keys: Keyring::generate(),
+            consumed: ConsumedStates::new(CONSUMED_STATES),
             clock,
         })
     }
@@ -421,23 +508,22 @@ impl RelyingParty {
         &self.config.issuer
     }
 
-    /// Keeps pending logins in `pending` instead of this process's memory:
-    /// give every web node the same
-    /// [`StoredPendingLogins`](crate::pending::StoredPendingLogins) so a callback may
-    /// land on any of them.
+    /// Seals login cookies with `keys` instead of a keyring made for this
+    /// process: give every web node the same keyring (e.g. the clinic's,
+    /// loaded from storage) so a callback may land on any of them.
     #[must_use]
-    pub fn with_pending_logins(mut self, pending: Arc<dyn PendingLogins>) -> Self {
-        self.pending = pending;
+    pub fn with_login_keys(mut self, keys: Keyring) -> Self {
+        self.login_keys = keys;
         self
     }
 
-    /// Starts a login: returns the URL to redirect the browser to.
+    /// Starts a login: returns the URL to redirect the browser to and the
+    /// cookie to set. Keeps nothing server-side.
     ///
     /// # Errors
     ///
-    /// [`AuthzError::Busy`] when too many logins are pending (a flood);
-    /// storage failures of a stored [`PendingLogins`].
-    pub async fn begin(&self) -> Result<LoginStart, AuthzError> {
+    /// [`AuthzError::Crypto`] if the operating system's random generator fails.
+    pub fn begin(&self) -> Result<LoginStart, AuthzError> {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut req = self.client.authorize_url(
             AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
@@ -449,71 +535,82 @@ impl RelyingParty {
         }
         let (url, state, nonce) = req.set_pkce_challenge(challenge).url();
         let login = PendingLogin {
+            state: Zeroizing::new(state.secret().clone()),
             verifier: Zeroizing::new(verifier.secret().clone()),
             nonce: Zeroizing::new(nonce.secret().clone()),
+            issuer: self.config.issuer.clone(),
             started: self.clock.now(),
         };
-        self.pending.put(state.secret(), login).await?;
         Ok(LoginStart {
             url,
             state: state.secret().clone(),
+            sealed: Zeroizing::new(pending::seal(&self.login_keys, &login)?),
             max_age_secs: self.config.login_timeout.as_secs(),
         })
     }
 
-    /// [`RelyingParty::complete`] for a browser: first checks that the
-    /// callback's `state` is the one in this browser's [`LOGIN_COOKIE`]
-    /// (`cookie_header` is the request's `Cookie` header; constant-time
-    /// comparison). A mismatch consumes nothing, so a forged callback cannot
-    /// spoil the real login.
+    /// Finishes a login from the callback's parameters and the request's
+    /// `Cookie` header, and returns the validated claims (map them to roles
+    /// with the role mapper). Send [`LoginStart::clear_cookie`] with the
+    /// response, whatever the outcome.
+    ///
+    /// Checked in this order, each before any network call: the login
+    /// cookie is present and opens with the login keys; it holds the
+    /// callback's `state` (constant time); it was made for this provider;
+    /// it is not expired; its `state` was not used before (then it is used
+    /// up); the provider reported no error; the `iss` parameter names this
+    /// provider (and is present when the provider promises it).
     ///
     /// # Errors
     ///
-    /// [`OidcError::BrowserMismatch`], then as [`RelyingParty::complete`].
+    /// [`OidcError`] variants: [`OidcError::BrowserMismatch`] (no cookie,
+    /// or another login's); [`OidcError::UnknownState`] (a cookie that does
+    /// not open, or a replay); [`OidcError::IssuerMismatch`],
+    /// [`OidcError::IssuerMissing`]; [`OidcError::StateExpired`]; provider
+    /// error; code refused; ID token invalid ([`IdTokenError`]); provider
+    /// unreachable.
     pub async fn complete_in_browser(
         &self,
         cb: &Callback,
         cookie_header: Option<&str>,
     ) -> Result<Claims, AuthzError> {
-        let bound = cookie_header
+        let cookie = cookie_header
             .and_then(|h| cookie::find(h, LOGIN_COOKIE))
-            .is_some_and(|v| {
-                v.len() == cb.state.len() && bool::from(v.as_bytes().ct_eq(cb.state.as_bytes()))
-            });
+            .ok_or(OidcError::BrowserMismatch)?;
+        let pending = pending::open(&self.login_keys, cookie).ok_or(OidcError::UnknownState)?;
+        let bound = pending.state.len() == cb.state.len()
+            && bool::from(pending.state.as_bytes().ct_eq(cb.state.as_bytes()));
         if !bound {
             return Err(OidcError::BrowserMismatch.into());
         }
-        self.complete(cb).await
-    }
-
-    /// Finishes a login from the callback's parameters and returns the
-    /// validated claims (map them to roles with the role mapper).
-    ///
-    /// # Errors
-    ///
-    /// [`OidcError`] variants: state unknown, reused or expired; provider
-    /// error; issuer mix-up; code refused; ID token invalid
-    /// ([`IdTokenError`]); provider unreachable.
-    pub async fn complete(&self, cb: &Callback) -> Result<Claims, AuthzError> {
-        // Single use: removed before anything else can fail.
-        let pending = self
-            .pending
-            .take(&cb.state)
-            .await?
-            .ok_or(OidcError::UnknownState)?;
+        if pending.issuer != self.config.issuer {
+            return Err(OidcError::IssuerMismatch.into());
+        }
         let now = self.clock.now();
-        if now
-            >= pending
-                .started
-                .saturating_add(self.config.login_timeout.as_secs())
+        let expires = pending
+            .started
+            .saturating_add(self.config.login_timeout.as_secs());
+        if now >= expires || pending.started > now.saturating_add(self.config.clock_skew.as_secs())
         {
             return Err(OidcError::StateExpired.into());
+        }
+        // Single use: consumed before anything else can fail.
+        if !self.consumed.consume(&pending.state, now, expires) {
+            return Err(OidcError::UnknownState.into());
         }
         if let Some(err) = &cb.error {
             return Err(OidcError::Provider(err.chars().take(64).collect()).into());
         }
-        if cb.iss.as_deref().is_some_and(|i| i != self.config.issuer) {
-            return Err(OidcError::IssuerMismatch.into());
+        match cb.iss.as_deref() {
+            Some(i) if i != self.config.issuer => return Err(OidcError::IssuerMismatch.into()),
+            None if self
+                .metadata
+                .additional_metadata()
+                .authorization_response_iss_parameter_supported =>
+            {
+                return Err(OidcError::IssuerMissing.into());
+            }
+            _ => {}
         }
         let code = cb.code.clone().ok_or(OidcError::MissingCode)?;
         let tokens = self
@@ -593,12 +690,13 @@ impl RelyingParty {
     ) -> Result<Claims, AuthzError> {
         let mut refreshed = false;
         loop {
-            let jwks = self
-                .jwks
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0
-                .clone();
+            let (jwks, generation) = {
+                let j = self
+                    .jwks
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                (j.set.clone(), j.generation)
+            };
             let future = Arc::new(AtomicBool::new(false));
             let verifier = self.verifier(jwks, future.clone());
             match token.claims(&verifier, nonce) {
@@ -637,7 +735,7 @@ impl RelyingParty {
                     SignatureVerificationError::NoMatchingKey,
                 )) if !refreshed => {
                     refreshed = true;
-                    if !self.refresh_jwks().await? {
+                    if !self.refresh_jwks(generation).await? {
                         return Err(OidcError::IdToken(IdTokenError::UnknownKey).into());
                     }
                 }
@@ -650,26 +748,40 @@ impl RelyingParty {
         }
     }
 
-    /// Fetches the JWKS again unless it was fetched in the last 10 seconds
-    /// (a stream of tokens with made-up `kid`s must not hammer the provider).
-    /// Returns whether it fetched.
-    async fn refresh_jwks(&self) -> Result<bool, AuthzError> {
+    /// Fetches the JWKS again for a token whose `kid` was not in the keys of
+    /// `seen` (a generation), at most once per [`JWKS_REFETCH_INTERVAL`]
+    /// seconds however many tokens ask at once, and however the fetch ends:
+    /// a stream of tokens with made-up `kid`s, or a failing endpoint, must
+    /// not hammer the provider. One fetch at a time; callers that waited
+    /// for another's successful fetch retry with its keys. Returns whether
+    /// keys newer than `seen` are there to retry with.
+    async fn refresh_jwks(&self, seen: u64) -> Result<bool, AuthzError> {
+        let _one_at_a_time = self.refetch.lock().await;
         let now = self.clock.now();
-        let last = self
-            .jwks
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .1;
-        if last.is_some_and(|t| now < t.saturating_add(10)) {
-            return Ok(false);
+        {
+            let mut j = self
+                .jwks
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if j.generation != seen {
+                return Ok(true);
+            }
+            if j.last_attempt
+                .is_some_and(|t| now < t.saturating_add(JWKS_REFETCH_INTERVAL))
+            {
+                return Ok(false);
+            }
+            j.last_attempt = Some(now);
         }
         let set = CoreJsonWebKeySet::fetch_async(self.metadata.jwks_uri(), &self.http)
             .await
             .map_err(|e| unavailable(error_chain(&e)))?;
-        *self
+        let mut j = self
             .jwks
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = (set, Some(now));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        j.set = set;
+        j.generation = j.generation.wrapping_add(1);
         Ok(true)
     }
 
@@ -685,8 +797,8 @@ impl RelyingParty {
         claims.email = email;
         claims.email_verified = email_verified.unwrap_or(false);
         claims.name = name;
-        claims.groups = strings(extra.all.get(&self.config.groups_claim));
-        claims.roles = strings(extra.all.get(&self.config.roles_claim));
+        claims.groups = strings(extra.all.get(&self.config.claim_names.groups));
+        claims.roles = strings(extra.all.get(&self.config.claim_names.roles));
         Ok(claims)
     }
 
@@ -708,8 +820,8 @@ impl RelyingParty {
             claims.email_verified = info.email_verified().unwrap_or(false);
         }
         for (name, into) in [
-            (&self.config.groups_claim, &mut claims.groups),
-            (&self.config.roles_claim, &mut claims.roles),
+            (&self.config.claim_names.groups, &mut claims.groups),
+            (&self.config.claim_names.roles, &mut claims.roles),
         ] {
             for v in strings(info.additional_claims().all.get(name)) {
                 if !into.contains(&v) {

@@ -8,6 +8,10 @@
 //! - [`Sessions::logout`] deletes the row.
 //! - The store keys rows by SHA-256 of the id, so a copy of the database does
 //!   not yield ids that log anyone in.
+//! - Each row is sealed with a [`Keyring`] and bound to its row id, so
+//!   someone who can write the database cannot forge a session (say, one
+//!   with the role `admin` under an id of their choosing) or move one: such a
+//!   row reads as no session.
 //! - Each session carries a CSRF token for the web layer's forms
 //!   ([`Session::csrf_matches`] compares in constant time).
 //!
@@ -26,10 +30,12 @@
 //! use std::time::Duration;
 //! use careconnect_authz::session::{ManualClock, SessionConfig, Sessions};
 //! use careconnect_authz::{Principal, Role, UserId};
+//! use careconnect_crypto::Keyring;
 //! use careconnect_storage::MemoryStore;
 //!
 //! let clock = Arc::new(ManualClock::new(1_700_000_000));
-//! let sessions = Sessions::new(Arc::new(MemoryStore::new()), SessionConfig::default(), clock.clone())?;
+//! let keys = Keyring::generate(); // in an app: the clinic's keyring, loaded from storage
+//! let sessions = Sessions::new(Arc::new(MemoryStore::new()), keys, SessionConfig::default(), clock.clone())?;
 //! let who = Principal::new(UserId::new("https://idp.example", "p-17")?, [Role::Patient].into_iter().collect());
 //! let (id, _) = sessions.login(None, who).await?;
 //! assert!(sessions.get(&id).await?.is_some());
@@ -44,7 +50,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use careconnect_storage::{Collection, RecordStore, RowData, RowId, StorageError};
+use careconnect_crypto::Keyring;
+use careconnect_storage::{RecordStore, RowData, RowId, StorageError};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -52,7 +59,7 @@ use zeroize::Zeroizing;
 use crate::cookie;
 use crate::error::AuthzError;
 use crate::principal::{Principal, RoleSet, UserId};
-use crate::rows::{hashed_row, purge};
+use crate::rows::{SealedRows, hashed_row};
 
 /// The current time, injectable for tests.
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -228,7 +235,7 @@ pub const SESSIONS_COLLECTION: &str = "authz_sessions";
 #[derive(Clone)]
 pub struct Sessions {
     store: Arc<dyn RecordStore>,
-    coll: Collection,
+    rows: SealedRows,
     config: SessionConfig,
     clock: Arc<dyn Clock>,
 }
@@ -242,7 +249,8 @@ impl fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    /// Sessions in `store`, timed by `clock`.
+    /// Sessions in `store`, sealed with `keys` (every web node sharing the
+    /// store needs the same keyring), timed by `clock`.
     ///
     /// # Errors
     ///
@@ -250,6 +258,7 @@ impl Sessions {
     /// `idle` exceeds `absolute`.
     pub fn new(
         store: Arc<dyn RecordStore>,
+        keys: Keyring,
         config: SessionConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AuthzError> {
@@ -260,7 +269,7 @@ impl Sessions {
         }
         Ok(Self {
             store,
-            coll: Collection::new(SESSIONS_COLLECTION)?,
+            rows: SealedRows::new(keys, SESSIONS_COLLECTION)?,
             config,
             clock,
         })
@@ -308,18 +317,15 @@ impl Sessions {
             csrf: csrf.as_str().to_owned(),
         };
         let id = SessionId::generate()?;
+        let row = id.row()?;
         self.store
-            .insert(&self.coll, &id.row()?, Self::data(&session)?)
+            .insert(self.rows.coll(), &row, self.data(&row, &session)?)
             .await?;
         Ok((id, session))
     }
 
-    fn data(s: &Session) -> Result<RowData, AuthzError> {
-        Ok(RowData {
-            key_id: 0,
-            envelope: serde_json::to_vec(s).map_err(|_| AuthzError::Corrupt("session"))?,
-            indexes: vec![],
-        })
+    fn data(&self, row: &RowId, s: &Session) -> Result<RowData, AuthzError> {
+        self.rows.seal(row, s)
     }
 
     fn expired(&self, s: &Session, now: u64) -> bool {
@@ -328,24 +334,30 @@ impl Sessions {
             || now.saturating_add(self.config.touch_every.as_secs()) < s.login_at
     }
 
-    /// The live session for `id`, or `None` when there is none or it has
-    /// expired (then it is deleted). Refreshes last-seen.
+    /// The live session for `id`, or `None` when there is none, it has
+    /// expired (then it is deleted), or its row does not open (forged,
+    /// altered or moved: logged, and never a session). Refreshes last-seen.
     ///
     /// # Errors
     ///
-    /// Storage failures; [`AuthzError::Corrupt`] for an undecodable row.
+    /// Storage failures.
     pub async fn get(&self, id: &SessionId) -> Result<Option<Session>, AuthzError> {
         let row_id = id.row()?;
-        let row = match self.store.get(&self.coll, &row_id).await {
+        let row = match self.store.get(self.rows.coll(), &row_id).await {
             Ok(r) => r,
             Err(StorageError::NotFound) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let mut s: Session =
-            serde_json::from_slice(&row.envelope).map_err(|_| AuthzError::Corrupt("session"))?;
+        let Some(mut s) = self.rows.open::<Session>(&row) else {
+            return Ok(None);
+        };
         let now = self.clock.now();
         if self.expired(&s, now) {
-            match self.store.delete(&self.coll, &row_id, row.version).await {
+            match self
+                .store
+                .delete(self.rows.coll(), &row_id, row.version)
+                .await
+            {
                 Ok(()) | Err(StorageError::NotFound | StorageError::VersionConflict { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -359,7 +371,12 @@ impl Sessions {
             // Another request touching at the same time is as good as ours.
             match self
                 .store
-                .update(&self.coll, &row_id, row.version, Self::data(&s)?)
+                .update(
+                    self.rows.coll(),
+                    &row_id,
+                    row.version,
+                    self.data(&row_id, &s)?,
+                )
                 .await
             {
                 Ok(_) | Err(StorageError::VersionConflict { .. }) => {}
@@ -378,12 +395,12 @@ impl Sessions {
     pub async fn logout(&self, id: &SessionId) -> Result<(), AuthzError> {
         let row_id = id.row()?;
         for _ in 0..4 {
-            let version = match self.store.get(&self.coll, &row_id).await {
+            let version = match self.store.get(self.rows.coll(), &row_id).await {
                 Ok(r) => r.version,
                 Err(StorageError::NotFound) => return Ok(()),
                 Err(e) => return Err(e.into()),
             };
-            match self.store.delete(&self.coll, &row_id, version).await {
+            match self.store.delete(self.rows.coll(), &row_id, version).await {
                 Ok(()) | Err(StorageError::NotFound) => return Ok(()),
                 Err(StorageError::VersionConflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -402,10 +419,11 @@ impl Sessions {
     /// Storage failures.
     pub async fn purge_expired(&self) -> Result<usize, AuthzError> {
         let now = self.clock.now();
-        purge(self.store.as_ref(), &self.coll, |body| {
-            serde_json::from_slice::<Session>(body).map_or(true, |s| self.expired(&s, now))
-        })
-        .await
+        self.rows
+            .purge(self.store.as_ref(), |s: Option<Session>| {
+                s.is_none_or(|s| self.expired(&s, now))
+            })
+            .await
     }
 }
 
@@ -421,6 +439,7 @@ mod tests {
         let clock = Arc::new(ManualClock::new(T0));
         let s = Sessions::new(
             Arc::new(MemoryStore::new()),
+            Keyring::generate(),
             SessionConfig::default(),
             clock.clone(),
         )
@@ -430,6 +449,92 @@ mod tests {
             [Role::Patient].into_iter().collect(),
         );
         (clock, s, p)
+    }
+
+    /// Someone who can write the database (here: straight into the SQLite
+    /// file, bypassing this crate) cannot make a session: not a plain row for
+    /// an id of their choosing with the role admin, not a genuine row copied
+    /// under that id, not a genuine row with a byte changed.
+    #[tokio::test]
+    async fn forged_moved_or_altered_session_rows_are_no_session() {
+        use careconnect_storage::{Collection, SqliteStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.unwrap());
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = Sessions::new(
+            store.clone(),
+            Keyring::generate(),
+            SessionConfig::default(),
+            clock,
+        )
+        .unwrap();
+        let coll = Collection::new(SESSIONS_COLLECTION).unwrap();
+        let admin: RoleSet = [Role::Admin].into_iter().collect();
+        let chosen = SessionId::parse(&"ab".repeat(32)).unwrap();
+        let forged = Session {
+            user: UserId::new("https://idp.test", "mallory").unwrap(),
+            roles: admin,
+            login_at: T0,
+            last_seen: T0,
+            csrf: "x".repeat(64),
+        };
+        store
+            .insert(
+                &coll,
+                &chosen.row().unwrap(),
+                RowData {
+                    key_id: 0,
+                    envelope: serde_json::to_vec(&forged).unwrap(),
+                    indexes: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        assert!(s.get(&chosen).await.unwrap().is_none(), "plain row");
+
+        let (real, _) = s
+            .login(
+                None,
+                Principal::new(UserId::new("https://idp.test", "grey").unwrap(), admin),
+            )
+            .await
+            .unwrap();
+        let genuine = store.get(&coll, &real.row().unwrap()).await.unwrap();
+        let current = store.get(&coll, &chosen.row().unwrap()).await.unwrap();
+        store
+            .update(
+                &coll,
+                &chosen.row().unwrap(),
+                current.version,
+                RowData {
+                    key_id: genuine.key_id,
+                    envelope: genuine.envelope.clone(),
+                    indexes: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        assert!(s.get(&chosen).await.unwrap().is_none(), "moved row");
+
+        let mut altered = genuine.envelope.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 0x01;
+        store
+            .update(
+                &coll,
+                &real.row().unwrap(),
+                genuine.version,
+                RowData {
+                    key_id: genuine.key_id,
+                    envelope: altered,
+                    indexes: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        assert!(s.get(&real).await.unwrap().is_none(), "altered row");
+        // Rows that do not open are swept by the purge.
+        assert_eq!(s.purge_expired().await.unwrap(), 2);
     }
 
     #[tokio::test]
@@ -508,7 +613,7 @@ mod tests {
         assert!(!format!("{id:?}{sess:?}").contains(cookie.as_str()));
         assert!(!format!("{sess:?}").contains(sess.csrf_token()));
         // The store never holds the id itself.
-        let rows = s.store.list(&s.coll, None, 10).await.unwrap();
+        let rows = s.store.list(s.rows.coll(), None, 10).await.unwrap();
         assert!(!rows.rows[0].id.as_str().contains(cookie.as_str()));
     }
 
@@ -579,6 +684,14 @@ mod tests {
             idle: Duration::from_secs(10),
             ..SessionConfig::default()
         };
-        assert!(Sessions::new(Arc::new(MemoryStore::new()), bad, Arc::new(SystemClock)).is_err());
+        assert!(
+            Sessions::new(
+                Arc::new(MemoryStore::new()),
+                Keyring::generate(),
+                bad,
+                Arc::new(SystemClock)
+            )
+            .is_err()
+        );
     }
 }
