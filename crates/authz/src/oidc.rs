@@ -557,9 +557,10 @@ impl RelyingParty {
     /// Checked in this order, each before any network call: the login
     /// cookie is present and opens with the login keys; it holds the
     /// callback's `state` (constant time); it was made for this provider;
-    /// it is not expired; its `state` was not used before (then it is used
-    /// up); the provider reported no error; the `iss` parameter names this
-    /// provider (and is present when the provider promises it).
+    /// it is not expired; its `state` was not used before; the provider
+    /// reported no error; the `iss` parameter names this provider (and is
+    /// present when the provider promises it). The state is used up once
+    /// its code has been exchanged.
     ///
     /// # Errors
     ///
@@ -594,8 +595,9 @@ impl RelyingParty {
         {
             return Err(OidcError::StateExpired.into());
         }
-        // Single use: consumed before anything else can fail.
-        if !self.consumed.consume(&pending.state, now, expires) {
+        // Single use: a state whose code was exchanged before is refused here,
+        // before any network call (it is recorded below, once exchanged).
+        if self.consumed.is_used(&pending.state) {
             return Err(OidcError::UnknownState.into());
         }
         if let Some(err) = &cb.error {
@@ -621,6 +623,12 @@ impl RelyingParty {
             .request_async(&self.http)
             .await
             .map_err(|e| OidcError::CodeRejected(error_chain(&e)))?;
+        // Recorded only after a successful exchange: failed callbacks cannot
+        // fill the set. Two concurrent uses of one callback both got here
+        // only if the provider honoured the code twice; the second loses.
+        if !self.consumed.consume(&pending.state, now, expires) {
+            return Err(OidcError::UnknownState.into());
+        }
         let id_token = tokens.id_token().ok_or(OidcError::MissingIdToken)?;
         let mut claims = self
             .verify_parsed(

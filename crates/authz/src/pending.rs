@@ -9,11 +9,13 @@
 //! names another issuer (mix-up). Every web node that may receive the
 //! callback needs the same keyring.
 //!
-//! Single use: a small in-memory set of consumed states (bounded, expiring
-//! with the login timeout) refuses a replayed callback before any network
-//! call. Should a flood of completed logins push a state out of that set
-//! early (or the replay reach another node), the authorization code inside
-//! the callback is still single-use at the provider, which refuses it.
+//! Single use: once its code has been exchanged, a login's `state` goes
+//! into a small in-memory set (bounded, expiring with the login timeout), so
+//! a replayed callback is refused before any network call. Only successful
+//! exchanges fill it, so an attacker cannot cheaply push entries out. Should
+//! an entry still leave early (a flood of real logins) or the replay reach
+//! another node, the authorization code inside the callback is single-use at
+//! the provider, which refuses it.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -21,7 +23,7 @@ use std::sync::Mutex;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use careconnect_crypto::{EncryptionContext, Keyring};
+use careconnect_crypto::{EncryptionContext, KeyState, Keyring};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -65,19 +67,24 @@ pub(crate) fn seal(keys: &Keyring, login: &PendingLogin) -> Result<String, Authz
 }
 
 /// The pending login in a cookie value, or `None` when it is not one this
-/// keyring sealed (forged, altered, truncated, or from another deployment).
+/// keyring sealed (forged, altered, truncated, or from another deployment)
+/// or was sealed under a key since marked compromised.
 pub(crate) fn open(keys: &Keyring, cookie: &str) -> Option<PendingLogin> {
     if cookie.len() > MAX_COOKIE_LEN {
         return None;
     }
     let sealed = URL_SAFE_NO_PAD.decode(cookie).ok()?;
     let opened = keys.open(&sealed, &context()).ok()?;
+    if opened.key_state == KeyState::Compromised {
+        return None;
+    }
     serde_json::from_slice(&opened.plaintext).ok()
 }
 
 /// States already used, so a replayed callback is refused before any
-/// network call. Bounded: the oldest entries go first, once expired or
-/// when full (then the provider's single-use code is the backstop).
+/// network call. Bounded: entries leave in the order they came, when the
+/// oldest has expired or the set is full (then the provider's single-use
+/// code is the backstop).
 #[derive(Debug)]
 pub(crate) struct ConsumedStates {
     inner: Mutex<Consumed>,
@@ -87,7 +94,7 @@ pub(crate) struct ConsumedStates {
 #[derive(Debug, Default)]
 struct Consumed {
     set: HashSet<[u8; 32]>,
-    /// (expiry, state hash), oldest first (expiries grow with time).
+    /// (expiry, state hash), in the order consumed.
     order: VecDeque<(u64, [u8; 32])>,
 }
 
@@ -97,6 +104,16 @@ impl ConsumedStates {
             inner: Mutex::new(Consumed::default()),
             capacity: capacity.max(1),
         }
+    }
+
+    /// Whether `state` was used already.
+    pub(crate) fn is_used(&self, state: &str) -> bool {
+        let key: [u8; 32] = Sha256::digest(state.as_bytes()).into();
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set
+            .contains(&key)
     }
 
     /// Marks `state` used until `expires`; `false` if it already was.

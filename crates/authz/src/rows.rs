@@ -8,7 +8,7 @@
 //! reads as no row at all. Sealing also keeps the e-mail addresses and roles
 //! in those rows out of a database copy.
 
-use careconnect_crypto::{EncryptionContext, Keyring};
+use careconnect_crypto::{EncryptionContext, Error as CryptoError, KeyState, Keyring};
 use careconnect_storage::{Collection, RecordStore, Row, RowData, RowId, StorageError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -26,6 +26,16 @@ pub(crate) fn hashed_row(parts: &[&[u8]]) -> Result<RowId, AuthzError> {
         h.update(p);
     }
     Ok(RowId::new(hex::encode(h.finalize()))?)
+}
+
+/// Why a stored row is not trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Untrusted {
+    /// Forged, altered, moved, undecodable, or under a compromised or
+    /// destroyed key: it will never be trusted.
+    Forged,
+    /// Sealed under a key this keyring does not hold.
+    UnknownKey,
 }
 
 /// One collection of sealed JSON rows.
@@ -75,23 +85,35 @@ impl SealedRows {
         })
     }
 
-    /// The row's value, or `None` when it does not open (forged, altered,
-    /// moved from another row, or sealed under a key this keyring lacks) or
-    /// does not decode. Logged by row id only.
+    /// The row's value, or `None` when it cannot be trusted (see
+    /// [`SealedRows::open_checked`]). Logged by row id only.
     pub(crate) fn open<T: DeserializeOwned>(&self, row: &Row) -> Option<T> {
-        let value = self
-            .ring
-            .open(&row.envelope, &self.context(&row.id))
-            .ok()
-            .and_then(|o| serde_json::from_slice(&o.plaintext).ok());
-        if value.is_none() {
+        self.open_checked(row).ok()
+    }
+
+    /// The row's value, or why it cannot be trusted:
+    /// - [`Untrusted::Forged`]: it does not authenticate under a key this
+    ///   keyring holds (forged, altered, moved from another row), does not
+    ///   decode, was sealed under a key marked compromised (whoever holds
+    ///   that key could have sealed it), or under a destroyed one;
+    /// - [`Untrusted::UnknownKey`]: sealed under a key this keyring does not
+    ///   have (yet): perhaps another node rotated; this node cannot tell.
+    pub(crate) fn open_checked<T: DeserializeOwned>(&self, row: &Row) -> Result<T, Untrusted> {
+        let outcome = match self.ring.open(&row.envelope, &self.context(&row.id)) {
+            Ok(o) if o.key_state == KeyState::Compromised => Err(Untrusted::Forged),
+            Ok(o) => serde_json::from_slice(&o.plaintext).map_err(|_| Untrusted::Forged),
+            Err(CryptoError::UnknownKey(_)) => Err(Untrusted::UnknownKey),
+            Err(_) => Err(Untrusted::Forged),
+        };
+        if let Err(why) = &outcome {
             tracing::warn!(
                 collection = self.coll.as_str(),
                 row = row.id.as_str(),
-                "stored row does not open: ignored as forged or corrupt"
+                ?why,
+                "stored row not trusted: ignored"
             );
         }
-        value
+        outcome
     }
 
     fn what(&self) -> &'static str {
@@ -99,7 +121,9 @@ impl SealedRows {
     }
 
     /// Deletes every row for which `dead` says so (given its opened value,
-    /// `None` for a row that does not open); returns how many. Rows changed
+    /// `None` for a row that can never be trusted); returns how many. Rows
+    /// under a key this keyring does not know are kept: a node with an older
+    /// keyring must not delete what newer nodes wrote. Rows changed
     /// meanwhile are left alone.
     pub(crate) async fn purge<T: DeserializeOwned>(
         &self,
@@ -111,7 +135,12 @@ impl SealedRows {
         loop {
             let page = store.list(&self.coll, after.as_ref(), 500).await?;
             for row in &page.rows {
-                if dead(self.open(row)) {
+                let value = match self.open_checked(row) {
+                    Ok(v) => Some(v),
+                    Err(Untrusted::UnknownKey) => continue,
+                    Err(Untrusted::Forged) => None,
+                };
+                if dead(value) {
                     match store.delete(&self.coll, &row.id, row.version).await {
                         Ok(()) => purged += 1,
                         Err(StorageError::NotFound | StorageError::VersionConflict { .. }) => {}

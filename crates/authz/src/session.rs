@@ -537,6 +537,48 @@ mod tests {
         assert_eq!(s.purge_expired().await.unwrap(), 2);
     }
 
+    /// Sessions sealed under a key since marked compromised end (whoever
+    /// holds that key could have sealed them); rows under a key this node
+    /// does not have yet (another node rotated) are no session here, and
+    /// this node's purge leaves them alone.
+    #[tokio::test]
+    async fn compromised_keys_end_sessions_and_unknown_keys_are_kept() {
+        let store = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::new(T0));
+        let node = |keys: &Keyring| {
+            Sessions::new(
+                store.clone(),
+                keys.clone(),
+                SessionConfig::default(),
+                clock.clone(),
+            )
+            .unwrap()
+        };
+        let who = |s: &str| {
+            Principal::new(
+                UserId::new("https://idp.test", s).unwrap(),
+                [Role::Doctor].into_iter().collect(),
+            )
+        };
+        let keys = Keyring::generate();
+        let old_node = node(&keys);
+        let (under_old_key, _) = old_node.login(None, who("a")).await.unwrap();
+        let mut rotated = keys.clone();
+        let old_key = rotated.primary();
+        rotated.rotate().unwrap();
+        let new_node = node(&rotated);
+        let (under_new_key, _) = new_node.login(None, who("b")).await.unwrap();
+        assert!(old_node.get(&under_new_key).await.unwrap().is_none());
+        assert_eq!(old_node.purge_expired().await.unwrap(), 0);
+        assert!(new_node.get(&under_new_key).await.unwrap().is_some());
+        assert!(new_node.get(&under_old_key).await.unwrap().is_some());
+        rotated.mark_compromised(old_key).unwrap();
+        let after = node(&rotated);
+        assert!(after.get(&under_old_key).await.unwrap().is_none());
+        assert!(after.get(&under_new_key).await.unwrap().is_some());
+        assert_eq!(after.purge_expired().await.unwrap(), 1);
+    }
+
     #[tokio::test]
     async fn idle_expiry_is_pushed_back_by_use() {
         let (clock, s, p) = setup();

@@ -793,20 +793,37 @@ mod tests {
         }
     }
 
+    /// A sink whose first flush fails.
+    struct FlakyFlush(bool);
+
+    impl Write for FlakyFlush {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            if std::mem::replace(&mut self.0, false) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        }
+    }
+
     #[test]
-    fn a_failed_finish_fails_for_good() {
+    fn any_failure_fails_the_writer_for_good_even_a_flush() {
         let (dek, kek, wrapped) = key_and_kek();
         let ctx = EncryptionContext::new();
-        let sink = FlakySink {
-            bytes: Vec::new(),
-            writes: 0,
-            fail_at: 2, // the last chunk's body
-        };
         let mut w = sealer()
-            .begin_with_key(&dek, &kek, wrapped, &ctx, sink)
+            .begin_with_key(&dek, &kek, wrapped, &ctx, FlakyFlush(true))
             .unwrap();
         w.write_all(&plaintext(100)).unwrap();
-        assert!(matches!(w.finish(), Err(Error::Io(_))));
+        assert_eq!(w.flush().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        // The sink would now accept everything; the writer still refuses.
+        assert!(w.write(b"more").is_err());
+        assert!(w.flush().is_err());
+        assert!(matches!(
+            w.finish(),
+            Err(Error::Misuse(Misuse::StreamFailed))
+        ));
     }
 
     fn sealed_doc(data: &[u8], ctx: &EncryptionContext) -> (DataKey, Vec<u8>) {

@@ -201,6 +201,9 @@ pub enum Misuse {
     AlreadyDestroyed(crate::KeyId),
     /// A compromised key can only be destroyed.
     Compromised(crate::KeyId),
+    /// A keyring holds as many keys as its format allows (destroyed keys
+    /// count too); nothing was changed.
+    KeyringFull(usize),
     /// An earlier call on this document writer or reader failed; it stays
     /// failed, because continuing could reuse a nonce or pass off a partial
     /// document as whole.
@@ -233,6 +236,7 @@ impl fmt::Display for Misuse {
             Self::Compromised(id) => {
                 write!(f, "data key {id} is compromised; it can only be destroyed")
             }
+            Self::KeyringFull(max) => write!(f, "a keyring holds at most {max} keys"),
             Self::StreamFailed => {
                 f.write_str("an earlier call on this stream failed; it cannot be used again")
             }

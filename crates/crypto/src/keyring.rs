@@ -127,7 +127,7 @@ pub const RECORD_HEADER_LEN: usize = crate::format::MIN_HEADER_LEN;
 /// let ctx = EncryptionContext::new().with("record", "7");
 /// let env = ring.seal(&ctx, b"blood type: O+")?;
 /// let old = ring.primary();
-/// ring.rotate();
+/// ring.rotate()?;
 /// let opened = ring.open(&env, &ctx)?;
 /// assert_eq!(opened.plaintext, b"blood type: O+");
 /// assert_eq!((opened.key_id, opened.key_state), (old, KeyState::Active));
@@ -221,7 +221,17 @@ impl Keyring {
     }
 
     /// Adds a fresh key and makes it primary; the old primary becomes `Active`.
-    pub fn rotate(&mut self) -> KeyId {
+    ///
+    /// # Errors
+    ///
+    /// [`Misuse::KeyringFull`] when the keyring already holds 10,000 keys
+    /// (destroyed ones count: their ids stay reserved).
+    pub fn rotate(&mut self) -> Result<KeyId, Error> {
+        // Checked here, not when the keyset is next read: a keyset written
+        // with more keys than `decode` accepts would lose every key.
+        if self.entries.len() >= MAX_KEYS {
+            return Err(Misuse::KeyringFull(MAX_KEYS).into());
+        }
         let ids: Vec<KeyId> = self.entries.iter().map(|e| e.info.id).collect();
         let id = random_id(&ids);
         let old = self.primary;
@@ -237,7 +247,7 @@ impl Keyring {
             material: Some(DataKey::generate()),
         });
         self.primary = id;
-        id
+        Ok(id)
     }
 
     /// Marks an `Active` key `Retired`.
@@ -655,7 +665,7 @@ mod tests {
             ring.destroy(k1),
             Err(Error::Misuse(Misuse::PrimaryKey(_)))
         ));
-        let k2 = ring.rotate();
+        let k2 = ring.rotate().unwrap();
         assert_eq!(ring.key(k1).unwrap().state, KeyState::Active);
         ring.mark_compromised(k1).unwrap();
         assert_eq!(
@@ -678,12 +688,27 @@ mod tests {
     }
 
     #[test]
+    fn a_full_keyring_refuses_to_rotate_rather_than_write_what_it_cannot_read() {
+        let mut ring = Keyring::generate();
+        for _ in 1..MAX_KEYS {
+            ring.rotate().unwrap();
+        }
+        let before = ring.primary();
+        assert!(matches!(
+            ring.rotate(),
+            Err(Error::Misuse(Misuse::KeyringFull(MAX_KEYS)))
+        ));
+        assert_eq!(ring.primary(), before);
+        assert!(Keyring::decode(&ring.encode()).is_ok());
+    }
+
+    #[test]
     fn compromised_key_can_only_be_destroyed() {
         let mut ring = Keyring::generate();
         let ctx = EncryptionContext::new();
         let k1 = ring.primary();
         let env = ring.seal(&ctx, b"x").unwrap();
-        ring.rotate();
+        ring.rotate().unwrap();
         ring.mark_compromised(k1).unwrap();
         // Relabelling would hide the compromise from every later open.
         assert!(matches!(

@@ -20,7 +20,7 @@ use crate::types::{
     Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows, page_of,
 };
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 const SCHEMA_V1: &str = "
 CREATE TABLE records (
     collection TEXT NOT NULL,
@@ -57,6 +57,24 @@ $$;
 CREATE TRIGGER audit_no_update_delete BEFORE UPDATE OR DELETE ON audit
     FOR EACH ROW EXECUTE FUNCTION careconnect_audit_append_only();
 CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION careconnect_audit_append_only();
+";
+
+/// The audit counter only ever counts up by one: set back, a later append
+/// would collide with an existing entry (auditing stops); set forward, the
+/// log would show a gap.
+const SCHEMA_V3: &str = "
+CREATE FUNCTION careconnect_audit_seq_forward() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'UPDATE' OR NEW.last <> OLD.last + 1 THEN
+        RAISE EXCEPTION 'audit log is append-only: its counter counts up by one' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER audit_seq_forward BEFORE UPDATE OR DELETE ON audit_seq
+    FOR EACH ROW EXECUTE FUNCTION careconnect_audit_seq_forward();
+CREATE TRIGGER audit_seq_no_truncate BEFORE TRUNCATE ON audit_seq
     FOR EACH STATEMENT EXECUTE FUNCTION careconnect_audit_append_only();
 ";
 
@@ -134,6 +152,12 @@ impl PgStore {
         if v < 2 {
             sqlx::raw_sql(SCHEMA_V2).execute(&mut *tx).await?;
             sqlx::query("INSERT INTO careconnect_schema (version) VALUES (2)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        if v < 3 {
+            sqlx::raw_sql(SCHEMA_V3).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO careconnect_schema (version) VALUES (3)")
                 .execute(&mut *tx)
                 .await?;
         }
@@ -473,6 +497,11 @@ mod tests {
             "UPDATE audit SET entry = '\\x00' WHERE seq = $1",
             "DELETE FROM audit WHERE seq = $1",
             "TRUNCATE audit",
+            "INSERT INTO audit (seq, entry) VALUES ($1, '\\x00') ON CONFLICT (seq) DO UPDATE SET entry = '\\x00'",
+            "UPDATE audit_seq SET last = 0 WHERE last > $1 - $1",
+            "UPDATE audit_seq SET last = last + 2 WHERE last > $1 - $1",
+            "DELETE FROM audit_seq WHERE last > $1 - $1",
+            "TRUNCATE audit_seq",
         ] {
             let err = sqlx::query(sql)
                 .bind(col)
@@ -482,6 +511,8 @@ mod tests {
             assert!(err.to_string().contains("append-only"), "{sql}: {err}");
         }
         assert_eq!(s.read(seq, 1).await.unwrap(), vec![(seq, entry)]);
+        // Appending still works (other tests may append concurrently).
+        assert!(s.append(b"next".to_vec()).await.unwrap() > seq);
     }
 
     /// A server that accepts connections but never answers: the connect

@@ -18,7 +18,7 @@ use crate::types::{
     Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows, page_of,
 };
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 const SCHEMA_V1: &str = "
 CREATE TABLE records (
     collection TEXT NOT NULL,
@@ -48,6 +48,14 @@ const SCHEMA_V2: &str = "
 CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+";
+/// `INSERT OR REPLACE` (or `REPLACE`) deletes the row it conflicts with
+/// without firing delete triggers (`recursive_triggers` is off by default):
+/// an insert naming an existing `seq` is refused before it gets that far.
+const SCHEMA_V3: &str = "
+CREATE TRIGGER audit_no_replace BEFORE INSERT ON audit
+WHEN EXISTS (SELECT 1 FROM audit WHERE seq = NEW.seq)
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 ";
 
@@ -117,7 +125,10 @@ impl SqliteStore {
         }
         if v < 2 {
             sqlx::raw_sql(SCHEMA_V2).execute(&mut *tx).await?;
-            sqlx::raw_sql("PRAGMA user_version = 2")
+        }
+        if v < 3 {
+            sqlx::raw_sql(SCHEMA_V3).execute(&mut *tx).await?;
+            sqlx::raw_sql("PRAGMA user_version = 3")
                 .execute(&mut *tx)
                 .await?;
         }
@@ -462,6 +473,9 @@ mod tests {
             "UPDATE audit SET entry = x'00' WHERE seq = ?1",
             "DELETE FROM audit WHERE seq = ?1",
             "DELETE FROM audit",
+            "INSERT OR REPLACE INTO audit (seq, entry) VALUES (?1, x'00')",
+            "REPLACE INTO audit (seq, entry) VALUES (?1, x'00')",
+            "INSERT INTO audit (seq, entry) VALUES (?1, x'00') ON CONFLICT (seq) DO UPDATE SET entry = x'00'",
         ] {
             let err = sqlx::query(sql)
                 .bind(seq)
@@ -472,6 +486,8 @@ mod tests {
         }
         let entries = s.read(1, 10).await.unwrap();
         assert_eq!(entries, vec![(1, b"doctor 7 read record 42".to_vec())]);
+        // Appending still works.
+        assert_eq!(s.append(b"next".to_vec()).await.unwrap(), 2);
     }
 
     /// A file made by schema version 1 gains the triggers on open.
