@@ -5,6 +5,7 @@
 //! - [`crypto`]: AEAD suites, HKDF, the envelope format, KMS, keyrings, TLS.
 //! - [`storage`]: storage traits and backends for sealed rows, audit log, key material.
 //! - [`authz`]: roles, the access policy, role mapping, sessions, OpenID Connect login.
+//! - [`core`]: the clinic's domain layer (so far: the tamper-evident audit log).
 //!
 //! ```
 //! use careconnect::crypto::{EncryptionContext, Keyring};
@@ -17,5 +18,6 @@
 //! ```
 
 pub use careconnect_authz as authz;
+pub use careconnect_core as core;
 pub use careconnect_crypto as crypto;
 pub use careconnect_storage as storage;

@@ -25,6 +25,8 @@ pub(crate) const MESSAGE_KEY_LABEL: &[u8] = b"cc1/key";
 pub(crate) const COMMITMENT_LABEL: &[u8] = b"cc1/commit";
 /// HKDF-Expand label for a local-KMS wrapping key.
 pub(crate) const WRAP_KEY_LABEL: &[u8] = b"cc1/wrap";
+/// HKDF label of MAC keys derived from a data key for a named purpose (§13).
+pub(crate) const MAC_KEY_LABEL: &[u8] = b"cc1/mac";
 
 /// Length of the random per-message salt, in bytes (256 bits).
 pub const SALT_LEN: usize = 32;
@@ -117,6 +119,15 @@ impl DataKey {
     #[doc(hidden)]
     pub fn message_key_for_bench(&self, suite: crate::Suite, salt: &[u8; SALT_LEN]) -> AeadKey {
         self.derive(MESSAGE_KEY_LABEL, &[suite.id(), 1, 0], salt)
+    }
+
+    /// Derives the MAC key for `purpose` (§13):
+    /// `HKDF-Expand(PRK, "cc1/mac" || u8 len(purpose) || purpose, 32)`.
+    /// `purpose` is at most 255 bytes.
+    pub(crate) fn derive_mac(&self, purpose: &[u8]) -> Option<crate::mac::MacKey> {
+        let len = u8::try_from(purpose.len()).ok()?;
+        let okm = Zeroizing::new(expand32(&self.prk, &[MAC_KEY_LABEL, &[len], purpose]));
+        crate::mac::MacKey::from_slice(okm.as_ref()).ok()
     }
 
     /// Derives the AEAD key for one message:

@@ -304,6 +304,26 @@ impl Keyring {
         Ok(())
     }
 
+    /// An HMAC-SHA256 key for `purpose` (audit chains, blind indexes...),
+    /// derived from data key `id` with HKDF (`docs/envelope-format.md` §13):
+    /// each purpose and each data key gives an independent key, and none of
+    /// them reveals the data key. Store `id` beside what you MAC, so it can
+    /// be verified after a rotation.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownKey`], [`Error::KeyDestroyed`];
+    /// [`Misuse::Context`] for a purpose longer than 255 bytes or empty.
+    pub fn mac_key_for(&self, id: KeyId, purpose: &str) -> Result<crate::mac::MacKey, Error> {
+        if purpose.is_empty() {
+            return Err(Misuse::Context("a mac purpose is 1 to 255 bytes").into());
+        }
+        let entry = self.entry(id).ok_or(Error::UnknownKey(id))?;
+        let dek = entry.material.as_ref().ok_or(Error::KeyDestroyed(id))?;
+        dek.derive_mac(purpose.as_bytes())
+            .ok_or_else(|| Misuse::Context("a mac purpose is 1 to 255 bytes").into())
+    }
+
     /// Seals `plaintext` under the primary key, bound to `ctx`.
     ///
     /// # Errors
@@ -701,6 +721,58 @@ mod tests {
         assert_eq!(ring.primary(), before);
         assert!(Keyring::decode(&ring.encode()).is_ok());
     }
+
+    #[test]
+    fn mac_keys_are_per_key_and_purpose_and_follow_the_key_state() {
+        let mut ring = Keyring::generate();
+        let k1 = ring.primary();
+        let a = ring.mac_key_for(k1, "careconnect/audit").unwrap();
+        let b = ring.mac_key_for(k1, "careconnect/index").unwrap();
+        assert_ne!(a.tag(b"m"), b.tag(b"m"));
+        assert_eq!(
+            a.tag(b"m"),
+            ring.mac_key_for(k1, "careconnect/audit").unwrap().tag(b"m")
+        );
+        let k2 = ring.rotate().unwrap();
+        let c = ring.mac_key_for(k2, "careconnect/audit").unwrap();
+        assert_ne!(a.tag(b"m"), c.tag(b"m"));
+        // The old key still verifies what it tagged until destroyed.
+        assert!(
+            ring.mac_key_for(k1, "careconnect/audit")
+                .unwrap()
+                .verify(b"m", &a.tag(b"m"))
+                .is_ok()
+        );
+        ring.mark_compromised(k1).unwrap();
+        ring.destroy(k1).unwrap();
+        assert!(matches!(
+            ring.mac_key_for(k1, "careconnect/audit"),
+            Err(Error::KeyDestroyed(_))
+        ));
+        assert!(ring.mac_key_for(k2, "").is_err());
+        assert!(ring.mac_key_for(k2, &"p".repeat(256)).is_err());
+        // Known answer: data key 00..1f, purpose "careconnect/audit" (§13).
+        let known = Keyring::decode(&{
+            let mut ks = b"CCKS\x01\x01".to_vec();
+            ks.extend_from_slice(&1u32.to_be_bytes());
+            ks.extend_from_slice(&1u32.to_be_bytes());
+            ks.push(1);
+            ks.extend_from_slice(&0u64.to_be_bytes());
+            ks.extend_from_slice(&std::array::from_fn::<u8, 32, _>(|i| i as u8));
+            ks
+        })
+        .unwrap();
+        let tag = known
+            .mac_key_for(KeyId::new(1).unwrap(), "careconnect/audit")
+            .unwrap()
+            .tag(b"");
+        assert_eq!(hex::encode(tag), MAC_KAT);
+    }
+
+    /// HMAC-SHA256(K, "") with K = HKDF-Expand(HKDF-Extract("careconnect/envelope/v1",
+    /// 00..1f), "cc1/mac" || 0x11 || "careconnect/audit", 32), computed
+    /// independently with Python's `hmac` and `hashlib` from §13's text.
+    const MAC_KAT: &str = "56e134404b5f042c2a4a050fdcfa18b3f3db9c5d893ada86f3f66e268d9ec08d";
 
     #[test]
     fn compromised_key_can_only_be_destroyed() {

@@ -62,6 +62,7 @@ where
     cas_race(Arc::clone(&store)).await;
     no_lost_updates(Arc::clone(&store)).await;
     audit(Arc::clone(&store)).await;
+    audit_chained(Arc::clone(&store)).await;
     keys(&*store).await;
 }
 
@@ -464,6 +465,86 @@ pub async fn audit<S: AuditLog + ?Sized + 'static>(s: Arc<S>) {
         matches!(s.read(1, 0).await, Err(StorageError::Invalid { .. })),
         "audit: limit 0"
     );
+}
+
+/// What a chained entry records of the entry before it: its sequence
+/// number and its first 16 bytes.
+fn link_of(tail: Option<(u64, &[u8])>) -> Vec<u8> {
+    let mut link = tail.map_or(0, |(s, _)| s).to_be_bytes().to_vec();
+    let mut head = tail.map_or(&[][..], |(_, e)| e).to_vec();
+    head.resize(16, 0);
+    link.extend_from_slice(&head);
+    link
+}
+
+/// Chained appends from many tasks at once: every batch is built from the
+/// entry really before it and numbered right after it.
+pub async fn audit_chained<S: AuditLog + ?Sized + 'static>(s: Arc<S>) {
+    let mut handles = Vec::new();
+    for t in 0..8u8 {
+        let s = Arc::clone(&s);
+        handles.push(tokio::spawn(async move {
+            let mut firsts = Vec::new();
+            for i in 0..10u8 {
+                let batch = usize::from(i % 3) + 1;
+                let build = move |tail: Option<(u64, &[u8])>| -> Vec<Vec<u8>> {
+                    // Entry k of the batch links to entry k-1 (or the tail).
+                    let mut out: Vec<Vec<u8>> = Vec::with_capacity(batch);
+                    let start = tail.map_or(0, |(s, _)| s);
+                    for (k, seq) in (0..batch).zip(start..) {
+                        let prev: Option<(u64, &[u8])> = match k {
+                            0 => tail,
+                            _ => out.last().map(|e| (seq, e.as_slice())),
+                        };
+                        let mut e = link_of(prev);
+                        e.extend_from_slice(&[0xc4, t, i, k as u8]);
+                        out.push(e);
+                    }
+                    out
+                };
+                firsts.push((s.append_chained(&build).await.unwrap(), batch));
+            }
+            firsts
+        }));
+    }
+    let mut ours = Vec::new();
+    for h in handles {
+        ours.extend(h.await.unwrap());
+    }
+    let (lo, hi) = (
+        ours.iter().map(|(f, _)| *f).min().unwrap(),
+        ours.iter().map(|(f, n)| f + *n as u64 - 1).max().unwrap(),
+    );
+    let mut log = Vec::new();
+    let mut from = lo.saturating_sub(1).max(1);
+    while from <= hi {
+        let page = s.read(from, 500).await.unwrap();
+        assert!(!page.is_empty(), "audit_chained: read stalled at {from}");
+        from = page.last().unwrap().0 + 1;
+        log.extend(page);
+    }
+    for (first, n) in &ours {
+        for seq in *first..first + *n as u64 {
+            let i = log
+                .iter()
+                .position(|(s, _)| *s == seq)
+                .expect("entry present");
+            let entry = &log[i].1;
+            let prev = (seq > 1).then(|| {
+                let p = &log[i - 1];
+                assert_eq!(p.0, seq - 1, "audit_chained: gap before {seq}");
+                (p.0, p.1.as_slice())
+            });
+            assert_eq!(
+                entry[..24],
+                link_of(prev)[..],
+                "audit_chained: entry {seq} built from another tail"
+            );
+        }
+    }
+    // An empty batch writes nothing.
+    let next = s.append_chained(&|_| Vec::new()).await.unwrap();
+    assert!(next > hi, "audit_chained: empty batch");
 }
 
 /// Versioned key material with compare-and-swap.

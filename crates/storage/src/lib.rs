@@ -61,6 +61,6 @@ pub use postgres::{PG_CONNECT_TIMEOUT, PgStore};
 #[cfg(feature = "s3")]
 pub use s3::S3BlobStore;
 pub use sqlite::SqliteStore;
-pub use traits::{AuditLog, KeyStore, RecordStore};
+pub use traits::{AuditLog, ChainBuilder, KeyStore, RecordStore};
 pub use types::{Collection, IndexEntry, MAX_PAGE, Page, Row, RowData, RowId};
 pub use url::{Store, connect, connect_blobs};

@@ -7,9 +7,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 
 use crate::error::{Result, StorageError};
-use crate::traits::{AuditLog, KeyStore, RecordStore};
+use crate::traits::{AuditLog, ChainBuilder, KeyStore, RecordStore};
 use crate::types::{
-    Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows, page_of,
+    Collection, IndexEntry, Page, Row, RowData, RowId, check_batch, check_limit, check_rows,
+    page_of,
 };
 
 /// Rows, audit entries and key material in memory.
@@ -148,6 +149,15 @@ impl AuditLog for MemoryStore {
         let mut log = lock(&self.audit);
         log.push(entry);
         Ok(log.len() as u64)
+    }
+
+    async fn append_chained(&self, build: &ChainBuilder<'_>) -> Result<u64> {
+        let mut log = lock(&self.audit);
+        let next = log.len() as u64 + 1;
+        let entries = build(log.last().map(|e| (next - 1, e.as_slice())));
+        check_batch(&entries)?;
+        log.extend(entries);
+        Ok(next)
     }
 
     async fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {

@@ -14,8 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row as _};
 
 use crate::error::{Result, StorageError};
-use crate::sql::{key_id_of, version_col, version_of, versions};
-use crate::traits::{AuditLog, KeyStore, RecordStore};
+use crate::sql::{key_id_of, numbered, version_col, version_of, versions};
+use crate::traits::{AuditLog, ChainBuilder, KeyStore, RecordStore};
 use crate::types::{
     Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows, page_of,
 };
@@ -60,13 +60,13 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION careconnect_audit_append_only();
 ";
 
-/// The audit counter only ever counts up by one: set back, a later append
-/// would collide with an existing entry (auditing stops); set forward, the
-/// log would show a gap.
+/// The audit counter only ever counts up: set back, a later append would
+/// collide with an existing entry and auditing would stop. (Set forward, the
+/// log shows a gap, which the domain layer's hash chain reports.)
 const SCHEMA_V3: &str = "
 CREATE FUNCTION careconnect_audit_seq_forward() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP <> 'UPDATE' OR NEW.last <> OLD.last + 1 THEN
+    IF TG_OP <> 'UPDATE' OR NEW.last <= OLD.last THEN
         RAISE EXCEPTION 'audit log is append-only: its counter counts up by one' USING ERRCODE = 'insufficient_privilege';
     END IF;
     RETURN NEW;
@@ -417,6 +417,38 @@ impl AuditLog for PgStore {
         version_of(seq)
     }
 
+    async fn append_chained(&self, build: &ChainBuilder<'_>) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        // The counter row's lock orders every append, across all nodes.
+        let last: i64 = sqlx::query_scalar("SELECT last FROM audit_seq FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        let tail: Option<Vec<u8>> = sqlx::query_scalar("SELECT entry FROM audit WHERE seq = $1")
+            .bind(last)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let last_u = version_of(last)?;
+        let entries = build(tail.as_deref().map(|e| (last_u, e)));
+        let (first, entries) = numbered(last_u, entries)?;
+        // At most 10,000 entries (checked by `numbered`).
+        let n = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+        for (seq, entry) in entries {
+            sqlx::query("INSERT INTO audit (seq, entry) VALUES ($1, $2)")
+                .bind(seq)
+                .bind(entry)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if n > 0 {
+            sqlx::query("UPDATE audit_seq SET last = last + $1")
+                .bind(n)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(first)
+    }
+
     async fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
         let limit = check_limit(limit)?;
         let rows =
@@ -499,7 +531,6 @@ mod tests {
             "TRUNCATE audit",
             "INSERT INTO audit (seq, entry) VALUES ($1, '\\x00') ON CONFLICT (seq) DO UPDATE SET entry = '\\x00'",
             "UPDATE audit_seq SET last = 0 WHERE last > $1 - $1",
-            "UPDATE audit_seq SET last = last + 2 WHERE last > $1 - $1",
             "DELETE FROM audit_seq WHERE last > $1 - $1",
             "TRUNCATE audit_seq",
         ] {

@@ -27,3 +27,26 @@ pub(crate) fn version_col(v: u64) -> Result<i64> {
         why: "too large",
     })
 }
+
+/// Audit entries with their sequence numbers as column values.
+pub(crate) type Numbered = Vec<(i64, Vec<u8>)>;
+
+/// Chained audit entries numbered from the one after `last`, as column
+/// values: the first new sequence number and `(seq, entry)` pairs. Checked:
+/// the end of the range is an error, never an overflow.
+pub(crate) fn numbered(last: u64, entries: Vec<Vec<u8>>) -> Result<(u64, Numbered)> {
+    crate::types::check_batch(&entries)?;
+    let (_, first_col, first) = versions(last)?;
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        let seq = i64::try_from(i)
+            .ok()
+            .and_then(|i| first_col.checked_add(i))
+            .ok_or(StorageError::Invalid {
+                what: "audit sequence",
+                why: "overflow",
+            })?;
+        out.push((seq, entry));
+    }
+    Ok((first, out))
+}

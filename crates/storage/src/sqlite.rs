@@ -12,8 +12,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row as _, SqlitePool};
 
 use crate::error::{Result, StorageError};
-use crate::sql::{key_id_of, version_col, version_of, versions};
-use crate::traits::{AuditLog, KeyStore, RecordStore};
+use crate::sql::{key_id_of, numbered, version_col, version_of, versions};
+use crate::traits::{AuditLog, ChainBuilder, KeyStore, RecordStore};
 use crate::types::{
     Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows, page_of,
 };
@@ -396,6 +396,31 @@ impl AuditLog for SqliteStore {
             .fetch_one(&self.pool)
             .await?;
         version_of(seq)
+    }
+
+    async fn append_chained(&self, build: &ChainBuilder<'_>) -> Result<u64> {
+        // IMMEDIATE: take the write lock before reading the tail, so no
+        // other writer (connection or process) can append in between.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let tail: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, entry FROM audit ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let last = match &tail {
+            Some((seq, _)) => version_of(*seq)?,
+            None => 0,
+        };
+        let entries = build(tail.as_ref().map(|(_, e)| (last, e.as_slice())));
+        let (first, entries) = numbered(last, entries)?;
+        for (seq, entry) in entries {
+            sqlx::query("INSERT INTO audit (seq, entry) VALUES (?1, ?2)")
+                .bind(seq)
+                .bind(entry)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(first)
     }
 
     async fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {

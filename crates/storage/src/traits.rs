@@ -73,6 +73,12 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Page>;
 }
 
+/// Builds the entries of a chained append from the log's last entry
+/// (sequence number and bytes; `None` for an empty log). See
+/// [`AuditLog::append_chained`]. It may be called more than once, so it
+/// must depend on its argument alone.
+pub type ChainBuilder<'a> = dyn Fn(Option<(u64, &[u8])>) -> Vec<Vec<u8>> + Send + Sync + 'a;
+
 /// An append-only audit log: the store assigns gap-free sequence numbers
 /// from 1. There is no update or delete.
 #[async_trait]
@@ -83,6 +89,19 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     ///
     /// Backend errors.
     async fn append(&self, entry: Vec<u8>) -> Result<u64>;
+
+    /// Appends the entries `build` makes from the log's current last entry,
+    /// numbered consecutively right after it, atomically: no other append
+    /// (from this handle, another handle or another process sharing the
+    /// store) comes between reading the last entry and writing these. This
+    /// is what a hash chain needs. Returns the first new entry's sequence
+    /// number (for an empty batch, the next one; nothing is written).
+    ///
+    /// # Errors
+    ///
+    /// Backend errors; [`crate::StorageError::Invalid`] for more than
+    /// 10,000 entries at once.
+    async fn append_chained(&self, build: &ChainBuilder<'_>) -> Result<u64>;
 
     /// Up to `limit` entries from sequence number `from` (inclusive).
     ///

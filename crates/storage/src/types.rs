@@ -185,3 +185,17 @@ pub(crate) fn next_version(v: u64) -> crate::error::Result<u64> {
         why: "overflow",
     })
 }
+
+/// Most entries one chained audit append may write.
+pub(crate) const MAX_CHAINED_BATCH: usize = 10_000;
+
+/// Refuses a chained batch larger than [`MAX_CHAINED_BATCH`].
+pub(crate) fn check_batch(entries: &[Vec<u8>]) -> crate::error::Result<()> {
+    if entries.len() > MAX_CHAINED_BATCH {
+        return Err(StorageError::Invalid {
+            what: "audit batch",
+            why: "more than 10,000 entries",
+        });
+    }
+    Ok(())
+}

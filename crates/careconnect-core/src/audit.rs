@@ -1,0 +1,521 @@
+//! The audit log: every access to patient data, every login, denial and
+//! administrator override, in a tamper-evident chain.
+//!
+//! Each entry is an [`AuditEvent`] (who, roles, action, resource id,
+//! outcome, flags, time; never clinical content) stored as
+//!
+//! ```text
+//! 0x01 || key id (u32 BE) || mac (32) || event JSON
+//! mac = HMAC-SHA256(K, "careconnect/audit/v1" || seq (u64 BE) || previous mac || event JSON)
+//! ```
+//!
+//! where `K` is the keyring's MAC key for [`AUDIT_PURPOSE`] under the named
+//! key id, `seq` the entry's sequence number in the store and the previous
+//! mac that of entry `seq - 1` (32 zero bytes before entry 1). Changing,
+//! removing, inserting or reordering an entry breaks the chain at that
+//! entry; [`AuditTrail::verify`] names the first one.
+//!
+//! Removing entries at the end leaves a shorter chain that still verifies.
+//! So every append also records the head (sequence number and mac) in an
+//! **anchor file** outside the database (beside the local KMS file, by
+//! default in the data directory): a database edit alone cannot move it
+//! back, and `verify` reports a log that ends before its anchor, or whose
+//! entry at the anchor has another mac, as truncated. Someone who can write
+//! both the database and the anchor file can truncate undetected; keep the
+//! anchor where the database's writers cannot reach, or copy it elsewhere.
+//!
+//! Appends are group-committed: events of concurrent callers go to the
+//! store in one batch (one transaction), and each call returns once its own
+//! event is durable. The chain is built inside the store's append
+//! transaction from the log's actual last entry
+//! ([`careconnect_storage::AuditLog::append_chained`]), so several
+//! processes sharing a database extend one chain.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use careconnect_authz::{Principal, UserId};
+use careconnect_crypto::mac::MacKey;
+use careconnect_crypto::{KeyId, Keyring};
+use careconnect_storage::AuditLog;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::CoreError;
+
+/// The purpose the audit chain's MAC keys are derived for.
+pub const AUDIT_PURPOSE: &str = "careconnect/audit";
+
+/// Domain separation for the chain's MAC input.
+const CHAIN_LABEL: &[u8] = b"careconnect/audit/v1";
+const ENTRY_VERSION: u8 = 0x01;
+const MAC_LEN: usize = 32;
+const HEAD_LEN: usize = 1 + 4 + MAC_LEN;
+/// Most events written in one transaction.
+const MAX_BATCH: usize = 512;
+/// Longest free-text reason kept (break-glass, erasure), in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// How an audited attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Allowed and done.
+    Allowed,
+    /// Refused by the policy.
+    Denied,
+    /// Allowed, but it failed (storage, crypto).
+    Failed,
+}
+
+/// Something an auditor must look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flag {
+    /// An administrator used their override to look in.
+    AdminOverride,
+    /// Emergency access outside a care relationship.
+    BreakGlass,
+}
+
+/// One audited event. No clinical content: identifiers only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// When, Unix milliseconds.
+    pub at_ms: u64,
+    /// Who acted (`None`: the system itself, e.g. seeding or rotation).
+    pub actor: Option<UserId>,
+    /// Their roles at the time, as `patient,doctor,...`.
+    pub roles: String,
+    /// What they did (the policy's action name, or `login`, `logout`...).
+    pub action: String,
+    /// What they did it to: a kind and an id, never a name.
+    pub resource: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What an auditor must look at.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<Flag>,
+    /// A stated reason (break-glass, erasure), at most [`MAX_REASON_CHARS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl AuditEvent {
+    /// An event by `who`, now.
+    pub fn by(
+        who: &Principal,
+        action: impl Into<String>,
+        resource: impl Into<String>,
+        outcome: Outcome,
+    ) -> Self {
+        Self {
+            at_ms: now_ms(),
+            actor: Some(who.user.clone()),
+            roles: who.roles.to_string(),
+            action: action.into(),
+            resource: resource.into(),
+            outcome,
+            flags: Vec::new(),
+            reason: None,
+        }
+    }
+
+    /// An event by the system itself, now.
+    pub fn system(action: impl Into<String>, resource: impl Into<String>) -> Self {
+        Self {
+            at_ms: now_ms(),
+            actor: None,
+            roles: String::new(),
+            action: action.into(),
+            resource: resource.into(),
+            outcome: Outcome::Allowed,
+            flags: Vec::new(),
+            reason: None,
+        }
+    }
+
+    /// With `flag`.
+    #[must_use]
+    pub fn flagged(mut self, flag: Flag) -> Self {
+        if !self.flags.contains(&flag) {
+            self.flags.push(flag);
+        }
+        self
+    }
+
+    /// With a stated reason, cut to [`MAX_REASON_CHARS`] characters.
+    #[must_use]
+    pub fn because(mut self, reason: &str) -> Self {
+        self.reason = Some(reason.chars().take(MAX_REASON_CHARS).collect());
+        self
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The chain's MAC of entry `seq` after `prev`.
+fn chain_mac(key: &MacKey, seq: u64, prev: &[u8; MAC_LEN], json: &[u8]) -> [u8; MAC_LEN] {
+    let mut msg = Vec::with_capacity(CHAIN_LABEL.len() + 8 + MAC_LEN + json.len());
+    msg.extend_from_slice(CHAIN_LABEL);
+    msg.extend_from_slice(&seq.to_be_bytes());
+    msg.extend_from_slice(prev);
+    msg.extend_from_slice(json);
+    key.tag(&msg)
+}
+
+/// An entry split into its parts, unverified.
+struct RawEntry<'a> {
+    key_id: u32,
+    mac: [u8; MAC_LEN],
+    json: &'a [u8],
+}
+
+fn split(entry: &[u8]) -> Option<RawEntry<'_>> {
+    if entry.len() < HEAD_LEN || entry[0] != ENTRY_VERSION {
+        return None;
+    }
+    let key_id = u32::from_be_bytes(entry[1..5].try_into().ok()?);
+    let mac = entry[5..HEAD_LEN].try_into().ok()?;
+    Some(RawEntry {
+        key_id,
+        mac,
+        json: &entry[HEAD_LEN..],
+    })
+}
+
+fn encode(key_id: KeyId, mac: &[u8; MAC_LEN], json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEAD_LEN + json.len());
+    out.push(ENTRY_VERSION);
+    out.extend_from_slice(&key_id.get().to_be_bytes());
+    out.extend_from_slice(mac);
+    out.extend_from_slice(json);
+    out
+}
+
+/// The head of the chain: the last entry's sequence number and mac.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Sequence number of the last entry (0: empty log).
+    pub seq: u64,
+    /// Its mac (zeros for the empty log).
+    pub mac: [u8; MAC_LEN],
+}
+
+impl Head {
+    const EMPTY: Self = Self {
+        seq: 0,
+        mac: [0; MAC_LEN],
+    };
+}
+
+/// Where the head is anchored outside the database: a small file, replaced
+/// atomically, that only ever moves forward.
+#[derive(Debug, Clone)]
+pub struct Anchor {
+    path: PathBuf,
+}
+
+impl Anchor {
+    /// The anchor file at `path` (created on the first append).
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The anchored head, or `None` before the first append.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors; [`CoreError::Corrupt`] for a file that is not an anchor.
+    pub fn read(&self) -> Result<Option<Head>, CoreError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let (Some(seq), Some(mac)) = (
+            bytes.get(..8).and_then(|b| b.try_into().ok()),
+            bytes.get(8..8 + MAC_LEN).and_then(|b| b.try_into().ok()),
+        ) else {
+            return Err(CoreError::Corrupt("audit anchor"));
+        };
+        if bytes.len() != 8 + MAC_LEN {
+            return Err(CoreError::Corrupt("audit anchor"));
+        }
+        Ok(Some(Head {
+            seq: u64::from_be_bytes(seq),
+            mac,
+        }))
+    }
+
+    /// Moves the anchor forward to `head` (never back).
+    fn advance(&self, head: Head) -> Result<(), CoreError> {
+        if self.read()?.is_some_and(|h| h.seq >= head.seq) {
+            return Ok(());
+        }
+        let mut bytes = Vec::with_capacity(8 + MAC_LEN);
+        bytes.extend_from_slice(&head.seq.to_be_bytes());
+        bytes.extend_from_slice(&head.mac);
+        write_atomic(&self.path, &bytes)
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoreError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// What [`AuditTrail::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// Every entry verifies, from 1 to `head`, and the anchor agrees.
+    Intact {
+        /// Number of entries checked.
+        entries: u64,
+    },
+    /// The chain breaks at `seq`.
+    Broken {
+        /// The first entry that does not verify (or the first missing one).
+        seq: u64,
+        /// What was found there.
+        problem: Problem,
+    },
+}
+
+/// How the chain is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// An entry is missing: removed (the sequence numbers skip it).
+    Missing,
+    /// The entry's mac does not verify: it was modified, inserted, moved
+    /// (reordered), or an entry before it was removed and the rest renumbered.
+    Altered,
+    /// The entry does not parse, or names a key the keyring lacks.
+    Unreadable,
+    /// The log ends before the anchored head, or the entry at the anchored
+    /// sequence number is not the anchored one: entries were cut off.
+    Truncated,
+}
+
+/// The audit log: appends events to the chain (group-committed) and verifies it.
+#[derive(Clone)]
+pub struct AuditTrail {
+    log: Arc<dyn AuditLog>,
+    keys: Keyring,
+    anchor: Anchor,
+    tx: mpsc::Sender<Pending>,
+}
+
+impl std::fmt::Debug for AuditTrail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditTrail")
+            .field("anchor", &self.anchor.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Pending {
+    json: Vec<u8>,
+    done: oneshot::Sender<Result<u64, CoreError>>,
+}
+
+impl AuditTrail {
+    /// An audit trail on `log`, chained with MAC keys from `keys`, anchored
+    /// at `anchor`. Starts the group-commit writer on the current tokio runtime.
+    pub fn new(log: Arc<dyn AuditLog>, keys: Keyring, anchor: Anchor) -> Self {
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(writer(log.clone(), keys.clone(), anchor.clone(), rx));
+        Self {
+            log,
+            keys,
+            anchor,
+            tx,
+        }
+    }
+
+    /// Appends `event`; returns its sequence number once it is durable.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures, or [`CoreError::AuditUnavailable`] if the writer stopped.
+    pub async fn record(&self, event: AuditEvent) -> Result<u64, CoreError> {
+        let json = serde_json::to_vec(&event).map_err(|_| CoreError::Corrupt("audit event"))?;
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Pending { json, done })
+            .await
+            .map_err(|_| CoreError::AuditUnavailable)?;
+        wait.await.map_err(|_| CoreError::AuditUnavailable)?
+    }
+
+    /// Reads `limit` events from sequence number `from`, each with whether
+    /// its entry is well-formed (the chain itself is checked by [`AuditTrail::verify`]).
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub async fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, AuditEvent)>, CoreError> {
+        let rows = self.log.read(from, limit).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|(seq, entry)| {
+                let raw = split(entry)?;
+                Some((*seq, serde_json::from_slice(raw.json).ok()?))
+            })
+            .collect())
+    }
+
+    /// Walks the whole chain from entry 1 and checks it against the anchor.
+    ///
+    /// # Errors
+    ///
+    /// Storage or anchor-file failures (a broken chain is a
+    /// [`Verification::Broken`], not an error).
+    pub async fn verify(&self) -> Result<Verification, CoreError> {
+        let mut head = Head::EMPTY;
+        let mut macs = MacCache::default();
+        loop {
+            let page = self.log.read(head.seq + 1, 1000).await?;
+            if page.is_empty() {
+                break;
+            }
+            for (seq, entry) in &page {
+                if *seq != head.seq + 1 {
+                    return Ok(Verification::Broken {
+                        seq: head.seq + 1,
+                        problem: Problem::Missing,
+                    });
+                }
+                let Some(raw) = split(entry) else {
+                    return Ok(broken(*seq, Problem::Unreadable));
+                };
+                let Some(key) = macs.get(&self.keys, raw.key_id) else {
+                    return Ok(broken(*seq, Problem::Unreadable));
+                };
+                let expected = chain_mac(key, *seq, &head.mac, raw.json);
+                if !bool::from(expected.ct_eq(&raw.mac)) {
+                    return Ok(broken(*seq, Problem::Altered));
+                }
+                head = Head {
+                    seq: *seq,
+                    mac: raw.mac,
+                };
+            }
+        }
+        if let Some(anchored) = self.anchor.read()? {
+            if head.seq < anchored.seq {
+                return Ok(broken(head.seq + 1, Problem::Truncated));
+            }
+            // The entry at the anchored position must be the anchored one.
+            let at = self.log.read(anchored.seq, 1).await?;
+            let same = at.first().and_then(|(s, e)| {
+                let raw = split(e)?;
+                (*s == anchored.seq).then_some(raw.mac)
+            });
+            if !same.is_some_and(|m| bool::from(m.ct_eq(&anchored.mac))) {
+                return Ok(broken(anchored.seq, Problem::Truncated));
+            }
+        }
+        Ok(Verification::Intact { entries: head.seq })
+    }
+}
+
+fn broken(seq: u64, problem: Problem) -> Verification {
+    Verification::Broken { seq, problem }
+}
+
+/// MAC keys by key id, derived once per verification.
+#[derive(Default)]
+struct MacCache(Vec<(u32, MacKey)>);
+
+impl MacCache {
+    fn get(&mut self, keys: &Keyring, id: u32) -> Option<&MacKey> {
+        if let Some(i) = self.0.iter().position(|(k, _)| *k == id) {
+            return self.0.get(i).map(|(_, m)| m);
+        }
+        let key = keys.mac_key_for(KeyId::new(id)?, AUDIT_PURPOSE).ok()?;
+        self.0.push((id, key));
+        self.0.last().map(|(_, m)| m)
+    }
+}
+
+/// The group-commit writer: takes what is queued (up to [`MAX_BATCH`]),
+/// appends it in one chained batch, answers each caller, repeats.
+async fn writer(
+    log: Arc<dyn AuditLog>,
+    keys: Keyring,
+    anchor: Anchor,
+    mut rx: mpsc::Receiver<Pending>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let result = append_batch(log.as_ref(), &keys, &anchor, &batch).await;
+        match result {
+            Ok(first_seq) => {
+                for (i, p) in batch.into_iter().enumerate() {
+                    let _ = p.done.send(Ok(first_seq + i as u64));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit append failed");
+                for p in batch {
+                    let _ = p.done.send(Err(CoreError::AuditUnavailable));
+                }
+            }
+        }
+    }
+}
+
+async fn append_batch(
+    log: &dyn AuditLog,
+    keys: &Keyring,
+    anchor: &Anchor,
+    batch: &[Pending],
+) -> Result<u64, CoreError> {
+    let key_id = keys.primary();
+    let key = keys.mac_key_for(key_id, AUDIT_PURPOSE)?;
+    // The store may call `build` again if another writer got in first; the
+    // head it leaves behind is that of the attempt that committed.
+    let head = std::sync::Mutex::new(Head::EMPTY);
+    let build = |tail: Option<(u64, &[u8])>| -> Vec<Vec<u8>> {
+        let (mut seq, mut prev) = match tail {
+            None => (0, [0u8; MAC_LEN]),
+            // An unreadable tail still chains: verify reports it.
+            Some((s, entry)) => (s, split(entry).map_or([0u8; MAC_LEN], |r| r.mac)),
+        };
+        let entries = batch
+            .iter()
+            .map(|p| {
+                seq += 1;
+                let mac = chain_mac(&key, seq, &prev, &p.json);
+                prev = mac;
+                encode(key_id, &mac, &p.json)
+            })
+            .collect();
+        *head
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Head { seq, mac: prev };
+        entries
+    };
+    let first = log.append_chained(&build).await?;
+    let head = *head
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    anchor.advance(head)?;
+    Ok(first)
+}

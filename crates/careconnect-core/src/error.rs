@@ -1,0 +1,29 @@
+//! The crate's one error type.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in the clinic's domain layer. No variant
+/// carries patient data, keys or tokens.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    /// The storage layer failed.
+    #[error("storage: {0}")]
+    Storage(#[from] careconnect_storage::StorageError),
+    /// Sealing, opening or a KMS call failed.
+    #[error("crypto: {0}")]
+    Crypto(#[from] careconnect_crypto::Error),
+    /// Authentication or authorization machinery failed (not a denial).
+    #[error("authz: {0}")]
+    Authz(#[from] careconnect_authz::AuthzError),
+    /// A stored entry that does not decode.
+    #[error("stored {0} is corrupt")]
+    Corrupt(&'static str),
+    /// The audit writer stopped (its task ended); nothing more can be audited,
+    /// so nothing more may be done.
+    #[error("audit log unavailable")]
+    AuditUnavailable,
+    /// Reading or writing a local file (the audit anchor) failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
