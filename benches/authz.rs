@@ -137,7 +137,7 @@ fn decisions() -> f64 {
                 shared_with: &shared,
             }
         } else {
-            Resource::Patient(&other)
+            Resource::patient(&other)
         };
         let a = if i % 2 == 0 {
             Action::DownloadDocument

@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
 
 use careconnect::authz::{
-    Action, Basis, Decision, DenyReason, Principal, Resource, ResourceKind, Role, RoleSet, UserId,
-    authorize,
+    Action, Basis, Care, Decision, DenyReason, Principal, Resource, ResourceKind, Role, RoleSet,
+    UserId, authorize,
 };
 use proptest::prelude::*;
 
@@ -27,11 +27,27 @@ fn cell(role: Role, action: Action) -> &'static str {
     let shared_third = [third.clone()];
     // (unrelated resource, own/authored resource, shared resource)
     let (unrelated, own, shared) = match action.resource_kind() {
-        ResourceKind::Patient => (
-            ask(Resource::Patient(&other)),
-            ask(Resource::Patient(&me)),
-            None,
-        ),
+        ResourceKind::Patient => {
+            let unrelated = ask(Resource::patient(&other));
+            let own = ask(Resource::patient(&me));
+            let in_care = ask(Resource::Patient {
+                patient: &other,
+                care: Care::InCare,
+            });
+            let glass = ask(Resource::Patient {
+                patient: &other,
+                care: Care::BreakGlass,
+            });
+            return match (unrelated, own, in_care, glass) {
+                (Decision::Allow(Basis::AdminOverride), ..) => "audited",
+                (Decision::Allow(_), ..) => "any",
+                (_, Decision::Allow(_), ..) => "own",
+                (_, _, Decision::Allow(Basis::Care), Decision::Allow(Basis::BreakGlass)) => {
+                    "in care, or break-glass"
+                }
+                _ => "—",
+            };
+        }
         ResourceKind::Prescriber => (
             ask(Resource::Prescriber(&other)),
             ask(Resource::Prescriber(&me)),
@@ -131,7 +147,7 @@ const USERS: [&str; 4] = ["u0", "u1", "u2", "u3"];
 
 #[derive(Debug, Clone)]
 enum R {
-    Patient(usize),
+    Patient(usize, Care),
     Prescription(usize, usize),
     Prescriber(usize),
     Directory,
@@ -144,7 +160,11 @@ enum R {
 fn any_resource() -> impl Strategy<Value = R> {
     let u = 0..USERS.len();
     prop_oneof![
-        u.clone().prop_map(R::Patient),
+        (
+            u.clone(),
+            prop_oneof![Just(Care::None), Just(Care::InCare), Just(Care::BreakGlass)]
+        )
+            .prop_map(|(p, c)| R::Patient(p, c)),
         (u.clone(), u.clone()).prop_map(|(a, b)| R::Prescription(a, b)),
         u.clone().prop_map(R::Prescriber),
         Just(R::Directory),
@@ -171,7 +191,10 @@ fn with_resource<T>(users: &[UserId], r: &R, f: impl FnOnce(&Resource<'_>) -> T)
         _ => Vec::new(),
     };
     let res = match r {
-        R::Patient(p) => Resource::Patient(&users[*p]),
+        R::Patient(p, care) => Resource::Patient {
+            patient: &users[*p],
+            care: *care,
+        },
         R::Prescription(p, d) => Resource::Prescription {
             patient: &users[*p],
             prescriber: &users[*d],
@@ -199,9 +222,27 @@ proptest! {
         let d = with_resource(&users, &r, |res| authorize(&p, action, res));
         if d.is_allowed() {
             match r {
-                R::Patient(x) | R::Prescription(x, _) => prop_assert_eq!(x, me, "{:?} on {:?}", action, r),
+                R::Patient(x, _) | R::Prescription(x, _) => prop_assert_eq!(x, me, "{:?} on {:?}", action, r),
                 _ => prop_assert!(false, "patient allowed {:?} on {:?}", action, r),
             }
+        }
+    }
+
+    #[test]
+    fn a_doctor_reaches_a_patient_only_in_care_or_by_break_glass(me in 0..USERS.len(), action in any_action(), r in any_resource()) {
+        let users: Vec<UserId> = USERS.iter().map(|s| user(s)).collect();
+        let p = Principal::new(users[me].clone(), [Role::Doctor].into_iter().collect());
+        let d = with_resource(&users, &r, |res| authorize(&p, action, res));
+        if let R::Patient(_, care) = r {
+            match (d, care) {
+                (Decision::Allow(Basis::Care), Care::InCare)
+                | (Decision::Allow(Basis::BreakGlass), Care::BreakGlass)
+                | (Decision::Deny(_), _) => {}
+                // Only the patient list is open to every doctor, and it is
+                // not a patient resource.
+                (other, care) => prop_assert!(false, "doctor got {:?} for {:?} with {:?}", other, action, care),
+            }
+            prop_assert_eq!(d.is_break_glass(), matches!(d, Decision::Allow(Basis::BreakGlass)));
         }
     }
 

@@ -10,7 +10,7 @@
 //! assert!(authorize(&p, Action::CancelPrescription, &rx).is_allowed());
 //! // Finance never reaches clinical data.
 //! let f = Principal::new(doctor, [Role::Finance].into_iter().collect());
-//! assert!(!authorize(&f, Action::ReadHealthRecord, &Resource::Patient(&patient)).is_allowed());
+//! assert!(!authorize(&f, Action::ReadHealthRecord, &Resource::patient(&patient)).is_allowed());
 //! ```
 
 mod cookie;
@@ -28,5 +28,5 @@ mod rows;
 pub mod session;
 
 pub use error::AuthzError;
-pub use policy::{Action, Basis, Decision, DenyReason, Resource, ResourceKind, authorize};
+pub use policy::{Action, Basis, Care, Decision, DenyReason, Resource, ResourceKind, authorize};
 pub use principal::{Principal, Role, RoleSet, UserId};

@@ -11,8 +11,8 @@
 //! let alice = UserId::new("https://idp.example", "alice").unwrap();
 //! let bob = UserId::new("https://idp.example", "bob").unwrap();
 //! let patient = Principal::new(alice.clone(), [Role::Patient].into_iter().collect());
-//! assert!(authorize(&patient, Action::ReadHealthRecord, &Resource::Patient(&alice)).is_allowed());
-//! assert!(!authorize(&patient, Action::ReadHealthRecord, &Resource::Patient(&bob)).is_allowed());
+//! assert!(authorize(&patient, Action::ReadHealthRecord, &Resource::patient(&alice)).is_allowed());
+//! assert!(!authorize(&patient, Action::ReadHealthRecord, &Resource::patient(&bob)).is_allowed());
 //! ```
 
 use std::fmt;
@@ -140,7 +140,14 @@ impl fmt::Display for Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource<'a> {
     /// A patient's record, appointments, notes and prescriptions.
-    Patient(&'a UserId),
+    Patient {
+        /// The patient.
+        patient: &'a UserId,
+        /// How the acting principal stands to this patient (read from
+        /// storage by the domain layer: appointments, assignments, a live
+        /// break-glass declaration).
+        care: Care,
+    },
     /// One prescription.
     Prescription {
         /// The patient it is for.
@@ -165,6 +172,34 @@ pub enum Resource<'a> {
     },
     /// Administration.
     System,
+}
+
+impl<'a> Resource<'a> {
+    /// [`Resource::Patient`] with no care relationship (what a patient's own
+    /// access, or anyone's access to a stranger, looks like).
+    pub fn patient(patient: &'a UserId) -> Self {
+        Resource::Patient {
+            patient,
+            care: Care::None,
+        }
+    }
+}
+
+/// How a clinician stands to a patient: least privilege for clinical data.
+/// Doctors read and write the records of patients in their care; anything
+/// else is an emergency, declared with a reason and time-limited by the
+/// domain layer, and always flagged in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Care {
+    /// No relationship on record.
+    #[default]
+    None,
+    /// The patient is in the principal's care: an appointment with them, or
+    /// an assignment by an administrator.
+    InCare,
+    /// The principal declared an emergency for this patient (break-glass,
+    /// HIPAA 164.312(a)(2)(ii)), with a stated reason, not yet expired.
+    BreakGlass,
 }
 
 /// The kinds of [`Resource`].
@@ -192,7 +227,7 @@ impl Resource<'_> {
     /// Its kind.
     pub fn kind(&self) -> ResourceKind {
         match self {
-            Resource::Patient(_) => ResourceKind::Patient,
+            Resource::Patient { .. } => ResourceKind::Patient,
             Resource::Prescription { .. } => ResourceKind::Prescription,
             Resource::Prescriber(_) => ResourceKind::Prescriber,
             Resource::PatientDirectory => ResourceKind::PatientDirectory,
@@ -218,6 +253,11 @@ pub enum Basis {
     Grant,
     /// An administrator looking in: allowed, and must be audited as such.
     AdminOverride,
+    /// The patient is in the principal's care.
+    Care,
+    /// Emergency access outside a care relationship: allowed, and must be
+    /// flagged in the audit log for review.
+    BreakGlass,
 }
 
 /// Why an action was denied.
@@ -252,6 +292,11 @@ impl Decision {
     pub fn is_admin_override(self) -> bool {
         matches!(self, Decision::Allow(Basis::AdminOverride))
     }
+
+    /// Whether the access rests on a break-glass declaration (flag it).
+    pub fn is_break_glass(self) -> bool {
+        matches!(self, Decision::Allow(Basis::BreakGlass))
+    }
 }
 
 /// What one role may do for one action. The matrix in `docs/policy.md`.
@@ -265,19 +310,19 @@ fn rule(role: Role, action: Action) -> Rule {
             A::ReadHealthRecord | A::ListAppointments | A::BookAppointment | A::ListPrescriptions,
         ) => Rule::Own,
         (R::Patient, A::PayPrescription) => Rule::Own,
-        // Doctors: clinical work on any patient; their own prescriptions;
-        // documents they uploaded or that were shared with them.
+        // Doctors: clinical work on patients in their care (or in a declared
+        // emergency); their own prescriptions; documents they uploaded or
+        // that were shared with them. The patient list itself is open to
+        // doctors (the domain layer lists those in one's care).
         (
             R::Doctor,
             A::ReadHealthRecord
             | A::ListAppointments
             | A::ListPrescriptions
-            | A::ListPatients
             | A::AddClinicalNote
-            | A::Prescribe
-            | A::UploadDocument
-            | A::ListDocuments,
-        ) => Rule::Any,
+            | A::Prescribe,
+        ) => Rule::InCare,
+        (R::Doctor, A::ListPatients | A::UploadDocument | A::ListDocuments) => Rule::Any,
         (R::Doctor, A::ListIssuedPrescriptions) => Rule::Own,
         (R::Doctor, A::CancelPrescription | A::DeleteDocument | A::ShareDocument) => Rule::Author,
         (R::Doctor, A::DownloadDocument) => Rule::Granted,
@@ -303,6 +348,7 @@ enum Rule {
     Author,
     Granted,
     Audited,
+    InCare,
 }
 
 impl Rule {
@@ -311,9 +357,14 @@ impl Rule {
             (Rule::None, _) => None,
             (Rule::Any, _) => Some(Basis::Role(role)),
             (Rule::Audited, _) => Some(Basis::AdminOverride),
-            (Rule::Own, Resource::Patient(p) | Resource::Prescriber(p)) => {
+            (Rule::Own, Resource::Patient { patient: p, .. } | Resource::Prescriber(p)) => {
                 (*p == me).then_some(Basis::Ownership)
             }
+            (Rule::InCare, Resource::Patient { care, .. }) => match care {
+                Care::InCare => Some(Basis::Care),
+                Care::BreakGlass => Some(Basis::BreakGlass),
+                Care::None => None,
+            },
             (Rule::Own, Resource::Prescription { patient, .. }) => {
                 (*patient == me).then_some(Basis::Ownership)
             }
@@ -379,12 +430,47 @@ mod tests {
     }
 
     #[test]
+    fn doctors_reach_patients_in_their_care_or_by_break_glass_only() {
+        let (doc, pat) = (user("doc"), user("pat"));
+        let d = as_(Role::Doctor, &doc);
+        let with = |care| Resource::Patient {
+            patient: &pat,
+            care,
+        };
+        for a in [
+            Action::ReadHealthRecord,
+            Action::AddClinicalNote,
+            Action::Prescribe,
+            Action::ListAppointments,
+            Action::ListPrescriptions,
+        ] {
+            assert_eq!(
+                authorize(&d, a, &with(Care::None)),
+                Decision::Deny(DenyReason::NotPermittedOnThisResource)
+            );
+            assert_eq!(
+                authorize(&d, a, &with(Care::InCare)),
+                Decision::Allow(Basis::Care)
+            );
+            let glass = authorize(&d, a, &with(Care::BreakGlass));
+            assert!(glass.is_break_glass() && !glass.is_admin_override());
+        }
+        // A patient's own access does not depend on care facts.
+        let p = as_(Role::Patient, &pat);
+        assert!(authorize(&p, Action::ReadHealthRecord, &with(Care::None)).is_allowed());
+        // Nor can a care fact open another patient's data to a patient.
+        let other = as_(Role::Patient, &doc);
+        assert!(!authorize(&other, Action::ReadHealthRecord, &with(Care::InCare)).is_allowed());
+        assert!(!authorize(&other, Action::ReadHealthRecord, &with(Care::BreakGlass)).is_allowed());
+    }
+
+    #[test]
     fn no_roles_no_access() {
         let me = user("me");
         let p = Principal::new(me.clone(), RoleSet::EMPTY);
         for a in Action::ALL {
             let r = match a.resource_kind() {
-                ResourceKind::Patient => Resource::Patient(&me),
+                ResourceKind::Patient => Resource::patient(&me),
                 ResourceKind::Prescriber => Resource::Prescriber(&me),
                 ResourceKind::Prescription => Resource::Prescription {
                     patient: &me,
@@ -408,7 +494,7 @@ mod tests {
         let me = user("me");
         let admin = as_(Role::Admin, &me);
         assert_eq!(
-            authorize(&admin, Action::ReadAuditLog, &Resource::Patient(&me)),
+            authorize(&admin, Action::ReadAuditLog, &Resource::patient(&me)),
             Decision::Deny(DenyReason::WrongResource)
         );
     }
@@ -441,17 +527,17 @@ mod tests {
         let (a, pat) = (user("a"), user("pat"));
         let admin = as_(Role::Admin, &a);
         assert_eq!(
-            authorize(&admin, Action::ReadHealthRecord, &Resource::Patient(&pat)),
+            authorize(&admin, Action::ReadHealthRecord, &Resource::patient(&pat)),
             Decision::Allow(Basis::AdminOverride)
         );
-        assert!(!authorize(&admin, Action::Prescribe, &Resource::Patient(&pat)).is_allowed());
+        assert!(!authorize(&admin, Action::Prescribe, &Resource::patient(&pat)).is_allowed());
         // An admin who is also a patient reads their own record as a patient.
         let both = Principal::new(
             pat.clone(),
             [Role::Admin, Role::Patient].into_iter().collect(),
         );
         assert_eq!(
-            authorize(&both, Action::ReadHealthRecord, &Resource::Patient(&pat)),
+            authorize(&both, Action::ReadHealthRecord, &Resource::patient(&pat)),
             Decision::Allow(Basis::Ownership)
         );
     }
