@@ -16,6 +16,12 @@ pub enum CoreError {
     /// Authentication or authorization machinery failed (not a denial).
     #[error("authz: {0}")]
     Authz(#[from] careconnect_authz::AuthzError),
+    /// The policy refused (the refusal is in the audit log).
+    #[error("access denied")]
+    Denied(careconnect_authz::DenyReason),
+    /// Break-glass needs a stated reason of at least ten characters.
+    #[error("a reason is required")]
+    ReasonRequired,
     /// A stored entry that does not decode.
     #[error("stored {0} is corrupt")]
     Corrupt(&'static str),

@@ -6,8 +6,9 @@
 //! The web demo and the rotation tool only translate HTTP and CLI into calls
 //! of this crate.
 //!
-//! This first part is the tamper-evident audit log ([`audit`]); the clinic's
-//! services follow.
+//! So far: the tamper-evident audit log ([`audit`]) and the one door to a
+//! patient's clinical data ([`access`]: care relationships, break-glass,
+//! policy and audit in one call). The clinic's services follow.
 //!
 //! # Example
 //!
@@ -30,7 +31,9 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 
+pub mod access;
 pub mod audit;
 mod error;
+mod rows;
 
 pub use error::CoreError;

@@ -17,6 +17,9 @@ use careconnect_crypto::Keyring;
 use careconnect_storage::{AuditLog, PgStore, SqliteStore};
 use sqlx::Connection;
 
+mod common;
+use common::OwnDb;
+
 fn doctor() -> Principal {
     Principal::new(
         UserId::new("https://idp.test", "doctor-grey").unwrap(),
@@ -252,48 +255,10 @@ async fn every_edit_in_the_database_is_found() {
     );
 }
 
-/// A PostgreSQL database of this test's own, dropped at the end.
-struct OwnDb {
-    admin: String,
-    name: String,
-}
-
-impl OwnDb {
-    async fn create() -> (Self, String) {
-        let admin = std::env::var("CARECONNECT_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let name = format!(
-            "cc_audit_{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        );
-        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let (base, _) = admin.rsplit_once('/').unwrap();
-        let url = format!("{base}/{name}");
-        (Self { admin, name }, url)
-    }
-
-    async fn drop_db(self) {
-        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_nodes_on_postgres_extend_one_chain_and_edits_are_found() {
-    let (db, url) = OwnDb::create().await;
+    let db = OwnDb::create("cc_audit").await;
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let keys = Keyring::generate();
     // Two web nodes: their own pools, their own anchors, one database.

@@ -1,0 +1,448 @@
+//! Who may touch which patient's data, decided and audited in one place.
+//!
+//! [`Gate::patient`] is the one door to a patient's clinical data: it reads
+//! the care facts from storage (an administrator's assignment of a patient to
+//! a doctor, a live break-glass declaration), asks the policy
+//! ([`careconnect_authz::authorize`]), and writes an audit event whatever the
+//! answer: allowed (flagged when it rests on an administrator override or on
+//! break-glass) or denied. A caller gets an [`Access`] only when allowed; its
+//! fields are private, so it cannot be made any other way.
+//!
+//! Break-glass (HIPAA 164.312(a)(2)(ii), emergency access): a doctor opens a
+//! record outside their care by stating a reason. The declaration lasts a
+//! bounded time ([`GateConfig::break_glass_for`], default one hour), every
+//! access it allows is flagged in the audit log, and administrators have a
+//! review list ([`Gate::break_glass_review`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use careconnect_authz::session::Clock;
+use careconnect_authz::{
+    Action, Basis, Care, Decision, Principal, Resource, Role, UserId, authorize,
+};
+use careconnect_crypto::Keyring;
+use careconnect_storage::{Collection, RecordStore, StorageError};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditEvent, AuditTrail, Flag, MAX_REASON_CHARS, Outcome};
+use crate::error::CoreError;
+use crate::rows;
+
+/// The collection of care assignments (doctor, patient).
+pub const CARE_COLLECTION: &str = "core_care";
+/// The collection of break-glass declarations (latest per doctor and patient).
+pub const BREAK_GLASS_COLLECTION: &str = "core_break_glass";
+/// The shortest reason accepted for break-glass, in characters (after trimming).
+pub const MIN_REASON_CHARS: usize = 10;
+
+/// Settings of the [`Gate`].
+#[derive(Debug, Clone, Copy)]
+pub struct GateConfig {
+    /// How long a break-glass declaration lasts. Default one hour.
+    pub break_glass_for: Duration,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            break_glass_for: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Proof that `principal` may do `action` to `patient`'s data, and that
+/// the access was audited. Only [`Gate::patient`] makes one.
+#[derive(Debug, Clone)]
+pub struct Access {
+    patient: UserId,
+    action: Action,
+    basis: Basis,
+    audit_seq: u64,
+}
+
+impl Access {
+    /// The patient whose data this opens.
+    pub fn patient(&self) -> &UserId {
+        &self.patient
+    }
+
+    /// The action it allows.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// Why it was allowed.
+    pub fn basis(&self) -> Basis {
+        self.basis
+    }
+
+    /// The audit entry that records it.
+    pub fn audit_seq(&self) -> u64 {
+        self.audit_seq
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct CareRow {
+    doctor: UserId,
+    patient: UserId,
+    by: UserId,
+    at: u64,
+}
+
+/// A break-glass declaration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BreakGlass {
+    /// The doctor who declared it.
+    pub doctor: UserId,
+    /// The patient it opens.
+    pub patient: UserId,
+    /// The stated reason.
+    pub reason: String,
+    /// When it was declared, Unix seconds.
+    pub declared_at: u64,
+    /// When it ends, Unix seconds.
+    pub expires_at: u64,
+}
+
+/// The door to patients' clinical data: care facts, policy and audit.
+#[derive(Clone)]
+pub struct Gate {
+    store: Arc<dyn RecordStore>,
+    keys: Keyring,
+    audit: AuditTrail,
+    clock: Arc<dyn Clock>,
+    config: GateConfig,
+    care: Collection,
+    glass: Collection,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pair_id(
+    kind: &[u8],
+    doctor: &UserId,
+    patient: &UserId,
+) -> Result<careconnect_storage::RowId, CoreError> {
+    rows::hashed_id(&[
+        kind,
+        doctor.issuer().as_bytes(),
+        doctor.subject().as_bytes(),
+        patient.issuer().as_bytes(),
+        patient.subject().as_bytes(),
+    ])
+}
+
+impl Gate {
+    /// A gate over `store`, sealing its rows with `keys`, auditing to `audit`.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice (the collection names are valid constants).
+    pub fn new(
+        store: Arc<dyn RecordStore>,
+        keys: Keyring,
+        audit: AuditTrail,
+        clock: Arc<dyn Clock>,
+        config: GateConfig,
+    ) -> Result<Self, CoreError> {
+        Ok(Self {
+            store,
+            keys,
+            audit,
+            clock,
+            config,
+            care: Collection::new(CARE_COLLECTION)?,
+            glass: Collection::new(BREAK_GLASS_COLLECTION)?,
+        })
+    }
+
+    /// Audits a decision on the system itself and turns a denial into an error.
+    async fn system_action(
+        &self,
+        who: &Principal,
+        action: Action,
+        resource: String,
+    ) -> Result<u64, CoreError> {
+        let decision = authorize(who, action, &Resource::System);
+        let outcome = if decision.is_allowed() {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        };
+        let seq = self
+            .audit
+            .record(AuditEvent::by(
+                who,
+                format!("{action:?}"),
+                resource,
+                outcome,
+            ))
+            .await?;
+        match decision {
+            Decision::Allow(_) => Ok(seq),
+            Decision::Deny(reason) => Err(CoreError::Denied(reason)),
+        }
+    }
+
+    /// An administrator puts `patient` in `doctor`'s care (an explicit
+    /// assignment; appointments make one as well).
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] unless `admin` may assign roles (audited
+    /// either way); storage failures.
+    pub async fn assign_care(
+        &self,
+        admin: &Principal,
+        doctor: &UserId,
+        patient: &UserId,
+    ) -> Result<(), CoreError> {
+        let id = pair_id(b"care", doctor, patient)?;
+        self.system_action(admin, Action::AssignRoles, format!("care:{}", id.as_str()))
+            .await?;
+        let row = CareRow {
+            doctor: doctor.clone(),
+            patient: patient.clone(),
+            by: admin.user.clone(),
+            at: self.clock.now(),
+        };
+        let data = rows::seal(&self.keys, &self.care, &id, &row)?;
+        self.put(&self.care, &id, data).await
+    }
+
+    /// Writes `data` as row `id`, inserting or replacing (compare-and-swap,
+    /// retried when another writer got in between).
+    async fn put(
+        &self,
+        coll: &Collection,
+        id: &careconnect_storage::RowId,
+        data: careconnect_storage::RowData,
+    ) -> Result<(), CoreError> {
+        for _ in 0..8 {
+            let written = match self.get(coll, id).await? {
+                None => self.store.insert(coll, id, data.clone()).await,
+                Some(current) => {
+                    self.store
+                        .update(coll, id, current.version, data.clone())
+                        .await
+                }
+            };
+            match written {
+                Ok(_) => return Ok(()),
+                Err(
+                    StorageError::DuplicateId
+                    | StorageError::VersionConflict { .. }
+                    | StorageError::NotFound,
+                ) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Storage(StorageError::Unavailable(
+            "row kept changing under concurrent writers".into(),
+        )))
+    }
+
+    /// An administrator ends an assignment.
+    ///
+    /// # Errors
+    ///
+    /// As [`Gate::assign_care`].
+    pub async fn revoke_care(
+        &self,
+        admin: &Principal,
+        doctor: &UserId,
+        patient: &UserId,
+    ) -> Result<(), CoreError> {
+        let id = pair_id(b"care", doctor, patient)?;
+        self.system_action(admin, Action::AssignRoles, format!("care:{}", id.as_str()))
+            .await?;
+        loop {
+            let current = match self.store.get(&self.care, &id).await {
+                Ok(r) => r,
+                Err(StorageError::NotFound) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            match self.store.delete(&self.care, &id, current.version).await {
+                Ok(()) | Err(StorageError::NotFound) => return Ok(()),
+                Err(StorageError::VersionConflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// A doctor declares an emergency for `patient`, stating `reason`.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::ReasonRequired`] for a reason shorter than
+    /// [`MIN_REASON_CHARS`] characters (nothing is stored or opened);
+    /// [`CoreError::Denied`] for anyone but a doctor (audited); storage
+    /// failures.
+    pub async fn declare_break_glass(
+        &self,
+        doctor: &Principal,
+        patient: &UserId,
+        reason: &str,
+    ) -> Result<BreakGlass, CoreError> {
+        let reason = reason.trim();
+        if reason.chars().count() < MIN_REASON_CHARS {
+            return Err(CoreError::ReasonRequired);
+        }
+        let id = pair_id(b"break-glass", &doctor.user, patient)?;
+        let resource = format!("break-glass:{}", id.as_str());
+        if !doctor.roles.contains(Role::Doctor) {
+            self.audit
+                .record(
+                    AuditEvent::by(doctor, "DeclareBreakGlass", resource, Outcome::Denied)
+                        .because(reason),
+                )
+                .await?;
+            return Err(CoreError::Denied(careconnect_authz::DenyReason::NoRule));
+        }
+        let now = self.clock.now();
+        let declaration = BreakGlass {
+            doctor: doctor.user.clone(),
+            patient: patient.clone(),
+            reason: reason.chars().take(MAX_REASON_CHARS).collect(),
+            declared_at: now,
+            expires_at: now.saturating_add(self.config.break_glass_for.as_secs()),
+        };
+        // Audited first: an emergency access nobody can see is not allowed.
+        self.audit
+            .record(
+                AuditEvent::by(doctor, "DeclareBreakGlass", resource, Outcome::Allowed)
+                    .flagged(Flag::BreakGlass)
+                    .because(reason),
+            )
+            .await?;
+        let data = rows::seal(&self.keys, &self.glass, &id, &declaration)?;
+        self.put(&self.glass, &id, data).await?;
+        Ok(declaration)
+    }
+
+    /// How `doctor` stands to `patient` now, from storage.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub async fn care(&self, doctor: &UserId, patient: &UserId) -> Result<Care, CoreError> {
+        let care_id = pair_id(b"care", doctor, patient)?;
+        if let Some(row) = self.get(&self.care, &care_id).await? {
+            let assigned: Option<CareRow> = rows::open(&self.keys, &self.care, &row);
+            if assigned.is_some_and(|c| c.doctor == *doctor && c.patient == *patient) {
+                return Ok(Care::InCare);
+            }
+        }
+        let glass_id = pair_id(b"break-glass", doctor, patient)?;
+        if let Some(row) = self.get(&self.glass, &glass_id).await? {
+            let declared: Option<BreakGlass> = rows::open(&self.keys, &self.glass, &row);
+            let now = self.clock.now();
+            if declared
+                .is_some_and(|b| b.doctor == *doctor && b.patient == *patient && now < b.expires_at)
+            {
+                return Ok(Care::BreakGlass);
+            }
+        }
+        Ok(Care::None)
+    }
+
+    async fn get(
+        &self,
+        coll: &Collection,
+        id: &careconnect_storage::RowId,
+    ) -> Result<Option<careconnect_storage::Row>, CoreError> {
+        match self.store.get(coll, id).await {
+            Ok(r) => Ok(Some(r)),
+            Err(StorageError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The one door to `patient`'s clinical data for `who` doing `action`:
+    /// reads the care facts, asks the policy, audits the outcome (flagged
+    /// for administrator overrides and break-glass), and returns the proof.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited as denied); storage failures.
+    pub async fn patient(
+        &self,
+        who: &Principal,
+        action: Action,
+        patient: &UserId,
+    ) -> Result<Access, CoreError> {
+        let care = if who.roles.contains(Role::Doctor) {
+            self.care(&who.user, patient).await?
+        } else {
+            Care::None
+        };
+        let decision = authorize(who, action, &Resource::Patient { patient, care });
+        let resource = format!("patient:{patient}");
+        let mut event = AuditEvent::by(
+            who,
+            format!("{action:?}"),
+            resource,
+            if decision.is_allowed() {
+                Outcome::Allowed
+            } else {
+                Outcome::Denied
+            },
+        );
+        if decision.is_admin_override() {
+            event = event.flagged(Flag::AdminOverride);
+        }
+        if decision.is_break_glass() {
+            event = event.flagged(Flag::BreakGlass);
+        }
+        let audit_seq = self.audit.record(event).await?;
+        match decision {
+            Decision::Allow(basis) => Ok(Access {
+                patient: patient.clone(),
+                action,
+                basis,
+                audit_seq,
+            }),
+            Decision::Deny(reason) => Err(CoreError::Denied(reason)),
+        }
+    }
+
+    /// Every break-glass declaration on record (the latest per doctor and
+    /// patient), newest first, for an administrator's review. Reading it is
+    /// audited.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] unless `admin` may read the audit log; storage
+    /// failures.
+    pub async fn break_glass_review(
+        &self,
+        admin: &Principal,
+    ) -> Result<Vec<BreakGlass>, CoreError> {
+        self.system_action(admin, Action::ReadAuditLog, "break-glass:review".into())
+            .await?;
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.store.list(&self.glass, after.as_ref(), 500).await?;
+            out.extend(
+                page.rows
+                    .iter()
+                    .filter_map(|r| rows::open::<BreakGlass>(&self.keys, &self.glass, r)),
+            );
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        out.sort_by_key(|b| std::cmp::Reverse(b.declared_at));
+        Ok(out)
+    }
+}
