@@ -22,6 +22,9 @@ pub enum CoreError {
     /// Break-glass needs a stated reason of at least ten characters.
     #[error("a reason is required")]
     ReasonRequired,
+    /// The subject was erased: their data can never be opened again.
+    #[error("subject erased")]
+    Erased,
     /// A stored entry that does not decode.
     #[error("stored {0} is corrupt")]
     Corrupt(&'static str),

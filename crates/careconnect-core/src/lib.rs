@@ -35,5 +35,6 @@ pub mod access;
 pub mod audit;
 mod error;
 mod rows;
+pub mod subjects;
 
 pub use error::CoreError;

@@ -160,6 +160,9 @@ pub enum KmsError {
         /// The limit.
         max: usize,
     },
+    /// This KMS cannot do what was asked (see the message).
+    #[error("not supported by this kms: {0}")]
+    Unsupported(&'static str),
     /// The root secret that protects a local KMS is missing or malformed.
     #[error("root secret: {0}")]
     RootSecret(&'static str),

@@ -467,6 +467,33 @@ impl Keyring {
         Ok((header, header_len, entry, dek))
     }
 
+    /// Seals this whole keyring under `wrapper`'s primary key, bound to
+    /// `ctx`: a keyset inside another keyset (per-subject keys under a
+    /// bucket key, for crypto-shredding). Open it with [`Keyring::open_under`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Keyring::seal`].
+    pub fn seal_under(&self, wrapper: &Keyring, ctx: &EncryptionContext) -> Result<Vec<u8>, Error> {
+        wrapper.seal(ctx, &self.encode())
+    }
+
+    /// Opens a keyring sealed by [`Keyring::seal_under`]; also returns which
+    /// of `wrapper`'s keys sealed it, and that key's state.
+    ///
+    /// # Errors
+    ///
+    /// As [`Keyring::open`], or a [`FormatError`] for bytes that are not a keyset.
+    pub fn open_under(
+        wrapper: &Keyring,
+        sealed: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<(Self, KeyId, KeyState), Error> {
+        let opened = wrapper.open(sealed, ctx)?;
+        let plain = Zeroizing::new(opened.plaintext);
+        Ok((Self::decode(&plain)?, opened.key_id, opened.key_state))
+    }
+
     /// Serialises the keyset and seals it under `kms_key` as a record
     /// envelope whose data key is wrapped by the KMS (§8).
     ///
@@ -773,6 +800,21 @@ mod tests {
     /// 00..1f), "cc1/mac" || 0x11 || "careconnect/audit", 32), computed
     /// independently with Python's `hmac` and `hashlib` from §13's text.
     const MAC_KAT: &str = "56e134404b5f042c2a4a050fdcfa18b3f3db9c5d893ada86f3f66e268d9ec08d";
+
+    #[test]
+    fn a_keyring_sealed_under_another_opens_only_with_it_and_its_context() {
+        let inner = Keyring::generate();
+        let outer = Keyring::generate();
+        let ctx = EncryptionContext::new().with("subject", "p1");
+        let sealed = inner.seal_under(&outer, &ctx).unwrap();
+        let (back, by, state) = Keyring::open_under(&outer, &sealed, &ctx).unwrap();
+        assert_eq!((by, state), (outer.primary(), KeyState::Primary));
+        let rec = inner.seal(&ctx, b"x").unwrap();
+        assert_eq!(back.open(&rec, &ctx).unwrap().plaintext, b"x");
+        let other = EncryptionContext::new().with("subject", "p2");
+        assert!(Keyring::open_under(&outer, &sealed, &other).is_err());
+        assert!(Keyring::open_under(&Keyring::generate(), &sealed, &ctx).is_err());
+    }
 
     #[test]
     fn compromised_key_can_only_be_destroyed() {

@@ -243,4 +243,18 @@ pub trait Kms: Send + Sync + fmt::Debug {
     ///
     /// Unknown key or KMS failure.
     async fn describe(&self, key: &KmsKeyId) -> Result<KeyDescription, Error>;
+
+    /// Destroys one version of `key` for good: what it wrapped never unwraps
+    /// again (crypto-shredding). The current version cannot be destroyed.
+    /// Not every KMS can: AWS KMS keeps every backing key of a key until the
+    /// whole key is deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::KmsError::Unsupported`] by default; unknown key or version,
+    /// the current version, KMS failure.
+    async fn destroy_version(&self, key: &KmsKeyId, version: u32) -> Result<KeyDescription, Error> {
+        let _ = (key, version);
+        Err(crate::KmsError::Unsupported("destroying a single key version").into())
+    }
 }

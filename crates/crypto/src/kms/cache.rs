@@ -276,6 +276,14 @@ impl<K: Kms> Kms for CachingKms<K> {
         self.lock().stats.kms_calls += 1;
         self.inner.describe(key).await
     }
+
+    async fn destroy_version(&self, key: &KmsKeyId, version: u32) -> Result<KeyDescription, Error> {
+        let out = self.inner.destroy_version(key, version).await?;
+        // Cached unwraps may come from the destroyed version: drop them all.
+        self.clear();
+        self.lock().stats.kms_calls += 1;
+        Ok(out)
+    }
 }
 
 impl<K: std::fmt::Debug> std::fmt::Debug for CachingKms<K> {

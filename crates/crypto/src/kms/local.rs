@@ -740,6 +740,10 @@ impl Kms for LocalKms {
     async fn describe(&self, key: &KmsKeyId) -> Result<KeyDescription, Error> {
         self.describe_now(key)
     }
+
+    async fn destroy_version(&self, key: &KmsKeyId, version: u32) -> Result<KeyDescription, Error> {
+        LocalKms::destroy_version(self, key, version)
+    }
 }
 
 #[cfg(test)]

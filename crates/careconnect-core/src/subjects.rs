@@ -1,0 +1,369 @@
+//! Per-patient subject keys, for erasure by crypto-shredding
+//! (`docs/erasure.md`).
+//!
+//! ```text
+//! KMS key careconnect-subjects-NNNN (one per bucket, versioned, outside the database)
+//!   └─ wraps the bucket keyring R_b   (KeyStore entry subject-bucket-NNNN)
+//!        └─ seals subject keyring S_P (row per patient in core_subjects)
+//!             └─ seals the patient's data
+//! ```
+//!
+//! [`SubjectKeys::erase`] makes every row sealed under `S_P` unopenable,
+//! **including in a copy of the database taken before the erasure**: the
+//! bucket keyring is rotated, every other subject of the bucket is re-sealed
+//! under the new key, the old key is destroyed, the keyring is sealed under a
+//! new KMS version and every older KMS version is destroyed. A copy's bucket
+//! keyring is wrapped under a destroyed version, so nothing the clinic still
+//! holds opens it. Other buckets of the copy still open.
+//!
+//! Each step leaves the live data readable (the old bucket key is destroyed
+//! only after every other subject is re-sealed), so running the erasure
+//! again after a crash finishes it. (A test that kills the process mid-way
+//! is still to come.) The erased subject's row becomes a tombstone: the
+//! subject is never silently given a fresh keyring.
+//!
+//! Destroying KMS versions needs a KMS that can ([`Kms::destroy_version`]):
+//! the local KMS can; on AWS KMS it is refused as unsupported, see
+//! `docs/erasure.md` for the AWS path.
+
+use std::sync::Arc;
+
+use careconnect_authz::UserId;
+use careconnect_crypto::{EncryptionContext, KeyState, Keyring, Kms, KmsKeyId, TrustedKeys};
+use careconnect_storage::{
+    Collection, IndexEntry, KeyStore, RecordStore, Row, RowData, RowId, StorageError,
+};
+
+use crate::error::CoreError;
+use crate::rows;
+
+/// The collection of subject keyrings.
+pub const SUBJECTS_COLLECTION: &str = "core_subjects";
+/// The blind-index name holding a subject's bucket number.
+const BUCKET_INDEX: &str = "bucket";
+
+/// What remains of an erased subject's row: no key, no index.
+fn tombstone() -> RowData {
+    RowData {
+        key_id: 0,
+        envelope: Vec::new(),
+        indexes: Vec::new(),
+    }
+}
+
+fn is_tombstone(row: &Row) -> bool {
+    row.envelope.is_empty()
+}
+
+/// What an erasure did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erasure {
+    /// The bucket the subject was in.
+    pub bucket: u16,
+    /// Other subjects of that bucket whose keys were re-sealed.
+    pub resealed: usize,
+    /// KMS key versions destroyed.
+    pub kms_versions_destroyed: usize,
+}
+
+/// Subject keyrings in buckets under KMS keys.
+#[derive(Clone)]
+pub struct SubjectKeys {
+    store: Arc<dyn RecordStore>,
+    keystore: Arc<dyn KeyStore>,
+    kms: Arc<dyn Kms>,
+    buckets: u16,
+    coll: Collection,
+}
+
+impl std::fmt::Debug for SubjectKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubjectKeys")
+            .field("buckets", &self.buckets)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A subject keyring is bound to its row, whose id is the hash of the
+/// subject's identity: it cannot be moved to another subject.
+fn subject_context(id: &RowId) -> EncryptionContext {
+    EncryptionContext::new()
+        .with("purpose", "careconnect/subject-key")
+        .with("row", id.as_str())
+}
+
+impl SubjectKeys {
+    /// Subject keys in `store`, bucket keyrings in `keystore`, wrapped by
+    /// `kms` under the keys [`SubjectKeys::kms_keys`] names (create them
+    /// first: `LocalKms::ensure_key`).
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Corrupt`] for zero buckets.
+    pub fn new(
+        store: Arc<dyn RecordStore>,
+        keystore: Arc<dyn KeyStore>,
+        kms: Arc<dyn Kms>,
+        buckets: u16,
+    ) -> Result<Self, CoreError> {
+        if buckets == 0 {
+            return Err(CoreError::Corrupt("subject bucket count"));
+        }
+        Ok(Self {
+            store,
+            keystore,
+            kms,
+            buckets,
+            coll: Collection::new(SUBJECTS_COLLECTION)?,
+        })
+    }
+
+    /// The KMS key of bucket `b`.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice (the name is valid).
+    pub fn kms_key(b: u16) -> Result<KmsKeyId, CoreError> {
+        Ok(KmsKeyId::new(format!("careconnect-subjects-{b:04}"))?)
+    }
+
+    /// The KMS keys of `buckets` buckets, to create before first use.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice.
+    pub fn kms_keys(buckets: u16) -> Result<Vec<KmsKeyId>, CoreError> {
+        (0..buckets).map(Self::kms_key).collect()
+    }
+
+    fn row_id(subject: &UserId) -> Result<RowId, CoreError> {
+        rows::hashed_id(&[
+            b"subject",
+            subject.issuer().as_bytes(),
+            subject.subject().as_bytes(),
+        ])
+    }
+
+    fn bucket_of(&self, id: &RowId) -> u16 {
+        let b = id.as_str().as_bytes();
+        let h = u16::from_str_radix(std::str::from_utf8(&b[..4]).unwrap_or("0"), 16).unwrap_or(0);
+        h % self.buckets
+    }
+
+    /// Bucket `b`'s keyring and its KeyStore version, made on first use.
+    async fn bucket(&self, b: u16) -> Result<(u64, Keyring), CoreError> {
+        let name = format!("subject-bucket-{b:04}");
+        let kms_key = Self::kms_key(b)?;
+        loop {
+            match self.keystore.load(&name).await {
+                Ok((version, sealed)) => {
+                    let ring = Keyring::open_keyset(
+                        self.kms.as_ref(),
+                        &TrustedKeys::from(&kms_key),
+                        &sealed,
+                    )
+                    .await?;
+                    return Ok((version, ring));
+                }
+                Err(StorageError::NotFound) => {
+                    let ring = Keyring::generate();
+                    let sealed = ring.seal_keyset(self.kms.as_ref(), &kms_key).await?;
+                    match self.keystore.store(&name, None, sealed).await {
+                        Ok(version) => return Ok((version, ring)),
+                        Err(StorageError::DuplicateId) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn store_bucket(&self, b: u16, expected: u64, ring: &Keyring) -> Result<u64, CoreError> {
+        let sealed = ring
+            .seal_keyset(self.kms.as_ref(), &Self::kms_key(b)?)
+            .await?;
+        Ok(self
+            .keystore
+            .store(&format!("subject-bucket-{b:04}"), Some(expected), sealed)
+            .await?)
+    }
+
+    fn data(id: &RowId, s: &Keyring, b: u16, ring: &Keyring) -> Result<RowData, CoreError> {
+        Ok(RowData {
+            key_id: ring.primary().get(),
+            envelope: s.seal_under(ring, &subject_context(id))?,
+            indexes: vec![IndexEntry {
+                name: BUCKET_INDEX.into(),
+                token: b.to_be_bytes().to_vec(),
+            }],
+        })
+    }
+
+    async fn row(&self, id: &RowId) -> Result<Option<Row>, CoreError> {
+        match self.store.get(&self.coll, id).await {
+            Ok(r) => Ok(Some(r)),
+            Err(StorageError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The subject's keyring, made on first use. Seal every piece of the
+    /// subject's data with it.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Erased`] for an erased subject (never given a new
+    /// keyring); KMS and storage failures.
+    pub async fn keys(&self, subject: &UserId) -> Result<Keyring, CoreError> {
+        let id = Self::row_id(subject)?;
+        let b = self.bucket_of(&id);
+        loop {
+            if let Some(row) = self.row(&id).await? {
+                if is_tombstone(&row) {
+                    return Err(CoreError::Erased);
+                }
+                let (_, ring) = self.bucket(b).await?;
+                return match Keyring::open_under(&ring, &row.envelope, &subject_context(&id)) {
+                    Ok((s, _, _)) => Ok(s),
+                    Err(careconnect_crypto::Error::KeyDestroyed(_)) => Err(CoreError::Erased),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            let (version, ring) = self.bucket(b).await?;
+            let s = Keyring::generate();
+            match self
+                .store
+                .insert(&self.coll, &id, Self::data(&id, &s, b, &ring)?)
+                .await
+            {
+                Ok(_) => {}
+                Err(StorageError::DuplicateId) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            // An erasure in this bucket may have rotated its keyring between
+            // our read and our write, and re-sealed the bucket before our row
+            // existed: seal ours again under the current keyring.
+            let (now, current) = self.bucket(b).await?;
+            if now != version {
+                self.reseal(&id, &s, b, &current).await?;
+            }
+            return Ok(s);
+        }
+    }
+
+    async fn reseal(
+        &self,
+        id: &RowId,
+        s: &Keyring,
+        b: u16,
+        ring: &Keyring,
+    ) -> Result<(), CoreError> {
+        loop {
+            let Some(row) = self.row(id).await? else {
+                return Ok(());
+            };
+            match self
+                .store
+                .update(&self.coll, id, row.version, Self::data(id, s, b, ring)?)
+                .await
+            {
+                Ok(_) | Err(StorageError::NotFound) => return Ok(()),
+                Err(StorageError::VersionConflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Erases `subject`: after it, nothing the clinic holds opens the
+    /// subject's data, here or in any earlier copy of the database. Safe to
+    /// run again after a crash (it finishes the job), and for a subject never
+    /// seen (nothing to do).
+    ///
+    /// # Errors
+    ///
+    /// KMS failures (including [`careconnect_crypto::KmsError::Unsupported`]
+    /// for a KMS that cannot destroy versions), storage failures.
+    pub async fn erase(&self, subject: &UserId) -> Result<Option<Erasure>, CoreError> {
+        let id = Self::row_id(subject)?;
+        let b = self.bucket_of(&id);
+        let Some(row) = self.row(&id).await? else {
+            return Ok(None);
+        };
+        if is_tombstone(&row) {
+            return Ok(None);
+        }
+        let (mut version, mut ring) = self.bucket(b).await?;
+        let old =
+            careconnect_crypto::KeyId::new(row.key_id).ok_or(CoreError::Corrupt("subject row"))?;
+        let mut resealed = 0;
+        if ring
+            .key(old)
+            .is_some_and(|k| k.state != KeyState::Destroyed)
+        {
+            // 1. A new primary key for the bucket; the old one still opens.
+            if ring.primary() == old {
+                ring.rotate()?;
+                version = self.store_bucket(b, version, &ring).await?;
+            }
+            // 2. Every other subject of the bucket under the new key.
+            let bucket_rows = self
+                .store
+                .find(
+                    &self.coll,
+                    &IndexEntry {
+                        name: BUCKET_INDEX.into(),
+                        token: b.to_be_bytes().to_vec(),
+                    },
+                )
+                .await?;
+            for other in bucket_rows {
+                if other.id == id || other.key_id != old.get() || is_tombstone(&other) {
+                    continue;
+                }
+                let (s, _, _) =
+                    Keyring::open_under(&ring, &other.envelope, &subject_context(&other.id))?;
+                self.reseal(&other.id, &s, b, &ring).await?;
+                resealed += 1;
+            }
+            // 3. The old key destroyed (the erased subject's key goes with it).
+            if ring
+                .key(old)
+                .is_some_and(|k| k.state != KeyState::Compromised)
+            {
+                ring.mark_compromised(old)?;
+            }
+            ring.destroy(old)?;
+            version = self.store_bucket(b, version, &ring).await?;
+        }
+        // 4. The keyring under a fresh KMS version, every older one destroyed:
+        //    copies of the database hold the old key under those.
+        let kms_key = Self::kms_key(b)?;
+        let described = self.kms.rotate(&kms_key).await?;
+        self.store_bucket(b, version, &ring).await?;
+        let mut destroyed = 0;
+        for v in described.enabled_versions {
+            if v != described.current_version {
+                self.kms.destroy_version(&kms_key, v).await?;
+                destroyed += 1;
+            }
+        }
+        // 5. The erased subject's row (dead already) becomes a tombstone, so
+        //    the subject is not silently given a fresh keyring later.
+        if let Some(row) = self.row(&id).await? {
+            match self
+                .store
+                .update(&self.coll, &id, row.version, tombstone())
+                .await
+            {
+                Ok(_) | Err(StorageError::NotFound | StorageError::VersionConflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(Erasure {
+            bucket: b,
+            resealed,
+            kms_versions_destroyed: destroyed,
+        }))
+    }
+}
