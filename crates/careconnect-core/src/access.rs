@@ -52,8 +52,9 @@ impl Default for GateConfig {
 }
 
 /// Proof that `principal` may do `action` to `patient`'s data, and that
-/// the access was audited. Only [`Gate::patient`] makes one.
-#[derive(Debug, Clone)]
+/// the access was audited. Only [`Gate::patient`] makes one; it is not
+/// `Clone`: use it for the one operation it was asked for, then drop it.
+#[derive(Debug)]
 pub struct Access {
     patient: UserId,
     action: Action,
@@ -293,11 +294,20 @@ impl Gate {
         reason: &str,
     ) -> Result<BreakGlass, CoreError> {
         let reason = reason.trim();
-        if reason.chars().count() < MIN_REASON_CHARS {
-            return Err(CoreError::ReasonRequired);
-        }
         let id = pair_id(b"break-glass", &doctor.user, patient)?;
         let resource = format!("break-glass:{}", id.as_str());
+        if reason.chars().count() < MIN_REASON_CHARS {
+            // Refused, and the attempt is on record.
+            self.audit
+                .record(AuditEvent::by(
+                    doctor,
+                    "DeclareBreakGlass",
+                    resource,
+                    Outcome::Denied,
+                ))
+                .await?;
+            return Err(CoreError::ReasonRequired);
+        }
         if !doctor.roles.contains(Role::Doctor) {
             self.audit
                 .record(
@@ -444,5 +454,70 @@ impl Gate {
         }
         out.sort_by_key(|b| std::cmp::Reverse(b.declared_at));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Anchor;
+    use careconnect_authz::session::ManualClock;
+    use careconnect_storage::{MemoryStore, RowData};
+
+    /// A genuine, live declaration for (house, bob) copied under the row of
+    /// (house, alice) or (mallory, bob) opens nothing there.
+    #[tokio::test]
+    async fn a_declaration_moved_to_another_pair_opens_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let keys = Keyring::generate();
+        let audit = AuditTrail::new(
+            store.clone(),
+            keys.clone(),
+            Anchor::at(dir.path().join("a")),
+        );
+        let gate = Gate::new(
+            store.clone(),
+            keys,
+            audit,
+            Arc::new(ManualClock::new(1_800_000_000)),
+            GateConfig::default(),
+        )
+        .unwrap();
+        let u = |s: &str| UserId::new("https://idp.test", s).unwrap();
+        let house = Principal::new(u("house"), [Role::Doctor].into_iter().collect());
+        gate.declare_break_glass(&house, &u("bob"), "cardiac arrest in the lobby")
+            .await
+            .unwrap();
+        assert_eq!(
+            gate.care(&u("house"), &u("bob")).await.unwrap(),
+            Care::BreakGlass
+        );
+        let genuine = store
+            .get(
+                &gate.glass,
+                &pair_id(b"break-glass", &u("house"), &u("bob")).unwrap(),
+            )
+            .await
+            .unwrap();
+        for (doctor, patient) in [("house", "alice"), ("mallory", "bob")] {
+            let id = pair_id(b"break-glass", &u(doctor), &u(patient)).unwrap();
+            store
+                .insert(
+                    &gate.glass,
+                    &id,
+                    RowData {
+                        key_id: genuine.key_id,
+                        envelope: genuine.envelope.clone(),
+                        indexes: vec![],
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                gate.care(&u(doctor), &u(patient)).await.unwrap(),
+                Care::None
+            );
+        }
     }
 }

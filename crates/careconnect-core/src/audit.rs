@@ -20,7 +20,9 @@
 //! **anchor file** outside the database (beside the local KMS file, by
 //! default in the data directory): a database edit alone cannot move it
 //! back, and `verify` reports a log that ends before its anchor, or whose
-//! entry at the anchor has another mac, as truncated. Someone who can write
+//! entry at the anchor has another mac, as truncated. The writer also refuses to
+//! append ([`crate::CoreError::AuditTampered`]) to such a log, so a cut
+//! cannot be hidden under new entries. Someone who can write
 //! both the database and the anchor file can truncate undetected; keep the
 //! anchor where the database's writers cannot reach, or copy it elsewhere.
 //!
@@ -473,8 +475,13 @@ async fn writer(
             }
             Err(e) => {
                 tracing::error!(error = %e, "audit append failed");
+                let tampered = matches!(e, CoreError::AuditTampered);
                 for p in batch {
-                    let _ = p.done.send(Err(CoreError::AuditUnavailable));
+                    let _ = p.done.send(Err(if tampered {
+                        CoreError::AuditTampered
+                    } else {
+                        CoreError::AuditUnavailable
+                    }));
                 }
             }
         }
@@ -489,10 +496,34 @@ async fn append_batch(
 ) -> Result<u64, CoreError> {
     let key_id = keys.primary();
     let key = keys.mac_key_for(key_id, AUDIT_PURPOSE)?;
+    // Never chain onto a log that lost its anchored head: appending would
+    // grow it past the anchor and hide the cut. The entry at the anchored
+    // position must still be the anchored one...
+    let anchored = anchor.read()?;
+    if let Some(a) = anchored.filter(|a| a.seq > 0) {
+        let at = log.read(a.seq, 1).await?;
+        let same = at
+            .first()
+            .filter(|(s, _)| *s == a.seq)
+            .and_then(|(_, e)| split(e))
+            .is_some_and(|raw| bool::from(raw.mac.ct_eq(&a.mac)));
+        if !same {
+            return Err(CoreError::AuditTampered);
+        }
+    }
+    // ...and the tail the batch is chained onto must not be below it
+    // (checked again inside the store's transaction).
+    let floor = anchored.map_or(0, |a| a.seq);
+    let below_anchor = std::sync::atomic::AtomicBool::new(false);
     // The store may call `build` again if another writer got in first; the
     // head it leaves behind is that of the attempt that committed.
     let head = std::sync::Mutex::new(Head::EMPTY);
     let build = |tail: Option<(u64, &[u8])>| -> Vec<Vec<u8>> {
+        if tail.map_or(0, |(s, _)| s) < floor {
+            below_anchor.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Vec::new();
+        }
+        below_anchor.store(false, std::sync::atomic::Ordering::SeqCst);
         let (mut seq, mut prev) = match tail {
             None => (0, [0u8; MAC_LEN]),
             // An unreadable tail still chains: verify reports it.
@@ -513,6 +544,9 @@ async fn append_batch(
         entries
     };
     let first = log.append_chained(&build).await?;
+    if below_anchor.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(CoreError::AuditTampered);
+    }
     let head = *head
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

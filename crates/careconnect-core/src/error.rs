@@ -32,6 +32,11 @@ pub enum CoreError {
     /// so nothing more may be done.
     #[error("audit log unavailable")]
     AuditUnavailable,
+    /// The audit log no longer holds its anchored head (entries were cut off
+    /// or replaced in the database): nothing more is appended, so the cut
+    /// cannot be hidden under new entries. Nothing more may be done either.
+    #[error("audit log tampered with: appends refused")]
+    AuditTampered,
     /// Reading or writing a local file (the audit anchor) failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -29,7 +29,7 @@
 use std::sync::Arc;
 
 use careconnect_authz::UserId;
-use careconnect_crypto::{EncryptionContext, KeyState, Keyring, Kms, KmsKeyId, TrustedKeys};
+use careconnect_crypto::{EncryptionContext, KeyId, KeyState, Keyring, Kms, KmsKeyId, TrustedKeys};
 use careconnect_storage::{
     Collection, IndexEntry, KeyStore, RecordStore, Row, RowData, RowId, StorageError,
 };
@@ -74,6 +74,7 @@ pub struct SubjectKeys {
     kms: Arc<dyn Kms>,
     buckets: u16,
     coll: Collection,
+    erasing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for SubjectKeys {
@@ -115,6 +116,7 @@ impl SubjectKeys {
             kms,
             buckets,
             coll: Collection::new(SUBJECTS_COLLECTION)?,
+            erasing: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -218,17 +220,23 @@ impl SubjectKeys {
     pub async fn keys(&self, subject: &UserId) -> Result<Keyring, CoreError> {
         let id = Self::row_id(subject)?;
         let b = self.bucket_of(&id);
+        let mut stale = 0;
         loop {
             if let Some(row) = self.row(&id).await? {
                 if is_tombstone(&row) {
                     return Err(CoreError::Erased);
                 }
                 let (_, ring) = self.bucket(b).await?;
-                return match Keyring::open_under(&ring, &row.envelope, &subject_context(&id)) {
-                    Ok((s, _, _)) => Ok(s),
-                    Err(careconnect_crypto::Error::KeyDestroyed(_)) => Err(CoreError::Erased),
-                    Err(e) => Err(e.into()),
-                };
+                match Keyring::open_under(&ring, &row.envelope, &subject_context(&id)) {
+                    Ok((s, _, _)) => return Ok(s),
+                    // An erasure of another subject re-sealed this row and
+                    // destroyed the key we read it under: read it again.
+                    Err(careconnect_crypto::Error::KeyDestroyed(_)) if stale < 4 => {
+                        stale += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             let (version, ring) = self.bucket(b).await?;
             let s = Keyring::generate();
@@ -275,6 +283,50 @@ impl SubjectKeys {
         }
     }
 
+    /// Re-seals a subject row listed under the old bucket key, by
+    /// compare-and-swap against the version listed; a row changed meanwhile
+    /// is read again, and a tombstone is never overwritten.
+    async fn reseal_listed(
+        &self,
+        listed: Row,
+        old: KeyId,
+        b: u16,
+        ring: &Keyring,
+    ) -> Result<bool, CoreError> {
+        let mut row = listed;
+        loop {
+            if is_tombstone(&row) || Keyring::key_id_of(&row.envelope).ok() != Some(old) {
+                return Ok(false);
+            }
+            let Ok((s, _, _)) = Keyring::open_under(ring, &row.envelope, &subject_context(&row.id))
+            else {
+                tracing::warn!(
+                    row = row.id.as_str(),
+                    "subject row does not open: not re-sealed"
+                );
+                return Ok(false);
+            };
+            match self
+                .store
+                .update(
+                    &self.coll,
+                    &row.id,
+                    row.version,
+                    Self::data(&row.id, &s, b, ring)?,
+                )
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(StorageError::NotFound) => return Ok(false),
+                Err(StorageError::VersionConflict { .. }) => match self.row(&row.id).await? {
+                    Some(r) => row = r,
+                    None => return Ok(false),
+                },
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Erases `subject`: after it, nothing the clinic holds opens the
     /// subject's data, here or in any earlier copy of the database. Safe to
     /// run again after a crash (it finishes the job), and for a subject never
@@ -293,9 +345,13 @@ impl SubjectKeys {
         if is_tombstone(&row) {
             return Ok(None);
         }
+        // One erasure at a time here; another node's erasure of the same
+        // bucket meets ours in the key store's compare-and-swap.
+        let _one = self.erasing.lock().await;
         let (mut version, mut ring) = self.bucket(b).await?;
-        let old =
-            careconnect_crypto::KeyId::new(row.key_id).ok_or(CoreError::Corrupt("subject row"))?;
+        // The key that sealed the row, read from the envelope itself (the
+        // row's key id column is not authenticated).
+        let old = Keyring::key_id_of(&row.envelope)?;
         let mut resealed = 0;
         if ring
             .key(old)
@@ -318,13 +374,12 @@ impl SubjectKeys {
                 )
                 .await?;
             for other in bucket_rows {
-                if other.id == id || other.key_id != old.get() || is_tombstone(&other) {
+                if other.id == id {
                     continue;
                 }
-                let (s, _, _) =
-                    Keyring::open_under(&ring, &other.envelope, &subject_context(&other.id))?;
-                self.reseal(&other.id, &s, b, &ring).await?;
-                resealed += 1;
+                if self.reseal_listed(other, old, b, &ring).await? {
+                    resealed += 1;
+                }
             }
             // 3. The old key destroyed (the erased subject's key goes with it).
             if ring
@@ -350,13 +405,17 @@ impl SubjectKeys {
         }
         // 5. The erased subject's row (dead already) becomes a tombstone, so
         //    the subject is not silently given a fresh keyring later.
-        if let Some(row) = self.row(&id).await? {
+        while let Some(row) = self.row(&id).await? {
+            if is_tombstone(&row) {
+                break;
+            }
             match self
                 .store
                 .update(&self.coll, &id, row.version, tombstone())
                 .await
             {
-                Ok(_) | Err(StorageError::NotFound | StorageError::VersionConflict { .. }) => {}
+                Ok(_) | Err(StorageError::NotFound) => break,
+                Err(StorageError::VersionConflict { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }

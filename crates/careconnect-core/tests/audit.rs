@@ -248,6 +248,45 @@ async fn every_edit_in_the_database_is_found() {
         .await,
         broken(20, Problem::Altered)
     );
+    // Cut off, then written on: the writer refuses to chain onto a log
+    // below its anchor, so the cut cannot be hidden under new entries.
+    {
+        let db = dir.path().join("cut.db");
+        std::fs::copy(dir.path().join("base.db"), &db).unwrap();
+        std::fs::copy(
+            dir.path().join("base.anchor"),
+            dir.path().join("cut.anchor"),
+        )
+        .unwrap();
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("DROP TRIGGER audit_no_delete")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM audit WHERE seq > 15")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let store = Arc::new(SqliteStore::open(&db).await.unwrap());
+        let trail = AuditTrail::new(
+            store,
+            keys.clone(),
+            Anchor::at(dir.path().join("cut.anchor")),
+        );
+        for i in 0..10 {
+            assert!(matches!(
+                trail.record(event(i)).await,
+                Err(careconnect_core::CoreError::AuditTampered)
+            ));
+        }
+        assert_eq!(
+            trail.verify().await.unwrap(),
+            broken(16, Problem::Truncated)
+        );
+    }
     // Everything deleted.
     assert_eq!(
         tampered(dir.path(), &keys, "emptied", &["DELETE FROM audit"]).await,
