@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::AuthzError;
 use crate::principal::{Role, RoleSet, UserId};
-use crate::rows::{SealedRows, hashed_row};
+use crate::rows::SealedRows;
 
 /// What the role mapper looks at, taken from a validated ID token (and
 /// userinfo, when used).
@@ -367,7 +367,10 @@ impl RoleAssignments {
     }
 
     fn row(user: &UserId) -> Result<RowId, AuthzError> {
-        hashed_row(&[user.issuer().as_bytes(), user.subject().as_bytes()])
+        Ok(RowId::digest(&[
+            user.issuer().as_bytes(),
+            user.subject().as_bytes(),
+        ]))
     }
 
     /// The roles stored for `user` (empty when none, and when the row does

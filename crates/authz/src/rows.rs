@@ -12,21 +12,9 @@ use careconnect_crypto::{EncryptionContext, Error as CryptoError, KeyState, Keyr
 use careconnect_storage::{Collection, RecordStore, Row, RowData, RowId, StorageError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::error::AuthzError;
-
-/// A row id from the SHA-256 of length-prefixed parts, so ids reveal
-/// nothing of what they key (identities, session ids, login states).
-pub(crate) fn hashed_row(parts: &[&[u8]]) -> Result<RowId, AuthzError> {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_be_bytes());
-        h.update(p);
-    }
-    Ok(RowId::new(hex::encode(h.finalize()))?)
-}
 
 /// Why a stored row is not trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,9 +63,8 @@ impl SealedRows {
 
     /// `value` as JSON, sealed for row `id`.
     pub(crate) fn seal<T: Serialize>(&self, id: &RowId, value: &T) -> Result<RowData, AuthzError> {
-        let json = Zeroizing::new(
-            serde_json::to_vec(value).map_err(|_| AuthzError::Corrupt(self.what()))?,
-        );
+        let json =
+            Zeroizing::new(serde_json::to_vec(value).map_err(|_| AuthzError::Corrupt("row"))?);
         Ok(RowData {
             key_id: self.ring.primary().get(),
             envelope: self.ring.seal(&self.context(id), &json)?,
@@ -114,10 +101,6 @@ impl SealedRows {
             );
         }
         outcome
-    }
-
-    fn what(&self) -> &'static str {
-        "row"
     }
 
     /// Deletes every row for which `dead` says so (given its opened value,

@@ -22,7 +22,7 @@ use careconnect_authz::{
     Action, Basis, Care, Decision, Principal, Resource, Role, UserId, authorize,
 };
 use careconnect_crypto::Keyring;
-use careconnect_storage::{Collection, RecordStore, StorageError};
+use careconnect_storage::{Collection, RecordStore, RowId, StorageError};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEvent, AuditTrail, Flag, MAX_REASON_CHARS, Outcome};
@@ -127,18 +127,14 @@ impl std::fmt::Debug for Gate {
     }
 }
 
-fn pair_id(
-    kind: &[u8],
-    doctor: &UserId,
-    patient: &UserId,
-) -> Result<careconnect_storage::RowId, CoreError> {
-    rows::hashed_id(&[
+fn pair_id(kind: &[u8], doctor: &UserId, patient: &UserId) -> Result<RowId, CoreError> {
+    Ok(RowId::digest(&[
         kind,
         doctor.issuer().as_bytes(),
         doctor.subject().as_bytes(),
         patient.issuer().as_bytes(),
         patient.subject().as_bytes(),
-    ])
+    ]))
 }
 
 impl Gate {
@@ -224,7 +220,7 @@ impl Gate {
     async fn put(
         &self,
         coll: &Collection,
-        id: &careconnect_storage::RowId,
+        id: &RowId,
         data: careconnect_storage::RowData,
     ) -> Result<(), CoreError> {
         for _ in 0..8 {
@@ -367,7 +363,7 @@ impl Gate {
     async fn get(
         &self,
         coll: &Collection,
-        id: &careconnect_storage::RowId,
+        id: &RowId,
     ) -> Result<Option<careconnect_storage::Row>, CoreError> {
         match self.store.get(coll, id).await {
             Ok(r) => Ok(Some(r)),

@@ -7,20 +7,8 @@ use careconnect_crypto::{EncryptionContext, KeyState, Keyring};
 use careconnect_storage::{Collection, Row, RowData, RowId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
 use crate::error::CoreError;
-
-/// A row id from the SHA-256 of length-prefixed parts: ids say nothing of
-/// whom they are about.
-pub(crate) fn hashed_id(parts: &[&[u8]]) -> Result<RowId, CoreError> {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_be_bytes());
-        h.update(p);
-    }
-    Ok(RowId::new(hex::encode(h.finalize()))?)
-}
 
 fn context(coll: &Collection, id: &RowId) -> EncryptionContext {
     EncryptionContext::new()

@@ -35,7 +35,6 @@ use careconnect_storage::{
 };
 
 use crate::error::CoreError;
-use crate::rows;
 
 /// The collection of subject keyrings.
 pub const SUBJECTS_COLLECTION: &str = "core_subjects";
@@ -139,11 +138,11 @@ impl SubjectKeys {
     }
 
     fn row_id(subject: &UserId) -> Result<RowId, CoreError> {
-        rows::hashed_id(&[
+        Ok(RowId::digest(&[
             b"subject",
             subject.issuer().as_bytes(),
             subject.subject().as_bytes(),
-        ])
+        ]))
     }
 
     fn bucket_of(&self, id: &RowId) -> u16 {

@@ -67,6 +67,18 @@ impl RowId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A row id that says nothing of what it keys: the hex SHA-256 of the
+    /// length-prefixed (u64 BE) `parts`, e.g. an identity or a session id.
+    pub fn digest(parts: &[&[u8]]) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update((p.len() as u64).to_be_bytes());
+            h.update(p);
+        }
+        Self(hex::encode(h.finalize()))
+    }
 }
 
 impl fmt::Display for RowId {
