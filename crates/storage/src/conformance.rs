@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::{
     AuditLog, BlobId, BlobStore, Collection, IndexEntry, KeyStore, RecordStore, RowData, RowId,
-    StorageError,
+    StorageError, Write,
 };
 
 static RUN: AtomicU64 = AtomicU64::new(0);
@@ -59,6 +59,8 @@ where
     indexes(&*store).await;
     paging(&*store).await;
     key_scan(&*store).await;
+    batches(&*store).await;
+    batch_race(Arc::clone(&store)).await;
     cas_race(Arc::clone(&store)).await;
     no_lost_updates(Arc::clone(&store)).await;
     audit(Arc::clone(&store)).await;
@@ -357,6 +359,204 @@ pub async fn key_scan<S: RecordStore + ?Sized>(s: &S) {
         20,
         "key_scan: all under key 3"
     );
+}
+
+/// Atomic batches: all writes or none; invalid batches refused.
+pub async fn batches<S: RecordStore + ?Sized>(s: &S) {
+    let (a, b) = (coll(), coll());
+    let tok = |t: &[u8]| IndexEntry::new("owner", t.to_vec()).unwrap();
+    let with_index = |body: &[u8], t: &[u8]| RowData {
+        key_id: 3,
+        envelope: body.to_vec(),
+        indexes: vec![tok(t)],
+    };
+    let v = s
+        .commit(&[
+            Write::Insert {
+                coll: a.clone(),
+                id: id(1),
+                data: with_index(b"a1", b"x"),
+            },
+            Write::Insert {
+                coll: b.clone(),
+                id: id(1),
+                data: data(3, b"b1"),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(v, vec![1, 1], "batches: two inserts");
+    // The second write conflicts: the first is not applied either.
+    let r = s
+        .commit(&[
+            Write::Update {
+                coll: a.clone(),
+                id: id(1),
+                expected: 1,
+                data: with_index(b"a1-lost", b"y"),
+            },
+            Write::Insert {
+                coll: b.clone(),
+                id: id(1),
+                data: data(3, b"dup"),
+            },
+        ])
+        .await;
+    assert!(
+        matches!(r, Err(StorageError::DuplicateId)),
+        "batches: duplicate in a batch"
+    );
+    let r = s
+        .commit(&[
+            Write::Insert {
+                coll: b.clone(),
+                id: id(2),
+                data: data(3, b"b2-lost"),
+            },
+            Write::Delete {
+                coll: a.clone(),
+                id: id(1),
+                expected: 7,
+            },
+        ])
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(StorageError::VersionConflict {
+                expected: 7,
+                actual: 1
+            })
+        ),
+        "batches: stale delete in a batch"
+    );
+    let r = s
+        .commit(&[Write::Update {
+            coll: b.clone(),
+            id: id(9),
+            expected: 1,
+            data: data(3, b"none"),
+        }])
+        .await;
+    assert!(
+        matches!(r, Err(StorageError::NotFound)),
+        "batches: missing row"
+    );
+    let row = s.get(&a, &id(1)).await.unwrap();
+    assert_eq!(
+        (row.version, row.envelope.as_slice()),
+        (1, &b"a1"[..]),
+        "batches: failed batches changed nothing"
+    );
+    assert_eq!(s.find(&a, &tok(b"x")).await.unwrap().len(), 1);
+    assert!(s.find(&a, &tok(b"y")).await.unwrap().is_empty());
+    assert!(matches!(
+        s.get(&b, &id(2)).await,
+        Err(StorageError::NotFound)
+    ));
+    // Update, delete and insert together, indexes replaced.
+    let v = s
+        .commit(&[
+            Write::Update {
+                coll: a.clone(),
+                id: id(1),
+                expected: 1,
+                data: with_index(b"a1-v2", b"y"),
+            },
+            Write::Delete {
+                coll: b.clone(),
+                id: id(1),
+                expected: 1,
+            },
+            Write::Insert {
+                coll: b.clone(),
+                id: id(2),
+                data: data(3, b"b2"),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(v, vec![2, 0, 1], "batches: mixed");
+    assert!(s.find(&a, &tok(b"x")).await.unwrap().is_empty());
+    assert_eq!(s.find(&a, &tok(b"y")).await.unwrap().len(), 1);
+    assert!(matches!(
+        s.get(&b, &id(1)).await,
+        Err(StorageError::NotFound)
+    ));
+    // Refused before anything is written.
+    let twice = [
+        Write::Insert {
+            coll: b.clone(),
+            id: id(3),
+            data: data(3, b"1"),
+        },
+        Write::Insert {
+            coll: b.clone(),
+            id: id(3),
+            data: data(3, b"2"),
+        },
+    ];
+    let many: Vec<Write> = (10..111)
+        .map(|i| Write::Insert {
+            coll: b.clone(),
+            id: id(i),
+            data: data(3, b"m"),
+        })
+        .collect();
+    for bad in [&[][..], &twice[..], &many[..]] {
+        assert!(
+            matches!(s.commit(bad).await, Err(StorageError::Invalid { .. })),
+            "batches: invalid batch of {}",
+            bad.len()
+        );
+    }
+    assert!(matches!(
+        s.get(&b, &id(3)).await,
+        Err(StorageError::NotFound)
+    ));
+    assert!(matches!(
+        s.get(&b, &id(10)).await,
+        Err(StorageError::NotFound)
+    ));
+}
+
+/// Many tasks each try to claim one row (update it) and record their claim
+/// (insert a row of their own) in one batch: exactly one batch lands, and
+/// no loser's claim row exists.
+pub async fn batch_race<S: RecordStore + ?Sized + 'static>(s: Arc<S>) {
+    let (c, claims) = (coll(), coll());
+    s.insert(&c, &id(0), data(1, b"open")).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..16usize {
+        let (s, c, claims) = (Arc::clone(&s), c.clone(), claims.clone());
+        tasks.push(tokio::spawn(async move {
+            s.commit(&[
+                Write::Update {
+                    coll: c,
+                    id: id(0),
+                    expected: 1,
+                    data: data(1, b"claimed"),
+                },
+                Write::Insert {
+                    coll: claims,
+                    id: id(t + 1),
+                    data: data(1, b"claim"),
+                },
+            ])
+            .await
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(StorageError::VersionConflict { .. }) => {}
+            Err(e) => panic!("batch_race: unexpected {e}"),
+        }
+    }
+    assert_eq!(wins, 1, "batch_race: exactly one winner");
+    let page = s.list(&claims, None, 100).await.unwrap();
+    assert_eq!(page.rows.len(), 1, "batch_race: one claim row");
 }
 
 /// Many tasks race on one row: each round exactly one compare-and-swap wins.

@@ -62,5 +62,5 @@ pub use postgres::{PG_CONNECT_TIMEOUT, PgStore};
 pub use s3::S3BlobStore;
 pub use sqlite::SqliteStore;
 pub use traits::{AuditLog, ChainBuilder, KeyStore, RecordStore};
-pub use types::{Collection, IndexEntry, MAX_PAGE, Page, Row, RowData, RowId};
+pub use types::{Collection, IndexEntry, MAX_PAGE, MAX_WRITES, Page, Row, RowData, RowId, Write};
 pub use url::{Store, connect, connect_blobs};

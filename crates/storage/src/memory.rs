@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use crate::error::{Result, StorageError};
 use crate::traits::{AuditLog, ChainBuilder, KeyStore, RecordStore};
 use crate::types::{
-    Collection, IndexEntry, Page, Row, RowData, RowId, check_batch, check_limit, check_rows,
-    page_of,
+    Collection, IndexEntry, Page, Row, RowData, RowId, Write, check_batch, check_limit,
+    check_writes, page_of,
 };
 
 /// Rows, audit entries and key material in memory.
@@ -61,15 +61,45 @@ fn page(
 
 #[async_trait]
 impl RecordStore for MemoryStore {
-    async fn insert(&self, coll: &Collection, id: &RowId, data: RowData) -> Result<u64> {
-        check_rows(&data)?;
+    async fn commit(&self, writes: &[Write]) -> Result<Vec<u64>> {
+        check_writes(writes)?;
         let mut rows = lock(&self.rows);
-        let k = (coll.clone(), id.clone());
-        if rows.contains_key(&k) {
-            return Err(StorageError::DuplicateId);
+        // Check every write against the current rows first, then apply:
+        // all or nothing.
+        let mut versions = Vec::with_capacity(writes.len());
+        for w in writes {
+            let (coll, id) = w.target();
+            let current = rows.get(&(coll.clone(), id.clone())).map(|r| r.version);
+            let next = match (w, current) {
+                (Write::Insert { .. }, None) => 1,
+                (Write::Insert { .. }, Some(_)) => return Err(StorageError::DuplicateId),
+                (Write::Update { .. } | Write::Delete { .. }, None) => {
+                    return Err(StorageError::NotFound);
+                }
+                (Write::Update { expected, .. } | Write::Delete { expected, .. }, Some(actual))
+                    if actual != *expected =>
+                {
+                    return Err(StorageError::VersionConflict {
+                        expected: *expected,
+                        actual,
+                    });
+                }
+                (Write::Update { expected, .. }, Some(_)) => crate::types::next_version(*expected)?,
+                (Write::Delete { .. }, Some(_)) => 0,
+            };
+            versions.push(next);
         }
-        rows.insert(k, row(id, 1, data));
-        Ok(1)
+        for (w, &version) in writes.iter().zip(&versions) {
+            match w {
+                Write::Insert { coll, id, data } | Write::Update { coll, id, data, .. } => {
+                    rows.insert((coll.clone(), id.clone()), row(id, version, data.clone()));
+                }
+                Write::Delete { coll, id, .. } => {
+                    rows.remove(&(coll.clone(), id.clone()));
+                }
+            }
+        }
+        Ok(versions)
     }
 
     async fn get(&self, coll: &Collection, id: &RowId) -> Result<Row> {
@@ -77,43 +107,6 @@ impl RecordStore for MemoryStore {
             .get(&(coll.clone(), id.clone()))
             .cloned()
             .ok_or(StorageError::NotFound)
-    }
-
-    async fn update(
-        &self,
-        coll: &Collection,
-        id: &RowId,
-        expected: u64,
-        data: RowData,
-    ) -> Result<u64> {
-        check_rows(&data)?;
-        let mut rows = lock(&self.rows);
-        let current = rows
-            .get_mut(&(coll.clone(), id.clone()))
-            .ok_or(StorageError::NotFound)?;
-        if current.version != expected {
-            return Err(StorageError::VersionConflict {
-                expected,
-                actual: current.version,
-            });
-        }
-        let next = crate::types::next_version(expected)?;
-        *current = row(id, next, data);
-        Ok(next)
-    }
-
-    async fn delete(&self, coll: &Collection, id: &RowId, expected: u64) -> Result<()> {
-        let mut rows = lock(&self.rows);
-        let k = (coll.clone(), id.clone());
-        let current = rows.get(&k).ok_or(StorageError::NotFound)?;
-        if current.version != expected {
-            return Err(StorageError::VersionConflict {
-                expected,
-                actual: current.version,
-            });
-        }
-        rows.remove(&k);
-        Ok(())
     }
 
     async fn find(&self, coll: &Collection, entry: &IndexEntry) -> Result<Vec<Row>> {

@@ -17,7 +17,7 @@ use crate::error::{Result, StorageError};
 use crate::sql::{key_id_of, numbered, version_col, version_of, versions};
 use crate::traits::{AuditLog, ChainBuilder, KeyStore, RecordStore};
 use crate::types::{
-    Collection, IndexEntry, Page, Row, RowData, RowId, check_limit, check_rows, page_of,
+    Collection, IndexEntry, Page, Row, RowId, Write, check_limit, check_writes, page_of,
 };
 
 const SCHEMA_VERSION: i64 = 3;
@@ -240,21 +240,85 @@ impl PgStore {
         Ok(())
     }
 
-    async fn current_version(&self, coll: &Collection, id: &RowId) -> Result<Option<u64>> {
-        let v: Option<i64> =
+    /// The error for a compare-and-swap that matched no row, read inside
+    /// the failed transaction.
+    async fn conflict(
+        tx: &mut sqlx::PgConnection,
+        coll: &Collection,
+        id: &RowId,
+        expected: u64,
+    ) -> StorageError {
+        let v: std::result::Result<Option<i64>, sqlx::Error> =
             sqlx::query_scalar("SELECT version FROM records WHERE collection = $1 AND id = $2")
                 .bind(coll.as_str())
                 .bind(id.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        v.map(version_of).transpose()
-    }
-
-    async fn conflict(&self, coll: &Collection, id: &RowId, expected: u64) -> StorageError {
-        match self.current_version(coll, id).await {
+                .fetch_optional(&mut *tx)
+                .await;
+        match v
+            .map_err(StorageError::from)
+            .and_then(|v| v.map(version_of).transpose())
+        {
             Ok(Some(actual)) => StorageError::VersionConflict { expected, actual },
             Ok(None) => StorageError::NotFound,
             Err(e) => e,
+        }
+    }
+
+    /// Applies one write of a batch inside `tx`; returns the new version.
+    async fn apply(tx: &mut sqlx::PgConnection, write: &Write) -> Result<u64> {
+        match write {
+            Write::Insert { coll, id, data } => {
+                sqlx::query("INSERT INTO records (collection, id, version, key_id, envelope) VALUES ($1, $2, 1, $3, $4)")
+                    .bind(coll.as_str())
+                    .bind(id.as_str())
+                    .bind(i64::from(data.key_id))
+                    .bind(&data.envelope)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::write_indexes(tx, coll, id, &data.indexes).await?;
+                Ok(1)
+            }
+            Write::Update {
+                coll,
+                id,
+                expected,
+                data,
+            } => {
+                let (exp, next_col, next) = versions(*expected)?;
+                let done = sqlx::query(
+                    "UPDATE records SET version = $3, key_id = $4, envelope = $5 WHERE collection = $1 AND id = $2 AND version = $6",
+                )
+                .bind(coll.as_str())
+                .bind(id.as_str())
+                .bind(next_col)
+                .bind(i64::from(data.key_id))
+                .bind(&data.envelope)
+                .bind(exp)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
+                    return Err(Self::conflict(tx, coll, id, *expected).await);
+                }
+                Self::clear_indexes(tx, coll, id).await?;
+                Self::write_indexes(tx, coll, id, &data.indexes).await?;
+                Ok(next)
+            }
+            Write::Delete { coll, id, expected } => {
+                let exp = version_col(*expected)?;
+                let done = sqlx::query(
+                    "DELETE FROM records WHERE collection = $1 AND id = $2 AND version = $3",
+                )
+                .bind(coll.as_str())
+                .bind(id.as_str())
+                .bind(exp)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
+                    return Err(Self::conflict(tx, coll, id, *expected).await);
+                }
+                Self::clear_indexes(tx, coll, id).await?;
+                Ok(0)
+            }
         }
     }
 
@@ -280,19 +344,17 @@ impl PgStore {
 
 #[async_trait]
 impl RecordStore for PgStore {
-    async fn insert(&self, coll: &Collection, id: &RowId, data: RowData) -> Result<u64> {
-        check_rows(&data)?;
+    async fn commit(&self, writes: &[Write]) -> Result<Vec<u64>> {
+        check_writes(writes)?;
+        // Each statement takes its row locks; a failure rolls everything back
+        // when `tx` drops.
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO records (collection, id, version, key_id, envelope) VALUES ($1, $2, 1, $3, $4)")
-            .bind(coll.as_str())
-            .bind(id.as_str())
-            .bind(i64::from(data.key_id))
-            .bind(&data.envelope)
-            .execute(&mut *tx)
-            .await?;
-        Self::write_indexes(&mut tx, coll, id, &data.indexes).await?;
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            out.push(Self::apply(&mut tx, w).await?);
+        }
         tx.commit().await?;
-        Ok(1)
+        Ok(out)
     }
 
     async fn get(&self, coll: &Collection, id: &RowId) -> Result<Row> {
@@ -305,56 +367,6 @@ impl RecordStore for PgStore {
             .fetch_all(&self.pool)
             .await?;
         fold(rows)?.into_iter().next().ok_or(StorageError::NotFound)
-    }
-
-    async fn update(
-        &self,
-        coll: &Collection,
-        id: &RowId,
-        expected: u64,
-        data: RowData,
-    ) -> Result<u64> {
-        check_rows(&data)?;
-        let (exp, next_col, next) = versions(expected)?;
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE records SET version = $3, key_id = $4, envelope = $5 WHERE collection = $1 AND id = $2 AND version = $6",
-        )
-        .bind(coll.as_str())
-        .bind(id.as_str())
-        .bind(next_col)
-        .bind(i64::from(data.key_id))
-        .bind(&data.envelope)
-        .bind(exp)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
-            drop(tx);
-            return Err(self.conflict(coll, id, expected).await);
-        }
-        Self::clear_indexes(&mut tx, coll, id).await?;
-        Self::write_indexes(&mut tx, coll, id, &data.indexes).await?;
-        tx.commit().await?;
-        Ok(next)
-    }
-
-    async fn delete(&self, coll: &Collection, id: &RowId, expected: u64) -> Result<()> {
-        let exp = version_col(expected)?;
-        let mut tx = self.pool.begin().await?;
-        let done =
-            sqlx::query("DELETE FROM records WHERE collection = $1 AND id = $2 AND version = $3")
-                .bind(coll.as_str())
-                .bind(id.as_str())
-                .bind(exp)
-                .execute(&mut *tx)
-                .await?;
-        if done.rows_affected() != 1 {
-            drop(tx);
-            return Err(self.conflict(coll, id, expected).await);
-        }
-        Self::clear_indexes(&mut tx, coll, id).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn find(&self, coll: &Collection, entry: &IndexEntry) -> Result<Vec<Row>> {

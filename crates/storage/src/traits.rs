@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use crate::error::Result;
-use crate::types::{Collection, IndexEntry, Page, Row, RowData, RowId};
+use crate::types::{Collection, IndexEntry, Page, Row, RowData, RowId, Write};
 
 /// Sealed rows grouped in collections, with per-row versions for
 /// compare-and-swap, blind indexes and data-key scans.
@@ -14,7 +14,24 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     /// # Errors
     ///
     /// [`crate::StorageError::DuplicateId`] if the id exists.
-    async fn insert(&self, coll: &Collection, id: &RowId, data: RowData) -> Result<u64>;
+    async fn insert(&self, coll: &Collection, id: &RowId, data: RowData) -> Result<u64> {
+        let (coll, id) = (coll.clone(), id.clone());
+        only(self.commit(&[Write::Insert { coll, id, data }]).await?)
+    }
+
+    /// Applies `writes` atomically: all of them, or (on any error) none.
+    /// Returns each write's new version, in order (0 for a delete). This is
+    /// how one domain step that touches several rows (mark a prescription
+    /// paid and record its payment) stays one step.
+    ///
+    /// # Errors
+    ///
+    /// The first failing write's error ([`crate::StorageError::DuplicateId`],
+    /// [`crate::StorageError::VersionConflict`],
+    /// [`crate::StorageError::NotFound`]), with nothing applied;
+    /// [`crate::StorageError::Invalid`] for an empty batch, more than
+    /// [`crate::MAX_WRITES`] writes, or two writes to one row.
+    async fn commit(&self, writes: &[Write]) -> Result<Vec<u64>>;
 
     /// Reads a row.
     ///
@@ -35,14 +52,30 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
         id: &RowId,
         expected: u64,
         data: RowData,
-    ) -> Result<u64>;
+    ) -> Result<u64> {
+        let (coll, id) = (coll.clone(), id.clone());
+        only(
+            self.commit(&[Write::Update {
+                coll,
+                id,
+                expected,
+                data,
+            }])
+            .await?,
+        )
+    }
 
     /// Deletes a row if it is still at `expected`.
     ///
     /// # Errors
     ///
     /// As [`RecordStore::update`].
-    async fn delete(&self, coll: &Collection, id: &RowId, expected: u64) -> Result<()>;
+    async fn delete(&self, coll: &Collection, id: &RowId, expected: u64) -> Result<()> {
+        let (coll, id) = (coll.clone(), id.clone());
+        self.commit(&[Write::Delete { coll, id, expected }])
+            .await
+            .map(drop)
+    }
 
     /// Rows whose index `entry.name` holds `entry.token`, in id order.
     ///
@@ -71,6 +104,14 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
         after: Option<&RowId>,
         limit: usize,
     ) -> Result<Page>;
+}
+
+/// The one version a one-write batch returns.
+fn only(versions: Vec<u64>) -> Result<u64> {
+    versions
+        .first()
+        .copied()
+        .ok_or(crate::StorageError::Corrupt("empty commit result".into()))
 }
 
 /// Builds the entries of a chained append from the log's last entry

@@ -153,6 +153,80 @@ pub struct Page {
     pub next: Option<RowId>,
 }
 
+/// One write of an atomic batch ([`crate::RecordStore::commit`]).
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Insert a new row at version 1 (fails with
+    /// [`StorageError::DuplicateId`] if the id exists).
+    Insert {
+        /// The collection.
+        coll: Collection,
+        /// The new row's id.
+        id: RowId,
+        /// What it holds.
+        data: RowData,
+    },
+    /// Replace a row still at `expected` (compare-and-swap).
+    Update {
+        /// The collection.
+        coll: Collection,
+        /// The row.
+        id: RowId,
+        /// The version the caller read.
+        expected: u64,
+        /// What it holds from now on.
+        data: RowData,
+    },
+    /// Delete a row still at `expected`.
+    Delete {
+        /// The collection.
+        coll: Collection,
+        /// The row.
+        id: RowId,
+        /// The version the caller read.
+        expected: u64,
+    },
+}
+
+impl Write {
+    /// The row this write touches.
+    pub fn target(&self) -> (&Collection, &RowId) {
+        match self {
+            Self::Insert { coll, id, .. }
+            | Self::Update { coll, id, .. }
+            | Self::Delete { coll, id, .. } => (coll, id),
+        }
+    }
+}
+
+/// Most writes one atomic batch may hold.
+pub const MAX_WRITES: usize = 100;
+
+/// Refuses an empty batch, one larger than [`MAX_WRITES`], one touching a
+/// row twice, or one with an invalid row.
+pub(crate) fn check_writes(writes: &[Write]) -> Result<(), StorageError> {
+    if writes.is_empty() || writes.len() > MAX_WRITES {
+        return Err(StorageError::Invalid {
+            what: "write batch",
+            why: "1 to 100 writes",
+        });
+    }
+    let mut targets: Vec<(&Collection, &RowId)> = writes.iter().map(Write::target).collect();
+    targets.sort_unstable();
+    if targets.windows(2).any(|w| w[0] == w[1]) {
+        return Err(StorageError::Invalid {
+            what: "write batch",
+            why: "one write per row",
+        });
+    }
+    for w in writes {
+        if let Write::Insert { data, .. } | Write::Update { data, .. } = w {
+            check_rows(data)?;
+        }
+    }
+    Ok(())
+}
+
 /// The largest page a store returns.
 pub const MAX_PAGE: usize = 1000;
 
