@@ -29,6 +29,8 @@ pub enum Action {
     ListAppointments,
     /// CareConnect: book an appointment for a patient ([`Resource::Patient`]).
     BookAppointment,
+    /// CareConnect: cancel a patient's appointment ([`Resource::Patient`]).
+    CancelAppointment,
     /// CareConnect: a patient's prescriptions ([`Resource::Patient`]).
     ListPrescriptions,
     /// CareConnect: pay a prescription ([`Resource::Prescription`]).
@@ -61,16 +63,19 @@ pub enum Action {
     AssignRoles,
     /// Administration: read the audit log ([`Resource::System`]).
     ReadAuditLog,
-    /// Administration: rotate or retire keys ([`Resource::System`]).
+    /// Administration: rotate or retire keys, see their status ([`Resource::System`]).
     RotateKeys,
+    /// Administration: erase a patient by crypto-shredding ([`Resource::System`]).
+    ErasePatient,
 }
 
 impl Action {
     /// Every action, in the order of `docs/policy.md`.
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 22] = [
         Action::ReadHealthRecord,
         Action::ListAppointments,
         Action::BookAppointment,
+        Action::CancelAppointment,
         Action::ListPrescriptions,
         Action::PayPrescription,
         Action::ListTransactions,
@@ -88,6 +93,7 @@ impl Action {
         Action::AssignRoles,
         Action::ReadAuditLog,
         Action::RotateKeys,
+        Action::ErasePatient,
     ];
 
     /// The kind of resource this action applies to.
@@ -97,6 +103,7 @@ impl Action {
             A::ReadHealthRecord
             | A::ListAppointments
             | A::BookAppointment
+            | A::CancelAppointment
             | A::ListPrescriptions
             | A::AddClinicalNote
             | A::Prescribe => ResourceKind::Patient,
@@ -106,7 +113,9 @@ impl Action {
             A::ListIssuedPrescriptions => ResourceKind::Prescriber,
             A::UploadDocument | A::ListDocuments => ResourceKind::DocumentStore,
             A::DownloadDocument | A::DeleteDocument | A::ShareDocument => ResourceKind::Document,
-            A::AssignRoles | A::ReadAuditLog | A::RotateKeys => ResourceKind::System,
+            A::AssignRoles | A::ReadAuditLog | A::RotateKeys | A::ErasePatient => {
+                ResourceKind::System
+            }
         }
     }
 
@@ -307,7 +316,11 @@ fn rule(role: Role, action: Action) -> Rule {
         // Patients: their own data only.
         (
             R::Patient,
-            A::ReadHealthRecord | A::ListAppointments | A::BookAppointment | A::ListPrescriptions,
+            A::ReadHealthRecord
+            | A::ListAppointments
+            | A::BookAppointment
+            | A::CancelAppointment
+            | A::ListPrescriptions,
         ) => Rule::Own,
         (R::Patient, A::PayPrescription) => Rule::Own,
         // Doctors: clinical work on patients in their care (or in a declared
@@ -333,7 +346,7 @@ fn rule(role: Role, action: Action) -> Rule {
         (R::External, A::DownloadDocument) => Rule::Granted,
         (R::External, A::DeleteDocument | A::ShareDocument) => Rule::Author,
         // Admins: administration, and looking (not acting) everywhere.
-        (R::Admin, A::AssignRoles | A::ReadAuditLog | A::RotateKeys) => Rule::Any,
+        (R::Admin, A::AssignRoles | A::ReadAuditLog | A::RotateKeys | A::ErasePatient) => Rule::Any,
         (R::Admin, a) if a.is_read() => Rule::Audited,
         _ => Rule::None,
     }

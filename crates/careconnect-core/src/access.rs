@@ -117,7 +117,12 @@ pub struct Gate {
     config: GateConfig,
     care: Collection,
     glass: Collection,
+    doctor_index: Option<Arc<careconnect_crypto::mac::MacKey>>,
+    pseudonyms: Option<Arc<careconnect_crypto::mac::MacKey>>,
 }
+
+/// The blind-index name on care rows holding the doctor's MAC.
+const DOCTOR_INDEX: &str = "doctor";
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,7 +163,116 @@ impl Gate {
             config,
             care: Collection::new(CARE_COLLECTION)?,
             glass: Collection::new(BREAK_GLASS_COLLECTION)?,
+            doctor_index: None,
+            pseudonyms: None,
         })
+    }
+
+    /// Names patients in the audit log by a pseudonym under `key` (a keyed
+    /// MAC of the identity) instead of their identity, so the log names no
+    /// one and an erased patient stays unnamed in it.
+    #[must_use]
+    pub fn with_pseudonyms(mut self, key: careconnect_crypto::mac::MacKey) -> Self {
+        self.pseudonyms = Some(Arc::new(key));
+        self
+    }
+
+    /// How the audit log names `patient`.
+    fn audit_name(&self, patient: &UserId) -> String {
+        match &self.pseudonyms {
+            Some(k) => format!("patient:{}", crate::clinic::pseudonym_with(k, patient)),
+            None => format!("patient:{patient}"),
+        }
+    }
+
+    /// Indexes care rows by doctor under `key` (a keyed MAC of the
+    /// doctor's identity), so [`Gate::patients_in_care`] need not scan.
+    #[must_use]
+    pub fn with_doctor_index(mut self, key: careconnect_crypto::mac::MacKey) -> Self {
+        self.doctor_index = Some(Arc::new(key));
+        self
+    }
+
+    fn doctor_token(&self, doctor: &UserId) -> Option<careconnect_storage::IndexEntry> {
+        self.doctor_index
+            .as_ref()
+            .map(|k| careconnect_storage::IndexEntry {
+                name: DOCTOR_INDEX.into(),
+                token: k.tag(&crate::clinic::identity_bytes(doctor)).to_vec(),
+            })
+    }
+
+    /// The row that puts `patient` in `doctor`'s care, recorded as made by
+    /// `by`, for a caller that writes it in a batch with other rows (a
+    /// booking). `None` when the patient is in the doctor's care already.
+    pub(crate) async fn care_write(
+        &self,
+        doctor: &UserId,
+        patient: &UserId,
+        by: &UserId,
+    ) -> Result<Option<careconnect_storage::Write>, CoreError> {
+        let id = pair_id(b"care", doctor, patient)?;
+        if self.get(&self.care, &id).await?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(careconnect_storage::Write::Insert {
+            coll: self.care.clone(),
+            data: self.care_data(&id, doctor, patient, by)?,
+            id,
+        }))
+    }
+
+    fn care_data(
+        &self,
+        id: &RowId,
+        doctor: &UserId,
+        patient: &UserId,
+        by: &UserId,
+    ) -> Result<careconnect_storage::RowData, CoreError> {
+        let row = CareRow {
+            doctor: doctor.clone(),
+            patient: patient.clone(),
+            by: by.clone(),
+            at: self.clock.now(),
+        };
+        let mut data = rows::seal(&self.keys, &self.care, id, &row)?;
+        data.indexes.extend(self.doctor_token(doctor));
+        Ok(data)
+    }
+
+    /// The patients in `doctor`'s care (assignments and appointments; not
+    /// break-glass), from storage. Not audited: the caller audits the
+    /// listing it serves.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub async fn patients_in_care(&self, doctor: &UserId) -> Result<Vec<UserId>, CoreError> {
+        let rows = match self.doctor_token(doctor) {
+            Some(token) => self.store.find(&self.care, &token).await?,
+            None => {
+                let mut out = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = self.store.list(&self.care, after.as_ref(), 1000).await?;
+                    out.extend(page.rows);
+                    match page.next {
+                        Some(n) => after = Some(n),
+                        None => break,
+                    }
+                }
+                out
+            }
+        };
+        let mut patients: Vec<UserId> = rows
+            .iter()
+            .filter_map(|r| rows::open::<CareRow>(&self.keys, &self.care, r))
+            .filter(|c| c.doctor == *doctor)
+            .map(|c| c.patient)
+            .collect();
+        patients.sort();
+        patients.dedup();
+        Ok(patients)
     }
 
     /// Audits a decision on the system itself and turns a denial into an error.
@@ -205,13 +319,7 @@ impl Gate {
         let id = pair_id(b"care", doctor, patient)?;
         self.system_action(admin, Action::AssignRoles, format!("care:{}", id.as_str()))
             .await?;
-        let row = CareRow {
-            doctor: doctor.clone(),
-            patient: patient.clone(),
-            by: admin.user.clone(),
-            at: self.clock.now(),
-        };
-        let data = rows::seal(&self.keys, &self.care, &id, &row)?;
+        let data = self.care_data(&id, doctor, patient, &admin.user)?;
         self.put(&self.care, &id, data).await
     }
 
@@ -391,7 +499,7 @@ impl Gate {
             Care::None
         };
         let decision = authorize(who, action, &Resource::Patient { patient, care });
-        let resource = format!("patient:{patient}");
+        let resource = self.audit_name(patient);
         let mut event = AuditEvent::by(
             who,
             format!("{action:?}"),

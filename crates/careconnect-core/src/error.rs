@@ -25,6 +25,17 @@ pub enum CoreError {
     /// The subject was erased: their data can never be opened again.
     #[error("subject erased")]
     Erased,
+    /// Input refused (what was wrong is named; nothing was changed).
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+    /// No such thing, or nothing the principal may see by that id (the two
+    /// are not told apart, so ids do not leak).
+    #[error("not found")]
+    NotFound,
+    /// The thing is not in a state that allows this (already paid or
+    /// cancelled, slot taken, in the past). Nothing was changed.
+    #[error("not allowed now: {0}")]
+    Conflict(&'static str),
     /// A stored entry that does not decode.
     #[error("stored {0} is corrupt")]
     Corrupt(&'static str),

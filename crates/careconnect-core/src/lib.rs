@@ -32,9 +32,17 @@
 //! ```
 
 pub mod access;
+pub mod admin;
 pub mod audit;
+pub mod clinic;
+pub mod eps;
 mod error;
+pub mod finance;
+pub mod patients;
+pub mod records;
 mod rows;
+pub mod seed;
 pub mod subjects;
 
+pub use clinic::{Clinic, ClinicConfig, ClinicHours, KmsConfig};
 pub use error::CoreError;

@@ -1,7 +1,8 @@
-//! The domain layer's own small rows (care relationships, break-glass
-//! declarations): JSON sealed with the clinic keyring and bound to their
-//! collection and row id, so a row forged, altered or moved in the database
-//! reads as no row at all.
+//! Sealed JSON rows. The domain layer's own rows (care relationships,
+//! break-glass declarations, directory, finance): JSON sealed with the
+//! clinic keyring and bound to their collection and row id, so a row
+//! forged, altered or moved in the database reads as no row at all. Patient
+//! data uses the same two functions with its own context (`clinic.rs`).
 
 use careconnect_crypto::{EncryptionContext, KeyState, Keyring};
 use careconnect_storage::{Collection, Row, RowData, RowId};
@@ -17,6 +18,17 @@ fn context(coll: &Collection, id: &RowId) -> EncryptionContext {
         .with("row", id.as_str())
 }
 
+/// `value` as JSON, sealed under `keys` with `ctx`.
+pub(crate) fn seal_json<T: Serialize>(
+    keys: &Keyring,
+    ctx: &EncryptionContext,
+    value: &T,
+) -> Result<Vec<u8>, CoreError> {
+    let json =
+        zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(|_| CoreError::Corrupt("row"))?);
+    Ok(keys.seal(ctx, &json)?)
+}
+
 /// `value` as JSON, sealed for row `id` of `coll`.
 pub(crate) fn seal<T: Serialize>(
     keys: &Keyring,
@@ -24,30 +36,40 @@ pub(crate) fn seal<T: Serialize>(
     id: &RowId,
     value: &T,
 ) -> Result<RowData, CoreError> {
-    let json =
-        zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(|_| CoreError::Corrupt("row"))?);
     Ok(RowData {
         key_id: keys.primary().get(),
-        envelope: keys.seal(&context(coll, id), &json)?,
+        envelope: seal_json(keys, &context(coll, id), value)?,
         indexes: vec![],
     })
 }
 
-/// The row's value, or `None` when it cannot be trusted: forged, altered,
-/// moved, undecodable, or sealed under a key that is unknown, destroyed or
-/// compromised. Logged by row id only.
-pub(crate) fn open<T: DeserializeOwned>(keys: &Keyring, coll: &Collection, row: &Row) -> Option<T> {
+/// The value sealed in `envelope` with `ctx` (row `id` of `coll`), or
+/// `None` when it cannot be trusted: forged, altered, moved, undecodable,
+/// or sealed under a key that is unknown, destroyed or compromised. Logged
+/// by row id only.
+pub(crate) fn open_json<T: DeserializeOwned>(
+    keys: &Keyring,
+    ctx: &EncryptionContext,
+    envelope: &[u8],
+    coll: &Collection,
+    id: &RowId,
+) -> Option<T> {
     let value = keys
-        .open(&row.envelope, &context(coll, &row.id))
+        .open(envelope, ctx)
         .ok()
         .filter(|o| o.key_state != KeyState::Compromised)
         .and_then(|o| serde_json::from_slice(&o.plaintext).ok());
     if value.is_none() {
         tracing::warn!(
             collection = coll.as_str(),
-            row = row.id.as_str(),
+            row = id.as_str(),
             "stored row not trusted: ignored"
         );
     }
     value
+}
+
+/// The row's value, or `None` when it cannot be trusted (see [`open_json`]).
+pub(crate) fn open<T: DeserializeOwned>(keys: &Keyring, coll: &Collection, row: &Row) -> Option<T> {
+    open_json(keys, &context(coll, &row.id), &row.envelope, coll, &row.id)
 }

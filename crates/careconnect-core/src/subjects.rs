@@ -26,7 +26,9 @@
 //! the local KMS can; on AWS KMS it is refused as unsupported, see
 //! `docs/erasure.md` for the AWS path.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
 
 use careconnect_authz::UserId;
 use careconnect_crypto::{EncryptionContext, KeyId, KeyState, Keyring, Kms, KmsKeyId, TrustedKeys};
@@ -74,7 +76,15 @@ pub struct SubjectKeys {
     buckets: u16,
     coll: Collection,
     erasing: Arc<tokio::sync::Mutex<()>>,
+    cache: Arc<std::sync::Mutex<HashMap<RowId, (Instant, Keyring)>>>,
 }
+
+/// How long an opened subject keyring is kept in memory. An erasure on this
+/// node drops it at once; another node sharing the database stops opening
+/// the subject's data at most this long after an erasure.
+pub const SUBJECT_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Most subject keyrings kept in memory (the cache is emptied when full).
+const SUBJECT_CACHE_MAX: usize = 10_000;
 
 impl std::fmt::Debug for SubjectKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,6 +126,7 @@ impl SubjectKeys {
             buckets,
             coll: Collection::new(SUBJECTS_COLLECTION)?,
             erasing: Arc::new(tokio::sync::Mutex::new(())),
+            cache: Arc::default(),
         })
     }
 
@@ -138,11 +149,81 @@ impl SubjectKeys {
     }
 
     fn row_id(subject: &UserId) -> Result<RowId, CoreError> {
-        Ok(RowId::digest(&[
+        Ok(Self::handle(subject))
+    }
+
+    /// The subject's handle: the id of its keyring's row, a hash of the
+    /// identity. Rows that must find the subject's keys before they know
+    /// the subject (a prescription listed by its prescriber) carry it,
+    /// sealed.
+    pub fn handle(subject: &UserId) -> RowId {
+        RowId::digest(&[
             b"subject",
             subject.issuer().as_bytes(),
             subject.subject().as_bytes(),
-        ]))
+        ])
+    }
+
+    fn cached(&self, id: &RowId) -> Option<Keyring> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .get(id)
+            .filter(|(at, _)| at.elapsed() < SUBJECT_CACHE_TTL)
+            .map(|(_, k)| k.clone())
+    }
+
+    fn remember(&self, id: &RowId, keys: &Keyring) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= SUBJECT_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(id.clone(), (Instant::now(), keys.clone()));
+    }
+
+    fn forget(&self, id: &RowId) {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+
+    /// The keyring of the subject with `handle`, which must exist already
+    /// (never made here).
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Erased`] for an erased subject, [`CoreError::Corrupt`]
+    /// for a handle with no keyring; KMS and storage failures.
+    pub async fn keys_of_handle(&self, handle: &RowId) -> Result<Keyring, CoreError> {
+        if let Some(k) = self.cached(handle) {
+            return Ok(k);
+        }
+        self.open_existing(handle)
+            .await?
+            .ok_or(CoreError::Corrupt("subject handle"))
+    }
+
+    /// The keyring in row `id`, `None` when there is no row.
+    async fn open_existing(&self, id: &RowId) -> Result<Option<Keyring>, CoreError> {
+        let b = self.bucket_of(id);
+        let mut stale = 0;
+        while let Some(row) = self.row(id).await? {
+            if is_tombstone(&row) {
+                return Err(CoreError::Erased);
+            }
+            let (_, ring) = self.bucket(b).await?;
+            match Keyring::open_under(&ring, &row.envelope, &subject_context(id)) {
+                Ok((s, _, _)) => {
+                    self.remember(id, &s);
+                    return Ok(Some(s));
+                }
+                // An erasure of another subject re-sealed this row and
+                // destroyed the key we read it under: read it again.
+                Err(careconnect_crypto::Error::KeyDestroyed(_)) if stale < 4 => stale += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
     }
 
     fn bucket_of(&self, id: &RowId) -> u16 {
@@ -218,24 +299,13 @@ impl SubjectKeys {
     /// keyring); KMS and storage failures.
     pub async fn keys(&self, subject: &UserId) -> Result<Keyring, CoreError> {
         let id = Self::row_id(subject)?;
+        if let Some(k) = self.cached(&id) {
+            return Ok(k);
+        }
         let b = self.bucket_of(&id);
-        let mut stale = 0;
         loop {
-            if let Some(row) = self.row(&id).await? {
-                if is_tombstone(&row) {
-                    return Err(CoreError::Erased);
-                }
-                let (_, ring) = self.bucket(b).await?;
-                match Keyring::open_under(&ring, &row.envelope, &subject_context(&id)) {
-                    Ok((s, _, _)) => return Ok(s),
-                    // An erasure of another subject re-sealed this row and
-                    // destroyed the key we read it under: read it again.
-                    Err(careconnect_crypto::Error::KeyDestroyed(_)) if stale < 4 => {
-                        stale += 1;
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+            if let Some(s) = self.open_existing(&id).await? {
+                return Ok(s);
             }
             let (version, ring) = self.bucket(b).await?;
             let s = Keyring::generate();
@@ -255,6 +325,7 @@ impl SubjectKeys {
             if now != version {
                 self.reseal(&id, &s, b, &current).await?;
             }
+            self.remember(&id, &s);
             return Ok(s);
         }
     }
@@ -337,6 +408,7 @@ impl SubjectKeys {
     /// for a KMS that cannot destroy versions), storage failures.
     pub async fn erase(&self, subject: &UserId) -> Result<Option<Erasure>, CoreError> {
         let id = Self::row_id(subject)?;
+        self.forget(&id);
         let b = self.bucket_of(&id);
         let Some(row) = self.row(&id).await? else {
             return Ok(None);
@@ -402,6 +474,7 @@ impl SubjectKeys {
                 destroyed += 1;
             }
         }
+        self.forget(&id);
         // 5. The erased subject's row (dead already) becomes a tombstone, so
         //    the subject is not silently given a fresh keyring later.
         while let Some(row) = self.row(&id).await? {

@@ -1,0 +1,226 @@
+//! Administration: the people directory and stored roles, care
+//! relationships, the audit log with its verification, break-glass review,
+//! key status, and patient erasure. Every call is audited; every call is
+//! refused (audited) to anyone but an administrator.
+
+use careconnect_authz::{Action, Principal, Resource, RoleSet, UserId};
+use careconnect_crypto::{KeyDescription, KeyInfo};
+
+use crate::access::BreakGlass;
+use crate::audit::{AuditEvent, Flag, Outcome, Verification};
+use crate::clinic::{Clinic, MAX_NAME_CHARS, text};
+use crate::error::CoreError;
+use crate::subjects::Erasure;
+
+/// Administration.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin<'a> {
+    clinic: &'a Clinic,
+}
+
+/// A page of the audit log and the whole chain's verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditView {
+    /// Entries `(seq, event)` asked for.
+    pub entries: Vec<(u64, AuditEvent)>,
+    /// The whole chain checked now.
+    pub verification: Verification,
+}
+
+/// Keys and their states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// The clinic keyring's keys.
+    pub clinic_keys: Vec<KeyInfo>,
+    /// The KMS keys the clinic uses, as the KMS describes them.
+    pub kms_keys: Vec<KeyDescription>,
+}
+
+impl Clinic {
+    /// Administration.
+    pub fn admin(&self) -> Admin<'_> {
+        Admin { clinic: self }
+    }
+}
+
+impl Admin<'_> {
+    async fn system(&self, who: &Principal, action: Action, what: String) -> Result<(), CoreError> {
+        self.clinic
+            .inner
+            .decide(who, action, &Resource::System, what)
+            .await
+            .map(drop)
+    }
+
+    /// Adds `user` to the directory as `name` with stored `roles` (replacing
+    /// their stored roles; claim rules still add theirs at sign-in). For
+    /// patients use [`crate::records::MedRecords::register`], which also
+    /// makes the health record.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited); [`CoreError::Invalid`] for a bad name.
+    pub async fn set_person(
+        &self,
+        admin: &Principal,
+        user: &UserId,
+        name: &str,
+        roles: RoleSet,
+    ) -> Result<(), CoreError> {
+        let name = text(name, MAX_NAME_CHARS, "name", false)?;
+        self.system(
+            admin,
+            Action::AssignRoles,
+            format!("roles:{}", user.subject()),
+        )
+        .await?;
+        let c = &self.clinic.inner;
+        for _ in 0..8 {
+            let w = self
+                .clinic
+                .directory_write(user, Some(name.clone()), roles)
+                .await?;
+            match c.store.commit(&[w]).await {
+                Ok(_) => {
+                    c.assignments.set(user, roles).await?;
+                    return Ok(());
+                }
+                Err(
+                    careconnect_storage::StorageError::VersionConflict { .. }
+                    | careconnect_storage::StorageError::DuplicateId,
+                ) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict("directory kept changing"))
+    }
+
+    /// Puts `patient` in `doctor`'s care.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited).
+    pub async fn assign_care(
+        &self,
+        admin: &Principal,
+        doctor: &UserId,
+        patient: &UserId,
+    ) -> Result<(), CoreError> {
+        self.clinic
+            .inner
+            .gate
+            .assign_care(admin, doctor, patient)
+            .await
+    }
+
+    /// Ends an assignment.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited).
+    pub async fn revoke_care(
+        &self,
+        admin: &Principal,
+        doctor: &UserId,
+        patient: &UserId,
+    ) -> Result<(), CoreError> {
+        self.clinic
+            .inner
+            .gate
+            .revoke_care(admin, doctor, patient)
+            .await
+    }
+
+    /// Up to `limit` audit entries from `from`, with the whole chain's
+    /// verification.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited); storage failures.
+    pub async fn audit_log(
+        &self,
+        admin: &Principal,
+        from: u64,
+        limit: usize,
+    ) -> Result<AuditView, CoreError> {
+        self.system(admin, Action::ReadAuditLog, "audit".into())
+            .await?;
+        let c = &self.clinic.inner;
+        Ok(AuditView {
+            entries: c.audit.read(from, limit).await?,
+            verification: c.audit.verify().await?,
+        })
+    }
+
+    /// Every break-glass declaration, newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited).
+    pub async fn break_glass_review(
+        &self,
+        admin: &Principal,
+    ) -> Result<Vec<BreakGlass>, CoreError> {
+        self.clinic.inner.gate.break_glass_review(admin).await
+    }
+
+    /// The clinic keyring's keys and the KMS keys' versions.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited); KMS failures.
+    pub async fn key_status(&self, admin: &Principal) -> Result<KeyStatus, CoreError> {
+        self.system(admin, Action::RotateKeys, "keys:status".into())
+            .await?;
+        let c = &self.clinic.inner;
+        let mut kms_keys = Vec::with_capacity(c.kms_keys.len());
+        for k in &c.kms_keys {
+            kms_keys.push(c.kms.describe(k).await?);
+        }
+        Ok(KeyStatus {
+            clinic_keys: c.keys.keys().collect(),
+            kms_keys,
+        })
+    }
+
+    /// Erases `patient` by crypto-shredding (`docs/erasure.md`), stating
+    /// `reason`, which stays in the audit log. Safe to run again after a
+    /// crash; erasing an erased or unknown patient does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::ReasonRequired`] for a reason under ten characters;
+    /// [`CoreError::Denied`] (audited); KMS failures (AWS KMS cannot
+    /// destroy single key versions: see `docs/erasure.md`).
+    pub async fn erase_patient(
+        &self,
+        admin: &Principal,
+        patient: &UserId,
+        reason: &str,
+    ) -> Result<Option<Erasure>, CoreError> {
+        let c = &self.clinic.inner;
+        let reason = reason.trim();
+        if reason.chars().count() < crate::access::MIN_REASON_CHARS {
+            return Err(CoreError::ReasonRequired);
+        }
+        let resource = format!("patient:{}", c.pseudonym(patient));
+        let decision = careconnect_authz::authorize(admin, Action::ErasePatient, &Resource::System);
+        let outcome = if decision.is_allowed() {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        };
+        // On record before anything is destroyed.
+        c.audit
+            .record(
+                AuditEvent::by(admin, "ErasePatient", resource, outcome)
+                    .flagged(Flag::AdminOverride)
+                    .because(reason),
+            )
+            .await?;
+        if let careconnect_authz::Decision::Deny(r) = decision {
+            return Err(CoreError::Denied(r));
+        }
+        c.subjects.erase(patient).await
+    }
+}

@@ -1,0 +1,600 @@
+//! The clinic: one value, opened from a configuration, that holds the
+//! stores, keys, audit trail and access gate every service shares, and
+//! hands out one service per subsystem.
+//!
+//! ```text
+//! Clinic ─┬─ records()   MedRecords   (doctor)          crate::records
+//!         ├─ patients()  CareConnect  (patient)         crate::patients
+//!         ├─ eps()       EPS          (doctor)          crate::eps
+//!         ├─ finance()   FinCare      (finance)         crate::finance
+//!         └─ admin()     administration (admin)         crate::admin
+//! ```
+//!
+//! Keys: the **clinic keyring** (sealed under the KMS key
+//! [`ClinicConfig::clinic_kms_key`], stored in the key store) seals the
+//! clinic's own rows (directory, care, signing keys, finance) and keys the
+//! audit chain. A second keyring under the same KMS key, never rotated
+//! ([`INDEX_KEYSET`]), gives the blind-index and pseudonym MAC keys, so
+//! lookups stay put when the clinic keyring rotates.
+//! Every piece of patient data is sealed under that **patient's subject
+//! keyring** ([`SubjectKeys`]), bound to collection, row id and field.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use careconnect_authz::mapper::{Claims, RoleAssignments, RoleMapper};
+use careconnect_authz::session::{Clock, SystemClock};
+use careconnect_authz::{Principal, RoleSet, UserId};
+use careconnect_crypto::mac::MacKey;
+use careconnect_crypto::{
+    EncryptionContext, Keyring, Kms, KmsKeyId, LocalKms, RootSecret, TrustedKeys,
+};
+use careconnect_storage::{
+    AuditLog, Collection, IndexEntry, KeyStore, RecordStore, Row, RowData, RowId, StorageError,
+    Store,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::access::{Gate, GateConfig};
+use crate::audit::{Anchor, AuditEvent, AuditTrail, Outcome};
+use crate::error::CoreError;
+use crate::rows;
+use crate::subjects::SubjectKeys;
+
+/// The key-store entry holding the sealed clinic keyring.
+pub const CLINIC_KEYSET: &str = "clinic-keyring";
+/// The key-store entry holding the sealed keyring of the blind-index and
+/// pseudonym MAC keys. It is never rotated: a new key would change every
+/// index token and pseudonym (re-indexing is the rotation tool's job).
+pub const INDEX_KEYSET: &str = "clinic-index-keyring";
+/// The collection of the people directory (staff and patients by name).
+pub const PEOPLE_COLLECTION: &str = "core_people";
+
+/// Where keys come from.
+pub enum KmsConfig {
+    /// The embedded local KMS: a file sealed under a root secret.
+    Local {
+        /// The KMS file (made on first use).
+        path: PathBuf,
+        /// Its root secret.
+        root: RootSecret,
+    },
+    /// A KMS the caller built (AWS KMS, or a caching wrapper). The clinic
+    /// key and the subject bucket keys must exist in it already.
+    Provided(Arc<dyn Kms>),
+}
+
+impl std::fmt::Debug for KmsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local { path, .. } => f.debug_struct("Local").field("path", path).finish(),
+            Self::Provided(k) => f.debug_tuple("Provided").field(k).finish(),
+        }
+    }
+}
+
+/// Opening hours and appointment slots, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClinicHours {
+    /// First slot starts at this hour (0-23).
+    pub opens: u8,
+    /// Last slot ends by this hour (1-24).
+    pub closes: u8,
+    /// Slot length in minutes (divides 60 or is a multiple of it).
+    pub slot_minutes: u16,
+    /// How far ahead bookings are taken, in days.
+    pub book_ahead_days: u16,
+}
+
+impl Default for ClinicHours {
+    fn default() -> Self {
+        Self {
+            opens: 8,
+            closes: 18,
+            slot_minutes: 30,
+            book_ahead_days: 90,
+        }
+    }
+}
+
+/// What a clinic is opened from.
+#[derive(Debug)]
+pub struct ClinicConfig {
+    /// `sqlite://path`, `postgres://...` or `memory:`.
+    pub storage_url: String,
+    /// Where the audit anchor lives (keep it away from the database's
+    /// writers, see [`crate::audit`]).
+    pub audit_anchor: PathBuf,
+    /// The KMS.
+    pub kms: KmsConfig,
+    /// The KMS key wrapping the clinic keyring.
+    pub clinic_kms_key: String,
+    /// Subject-key buckets (see `docs/erasure.md`); fixed for a clinic's life.
+    pub subject_buckets: u16,
+    /// Claim rules (TOML, as [`RoleMapper::from_toml`]); stored assignments
+    /// add to them.
+    pub role_rules: String,
+    /// Opening hours.
+    pub hours: ClinicHours,
+    /// How long a break-glass declaration lasts.
+    pub break_glass_for: Duration,
+    /// The prescription charge, in pence.
+    pub prescription_charge_pence: u32,
+}
+
+impl ClinicConfig {
+    /// Embedded defaults under `dir`: a SQLite file, the local KMS with
+    /// its root secret in a file beside it, the audit anchor there too.
+    ///
+    /// # Errors
+    ///
+    /// Reading or making the root secret file.
+    pub fn embedded(dir: &std::path::Path) -> Result<Self, CoreError> {
+        Ok(Self {
+            storage_url: format!("sqlite://{}", dir.join("clinic.db").display()),
+            audit_anchor: dir.join("audit.anchor"),
+            kms: KmsConfig::Local {
+                path: dir.join("kms.bin"),
+                root: RootSecret::load_or_create_file(&dir.join("kms-root.key"))?,
+            },
+            clinic_kms_key: "careconnect-clinic".into(),
+            subject_buckets: 16,
+            role_rules: String::new(),
+            hours: ClinicHours::default(),
+            break_glass_for: Duration::from_secs(3600),
+            prescription_charge_pence: 990,
+        })
+    }
+}
+
+/// Purposes of the clinic's MAC keys.
+const INDEX_PURPOSE: &str = "careconnect/blind-index";
+const PSEUDONYM_PURPOSE: &str = "careconnect/pseudonym";
+const CARE_INDEX_PURPOSE: &str = "careconnect/care-index";
+
+/// The pseudonym of `patient` under `key`: `P-` and 20 hex digits of a
+/// keyed MAC of the identity.
+pub(crate) fn pseudonym_with(key: &MacKey, patient: &UserId) -> String {
+    let tag = key.tag(&identity_bytes(patient));
+    format!("P-{}", hex::encode(&tag[..10]))
+}
+
+/// What every service shares.
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn RecordStore>,
+    pub(crate) kms: Arc<dyn Kms>,
+    pub(crate) kms_keys: Vec<KmsKeyId>,
+    pub(crate) keys: Keyring,
+    pub(crate) index_key: MacKey,
+    pub(crate) pseudonym_key: MacKey,
+    pub(crate) audit: AuditTrail,
+    pub(crate) gate: Gate,
+    pub(crate) subjects: SubjectKeys,
+    pub(crate) assignments: RoleAssignments,
+    pub(crate) mapper: RoleMapper,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) hours: ClinicHours,
+    pub(crate) charge_pence: u32,
+    pub(crate) people: Collection,
+}
+
+/// St John's Clinic: the services of every subsystem over one set of
+/// stores and keys. Cheap to clone.
+#[derive(Clone)]
+pub struct Clinic {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Clinic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clinic")
+            .field("hours", &self.inner.hours)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A person in the clinic's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    /// Who.
+    pub user: UserId,
+    /// Display name.
+    pub name: String,
+    /// The roles the clinic gave them (stored assignments).
+    pub roles: RoleSet,
+}
+
+/// Longest display name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// Checks free text: trimmed, 1 to `max` characters, no control characters
+/// other than newlines where `multiline`.
+pub(crate) fn text(
+    value: &str,
+    max: usize,
+    what: &'static str,
+    multiline: bool,
+) -> Result<String, CoreError> {
+    let v = value.trim();
+    let bad = |c: char| c.is_control() && !(multiline && (c == '\n' || c == '\r' || c == '\t'));
+    if v.is_empty() || v.chars().count() > max || v.chars().any(bad) {
+        return Err(CoreError::Invalid(what));
+    }
+    Ok(v.to_owned())
+}
+
+/// A fresh random row id (128 bits, hex).
+pub(crate) fn new_id() -> Result<RowId, CoreError> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|_| CoreError::Corrupt("random source"))?;
+    Ok(RowId::new(hex::encode(b))?)
+}
+
+/// An identity as MAC input: length-prefixed issuer and subject.
+pub(crate) fn identity_bytes(user: &UserId) -> Vec<u8> {
+    let mut v = Vec::with_capacity(user.issuer().len() + user.subject().len() + 8);
+    for part in [user.issuer(), user.subject()] {
+        v.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        v.extend_from_slice(part.as_bytes());
+    }
+    v
+}
+
+/// The encryption context of one field of one row of patient data.
+pub(crate) fn field_context(coll: &Collection, id: &RowId, field: &str) -> EncryptionContext {
+    EncryptionContext::new()
+        .with("purpose", "careconnect/patient-data")
+        .with("collection", coll.as_str())
+        .with("row", id.as_str())
+        .with("field", field)
+}
+
+impl Clinic {
+    /// Opens the clinic `config` describes: connects the store, opens (or
+    /// on first use makes) the local KMS keys and the clinic keyring.
+    ///
+    /// # Errors
+    ///
+    /// Storage, KMS and configuration errors.
+    pub async fn open(config: ClinicConfig) -> Result<Self, CoreError> {
+        let store = careconnect_storage::connect(&config.storage_url).await?;
+        Self::open_with(config, store, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Clinic::open`] over a store the caller connected, with a clock
+    /// (tests move time).
+    ///
+    /// # Errors
+    ///
+    /// As [`Clinic::open`].
+    pub async fn open_with(
+        config: ClinicConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, CoreError> {
+        let clinic_key = KmsKeyId::new(config.clinic_kms_key.clone())?;
+        let bucket_keys = SubjectKeys::kms_keys(config.subject_buckets)?;
+        let kms: Arc<dyn Kms> = match config.kms {
+            KmsConfig::Local { path, root } => {
+                let kms = LocalKms::open_or_create(path, root)?;
+                kms.ensure_key(&clinic_key)?;
+                for k in &bucket_keys {
+                    kms.ensure_key(k)?;
+                }
+                Arc::new(kms)
+            }
+            KmsConfig::Provided(kms) => kms,
+        };
+        let records: Arc<dyn RecordStore> = store.clone();
+        let keystore: Arc<dyn KeyStore> = store.clone();
+        let log: Arc<dyn AuditLog> = store;
+        let keys =
+            stored_keyring(kms.as_ref(), keystore.as_ref(), &clinic_key, CLINIC_KEYSET).await?;
+        let macs =
+            stored_keyring(kms.as_ref(), keystore.as_ref(), &clinic_key, INDEX_KEYSET).await?;
+        let mac = |purpose| macs.mac_key_for(macs.primary(), purpose);
+        let index_key = mac(INDEX_PURPOSE)?;
+        let pseudonym_key = mac(PSEUDONYM_PURPOSE)?;
+        let audit = AuditTrail::new(log, keys.clone(), Anchor::at(config.audit_anchor));
+        let gate = Gate::new(
+            records.clone(),
+            keys.clone(),
+            audit.clone(),
+            clock.clone(),
+            GateConfig {
+                break_glass_for: config.break_glass_for,
+            },
+        )?
+        .with_doctor_index(mac(CARE_INDEX_PURPOSE)?)
+        .with_pseudonyms(mac(PSEUDONYM_PURPOSE)?);
+        let subjects = SubjectKeys::new(
+            records.clone(),
+            keystore.clone(),
+            kms.clone(),
+            config.subject_buckets,
+        )?;
+        let hours = config.hours;
+        if hours.opens >= hours.closes
+            || hours.closes > 24
+            || hours.slot_minutes == 0
+            || !(60u16.is_multiple_of(hours.slot_minutes) || hours.slot_minutes.is_multiple_of(60))
+        {
+            return Err(CoreError::Invalid("clinic hours"));
+        }
+        let mut kms_keys = vec![clinic_key];
+        kms_keys.extend(bucket_keys);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                assignments: RoleAssignments::new(records.clone(), keys.clone())?,
+                mapper: RoleMapper::from_toml(&config.role_rules)?,
+                store: records,
+                kms,
+                kms_keys,
+                keys,
+                index_key,
+                pseudonym_key,
+                audit,
+                gate,
+                subjects,
+                clock,
+                hours,
+                charge_pence: config.prescription_charge_pence,
+                people: Collection::new(PEOPLE_COLLECTION)?,
+            }),
+        })
+    }
+
+    /// The audit trail (for `verify` and reading, see [`crate::admin`] for
+    /// the audited administrator view).
+    pub fn audit(&self) -> &AuditTrail {
+        &self.inner.audit
+    }
+
+    /// The access gate (care relationships, break-glass).
+    pub fn gate(&self) -> &Gate {
+        &self.inner.gate
+    }
+
+    /// The subject keys (erasure goes through [`crate::admin::Admin::erase_patient`]).
+    pub fn subjects(&self) -> &SubjectKeys {
+        &self.inner.subjects
+    }
+
+    /// The principal for a signed-in user: roles from the claim rules and
+    /// the stored assignments. The login is audited.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures; [`CoreError::AuditUnavailable`].
+    pub async fn sign_in(&self, claims: &Claims) -> Result<Principal, CoreError> {
+        let roles = self
+            .inner
+            .mapper
+            .roles(claims, &self.inner.assignments)
+            .await?;
+        let who = Principal::new(claims.user.clone(), roles);
+        self.inner
+            .audit
+            .record(AuditEvent::by(&who, "SignIn", "session", Outcome::Allowed))
+            .await?;
+        Ok(who)
+    }
+
+    /// A person in the directory.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub async fn person(&self, user: &UserId) -> Result<Option<Person>, CoreError> {
+        let id = person_id(user);
+        Ok(self
+            .inner
+            .get(&self.inner.people, &id)
+            .await?
+            .and_then(|row| rows::open::<Person>(&self.inner.keys, &self.inner.people, &row))
+            .filter(|p| p.user == *user))
+    }
+
+    /// The doctors in the directory (whom a patient can book), by name.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub async fn doctors(&self) -> Result<Vec<Person>, CoreError> {
+        let mut out: Vec<Person> = self
+            .inner
+            .all(&self.inner.people)
+            .await?
+            .iter()
+            .filter_map(|r| rows::open::<Person>(&self.inner.keys, &self.inner.people, r))
+            .filter(|p| p.roles.contains(careconnect_authz::Role::Doctor))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+pub(crate) fn person_id(user: &UserId) -> RowId {
+    RowId::digest(&[
+        b"person",
+        user.issuer().as_bytes(),
+        user.subject().as_bytes(),
+    ])
+}
+
+/// A keyring from the key store, made and stored on first use.
+async fn stored_keyring(
+    kms: &dyn Kms,
+    keystore: &dyn KeyStore,
+    kms_key: &KmsKeyId,
+    name: &str,
+) -> Result<Keyring, CoreError> {
+    loop {
+        match keystore.load(name).await {
+            Ok((_, sealed)) => {
+                return Ok(Keyring::open_keyset(kms, &TrustedKeys::from(kms_key), &sealed).await?);
+            }
+            Err(StorageError::NotFound) => {
+                let ring = Keyring::generate();
+                let sealed = ring.seal_keyset(kms, kms_key).await?;
+                match keystore.store(name, None, sealed).await {
+                    Ok(_) => return Ok(ring),
+                    Err(StorageError::DuplicateId) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+impl Inner {
+    /// A row, or `None`.
+    pub(crate) async fn get(
+        &self,
+        coll: &Collection,
+        id: &RowId,
+    ) -> Result<Option<Row>, CoreError> {
+        match self.store.get(coll, id).await {
+            Ok(r) => Ok(Some(r)),
+            Err(StorageError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every row of a collection, page by page.
+    pub(crate) async fn all(&self, coll: &Collection) -> Result<Vec<Row>, CoreError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.store.list(coll, after.as_ref(), 1000).await?;
+            out.extend(page.rows);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The blind-index entry `name` for `user`: a keyed MAC, so the database
+    /// shows which rows share a patient, never who it is.
+    pub(crate) fn index(&self, name: &str, user: &UserId) -> Result<IndexEntry, CoreError> {
+        let mut msg = name.as_bytes().to_vec();
+        msg.push(0);
+        msg.extend_from_slice(&identity_bytes(user));
+        Ok(IndexEntry::new(name, self.index_key.tag(&msg).to_vec())?)
+    }
+
+    /// A row id derived from `parts` under the index key: deterministic (a
+    /// slot, a payment), unlinkable without the key.
+    pub(crate) fn keyed_id(&self, parts: &[&[u8]]) -> Result<RowId, CoreError> {
+        let mut msg = b"row-id".to_vec();
+        for p in parts {
+            msg.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_be_bytes());
+            msg.extend_from_slice(p);
+        }
+        Ok(RowId::new(hex::encode(&self.index_key.tag(&msg)[..20]))?)
+    }
+
+    /// The patient's pseudonym (FinCare, audit): a keyed MAC of the
+    /// identity under a key only this function uses. Stable, not reversible.
+    pub(crate) fn pseudonym(&self, patient: &UserId) -> String {
+        pseudonym_with(&self.pseudonym_key, patient)
+    }
+
+    /// `value` sealed as field `field` of row `id` under the patient's keys.
+    pub(crate) fn seal_for<T: Serialize>(
+        keys: &Keyring,
+        coll: &Collection,
+        id: &RowId,
+        field: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, CoreError> {
+        rows::seal_json(keys, &field_context(coll, id, field), value)
+    }
+
+    /// The value of field `field` of row `id`, or `None` when it does not
+    /// open (forged, moved, altered, a compromised key).
+    pub(crate) fn open_for<T: DeserializeOwned>(
+        keys: &Keyring,
+        coll: &Collection,
+        id: &RowId,
+        field: &str,
+        envelope: &[u8],
+    ) -> Option<T> {
+        rows::open_json(keys, &field_context(coll, id, field), envelope, coll, id)
+    }
+
+    /// Row data for a patient row: sealed under `keys`, key id from the
+    /// keyring, with `indexes`.
+    pub(crate) fn patient_row<T: Serialize>(
+        keys: &Keyring,
+        coll: &Collection,
+        id: &RowId,
+        field: &str,
+        value: &T,
+        indexes: Vec<IndexEntry>,
+    ) -> Result<RowData, CoreError> {
+        Ok(RowData {
+            key_id: keys.primary().get(),
+            envelope: Self::seal_for(keys, coll, id, field, value)?,
+            indexes,
+        })
+    }
+
+    /// Audits a decision on something that is not one patient's data
+    /// (finance, directory, administration) and turns a denial into an error.
+    pub(crate) async fn decide(
+        &self,
+        who: &Principal,
+        action: careconnect_authz::Action,
+        resource: &careconnect_authz::Resource<'_>,
+        audited_as: String,
+    ) -> Result<careconnect_authz::Basis, CoreError> {
+        let decision = careconnect_authz::authorize(who, action, resource);
+        let mut event = AuditEvent::by(
+            who,
+            action.to_string(),
+            audited_as,
+            if decision.is_allowed() {
+                Outcome::Allowed
+            } else {
+                Outcome::Denied
+            },
+        );
+        if decision.is_admin_override() {
+            event = event.flagged(crate::audit::Flag::AdminOverride);
+        }
+        self.audit.record(event).await?;
+        match decision {
+            careconnect_authz::Decision::Allow(b) => Ok(b),
+            careconnect_authz::Decision::Deny(r) => Err(CoreError::Denied(r)),
+        }
+    }
+
+    /// Records a refusal that happened before the policy was asked (an id
+    /// that names nothing the principal may see).
+    pub(crate) async fn refuse(
+        &self,
+        who: &Principal,
+        action: careconnect_authz::Action,
+        resource: String,
+    ) -> Result<(), CoreError> {
+        self.audit
+            .record(AuditEvent::by(
+                who,
+                action.to_string(),
+                resource,
+                Outcome::Denied,
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Now, Unix seconds.
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now()
+    }
+}

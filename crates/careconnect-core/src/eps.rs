@@ -1,0 +1,498 @@
+//! EPS, the electronic prescription service (doctors): prescribe for a
+//! patient in one's care, list one's own prescriptions, cancel an unpaid
+//! one. Patients see theirs in CareConnect and pay them there.
+//!
+//! Each prescription is signed with the prescriber's own Ed25519 key
+//! (`ed25519-dalek`; the private key is kept sealed under the clinic
+//! keyring like any other key) over a domain-separated, length-prefixed
+//! encoding of everything issued (id, patient, prescriber, drug, dosage,
+//! frequency, notes, time, charge). The signature is verified whenever a
+//! prescription is read and the result is shown with it
+//! ([`SignatureStatus`]); a prescription whose signature does not verify
+//! cannot be paid.
+//!
+//! A prescription row is the prescription sealed under the patient's
+//! subject keyring, wrapped in a small locator sealed under the clinic
+//! keyring that names the patient's subject handle (never the patient), so
+//! the prescriber can find the key to open it.
+
+use careconnect_authz::{Action, Principal, Resource, UserId};
+use careconnect_crypto::Keyring;
+use careconnect_storage::{Collection, Row, RowData, RowId, StorageError, Write};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::clinic::{Clinic, Inner, new_id, text};
+use crate::error::CoreError;
+use crate::rows;
+use crate::subjects::SubjectKeys;
+
+/// The collection of prescriptions.
+pub const PRESCRIPTIONS_COLLECTION: &str = "core_prescriptions";
+/// The collection of prescribers' signing keys.
+pub const SIGNING_KEYS_COLLECTION: &str = "core_signing_keys";
+const SIGNED_LABEL: &[u8] = b"careconnect/prescription/v1";
+const PATIENT_INDEX: &str = "patient";
+const PRESCRIBER_INDEX: &str = "prescriber";
+
+/// What a doctor prescribes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrescriptionInput {
+    /// The drug (1-200 characters).
+    pub drug: String,
+    /// The dosage, e.g. "500 mg" (1-100).
+    pub dosage: String,
+    /// How often, e.g. "twice daily" (1-100).
+    pub frequency: String,
+    /// Notes for the patient or pharmacist (0-2,000).
+    pub notes: String,
+}
+
+/// Where a prescription stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Issued, not paid.
+    Issued,
+    /// Paid (the finance transaction exists).
+    Paid {
+        /// When, Unix seconds.
+        at: u64,
+    },
+    /// Cancelled by its prescriber.
+    Cancelled {
+        /// When, Unix seconds.
+        at: u64,
+    },
+}
+
+/// Whether a prescription's signature holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureStatus {
+    /// Signed by the prescriber's key over exactly what is shown.
+    Valid,
+    /// The signature does not match what is shown: do not dispense.
+    Invalid,
+    /// The prescriber's key cannot be found or opened.
+    UnknownKey,
+}
+
+/// A prescription as read, with its signature checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prescription {
+    /// Its id.
+    pub id: String,
+    /// The patient.
+    pub patient: UserId,
+    /// The prescriber.
+    pub prescriber: UserId,
+    /// The drug.
+    pub drug: String,
+    /// The dosage.
+    pub dosage: String,
+    /// How often.
+    pub frequency: String,
+    /// Notes.
+    pub notes: String,
+    /// When issued, Unix seconds.
+    pub issued_at: u64,
+    /// The charge, in pence.
+    pub amount_pence: u32,
+    /// Where it stands.
+    pub status: Status,
+    /// Whether the signature holds.
+    pub signature: SignatureStatus,
+}
+
+/// The signed content and state, sealed under the patient's keyring.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct Body {
+    pub(crate) id: String,
+    pub(crate) patient: UserId,
+    pub(crate) prescriber: UserId,
+    pub(crate) drug: String,
+    pub(crate) dosage: String,
+    pub(crate) frequency: String,
+    pub(crate) notes: String,
+    pub(crate) issued_at: u64,
+    pub(crate) amount_pence: u32,
+    pub(crate) signature: String,
+    pub(crate) status: Status,
+}
+
+impl Body {
+    /// What the prescriber signs.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = SIGNED_LABEL.to_vec();
+        for part in [
+            self.id.as_str(),
+            self.patient.issuer(),
+            self.patient.subject(),
+            self.prescriber.issuer(),
+            self.prescriber.subject(),
+            self.drug.as_str(),
+            self.dosage.as_str(),
+            self.frequency.as_str(),
+            self.notes.as_str(),
+        ] {
+            out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+            out.extend_from_slice(part.as_bytes());
+        }
+        out.extend_from_slice(&self.issued_at.to_be_bytes());
+        out.extend_from_slice(&self.amount_pence.to_be_bytes());
+        out
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Locator {
+    handle: String,
+    body: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SigningRow {
+    doctor: UserId,
+    secret: Zeroizing<String>,
+    public: String,
+    created_at: u64,
+}
+
+/// A prescription row opened: its row, subject keys and body.
+pub(crate) struct Loaded {
+    pub(crate) row: Row,
+    pub(crate) keys: Keyring,
+    pub(crate) body: Body,
+}
+
+/// EPS.
+#[derive(Debug, Clone, Copy)]
+pub struct Eps<'a> {
+    clinic: &'a Clinic,
+}
+
+impl Clinic {
+    /// EPS: prescribe, list one's own, cancel.
+    pub fn eps(&self) -> Eps<'_> {
+        Eps { clinic: self }
+    }
+}
+
+fn signing_id(doctor: &UserId) -> RowId {
+    RowId::digest(&[
+        b"signing-key",
+        doctor.issuer().as_bytes(),
+        doctor.subject().as_bytes(),
+    ])
+}
+
+impl Inner {
+    pub(crate) fn prescriptions(&self) -> Result<Collection, CoreError> {
+        Ok(Collection::new(PRESCRIPTIONS_COLLECTION)?)
+    }
+
+    /// The row data for a prescription body.
+    pub(crate) fn prescription_data(
+        &self,
+        keys: &Keyring,
+        id: &RowId,
+        body: &Body,
+    ) -> Result<RowData, CoreError> {
+        let coll = self.prescriptions()?;
+        let inner = Self::seal_for(keys, &coll, id, "prescription", body)?;
+        let locator = Locator {
+            handle: SubjectKeys::handle(&body.patient).as_str().to_owned(),
+            body: hex::encode(inner),
+        };
+        let mut data = rows::seal(&self.keys, &coll, id, &locator)?;
+        data.key_id = keys.primary().get();
+        data.indexes = vec![
+            self.index(PATIENT_INDEX, &body.patient)?,
+            self.index(PRESCRIBER_INDEX, &body.prescriber)?,
+        ];
+        Ok(data)
+    }
+
+    /// Opens a prescription row; `None` when it does not open (forged,
+    /// moved, altered) or its patient was erased.
+    pub(crate) async fn open_prescription(&self, row: Row) -> Result<Option<Loaded>, CoreError> {
+        let coll = self.prescriptions()?;
+        let Some(locator) = rows::open::<Locator>(&self.keys, &coll, &row) else {
+            return Ok(None);
+        };
+        let Ok(handle) = RowId::new(locator.handle) else {
+            return Ok(None);
+        };
+        let keys = match self.subjects.keys_of_handle(&handle).await {
+            Ok(k) => k,
+            Err(CoreError::Erased | CoreError::Corrupt(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Ok(inner) = hex::decode(locator.body) else {
+            return Ok(None);
+        };
+        let body = Self::open_for::<Body>(&keys, &coll, &row.id, "prescription", &inner)
+            .filter(|b| b.id == row.id.as_str() && SubjectKeys::handle(&b.patient) == handle);
+        Ok(body.map(|body| Loaded { row, keys, body }))
+    }
+
+    /// The prescription with id `id`, `None` for an id that names nothing
+    /// openable.
+    pub(crate) async fn load_prescription(&self, id: &str) -> Result<Option<Loaded>, CoreError> {
+        let Ok(id) = RowId::new(id) else {
+            return Ok(None);
+        };
+        match self.get(&self.prescriptions()?, &id).await? {
+            Some(row) => self.open_prescription(row).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn verifying_key(&self, doctor: &UserId) -> Result<Option<VerifyingKey>, CoreError> {
+        let coll = Collection::new(SIGNING_KEYS_COLLECTION)?;
+        let Some(row) = self.get(&coll, &signing_id(doctor)).await? else {
+            return Ok(None);
+        };
+        Ok(rows::open::<SigningRow>(&self.keys, &coll, &row)
+            .filter(|s| s.doctor == *doctor)
+            .and_then(|s| hex::decode(&s.public).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok()))
+    }
+
+    /// The doctor's signing key, made and stored on first use.
+    async fn signing_key(&self, doctor: &UserId) -> Result<SigningKey, CoreError> {
+        let coll = Collection::new(SIGNING_KEYS_COLLECTION)?;
+        let id = signing_id(doctor);
+        for _ in 0..4 {
+            if let Some(row) = self.get(&coll, &id).await? {
+                let stored = rows::open::<SigningRow>(&self.keys, &coll, &row)
+                    .filter(|s| s.doctor == *doctor)
+                    .ok_or(CoreError::Corrupt("signing key"))?;
+                let secret = Zeroizing::new(
+                    hex::decode(stored.secret.as_str())
+                        .map_err(|_| CoreError::Corrupt("signing key"))?,
+                );
+                let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(
+                    secret
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| CoreError::Corrupt("signing key"))?,
+                );
+                return Ok(SigningKey::from_bytes(&bytes));
+            }
+            let mut seed = Zeroizing::new([0u8; 32]);
+            getrandom::fill(seed.as_mut()).map_err(|_| CoreError::Corrupt("random source"))?;
+            let key = SigningKey::from_bytes(&seed);
+            let row = SigningRow {
+                doctor: doctor.clone(),
+                secret: Zeroizing::new(hex::encode(seed.as_ref())),
+                public: hex::encode(key.verifying_key().as_bytes()),
+                created_at: self.now(),
+            };
+            match self
+                .store
+                .insert(&coll, &id, rows::seal(&self.keys, &coll, &id, &row)?)
+                .await
+            {
+                Ok(_) => return Ok(key),
+                Err(StorageError::DuplicateId) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict("signing key kept changing"))
+    }
+
+    /// The prescription as shown, with its signature checked.
+    pub(crate) async fn view(&self, body: &Body) -> Result<Prescription, CoreError> {
+        let signature = match self.verifying_key(&body.prescriber).await? {
+            None => SignatureStatus::UnknownKey,
+            Some(k) => {
+                let sig = hex::decode(&body.signature)
+                    .ok()
+                    .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok());
+                match sig {
+                    Some(sig) if k.verify_strict(&body.signed_bytes(), &sig).is_ok() => {
+                        SignatureStatus::Valid
+                    }
+                    _ => SignatureStatus::Invalid,
+                }
+            }
+        };
+        Ok(Prescription {
+            id: body.id.clone(),
+            patient: body.patient.clone(),
+            prescriber: body.prescriber.clone(),
+            drug: body.drug.clone(),
+            dosage: body.dosage.clone(),
+            frequency: body.frequency.clone(),
+            notes: body.notes.clone(),
+            issued_at: body.issued_at,
+            amount_pence: body.amount_pence,
+            status: body.status,
+            signature,
+        })
+    }
+
+    /// Every openable prescription under index `name` for `user`, newest first.
+    pub(crate) async fn prescriptions_by(
+        &self,
+        name: &str,
+        user: &UserId,
+    ) -> Result<Vec<Prescription>, CoreError> {
+        let rows = self
+            .store
+            .find(&self.prescriptions()?, &self.index(name, user)?)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Some(l) = self.open_prescription(row).await? {
+                let who = if name == PATIENT_INDEX {
+                    &l.body.patient
+                } else {
+                    &l.body.prescriber
+                };
+                if who == user {
+                    out.push(self.view(&l.body).await?);
+                }
+            }
+        }
+        out.sort_by(|a, b| b.issued_at.cmp(&a.issued_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// `patient`'s prescriptions (the caller has asked the gate).
+    pub(crate) async fn prescriptions_of(
+        &self,
+        patient: &UserId,
+    ) -> Result<Vec<Prescription>, CoreError> {
+        self.prescriptions_by(PATIENT_INDEX, patient).await
+    }
+}
+
+impl Eps<'_> {
+    /// A doctor prescribes for a patient in their care (or under
+    /// break-glass); the prescription is signed with the doctor's key.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Invalid`] for an empty or too long field;
+    /// [`CoreError::Denied`] (audited); [`CoreError::NotFound`] for an
+    /// unregistered patient; [`CoreError::Erased`].
+    pub async fn prescribe(
+        &self,
+        doctor: &Principal,
+        patient: &UserId,
+        input: &PrescriptionInput,
+    ) -> Result<Prescription, CoreError> {
+        let c = &self.clinic.inner;
+        let drug = text(&input.drug, 200, "drug", false)?;
+        let dosage = text(&input.dosage, 100, "dosage", false)?;
+        let frequency = text(&input.frequency, 100, "frequency", false)?;
+        let notes = if input.notes.trim().is_empty() {
+            String::new()
+        } else {
+            text(&input.notes, 2000, "notes", true)?
+        };
+        let _access = c.gate.patient(doctor, Action::Prescribe, patient).await?;
+        let keys = c.existing_keys(patient).await?;
+        if c.record_of(&keys, patient).await?.is_none() {
+            return Err(CoreError::NotFound);
+        }
+        let signer = c.signing_key(&doctor.user).await?;
+        let id = new_id()?;
+        let mut body = Body {
+            id: id.as_str().to_owned(),
+            patient: patient.clone(),
+            prescriber: doctor.user.clone(),
+            drug,
+            dosage,
+            frequency,
+            notes,
+            issued_at: c.now(),
+            amount_pence: c.charge_pence,
+            signature: String::new(),
+            status: Status::Issued,
+        };
+        body.signature = hex::encode(signer.sign(&body.signed_bytes()).to_bytes());
+        c.store
+            .insert(
+                &c.prescriptions()?,
+                &id,
+                c.prescription_data(&keys, &id, &body)?,
+            )
+            .await?;
+        c.view(&body).await
+    }
+
+    /// The prescriptions `doctor` wrote, newest first, signatures checked.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited) for anyone but the doctor themselves
+    /// (or an administrator, audited as an override).
+    pub async fn issued(
+        &self,
+        doctor: &Principal,
+        prescriber: &UserId,
+    ) -> Result<Vec<Prescription>, CoreError> {
+        let c = &self.clinic.inner;
+        c.decide(
+            doctor,
+            Action::ListIssuedPrescriptions,
+            &Resource::Prescriber(prescriber),
+            "prescriptions:issued".into(),
+        )
+        .await?;
+        c.prescriptions_by(PRESCRIBER_INDEX, prescriber).await
+    }
+
+    /// The prescriber cancels an unpaid prescription.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::NotFound`] for an unknown id; [`CoreError::Denied`]
+    /// (audited) for anyone but its prescriber; [`CoreError::Conflict`] if
+    /// it is paid or cancelled already.
+    pub async fn cancel(&self, doctor: &Principal, id: &str) -> Result<Prescription, CoreError> {
+        let c = &self.clinic.inner;
+        for _ in 0..8 {
+            let Some(mut l) = c.load_prescription(id).await? else {
+                c.refuse(doctor, Action::CancelPrescription, "prescription:?".into())
+                    .await?;
+                return Err(CoreError::NotFound);
+            };
+            c.decide(
+                doctor,
+                Action::CancelPrescription,
+                &Resource::Prescription {
+                    patient: &l.body.patient,
+                    prescriber: &l.body.prescriber,
+                },
+                format!("prescription:{}", l.body.id),
+            )
+            .await?;
+            if l.body.status != Status::Issued {
+                return Err(CoreError::Conflict("paid or cancelled already"));
+            }
+            l.body.status = Status::Cancelled { at: c.now() };
+            let data = c.prescription_data(&l.keys, &l.row.id, &l.body)?;
+            match c
+                .store
+                .commit(&[Write::Update {
+                    coll: c.prescriptions()?,
+                    id: l.row.id.clone(),
+                    expected: l.row.version,
+                    data,
+                }])
+                .await
+            {
+                Ok(_) => return c.view(&l.body).await,
+                Err(StorageError::VersionConflict { .. }) => {}
+                Err(StorageError::NotFound) => return Err(CoreError::NotFound),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict("prescription kept changing"))
+    }
+}

@@ -1,0 +1,397 @@
+//! CareConnect (patients): one's own record, appointments and
+//! prescriptions; booking and cancelling appointments; paying a
+//! prescription.
+//!
+//! A booking writes three rows in one atomic batch
+//! ([`careconnect_storage::RecordStore::commit`]): the doctor's slot (id: a
+//! keyed MAC of doctor and start time, so two bookings of one slot collide
+//! and exactly one wins), the appointment (sealed under the patient's
+//! keyring) and, the first time, the care relationship it creates. Paying
+//! marks the prescription paid and inserts the finance transaction (id: a
+//! keyed MAC of the prescription id) in one batch too: paying twice, or from
+//! two tasks at once, makes exactly one payment and one transaction.
+
+use careconnect_authz::{Action, Principal, Resource, Role, UserId};
+use careconnect_storage::{Collection, RowId, StorageError, Write};
+use serde::{Deserialize, Serialize};
+
+use crate::clinic::{Clinic, Inner, identity_bytes, new_id, text};
+use crate::eps::{Prescription, SignatureStatus, Status};
+use crate::error::CoreError;
+use crate::finance::{TRANSACTIONS_COLLECTION, Transaction};
+use crate::records::HealthRecord;
+use crate::rows;
+
+/// The collection of appointments.
+pub const APPOINTMENTS_COLLECTION: &str = "core_appointments";
+/// The collection of booked slots.
+pub const SLOTS_COLLECTION: &str = "core_slots";
+const PATIENT_INDEX: &str = "patient";
+
+/// An appointment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appointment {
+    /// Its id.
+    pub id: String,
+    /// The patient.
+    pub patient: UserId,
+    /// The doctor.
+    pub doctor: UserId,
+    /// Start, Unix seconds.
+    pub starts_at: u64,
+    /// Length in minutes.
+    pub minutes: u16,
+    /// The patient's reason (optional, up to 200 characters).
+    pub reason: String,
+    /// Cancelled, and when.
+    pub cancelled_at: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SlotRow {
+    doctor: UserId,
+    starts_at: u64,
+    appointment: String,
+}
+
+/// CareConnect.
+#[derive(Debug, Clone, Copy)]
+pub struct CareConnect<'a> {
+    clinic: &'a Clinic,
+}
+
+impl Clinic {
+    /// CareConnect: a patient's own record, appointments and prescriptions.
+    pub fn patients(&self) -> CareConnect<'_> {
+        CareConnect { clinic: self }
+    }
+}
+
+fn appointments() -> Result<Collection, CoreError> {
+    Ok(Collection::new(APPOINTMENTS_COLLECTION)?)
+}
+
+fn slots() -> Result<Collection, CoreError> {
+    Ok(Collection::new(SLOTS_COLLECTION)?)
+}
+
+impl Inner {
+    fn slot_id(&self, doctor: &UserId, starts_at: u64) -> Result<RowId, CoreError> {
+        self.keyed_id(&[b"slot", &identity_bytes(doctor), &starts_at.to_be_bytes()])
+    }
+
+    /// Checks a requested start against the clinic's hours.
+    fn check_slot(&self, starts_at: u64) -> Result<(), CoreError> {
+        let h = self.hours;
+        let slot = u64::from(h.slot_minutes) * 60;
+        let now = self.now();
+        if starts_at <= now {
+            return Err(CoreError::Conflict("that time has passed"));
+        }
+        if starts_at > now.saturating_add(u64::from(h.book_ahead_days) * 86_400) {
+            return Err(CoreError::Invalid("too far ahead"));
+        }
+        let in_day = starts_at % 86_400;
+        if !in_day.is_multiple_of(slot)
+            || in_day < u64::from(h.opens) * 3600
+            || in_day + slot > u64::from(h.closes) * 3600
+        {
+            return Err(CoreError::Invalid(
+                "outside clinic hours or not a slot start",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl CareConnect<'_> {
+    /// The patient's own health record (MedRecords' reader, same rules).
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::records::MedRecords::record`].
+    pub async fn record(&self, who: &Principal) -> Result<HealthRecord, CoreError> {
+        self.clinic.records().record(who, &who.user).await
+    }
+
+    /// Books `patient` with `doctor` at `starts_at` (Unix seconds, a slot
+    /// start within clinic hours, in the future). Only the patient books
+    /// for themselves.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited) for anyone else;
+    /// [`CoreError::Invalid`] for an unknown doctor, a time outside hours or
+    /// a bad reason; [`CoreError::Conflict`] for a past time or a slot
+    /// taken; [`CoreError::NotFound`] for an unregistered patient.
+    pub async fn book(
+        &self,
+        who: &Principal,
+        patient: &UserId,
+        doctor: &UserId,
+        starts_at: u64,
+        reason: &str,
+    ) -> Result<Appointment, CoreError> {
+        let c = &self.clinic.inner;
+        let reason = if reason.trim().is_empty() {
+            String::new()
+        } else {
+            text(reason, 200, "reason", false)?
+        };
+        let _access = c
+            .gate
+            .patient(who, Action::BookAppointment, patient)
+            .await?;
+        c.check_slot(starts_at)?;
+        if !self
+            .clinic
+            .person(doctor)
+            .await?
+            .is_some_and(|p| p.roles.contains(Role::Doctor))
+        {
+            return Err(CoreError::Invalid("doctor"));
+        }
+        let keys = c.existing_keys(patient).await?;
+        let (appts, slots) = (appointments()?, slots()?);
+        for _ in 0..4 {
+            let id = new_id()?;
+            let appointment = Appointment {
+                id: id.as_str().to_owned(),
+                patient: patient.clone(),
+                doctor: doctor.clone(),
+                starts_at,
+                minutes: c.hours.slot_minutes,
+                reason: reason.clone(),
+                cancelled_at: None,
+            };
+            let slot_id = c.slot_id(doctor, starts_at)?;
+            let slot = SlotRow {
+                doctor: doctor.clone(),
+                starts_at,
+                appointment: appointment.id.clone(),
+            };
+            let mut writes = vec![
+                Write::Insert {
+                    coll: slots.clone(),
+                    data: rows::seal(&c.keys, &slots, &slot_id, &slot)?,
+                    id: slot_id.clone(),
+                },
+                Write::Insert {
+                    coll: appts.clone(),
+                    data: Inner::patient_row(
+                        &keys,
+                        &appts,
+                        &id,
+                        "appointment",
+                        &appointment,
+                        vec![c.index(PATIENT_INDEX, patient)?],
+                    )?,
+                    id,
+                },
+            ];
+            writes.extend(c.gate.care_write(doctor, patient, &who.user).await?);
+            match c.store.commit(&writes).await {
+                Ok(_) => return Ok(appointment),
+                Err(StorageError::DuplicateId) => {
+                    if c.get(&slots, &slot_id).await?.is_some() {
+                        return Err(CoreError::Conflict("slot taken"));
+                    }
+                    // The care row appeared meanwhile: build the batch again.
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict("booking kept changing"))
+    }
+
+    /// `patient`'s appointments, soonest first.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited).
+    pub async fn appointments(
+        &self,
+        who: &Principal,
+        patient: &UserId,
+    ) -> Result<Vec<Appointment>, CoreError> {
+        let c = &self.clinic.inner;
+        let _access = c
+            .gate
+            .patient(who, Action::ListAppointments, patient)
+            .await?;
+        let keys = c.existing_keys(patient).await?;
+        let coll = appointments()?;
+        let rows = c
+            .store
+            .find(&coll, &c.index(PATIENT_INDEX, patient)?)
+            .await?;
+        let mut out: Vec<Appointment> = rows
+            .iter()
+            .filter_map(|r| {
+                Inner::open_for::<Appointment>(&keys, &coll, &r.id, "appointment", &r.envelope)
+            })
+            .filter(|a| a.patient == *patient)
+            .collect();
+        out.sort_by_key(|a| a.starts_at);
+        Ok(out)
+    }
+
+    /// The patient cancels an own future appointment; the slot is freed.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::NotFound`] for an id that is not one of the patient's
+    /// appointments (audited); [`CoreError::Conflict`] for one cancelled
+    /// already or in the past.
+    pub async fn cancel(&self, who: &Principal, appointment: &str) -> Result<(), CoreError> {
+        let c = &self.clinic.inner;
+        let coll = appointments()?;
+        let found = match (RowId::new(appointment), c.existing_keys(&who.user).await) {
+            (Ok(id), Ok(keys)) => c.get(&coll, &id).await?.and_then(|row| {
+                Inner::open_for::<Appointment>(&keys, &coll, &row.id, "appointment", &row.envelope)
+                    .filter(|a| a.id == row.id.as_str())
+                    .map(|a| (row, keys.clone(), a))
+            }),
+            _ => None,
+        };
+        let Some((row, keys, mut appt)) = found else {
+            c.refuse(who, Action::CancelAppointment, "appointment:?".into())
+                .await?;
+            return Err(CoreError::NotFound);
+        };
+        let _access = c
+            .gate
+            .patient(who, Action::CancelAppointment, &appt.patient)
+            .await?;
+        if appt.cancelled_at.is_some() {
+            return Err(CoreError::Conflict("cancelled already"));
+        }
+        if appt.starts_at <= c.now() {
+            return Err(CoreError::Conflict("that time has passed"));
+        }
+        appt.cancelled_at = Some(c.now());
+        let slots = slots()?;
+        let slot_id = c.slot_id(&appt.doctor, appt.starts_at)?;
+        let mut writes = vec![Write::Update {
+            coll: coll.clone(),
+            id: row.id.clone(),
+            expected: row.version,
+            data: Inner::patient_row(
+                &keys,
+                &coll,
+                &row.id,
+                "appointment",
+                &appt,
+                vec![c.index(PATIENT_INDEX, &appt.patient)?],
+            )?,
+        }];
+        if let Some(slot) = c.get(&slots, &slot_id).await?
+            && rows::open::<SlotRow>(&c.keys, &slots, &slot)
+                .is_some_and(|s| s.appointment == appt.id)
+        {
+            writes.push(Write::Delete {
+                coll: slots,
+                id: slot_id,
+                expected: slot.version,
+            });
+        }
+        match c.store.commit(&writes).await {
+            Ok(_) => Ok(()),
+            Err(StorageError::VersionConflict { .. } | StorageError::NotFound) => {
+                Err(CoreError::Conflict("changed meanwhile; try again"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `patient`'s prescriptions, newest first, signatures checked.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited).
+    pub async fn prescriptions(
+        &self,
+        who: &Principal,
+        patient: &UserId,
+    ) -> Result<Vec<Prescription>, CoreError> {
+        let c = &self.clinic.inner;
+        let _access = c
+            .gate
+            .patient(who, Action::ListPrescriptions, patient)
+            .await?;
+        c.prescriptions_of(patient).await
+    }
+
+    /// The patient pays an own, issued prescription: it is marked paid and
+    /// the finance transaction is created in one atomic step.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::NotFound`] for an unknown id; [`CoreError::Denied`]
+    /// (audited) for another patient's prescription;
+    /// [`CoreError::Conflict`] if paid or cancelled already, or its
+    /// signature does not verify.
+    pub async fn pay(&self, who: &Principal, prescription: &str) -> Result<Transaction, CoreError> {
+        let c = &self.clinic.inner;
+        let txs = Collection::new(TRANSACTIONS_COLLECTION)?;
+        let Some(mut l) = c.load_prescription(prescription).await? else {
+            c.refuse(who, Action::PayPrescription, "prescription:?".into())
+                .await?;
+            return Err(CoreError::NotFound);
+        };
+        c.decide(
+            who,
+            Action::PayPrescription,
+            &Resource::Prescription {
+                patient: &l.body.patient,
+                prescriber: &l.body.prescriber,
+            },
+            format!("prescription:{}", l.body.id),
+        )
+        .await?;
+        for _ in 0..8 {
+            if l.body.status != Status::Issued {
+                return Err(CoreError::Conflict("paid or cancelled already"));
+            }
+            if c.view(&l.body).await?.signature != SignatureStatus::Valid {
+                return Err(CoreError::Conflict("signature does not verify"));
+            }
+            let at = c.now();
+            l.body.status = Status::Paid { at };
+            let tx_id = c.keyed_id(&[b"payment", l.row.id.as_str().as_bytes()])?;
+            let tx = Transaction {
+                id: tx_id.as_str().to_owned(),
+                at,
+                amount_pence: l.body.amount_pence,
+                description: "Prescription charge".into(),
+                pseudonym: c.pseudonym(&l.body.patient),
+            };
+            let writes = [
+                Write::Update {
+                    coll: c.prescriptions()?,
+                    id: l.row.id.clone(),
+                    expected: l.row.version,
+                    data: c.prescription_data(&l.keys, &l.row.id, &l.body)?,
+                },
+                Write::Insert {
+                    coll: txs.clone(),
+                    data: rows::seal(&c.keys, &txs, &tx_id, &tx)?,
+                    id: tx_id,
+                },
+            ];
+            match c.store.commit(&writes).await {
+                Ok(_) => return Ok(tx),
+                Err(StorageError::VersionConflict { .. } | StorageError::DuplicateId) => {
+                    // Someone else changed it: look again (a payment that
+                    // won shows as paid).
+                    match c.load_prescription(prescription).await? {
+                        Some(again) => l = again,
+                        None => return Err(CoreError::NotFound),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict("prescription kept changing"))
+    }
+}

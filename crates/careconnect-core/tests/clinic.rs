@@ -1,0 +1,744 @@
+//! The clinic's services end to end, one suite on SQLite and on a
+//! PostgreSQL database of its own: main flows, abuse (each a typed refusal
+//! that changes nothing in storage), races, break-glass, and no plaintext
+//! patient data in the SQLite file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use careconnect_authz::session::ManualClock;
+use careconnect_authz::{Principal, Role, RoleSet, UserId};
+use careconnect_core::audit::{Flag, Verification};
+use careconnect_core::eps::{PrescriptionInput, SignatureStatus, Status};
+use careconnect_core::finance::DateRange;
+use careconnect_core::records::PatientDetails;
+use careconnect_core::{Clinic, ClinicConfig, CoreError};
+use careconnect_storage::{Collection, RecordStore, Row, RowData, RowId, Store};
+
+const ISSUER: &str = "https://idp.test";
+/// Monday 2027-01-04 07:00 UTC.
+const START: u64 = 1_799_046_000;
+const DAY: u64 = 86_400;
+
+fn user(s: &str) -> UserId {
+    UserId::new(ISSUER, s).unwrap()
+}
+
+fn who(s: &str, role: Role) -> Principal {
+    Principal::new(user(s), [role].into_iter().collect())
+}
+
+fn admin() -> Principal {
+    who("admin-adam", Role::Admin)
+}
+fn grey() -> Principal {
+    who("doctor-grey", Role::Doctor)
+}
+fn shepherd() -> Principal {
+    who("doctor-shepherd", Role::Doctor)
+}
+fn alice() -> Principal {
+    who("patient-alice", Role::Patient)
+}
+fn bob() -> Principal {
+    who("patient-bob", Role::Patient)
+}
+fn fiona() -> Principal {
+    who("finance-fiona", Role::Finance)
+}
+fn pat() -> Principal {
+    who("partner-pat", Role::External)
+}
+
+fn denied<T: std::fmt::Debug>(r: Result<T, CoreError>) {
+    assert!(
+        matches!(r, Err(CoreError::Denied(_))),
+        "expected a denial, got {r:?}"
+    );
+}
+
+fn not_found<T: std::fmt::Debug>(r: Result<T, CoreError>) {
+    assert!(
+        matches!(r, Err(CoreError::NotFound)),
+        "expected not found, got {r:?}"
+    );
+}
+
+fn rx(drug: &str) -> PrescriptionInput {
+    PrescriptionInput {
+        drug: drug.into(),
+        dosage: "10 mg".into(),
+        frequency: "once daily".into(),
+        notes: String::new(),
+    }
+}
+
+const COLLECTIONS: [&str; 11] = [
+    "core_records",
+    "core_notes",
+    "core_appointments",
+    "core_slots",
+    "core_prescriptions",
+    "core_transactions",
+    "core_care",
+    "core_break_glass",
+    "core_people",
+    "core_signing_keys",
+    "core_subjects",
+];
+
+/// Every row of the clinic's collections (id -> version, envelope).
+async fn snapshot(store: &dyn RecordStore) -> BTreeMap<(String, String), (u64, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    for c in COLLECTIONS {
+        let coll = Collection::new(c).unwrap();
+        let mut after = None;
+        loop {
+            let page = store.list(&coll, after.as_ref(), 1000).await.unwrap();
+            for r in &page.rows {
+                out.insert(
+                    (c.to_owned(), r.id.as_str().to_owned()),
+                    (r.version, r.envelope.clone()),
+                );
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+    }
+    out
+}
+
+struct Fixture {
+    clinic: Clinic,
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture(store: Arc<dyn Store>, dir: tempfile::TempDir) -> Fixture {
+    let clock = Arc::new(ManualClock::new(START));
+    let mut config = ClinicConfig::embedded(dir.path()).unwrap();
+    config.subject_buckets = 4;
+    let clinic = Clinic::open_with(config, store.clone(), clock.clone())
+        .await
+        .unwrap();
+    let a = admin();
+    let staff = [
+        ("doctor-grey", "Dr Meredith Grey", Role::Doctor),
+        ("doctor-shepherd", "Dr Derek Shepherd", Role::Doctor),
+        ("finance-fiona", "Fiona Banks", Role::Finance),
+        ("partner-pat", "Pat Lab", Role::External),
+    ];
+    for (s, name, role) in staff {
+        clinic
+            .admin()
+            .set_person(&a, &user(s), name, [role].into_iter().collect())
+            .await
+            .unwrap();
+    }
+    for (s, name) in [
+        ("patient-alice", "Alice Smith"),
+        ("patient-bob", "Bob Jones"),
+    ] {
+        clinic
+            .records()
+            .register(
+                &a,
+                &user(s),
+                &PatientDetails {
+                    name: name.into(),
+                    date_of_birth: "1980-02-29".into(),
+                    blood_type: "O+".into(),
+                    allergies: vec!["penicillin".into()],
+                },
+            )
+            .await
+            .unwrap();
+    }
+    Fixture {
+        clinic,
+        store,
+        clock,
+        _dir: dir,
+    }
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("clinic.db").display());
+    let store = careconnect_storage::connect(&url).await.unwrap();
+    fixture(store, dir).await
+}
+
+/// Tomorrow at `hour`:00 UTC.
+fn tomorrow(hour: u64) -> u64 {
+    (START / DAY + 1) * DAY + hour * 3600
+}
+
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::sqlite().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let db = super::common::OwnDb::create("cc_clinic").await;
+                let store = careconnect_storage::connect(&db.url).await.unwrap();
+                super::$name(super::fixture(store, tempfile::tempdir().unwrap()).await).await;
+                db.drop_db().await;
+            }
+        }
+    };
+}
+
+both_backends!(main_flows);
+both_backends!(abuse_changes_nothing);
+both_backends!(races_have_one_winner);
+both_backends!(break_glass);
+
+async fn main_flows(f: Fixture) {
+    let c = &f.clinic;
+    // A patient books: the doctor gets the patient in care.
+    assert!(c.records().patients(&grey()).await.unwrap().is_empty());
+    let appt = c
+        .patients()
+        .book(&alice(), &alice().user, &grey().user, tomorrow(9), "cough")
+        .await
+        .unwrap();
+    let mine = c
+        .patients()
+        .appointments(&alice(), &alice().user)
+        .await
+        .unwrap();
+    assert_eq!(mine, vec![appt.clone()]);
+    let list = c.records().patients(&grey()).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (list[0].patient.clone(), list[0].name.as_str()),
+        (alice().user, "Alice Smith")
+    );
+    // Notes are appended, numbered, amended without overwriting.
+    let n1 = c
+        .records()
+        .add_note(&grey(), &alice().user, "Dry cough for 2 weeks.", None)
+        .await
+        .unwrap();
+    let n2 = c
+        .records()
+        .add_note(&grey(), &alice().user, "Correction: 3 weeks.", Some(n1.seq))
+        .await
+        .unwrap();
+    assert_eq!((n1.seq, n2.seq, n2.amends), (1, 2, Some(1)));
+    let record = c.records().record(&grey(), &alice().user).await.unwrap();
+    assert_eq!(record.details.name, "Alice Smith");
+    assert_eq!(record.notes, vec![n1.clone(), n2]);
+    assert_eq!(c.patients().record(&alice()).await.unwrap(), record);
+    // Prescribe (signed), the patient sees it verified and pays it once.
+    let p = c
+        .eps()
+        .prescribe(&grey(), &alice().user, &rx("Amoxicillin"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.signature, p.status),
+        (SignatureStatus::Valid, Status::Issued)
+    );
+    let seen = c
+        .patients()
+        .prescriptions(&alice(), &alice().user)
+        .await
+        .unwrap();
+    assert_eq!(seen, vec![p.clone()]);
+    let tx = c.patients().pay(&alice(), &p.id).await.unwrap();
+    assert_eq!(tx.amount_pence, 990);
+    assert!(tx.pseudonym.starts_with("P-") && !tx.pseudonym.contains("alice"));
+    assert!(matches!(
+        c.patients().pay(&alice(), &p.id).await,
+        Err(CoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        c.eps().cancel(&grey(), &p.id).await,
+        Err(CoreError::Conflict(_))
+    ));
+    let issued = c.eps().issued(&grey(), &grey().user).await.unwrap();
+    assert!(matches!(issued[0].status, Status::Paid { .. }));
+    // The prescriber cancels an unpaid one.
+    let p2 = c
+        .eps()
+        .prescribe(&grey(), &alice().user, &rx("Ibuprofen"))
+        .await
+        .unwrap();
+    let cancelled = c.eps().cancel(&grey(), &p2.id).await.unwrap();
+    assert!(matches!(cancelled.status, Status::Cancelled { .. }));
+    assert!(matches!(
+        c.patients().pay(&alice(), &p2.id).await,
+        Err(CoreError::Conflict(_))
+    ));
+    // Finance: one transaction, pseudonymous; date filters; CSV.
+    let all = c
+        .finance()
+        .transactions(&fiona(), &DateRange::default())
+        .await
+        .unwrap();
+    assert_eq!(all, vec![tx.clone()]);
+    let before = DateRange {
+        from: None,
+        to: Some("2027-01-03".into()),
+    };
+    assert!(
+        c.finance()
+            .transactions(&fiona(), &before)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let that_day = DateRange {
+        from: Some("2027-01-04".into()),
+        to: Some("2027-01-04".into()),
+    };
+    assert_eq!(
+        c.finance()
+            .transactions(&fiona(), &that_day)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let csv = c
+        .finance()
+        .export_csv(&fiona(), &DateRange::default())
+        .await
+        .unwrap();
+    assert!(csv.starts_with("id,time_utc,amount,description,patient_pseudonym\n"));
+    assert!(csv.contains(",9.90,Prescription charge,P-"), "{csv}");
+    assert!(!csv.contains("Amoxicillin") && !csv.contains("Alice"));
+    // Cancel an own future appointment; the slot is free again.
+    c.patients().cancel(&alice(), &appt.id).await.unwrap();
+    assert!(matches!(
+        c.patients().cancel(&alice(), &appt.id).await,
+        Err(CoreError::Conflict(_))
+    ));
+    c.patients()
+        .book(&bob(), &bob().user, &grey().user, tomorrow(9), "")
+        .await
+        .unwrap();
+    // Admin: audit log intact and flagged overrides; key status.
+    let r = c.records().record(&admin(), &alice().user).await.unwrap();
+    assert_eq!(r.notes.len(), 2);
+    let view = c.admin().audit_log(&admin(), 1, 1000).await.unwrap();
+    assert!(matches!(view.verification, Verification::Intact { .. }));
+    assert!(
+        view.entries
+            .iter()
+            .any(|(_, e)| e.flags.contains(&Flag::AdminOverride))
+    );
+    assert!(
+        view.entries
+            .iter()
+            .all(|(_, e)| !e.resource.contains("patient-alice")),
+        "the audit log names patients by pseudonym"
+    );
+    let keys = c.admin().key_status(&admin()).await.unwrap();
+    assert_eq!(keys.clinic_keys.len(), 1);
+    assert_eq!(keys.kms_keys.len(), 5);
+    // Care by admin assignment, then revoked.
+    assert!(c.records().patients(&shepherd()).await.unwrap().is_empty());
+    c.admin()
+        .assign_care(&admin(), &shepherd().user, &bob().user)
+        .await
+        .unwrap();
+    c.records().record(&shepherd(), &bob().user).await.unwrap();
+    c.admin()
+        .revoke_care(&admin(), &shepherd().user, &bob().user)
+        .await
+        .unwrap();
+    denied(c.records().record(&shepherd(), &bob().user).await);
+}
+
+async fn abuse_changes_nothing(f: Fixture) {
+    let c = &f.clinic;
+    let appt = c
+        .patients()
+        .book(&bob(), &bob().user, &grey().user, tomorrow(10), "")
+        .await
+        .unwrap();
+    c.patients()
+        .book(&alice(), &alice().user, &grey().user, tomorrow(11), "")
+        .await
+        .unwrap();
+    let bobs = c
+        .eps()
+        .prescribe(&grey(), &bob().user, &rx("Metformin"))
+        .await
+        .unwrap();
+    let before = snapshot(f.store.as_ref()).await;
+    let (a, b) = (alice(), bob());
+    // Patients: another patient's data.
+    denied(c.records().record(&a, &b.user).await);
+    denied(c.patients().prescriptions(&a, &b.user).await);
+    denied(c.patients().appointments(&a, &b.user).await);
+    denied(c.patients().pay(&a, &bobs.id).await);
+    denied(
+        c.patients()
+            .book(&a, &b.user, &grey().user, tomorrow(12), "")
+            .await,
+    );
+    not_found(c.patients().cancel(&a, &appt.id).await);
+    denied(
+        c.records()
+            .add_note(&a, &a.user, "I am a doctor now", None)
+            .await,
+    );
+    denied(c.eps().prescribe(&a, &a.user, &rx("Oxycodone")).await);
+    denied(c.finance().transactions(&a, &DateRange::default()).await);
+    denied(c.admin().assign_care(&a, &grey().user, &a.user).await);
+    // A doctor outside care, and with another doctor's prescription.
+    let s = shepherd();
+    denied(c.records().record(&s, &b.user).await);
+    denied(
+        c.records()
+            .add_note(&s, &b.user, "not my patient", None)
+            .await,
+    );
+    denied(c.eps().prescribe(&s, &b.user, &rx("Warfarin")).await);
+    denied(c.eps().cancel(&s, &bobs.id).await);
+    denied(c.eps().issued(&s, &grey().user).await);
+    // Finance and the external partner touch no clinical data.
+    for p in [fiona(), pat()] {
+        denied(c.records().record(&p, &b.user).await);
+        denied(c.records().patients(&p).await);
+        denied(c.eps().prescribe(&p, &b.user, &rx("Aspirin")).await);
+        denied(c.eps().cancel(&p, &bobs.id).await);
+        denied(c.admin().audit_log(&p, 1, 10).await);
+        denied(
+            c.admin()
+                .erase_patient(&p, &b.user, "because I can do it")
+                .await,
+        );
+    }
+    denied(
+        c.finance()
+            .transactions(&pat(), &DateRange::default())
+            .await,
+    );
+    // Made-up ids.
+    for id in ["00000000000000000000000000000000", "../../etc/passwd", ""] {
+        not_found(c.patients().pay(&b, id).await);
+        not_found(c.eps().cancel(&grey(), id).await);
+        not_found(c.patients().cancel(&b, id).await);
+    }
+    not_found(c.records().record(&admin(), &user("patient-nobody")).await);
+    assert!(matches!(
+        c.records().add_note(&grey(), &b.user, "x", Some(99)).await,
+        Err(CoreError::Invalid(_))
+    ));
+    // Bad input.
+    assert!(matches!(
+        c.eps().prescribe(&grey(), &b.user, &rx("")).await,
+        Err(CoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        c.patients()
+            .book(&b, &b.user, &grey().user, tomorrow(3), "")
+            .await,
+        Err(CoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        c.patients()
+            .book(&b, &b.user, &grey().user, START - 3600, "")
+            .await,
+        Err(CoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        c.patients()
+            .book(&b, &b.user, &fiona().user, tomorrow(12), "")
+            .await,
+        Err(CoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        c.patients()
+            .book(&b, &b.user, &grey().user, tomorrow(10), "")
+            .await,
+        Err(CoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        c.finance()
+            .transactions(
+                &fiona(),
+                &DateRange {
+                    from: Some("2027-13-01".into()),
+                    to: None
+                }
+            )
+            .await,
+        Err(CoreError::Invalid(_))
+    ));
+    assert_eq!(
+        snapshot(f.store.as_ref()).await,
+        before,
+        "refusals changed storage"
+    );
+    // A ciphertext copied into another row or field opens nowhere.
+    let rows_of = |coll: &'static str| {
+        let store = f.store.clone();
+        async move {
+            store
+                .list(&Collection::new(coll).unwrap(), None, 1000)
+                .await
+                .unwrap()
+                .rows
+        }
+    };
+    let moved = |r: &Row| RowData {
+        key_id: r.key_id,
+        envelope: r.envelope.clone(),
+        indexes: r.indexes.clone(),
+    };
+    let rx_rows = rows_of("core_prescriptions").await;
+    let forged = RowId::new("f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0").unwrap();
+    f.store
+        .insert(
+            &Collection::new("core_prescriptions").unwrap(),
+            &forged,
+            moved(&rx_rows[0]),
+        )
+        .await
+        .unwrap();
+    not_found(c.patients().pay(&b, forged.as_str()).await);
+    assert_eq!(
+        c.patients().prescriptions(&b, &b.user).await.unwrap().len(),
+        1
+    );
+    // Bob's appointment copied into a row indexed for Alice: not hers.
+    let appts = rows_of("core_appointments").await;
+    let alices_index = appts
+        .iter()
+        .find(|r| r.id.as_str() != appt.id)
+        .unwrap()
+        .indexes
+        .clone();
+    let bobs_row = appts.iter().find(|r| r.id.as_str() == appt.id).unwrap();
+    f.store
+        .insert(
+            &Collection::new("core_appointments").unwrap(),
+            &forged,
+            RowData {
+                indexes: alices_index,
+                ..moved(bobs_row)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        c.patients().appointments(&a, &a.user).await.unwrap().len(),
+        1
+    );
+    // A note moved into the record's field, or the record moved to a note.
+    let record_row = rows_of("core_records").await[0].clone();
+    f.store
+        .insert(
+            &Collection::new("core_notes").unwrap(),
+            &forged,
+            moved(&record_row),
+        )
+        .await
+        .unwrap();
+    for p in [&a, &b] {
+        assert!(
+            c.records()
+                .record(&grey(), &p.user)
+                .await
+                .unwrap()
+                .notes
+                .is_empty()
+        );
+    }
+}
+
+async fn races_have_one_winner(f: Fixture) {
+    let c = &f.clinic;
+    // 16 bookings of one slot by two patients: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let c = c.clone();
+        let p = if i % 2 == 0 { alice() } else { bob() };
+        tasks.push(tokio::spawn(async move {
+            c.patients()
+                .book(&p, &p.user, &grey().user, tomorrow(14), "")
+                .await
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(CoreError::Conflict(_)) => {}
+            Err(e) => panic!("booking race: {e}"),
+        }
+    }
+    assert_eq!(wins, 1, "exactly one booking of the slot");
+    let booked = c
+        .patients()
+        .appointments(&alice(), &alice().user)
+        .await
+        .unwrap()
+        .len()
+        + c.patients()
+            .appointments(&bob(), &bob().user)
+            .await
+            .unwrap()
+            .len();
+    assert_eq!(booked, 1);
+    // 16 payments of one prescription: exactly one payment, one transaction.
+    c.admin()
+        .assign_care(&admin(), &grey().user, &alice().user)
+        .await
+        .unwrap();
+    let p = c
+        .eps()
+        .prescribe(&grey(), &alice().user, &rx("Atorvastatin"))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (c, id) = (c.clone(), p.id.clone());
+        tasks.push(tokio::spawn(async move {
+            c.patients().pay(&alice(), &id).await
+        }));
+    }
+    let mut paid = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => paid += 1,
+            Err(CoreError::Conflict(_)) => {}
+            Err(e) => panic!("payment race: {e}"),
+        }
+    }
+    assert_eq!(paid, 1, "exactly one payment");
+    let txs = c
+        .finance()
+        .transactions(&fiona(), &DateRange::default())
+        .await
+        .unwrap();
+    assert_eq!(txs.len(), 1, "exactly one transaction");
+    // 8 doctors' notes at once: all kept, numbered 1..=8.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.records()
+                .add_note(&grey(), &alice().user, &format!("note {i}"), None)
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let notes = c
+        .records()
+        .record(&grey(), &alice().user)
+        .await
+        .unwrap()
+        .notes;
+    assert_eq!(
+        notes.iter().map(|n| n.seq).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+}
+
+async fn break_glass(f: Fixture) {
+    let c = &f.clinic;
+    let s = shepherd();
+    denied(c.records().record(&s, &alice().user).await);
+    assert!(matches!(
+        c.gate()
+            .declare_break_glass(&s, &alice().user, "urgent")
+            .await,
+        Err(CoreError::ReasonRequired)
+    ));
+    denied(c.records().record(&s, &alice().user).await);
+    c.gate()
+        .declare_break_glass(&s, &alice().user, "unconscious in A&E, allergy check")
+        .await
+        .unwrap();
+    c.records().record(&s, &alice().user).await.unwrap();
+    c.eps()
+        .prescribe(&s, &alice().user, &rx("Adrenaline"))
+        .await
+        .unwrap();
+    // Break-glass is not care: she is not on his list.
+    assert!(c.records().patients(&s).await.unwrap().is_empty());
+    f.clock.advance(Duration::from_secs(3601));
+    denied(c.records().record(&s, &alice().user).await);
+    let log = c.admin().audit_log(&admin(), 1, 1000).await.unwrap();
+    let glass: Vec<_> = log
+        .entries
+        .iter()
+        .filter(|(_, e)| e.flags.contains(&Flag::BreakGlass))
+        .collect();
+    assert_eq!(glass.len(), 3, "declaration, read and prescribe flagged");
+    let review = c.admin().break_glass_review(&admin()).await.unwrap();
+    assert_eq!(review.len(), 1);
+    assert_eq!(review[0].doctor, s.user);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_plaintext_patient_data_in_the_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("clinic.db").display());
+    let store = careconnect_storage::connect(&url).await.unwrap();
+    let mut config = ClinicConfig::embedded(dir.path()).unwrap();
+    config.subject_buckets = 4;
+    let clinic = Clinic::open_with(
+        config,
+        store,
+        Arc::new(careconnect_authz::session::SystemClock),
+    )
+    .await
+    .unwrap();
+    let seeded = careconnect_core::seed::demo(&clinic, ISSUER).await.unwrap();
+    assert_eq!(
+        (seeded.notes, seeded.prescriptions, seeded.payments),
+        (3, 3, 1)
+    );
+    // Seeding again adds nothing.
+    let again = careconnect_core::seed::demo(&clinic, ISSUER).await.unwrap();
+    assert_eq!(again, careconnect_core::seed::Seeded::default());
+    let mut bytes = Vec::new();
+    for f in ["clinic.db", "clinic.db-wal"] {
+        if let Ok(b) = std::fs::read(dir.path().join(f)) {
+            bytes.extend(b);
+        }
+    }
+    assert!(bytes.len() > 10_000, "the database holds the seeded rows");
+    for needle in [
+        "Alice Smith",
+        "Bob Jones",
+        "Carol White",
+        "1984-03-12",
+        "penicillin",
+        "Peak flow",
+        "Hypertension",
+        "Migraine",
+        "Salbutamol",
+        "Amlodipine",
+        "Sumatriptan",
+        "spacer",
+    ] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{needle:?} is in the SQLite file in plaintext"
+        );
+    }
+    let _ = RoleSet::EMPTY;
+}
