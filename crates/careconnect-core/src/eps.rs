@@ -496,3 +496,93 @@ impl Eps<'_> {
         Err(CoreError::Conflict("prescription kept changing"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use careconnect_authz::Role;
+    use careconnect_authz::session::ManualClock;
+
+    use super::*;
+    use crate::records::PatientDetails;
+    use crate::{ClinicConfig, CoreError};
+
+    fn who(s: &str, role: Role) -> Principal {
+        Principal::new(
+            UserId::new("https://idp.test", s).unwrap(),
+            [role].into_iter().collect(),
+        )
+    }
+
+    /// Someone holding the clinic's keys (not the prescriber's signing key)
+    /// changes the drug of a sealed prescription: the row still opens, the
+    /// signature says Invalid, and it cannot be paid.
+    #[tokio::test]
+    async fn a_prescription_altered_under_the_clinic_keys_fails_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ClinicConfig::embedded(dir.path()).unwrap();
+        config.subject_buckets = 2;
+        let store = careconnect_storage::connect("memory:").await.unwrap();
+        let clinic = Clinic::open_with(config, store, Arc::new(ManualClock::new(1_800_000_000)))
+            .await
+            .unwrap();
+        let (admin, doctor, patient) = (
+            who("admin", Role::Admin),
+            who("doc", Role::Doctor),
+            who("pat", Role::Patient),
+        );
+        clinic
+            .records()
+            .register(
+                &admin,
+                &patient.user,
+                &PatientDetails {
+                    name: "Pat Ient".into(),
+                    date_of_birth: "1990-01-01".into(),
+                    blood_type: "A+".into(),
+                    allergies: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        clinic
+            .admin()
+            .assign_care(&admin, &doctor.user, &patient.user)
+            .await
+            .unwrap();
+        let input = PrescriptionInput {
+            drug: "Codeine".into(),
+            dosage: "30 mg".into(),
+            frequency: "every 6 hours".into(),
+            notes: String::new(),
+        };
+        let p = clinic
+            .eps()
+            .prescribe(&doctor, &patient.user, &input)
+            .await
+            .unwrap();
+        assert_eq!(p.signature, SignatureStatus::Valid);
+        let c = &clinic.inner;
+        let mut l = c.load_prescription(&p.id).await.unwrap().unwrap();
+        l.body.dosage = "300 mg".into();
+        let data = c.prescription_data(&l.keys, &l.row.id, &l.body).unwrap();
+        c.store
+            .update(&c.prescriptions().unwrap(), &l.row.id, l.row.version, data)
+            .await
+            .unwrap();
+        let seen = clinic
+            .patients()
+            .prescriptions(&patient, &patient.user)
+            .await
+            .unwrap();
+        assert_eq!(seen[0].dosage, "300 mg");
+        assert_eq!(seen[0].signature, SignatureStatus::Invalid);
+        assert!(matches!(
+            clinic.patients().pay(&patient, &p.id).await,
+            Err(CoreError::Conflict(_))
+        ));
+    }
+}

@@ -18,9 +18,11 @@
 //!
 //! Each step leaves the live data readable (the old bucket key is destroyed
 //! only after every other subject is re-sealed), so running the erasure
-//! again after a crash finishes it. (A test that kills the process mid-way
-//! is still to come.) The erased subject's row becomes a tombstone: the
-//! subject is never silently given a fresh keyring.
+//! again after a crash finishes it (`tests/crash_erasure.rs` kills it with
+//! SIGKILL at many instants). The erased subject's row becomes a tombstone:
+//! the subject is never silently given a fresh keyring; a row still sealed
+//! under a destroyed bucket key (an erasure cut short before its tombstone)
+//! reads as erased too.
 //!
 //! Destroying KMS versions needs a KMS that can ([`Kms::destroy_version`]):
 //! the local KMS can; on AWS KMS it is refused as unsupported, see
@@ -220,6 +222,11 @@ impl SubjectKeys {
                 // An erasure of another subject re-sealed this row and
                 // destroyed the key we read it under: read it again.
                 Err(careconnect_crypto::Error::KeyDestroyed(_)) if stale < 4 => stale += 1,
+                // Still under a destroyed bucket key: only an erasure
+                // destroys one, after re-sealing every other subject, so
+                // this is the erased subject of an erasure cut short before
+                // its tombstone was written.
+                Err(careconnect_crypto::Error::KeyDestroyed(_)) => return Err(CoreError::Erased),
                 Err(e) => return Err(e.into()),
             }
         }

@@ -742,3 +742,153 @@ async fn no_plaintext_patient_data_in_the_sqlite_file() {
     }
     let _ = RoleSet::EMPTY;
 }
+
+/// Bucket of a patient's subject keyring among `buckets`.
+fn bucket(p: &UserId, buckets: u16) -> u16 {
+    let h = careconnect_core::subjects::SubjectKeys::handle(p);
+    u16::from_str_radix(&h.as_str()[..4], 16).unwrap() % buckets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_reaches_a_copy_taken_before_it() {
+    let f = sqlite().await;
+    let c = &f.clinic;
+    let dir = f._dir.path();
+    // More patients, so some share the erased one's bucket and some do not.
+    let others: Vec<UserId> = (0..8).map(|i| user(&format!("patient-{i}"))).collect();
+    for p in &others {
+        c.records()
+            .register(
+                &admin(),
+                p,
+                &PatientDetails {
+                    name: format!("Patient {}", p.subject()),
+                    date_of_birth: "1999-12-31".into(),
+                    blood_type: "unknown".into(),
+                    allergies: vec![],
+                },
+            )
+            .await
+            .unwrap();
+    }
+    c.patients()
+        .book(&alice(), &alice().user, &grey().user, tomorrow(9), "")
+        .await
+        .unwrap();
+    c.records()
+        .add_note(&grey(), &alice().user, "Confidential history", None)
+        .await
+        .unwrap();
+    let p = c
+        .eps()
+        .prescribe(&grey(), &alice().user, &rx("Sertraline"))
+        .await
+        .unwrap();
+    let tx = c.patients().pay(&alice(), &p.id).await.unwrap();
+    // The copy: database, WAL and the audit anchor, as a backup would take them.
+    let copy = tempfile::tempdir().unwrap();
+    for name in [
+        "clinic.db",
+        "clinic.db-wal",
+        "clinic.db-shm",
+        "audit.anchor",
+        "kms-root.key",
+    ] {
+        if dir.join(name).exists() {
+            std::fs::copy(dir.join(name), copy.path().join(name)).unwrap();
+        }
+    }
+    assert!(matches!(
+        c.admin()
+            .erase_patient(&admin(), &alice().user, "short")
+            .await,
+        Err(CoreError::ReasonRequired)
+    ));
+    let done = c
+        .admin()
+        .erase_patient(&admin(), &alice().user, "GDPR art. 17 request #4411")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(done.kms_versions_destroyed >= 1);
+    // Live: the patient is gone from every service; others are not.
+    for r in [
+        c.records().record(&admin(), &alice().user).await.map(drop),
+        c.patients()
+            .prescriptions(&alice(), &alice().user)
+            .await
+            .map(drop),
+        c.patients()
+            .appointments(&alice(), &alice().user)
+            .await
+            .map(drop),
+    ] {
+        match r {
+            Err(CoreError::Erased) | Ok(()) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(matches!(
+        c.records().record(&admin(), &alice().user).await,
+        Err(CoreError::Erased)
+    ));
+    assert!(
+        c.patients()
+            .prescriptions(&alice(), &alice().user)
+            .await
+            .map_or(true, |v| v.is_empty())
+    );
+    assert!(
+        c.eps()
+            .issued(&grey(), &grey().user)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    c.records().record(&admin(), &bob().user).await.unwrap();
+    for p in &others {
+        c.records().record(&admin(), p).await.unwrap();
+    }
+    // Finance keeps the pseudonym and amount; the audit chain verifies and
+    // holds the reason.
+    assert_eq!(
+        c.finance()
+            .transactions(&fiona(), &DateRange::default())
+            .await
+            .unwrap(),
+        vec![tx]
+    );
+    let log = c.admin().audit_log(&admin(), 1, 1000).await.unwrap();
+    assert!(matches!(log.verification, Verification::Intact { .. }));
+    assert!(log.entries.iter().any(|(_, e)| e.action == "ErasePatient"
+        && e.reason.as_deref() == Some("GDPR art. 17 request #4411")));
+    drop(f.clinic);
+    // The copy, opened with everything the clinic holds now (its KMS file).
+    std::fs::copy(dir.join("kms.bin"), copy.path().join("kms.bin")).unwrap();
+    let url = format!("sqlite://{}", copy.path().join("clinic.db").display());
+    let mut config = ClinicConfig::embedded(copy.path()).unwrap();
+    config.subject_buckets = 4;
+    let old = Clinic::open_with(
+        config,
+        careconnect_storage::connect(&url).await.unwrap(),
+        Arc::new(ManualClock::new(START)),
+    )
+    .await
+    .unwrap();
+    assert!(old.records().record(&admin(), &alice().user).await.is_err());
+    let erased_bucket = bucket(&alice().user, 4);
+    let mut opened_elsewhere = 0;
+    for p in others.iter().chain([&bob().user]) {
+        let r = old.records().record(&admin(), p).await;
+        if bucket(p, 4) == erased_bucket {
+            assert!(
+                r.is_err(),
+                "the erased patient's bucket is gone in the copy"
+            );
+        } else {
+            r.unwrap();
+            opened_elsewhere += 1;
+        }
+    }
+    assert!(opened_elsewhere > 0);
+}
