@@ -154,16 +154,16 @@ async fn run(ops: Vec<Op>) {
         .await
         .unwrap();
     let admin = principal(6);
-    for i in 0..ACTORS.len() {
+    for (i, (subject, role)) in ACTORS.iter().enumerate() {
         let p = principal(i);
-        if ACTORS[i].1 == Role::Patient {
+        if *role == Role::Patient {
             clinic
                 .records()
                 .register(
                     &admin,
                     &p.user,
                     &PatientDetails {
-                        name: format!("Name of {}", ACTORS[i].0),
+                        name: format!("Name of {subject}"),
                         date_of_birth: "1990-05-05".into(),
                         blood_type: "AB-".into(),
                         allergies: vec![],
@@ -174,7 +174,7 @@ async fn run(ops: Vec<Op>) {
         } else {
             clinic
                 .admin()
-                .set_person(&admin, &p.user, ACTORS[i].0, p.roles)
+                .set_person(&admin, &p.user, subject, p.roles)
                 .await
                 .unwrap();
         }
