@@ -369,7 +369,7 @@ impl Gate {
         let id = pair_id(b"care", doctor, patient)?;
         self.system_action(admin, Action::AssignRoles, format!("care:{}", id.as_str()))
             .await?;
-        loop {
+        for _ in 0..8 {
             let current = match self.store.get(&self.care, &id).await {
                 Ok(r) => r,
                 Err(StorageError::NotFound) => return Ok(()),
@@ -381,6 +381,9 @@ impl Gate {
                 Err(e) => return Err(e.into()),
             }
         }
+        Err(CoreError::Storage(StorageError::Unavailable(
+            "care row kept changing under concurrent writers".into(),
+        )))
     }
 
     /// A doctor declares an emergency for `patient`, stating `reason`.

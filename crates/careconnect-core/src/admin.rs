@@ -203,7 +203,7 @@ impl Admin<'_> {
         if reason.chars().count() < crate::access::MIN_REASON_CHARS {
             return Err(CoreError::ReasonRequired);
         }
-        let resource = format!("patient:{}", c.pseudonym(patient));
+        let resource = c.audit_name(patient);
         let decision = careconnect_authz::authorize(admin, Action::ErasePatient, &Resource::System);
         let outcome = if decision.is_allowed() {
             Outcome::Allowed

@@ -9,6 +9,11 @@
 //! mac = HMAC-SHA256(K, "careconnect/audit/v1" || seq (u64 BE) || previous mac || event JSON)
 //! ```
 //!
+//! Stated reasons (break-glass, erasure) may say something clinical: they
+//! are stored sealed under the keyring and opened by [`AuditTrail::read`].
+//! With [`AuditTrail::with_pseudonyms`], a principal acting only as a
+//! patient is named by pseudonym, as the access gate names patients.
+//!
 //! where `K` is the keyring's MAC key for [`AUDIT_PURPOSE`] under the named
 //! key id, `seq` the entry's sequence number in the store and the previous
 //! mac that of entry `seq - 1` (32 zero bytes before entry 1). Changing,
@@ -39,7 +44,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use careconnect_authz::{Principal, UserId};
 use careconnect_crypto::mac::MacKey;
-use careconnect_crypto::{KeyId, Keyring};
+use careconnect_crypto::{EncryptionContext, KeyId, Keyring};
 use careconnect_storage::AuditLog;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -315,6 +320,17 @@ pub struct AuditTrail {
     keys: Keyring,
     anchor: Anchor,
     tx: mpsc::Sender<Pending>,
+    pseudonyms: Option<Arc<MacKey>>,
+}
+
+/// The issuer under which patients acting on their own data are named in
+/// the log (with [`AuditTrail::with_pseudonyms`]).
+pub const PSEUDONYM_ISSUER: &str = "urn:careconnect:pseudonym";
+/// Prefix of a reason stored sealed.
+const SEALED_REASON: &str = "sealed:";
+
+fn reason_context() -> EncryptionContext {
+    EncryptionContext::new().with("purpose", "careconnect/audit-reason")
 }
 
 impl std::fmt::Debug for AuditTrail {
@@ -341,7 +357,18 @@ impl AuditTrail {
             keys,
             anchor,
             tx,
+            pseudonyms: None,
         }
+    }
+
+    /// Names principals who act only as patients by their pseudonym under
+    /// `key` (the one the access gate names patients by), so the log never
+    /// links a patient's identity to their pseudonym, and an erased patient
+    /// stays unnamed in it.
+    #[must_use]
+    pub fn with_pseudonyms(mut self, key: MacKey) -> Self {
+        self.pseudonyms = Some(Arc::new(key));
+        self
     }
 
     /// Appends `event`; returns its sequence number once it is durable.
@@ -349,7 +376,19 @@ impl AuditTrail {
     /// # Errors
     ///
     /// Storage failures, or [`CoreError::AuditUnavailable`] if the writer stopped.
-    pub async fn record(&self, event: AuditEvent) -> Result<u64, CoreError> {
+    pub async fn record(&self, mut event: AuditEvent) -> Result<u64, CoreError> {
+        // Stated reasons may say something clinical: stored sealed.
+        if let Some(reason) = event.reason.take() {
+            let sealed = self.keys.seal(&reason_context(), reason.as_bytes())?;
+            event.reason = Some(format!("{SEALED_REASON}{}", hex::encode(sealed)));
+        }
+        if let (Some(key), Some(actor)) = (&self.pseudonyms, &event.actor)
+            && !event.roles.is_empty()
+            && event.roles.split(',').all(|r| r == "patient")
+        {
+            let name = crate::clinic::pseudonym_with(key, actor);
+            event.actor = Some(UserId::new(PSEUDONYM_ISSUER, name)?);
+        }
         let json = serde_json::to_vec(&event).map_err(|_| CoreError::Corrupt("audit event"))?;
         let (done, wait) = oneshot::channel();
         self.tx
@@ -371,7 +410,21 @@ impl AuditTrail {
             .iter()
             .filter_map(|(seq, entry)| {
                 let raw = split(entry)?;
-                Some((*seq, serde_json::from_slice(raw.json).ok()?))
+                let mut event: AuditEvent = serde_json::from_slice(raw.json).ok()?;
+                if let Some(sealed) = event
+                    .reason
+                    .as_deref()
+                    .and_then(|r| r.strip_prefix(SEALED_REASON))
+                {
+                    event.reason = Some(
+                        hex::decode(sealed)
+                            .ok()
+                            .and_then(|b| self.keys.open(&b, &reason_context()).ok())
+                            .and_then(|o| String::from_utf8(o.plaintext.to_vec()).ok())
+                            .unwrap_or_else(|| "(reason unreadable)".into()),
+                    );
+                }
+                Some((*seq, event))
             })
             .collect())
     }

@@ -153,6 +153,9 @@ impl ClinicConfig {
 const INDEX_PURPOSE: &str = "careconnect/blind-index";
 const PSEUDONYM_PURPOSE: &str = "careconnect/pseudonym";
 const CARE_INDEX_PURPOSE: &str = "careconnect/care-index";
+/// Finance's pseudonyms have a key of their own: nothing else (the audit
+/// log, which names patients by [`PSEUDONYM_PURPOSE`]) can link them.
+const FINANCE_PSEUDONYM_PURPOSE: &str = "careconnect/finance-pseudonym";
 
 /// The pseudonym of `patient` under `key`: `P-` and 20 hex digits of a
 /// keyed MAC of the identity.
@@ -169,6 +172,7 @@ pub(crate) struct Inner {
     pub(crate) keys: Keyring,
     pub(crate) index_key: MacKey,
     pub(crate) pseudonym_key: MacKey,
+    pub(crate) audit_names: MacKey,
     pub(crate) audit: AuditTrail,
     pub(crate) gate: Gate,
     pub(crate) subjects: SubjectKeys,
@@ -296,8 +300,9 @@ impl Clinic {
             stored_keyring(kms.as_ref(), keystore.as_ref(), &clinic_key, INDEX_KEYSET).await?;
         let mac = |purpose| macs.mac_key_for(macs.primary(), purpose);
         let index_key = mac(INDEX_PURPOSE)?;
-        let pseudonym_key = mac(PSEUDONYM_PURPOSE)?;
-        let audit = AuditTrail::new(log, keys.clone(), Anchor::at(config.audit_anchor));
+        let pseudonym_key = mac(FINANCE_PSEUDONYM_PURPOSE)?;
+        let audit = AuditTrail::new(log, keys.clone(), Anchor::at(config.audit_anchor))
+            .with_pseudonyms(mac(PSEUDONYM_PURPOSE)?);
         let gate = Gate::new(
             records.clone(),
             keys.clone(),
@@ -335,6 +340,7 @@ impl Clinic {
                 keys,
                 index_key,
                 pseudonym_key,
+                audit_names: mac(PSEUDONYM_PURPOSE)?,
                 audit,
                 gate,
                 subjects,
@@ -498,10 +504,15 @@ impl Inner {
         Ok(RowId::new(hex::encode(&self.index_key.tag(&msg)[..20]))?)
     }
 
-    /// The patient's pseudonym (FinCare, audit): a keyed MAC of the
+    /// The patient's pseudonym in FinCare: a keyed MAC of the
     /// identity under a key only this function uses. Stable, not reversible.
     pub(crate) fn pseudonym(&self, patient: &UserId) -> String {
         pseudonym_with(&self.pseudonym_key, patient)
+    }
+
+    /// How the audit log names `patient` (as the access gate does).
+    pub(crate) fn audit_name(&self, patient: &UserId) -> String {
+        format!("patient:{}", pseudonym_with(&self.audit_names, patient))
     }
 
     /// `value` sealed as field `field` of row `id` under the patient's keys.
@@ -571,6 +582,23 @@ impl Inner {
         match decision {
             careconnect_authz::Decision::Allow(b) => Ok(b),
             careconnect_authz::Decision::Deny(r) => Err(CoreError::Denied(r)),
+        }
+    }
+
+    /// As [`Inner::decide`] for a thing named by an id from the request: a
+    /// denial is audited as such but reported as [`CoreError::NotFound`],
+    /// so an id the principal may not see looks like one that does not
+    /// exist.
+    pub(crate) async fn decide_hidden(
+        &self,
+        who: &Principal,
+        action: careconnect_authz::Action,
+        resource: &careconnect_authz::Resource<'_>,
+        audited_as: String,
+    ) -> Result<careconnect_authz::Basis, CoreError> {
+        match self.decide(who, action, resource, audited_as).await {
+            Err(CoreError::Denied(_)) => Err(CoreError::NotFound),
+            other => other,
         }
     }
 

@@ -204,8 +204,9 @@ impl Inner {
             handle: SubjectKeys::handle(&body.patient).as_str().to_owned(),
             body: hex::encode(inner),
         };
+        // The row's key id is the clinic keyring's (the outer envelope), as
+        // a scan by key id for rotation expects.
         let mut data = rows::seal(&self.keys, &coll, id, &locator)?;
-        data.key_id = keys.primary().get();
         data.indexes = vec![
             self.index(PATIENT_INDEX, &body.patient)?,
             self.index(PRESCRIBER_INDEX, &body.prescriber)?,
@@ -451,9 +452,9 @@ impl Eps<'_> {
     ///
     /// # Errors
     ///
-    /// [`CoreError::NotFound`] for an unknown id; [`CoreError::Denied`]
-    /// (audited) for anyone but its prescriber; [`CoreError::Conflict`] if
-    /// it is paid or cancelled already.
+    /// [`CoreError::NotFound`] for an unknown id and for anyone but its
+    /// prescriber (the denial is audited; the id's existence is not
+    /// revealed); [`CoreError::Conflict`] if it is paid or cancelled already.
     pub async fn cancel(&self, doctor: &Principal, id: &str) -> Result<Prescription, CoreError> {
         let c = &self.clinic.inner;
         for _ in 0..8 {
@@ -462,7 +463,7 @@ impl Eps<'_> {
                     .await?;
                 return Err(CoreError::NotFound);
             };
-            c.decide(
+            c.decide_hidden(
                 doctor,
                 Action::CancelPrescription,
                 &Resource::Prescription {

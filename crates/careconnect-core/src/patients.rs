@@ -327,9 +327,9 @@ impl CareConnect<'_> {
     ///
     /// # Errors
     ///
-    /// [`CoreError::NotFound`] for an unknown id; [`CoreError::Denied`]
-    /// (audited) for another patient's prescription;
-    /// [`CoreError::Conflict`] if paid or cancelled already, or its
+    /// [`CoreError::NotFound`] for an unknown id and for another patient's
+    /// prescription (the denial is audited; the id's existence is not
+    /// revealed); [`CoreError::Conflict`] if paid or cancelled already, or its
     /// signature does not verify.
     pub async fn pay(&self, who: &Principal, prescription: &str) -> Result<Transaction, CoreError> {
         let c = &self.clinic.inner;
@@ -339,7 +339,7 @@ impl CareConnect<'_> {
                 .await?;
             return Err(CoreError::NotFound);
         };
-        c.decide(
+        c.decide_hidden(
             who,
             Action::PayPrescription,
             &Resource::Prescription {

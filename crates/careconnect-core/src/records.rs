@@ -206,7 +206,7 @@ impl MedRecords<'_> {
             admin,
             Action::AssignRoles,
             &Resource::System,
-            format!("patient:{}", c.pseudonym(patient)),
+            c.audit_name(patient),
         )
         .await?;
         let keys = c.subjects.keys(patient).await?;
@@ -337,16 +337,18 @@ impl MedRecords<'_> {
         }
         let coll = c.notes()?;
         let who = crate::clinic::identity_bytes(patient);
-        for _ in 0..16 {
-            let existing = c.notes_of(&keys, patient).await?;
-            if amends.is_some_and(|a| !existing.iter().any(|n| n.seq == a)) {
-                return Err(CoreError::Invalid("amends"));
-            }
-            let seq = existing.last().map_or(1, |n| n.seq.saturating_add(1)).max(
-                u32::try_from(existing.len())
-                    .unwrap_or(u32::MAX)
-                    .saturating_add(1),
-            );
+        let existing = c.notes_of(&keys, patient).await?;
+        if amends.is_some_and(|a| !existing.iter().any(|n| n.seq == a)) {
+            return Err(CoreError::Invalid("amends"));
+        }
+        // The next number after the last readable note; a number taken (by
+        // a concurrent writer, or by a row that does not open) is skipped.
+        let mut seq = existing.last().map_or(1, |n| n.seq.saturating_add(1)).max(
+            u32::try_from(existing.len())
+                .unwrap_or(u32::MAX)
+                .saturating_add(1),
+        );
+        for _ in 0..64 {
             let id = c.keyed_id(&[b"note", &who, &seq.to_be_bytes()])?;
             let n = Note {
                 seq,
@@ -366,8 +368,7 @@ impl MedRecords<'_> {
             )?;
             match c.store.insert(&coll, &id, data).await {
                 Ok(_) => return Ok(n),
-                // Another doctor took this number: count again.
-                Err(StorageError::DuplicateId) => {}
+                Err(StorageError::DuplicateId) => seq = seq.saturating_add(1),
                 Err(e) => return Err(e.into()),
             }
         }

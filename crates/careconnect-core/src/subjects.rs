@@ -42,6 +42,15 @@ use crate::error::CoreError;
 
 /// The collection of subject keyrings.
 pub const SUBJECTS_COLLECTION: &str = "core_subjects";
+/// Most attempts of a compare-and-swap that keeps losing to other writers.
+const MAX_TRIES: usize = 8;
+
+fn kept_changing() -> CoreError {
+    CoreError::Storage(StorageError::Unavailable(
+        "subject row kept changing under concurrent writers".into(),
+    ))
+}
+
 /// The blind-index name holding a subject's bucket number.
 const BUCKET_INDEX: &str = "bucket";
 
@@ -234,8 +243,11 @@ impl SubjectKeys {
     }
 
     fn bucket_of(&self, id: &RowId) -> u16 {
-        let b = id.as_str().as_bytes();
-        let h = u16::from_str_radix(std::str::from_utf8(&b[..4]).unwrap_or("0"), 16).unwrap_or(0);
+        let h = id
+            .as_str()
+            .get(..4)
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+            .unwrap_or(0);
         h % self.buckets
     }
 
@@ -310,7 +322,7 @@ impl SubjectKeys {
             return Ok(k);
         }
         let b = self.bucket_of(&id);
-        loop {
+        for _ in 0..MAX_TRIES {
             if let Some(s) = self.open_existing(&id).await? {
                 return Ok(s);
             }
@@ -335,6 +347,7 @@ impl SubjectKeys {
             self.remember(&id, &s);
             return Ok(s);
         }
+        Err(kept_changing())
     }
 
     async fn reseal(
@@ -344,7 +357,7 @@ impl SubjectKeys {
         b: u16,
         ring: &Keyring,
     ) -> Result<(), CoreError> {
-        loop {
+        for _ in 0..MAX_TRIES {
             let Some(row) = self.row(id).await? else {
                 return Ok(());
             };
@@ -358,6 +371,7 @@ impl SubjectKeys {
                 Err(e) => return Err(e.into()),
             }
         }
+        Err(kept_changing())
     }
 
     /// Re-seals a subject row listed under the old bucket key, by
@@ -371,7 +385,7 @@ impl SubjectKeys {
         ring: &Keyring,
     ) -> Result<bool, CoreError> {
         let mut row = listed;
-        loop {
+        for _ in 0..MAX_TRIES {
             if is_tombstone(&row) || Keyring::key_id_of(&row.envelope).ok() != Some(old) {
                 return Ok(false);
             }
@@ -402,6 +416,7 @@ impl SubjectKeys {
                 Err(e) => return Err(e.into()),
             }
         }
+        Err(kept_changing())
     }
 
     /// Erases `subject`: after it, nothing the clinic holds opens the
@@ -440,23 +455,24 @@ impl SubjectKeys {
                 ring.rotate()?;
                 version = self.store_bucket(b, version, &ring).await?;
             }
-            // 2. Every other subject of the bucket under the new key.
-            let bucket_rows = self
-                .store
-                .find(
-                    &self.coll,
-                    &IndexEntry {
-                        name: BUCKET_INDEX.into(),
-                        token: b.to_be_bytes().to_vec(),
-                    },
-                )
-                .await?;
-            for other in bucket_rows {
-                if other.id == id {
-                    continue;
+            // 2. Every other subject of the bucket under the new key. The
+            //    bucket is read from each row's id, never from the bucket
+            //    index: index rows are not authenticated, and a subject
+            //    missed here would lose its key in step 3.
+            let mut after = None;
+            loop {
+                let page = self.store.list(&self.coll, after.as_ref(), 1000).await?;
+                for other in page.rows {
+                    if other.id == id || self.bucket_of(&other.id) != b {
+                        continue;
+                    }
+                    if self.reseal_listed(other, old, b, &ring).await? {
+                        resealed += 1;
+                    }
                 }
-                if self.reseal_listed(other, old, b, &ring).await? {
-                    resealed += 1;
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => break,
                 }
             }
             // 3. The old key destroyed (the erased subject's key goes with it).
@@ -484,9 +500,14 @@ impl SubjectKeys {
         self.forget(&id);
         // 5. The erased subject's row (dead already) becomes a tombstone, so
         //    the subject is not silently given a fresh keyring later.
+        let mut tries = 0;
         while let Some(row) = self.row(&id).await? {
             if is_tombstone(&row) {
                 break;
+            }
+            tries += 1;
+            if tries > MAX_TRIES {
+                return Err(kept_changing());
             }
             match self
                 .store

@@ -262,6 +262,9 @@ impl SqliteStore {
                     .bind(&data.envelope)
                     .execute(&mut *tx)
                     .await?;
+                // Index entries left over without their row (written
+                // outside this store) must not block or join the new row.
+                Self::clear_indexes(tx, coll, id).await?;
                 Self::write_indexes(tx, coll, id, &data.indexes).await?;
                 Ok(1)
             }
