@@ -14,8 +14,9 @@
 //! access it allows is flagged in the audit log, and administrators have a
 //! review list ([`Gate::break_glass_review`]).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
 
 use careconnect_authz::session::Clock;
 use careconnect_authz::{
@@ -90,7 +91,18 @@ struct CareRow {
     patient: UserId,
     by: UserId,
     at: u64,
+    /// The booking that made it (`None`: an administrator's assignment).
+    #[serde(default)]
+    appointment: Option<String>,
 }
+
+/// How long a care fact read from storage is trusted in memory. Changes
+/// made through this gate take effect at once; changes made by another
+/// node sharing the database take effect within this time.
+pub const CARE_CACHE_TTL: Duration = Duration::from_secs(5);
+const CARE_CACHE_MAX: usize = 50_000;
+
+type CareCache = std::sync::Mutex<HashMap<(UserId, UserId), (Instant, Care, u64)>>;
 
 /// A break-glass declaration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -119,6 +131,7 @@ pub struct Gate {
     glass: Collection,
     doctor_index: Option<Arc<careconnect_crypto::mac::MacKey>>,
     pseudonyms: Option<Arc<careconnect_crypto::mac::MacKey>>,
+    cache: Arc<CareCache>,
 }
 
 /// The blind-index name on care rows holding the doctor's MAC.
@@ -165,6 +178,7 @@ impl Gate {
             glass: Collection::new(BREAK_GLASS_COLLECTION)?,
             doctor_index: None,
             pseudonyms: None,
+            cache: Arc::default(),
         })
     }
 
@@ -186,11 +200,35 @@ impl Gate {
     }
 
     /// Indexes care rows by doctor under `key` (a keyed MAC of the
-    /// doctor's identity), so [`Gate::patients_in_care`] need not scan.
+    /// doctor's identity), so [`Gate::patients_in_care`] need not scan, and
+    /// names care and break-glass rows by a keyed MAC of the pair, so the
+    /// database does not show who treats whom to someone who can hash
+    /// identities.
     #[must_use]
     pub fn with_doctor_index(mut self, key: careconnect_crypto::mac::MacKey) -> Self {
         self.doctor_index = Some(Arc::new(key));
         self
+    }
+
+    /// The row id of a (doctor, patient) fact of `kind`.
+    fn pair(&self, kind: &[u8], doctor: &UserId, patient: &UserId) -> Result<RowId, CoreError> {
+        let Some(k) = &self.doctor_index else {
+            return pair_id(kind, doctor, patient);
+        };
+        let mut msg = b"pair\0".to_vec();
+        msg.extend_from_slice(kind);
+        msg.push(0);
+        msg.extend_from_slice(&crate::clinic::identity_bytes(doctor));
+        msg.extend_from_slice(&crate::clinic::identity_bytes(patient));
+        Ok(RowId::new(hex::encode(&k.tag(&msg)[..20]))?)
+    }
+
+    /// Drops what this gate remembers about (doctor, patient).
+    pub(crate) fn forget(&self, doctor: &UserId, patient: &UserId) {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(doctor.clone(), patient.clone()));
     }
 
     fn doctor_token(&self, doctor: &UserId) -> Option<careconnect_storage::IndexEntry> {
@@ -210,15 +248,52 @@ impl Gate {
         doctor: &UserId,
         patient: &UserId,
         by: &UserId,
+        appointment: &str,
     ) -> Result<Option<careconnect_storage::Write>, CoreError> {
-        let id = pair_id(b"care", doctor, patient)?;
+        let id = self.pair(b"care", doctor, patient)?;
         if self.get(&self.care, &id).await?.is_some() {
             return Ok(None);
         }
         Ok(Some(careconnect_storage::Write::Insert {
             coll: self.care.clone(),
-            data: self.care_data(&id, doctor, patient, by)?,
+            data: self.care_data(&id, doctor, patient, by, Some(appointment))?,
             id,
+        }))
+    }
+
+    /// The write that ends the care a cancelled `appointment` made: moved
+    /// to `next` (another booking of the patient with this doctor) or
+    /// removed. `None` when the care rests on something else (an
+    /// administrator's assignment, another booking).
+    pub(crate) async fn care_release(
+        &self,
+        doctor: &UserId,
+        patient: &UserId,
+        appointment: &str,
+        next: Option<&str>,
+    ) -> Result<Option<careconnect_storage::Write>, CoreError> {
+        let id = self.pair(b"care", doctor, patient)?;
+        let Some(row) = self.get(&self.care, &id).await? else {
+            return Ok(None);
+        };
+        let Some(current) = rows::open::<CareRow>(&self.keys, &self.care, &row) else {
+            return Ok(None);
+        };
+        if current.appointment.as_deref() != Some(appointment) {
+            return Ok(None);
+        }
+        Ok(Some(match next {
+            Some(n) => careconnect_storage::Write::Update {
+                coll: self.care.clone(),
+                data: self.care_data(&id, doctor, patient, &current.by, Some(n))?,
+                id,
+                expected: row.version,
+            },
+            None => careconnect_storage::Write::Delete {
+                coll: self.care.clone(),
+                id,
+                expected: row.version,
+            },
         }))
     }
 
@@ -228,12 +303,14 @@ impl Gate {
         doctor: &UserId,
         patient: &UserId,
         by: &UserId,
+        appointment: Option<&str>,
     ) -> Result<careconnect_storage::RowData, CoreError> {
         let row = CareRow {
             doctor: doctor.clone(),
             patient: patient.clone(),
             by: by.clone(),
             at: self.clock.now(),
+            appointment: appointment.map(str::to_owned),
         };
         let mut data = rows::seal(&self.keys, &self.care, id, &row)?;
         data.indexes.extend(self.doctor_token(doctor));
@@ -316,11 +393,13 @@ impl Gate {
         doctor: &UserId,
         patient: &UserId,
     ) -> Result<(), CoreError> {
-        let id = pair_id(b"care", doctor, patient)?;
+        let id = self.pair(b"care", doctor, patient)?;
         self.system_action(admin, Action::AssignRoles, format!("care:{}", id.as_str()))
             .await?;
-        let data = self.care_data(&id, doctor, patient, &admin.user)?;
-        self.put(&self.care, &id, data).await
+        let data = self.care_data(&id, doctor, patient, &admin.user, None)?;
+        self.put(&self.care, &id, data).await?;
+        self.forget(doctor, patient);
+        Ok(())
     }
 
     /// Writes `data` as row `id`, inserting or replacing (compare-and-swap,
@@ -366,17 +445,23 @@ impl Gate {
         doctor: &UserId,
         patient: &UserId,
     ) -> Result<(), CoreError> {
-        let id = pair_id(b"care", doctor, patient)?;
+        let id = self.pair(b"care", doctor, patient)?;
         self.system_action(admin, Action::AssignRoles, format!("care:{}", id.as_str()))
             .await?;
         for _ in 0..8 {
             let current = match self.store.get(&self.care, &id).await {
                 Ok(r) => r,
-                Err(StorageError::NotFound) => return Ok(()),
+                Err(StorageError::NotFound) => {
+                    self.forget(doctor, patient);
+                    return Ok(());
+                }
                 Err(e) => return Err(e.into()),
             };
             match self.store.delete(&self.care, &id, current.version).await {
-                Ok(()) | Err(StorageError::NotFound) => return Ok(()),
+                Ok(()) | Err(StorageError::NotFound) => {
+                    self.forget(doctor, patient);
+                    return Ok(());
+                }
                 Err(StorageError::VersionConflict { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -401,7 +486,7 @@ impl Gate {
         reason: &str,
     ) -> Result<BreakGlass, CoreError> {
         let reason = reason.trim();
-        let id = pair_id(b"break-glass", &doctor.user, patient)?;
+        let id = self.pair(b"break-glass", &doctor.user, patient)?;
         let resource = format!("break-glass:{}", id.as_str());
         if reason.chars().count() < MIN_REASON_CHARS {
             // Refused, and the attempt is on record.
@@ -442,6 +527,7 @@ impl Gate {
             .await?;
         let data = rows::seal(&self.keys, &self.glass, &id, &declaration)?;
         self.put(&self.glass, &id, data).await?;
+        self.forget(&doctor.user, patient);
         Ok(declaration)
     }
 
@@ -451,24 +537,53 @@ impl Gate {
     ///
     /// Storage failures.
     pub async fn care(&self, doctor: &UserId, patient: &UserId) -> Result<Care, CoreError> {
-        let care_id = pair_id(b"care", doctor, patient)?;
+        let now = self.clock.now();
+        let key = (doctor.clone(), patient.clone());
+        if let Some((at, care, until)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .copied()
+            && at.elapsed() < CARE_CACHE_TTL
+            && (care != Care::BreakGlass || now < until)
+        {
+            return Ok(care);
+        }
+        let (care, until) = self.care_from_storage(doctor, patient, now).await?;
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CARE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, (Instant::now(), care, until));
+        Ok(care)
+    }
+
+    async fn care_from_storage(
+        &self,
+        doctor: &UserId,
+        patient: &UserId,
+        now: u64,
+    ) -> Result<(Care, u64), CoreError> {
+        let care_id = self.pair(b"care", doctor, patient)?;
         if let Some(row) = self.get(&self.care, &care_id).await? {
             let assigned: Option<CareRow> = rows::open(&self.keys, &self.care, &row);
             if assigned.is_some_and(|c| c.doctor == *doctor && c.patient == *patient) {
-                return Ok(Care::InCare);
+                return Ok((Care::InCare, 0));
             }
         }
-        let glass_id = pair_id(b"break-glass", doctor, patient)?;
+        let glass_id = self.pair(b"break-glass", doctor, patient)?;
         if let Some(row) = self.get(&self.glass, &glass_id).await? {
             let declared: Option<BreakGlass> = rows::open(&self.keys, &self.glass, &row);
-            let now = self.clock.now();
-            if declared
-                .is_some_and(|b| b.doctor == *doctor && b.patient == *patient && now < b.expires_at)
+            if let Some(b) = declared
+                && b.doctor == *doctor
+                && b.patient == *patient
+                && now < b.expires_at
             {
-                return Ok(Care::BreakGlass);
+                return Ok((Care::BreakGlass, b.expires_at));
             }
         }
-        Ok(Care::None)
+        Ok((Care::None, 0))
     }
 
     async fn get(

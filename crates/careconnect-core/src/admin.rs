@@ -221,6 +221,9 @@ impl Admin<'_> {
         if let careconnect_authz::Decision::Deny(r) = decision {
             return Err(CoreError::Denied(r));
         }
-        c.subjects.erase(patient).await
+        c.forget_patient(patient);
+        let done = c.subjects.erase(patient).await;
+        c.forget_patient(patient);
+        done
     }
 }

@@ -182,6 +182,12 @@ pub(crate) struct Inner {
     pub(crate) hours: ClinicHours,
     pub(crate) charge_pence: u32,
     pub(crate) people: Collection,
+    /// Registered details by patient: written once, never updated, so
+    /// only an erasure (on this node at once, elsewhere within
+    /// [`crate::subjects::SUBJECT_CACHE_TTL`]) makes an entry stale.
+    pub(crate) details: std::sync::Mutex<
+        std::collections::HashMap<UserId, (std::time::Instant, crate::records::PatientDetails)>,
+    >,
 }
 
 /// St John's Clinic: the services of every subsystem over one set of
@@ -348,6 +354,7 @@ impl Clinic {
                 hours,
                 charge_pence: config.prescription_charge_pence,
                 people: Collection::new(PEOPLE_COLLECTION)?,
+                details: std::sync::Mutex::default(),
             }),
         })
     }

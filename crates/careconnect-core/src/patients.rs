@@ -189,9 +189,16 @@ impl CareConnect<'_> {
                     id,
                 },
             ];
-            writes.extend(c.gate.care_write(doctor, patient, &who.user).await?);
+            writes.extend(
+                c.gate
+                    .care_write(doctor, patient, &who.user, &appointment.id)
+                    .await?,
+            );
             match c.store.commit(&writes).await {
-                Ok(_) => return Ok(appointment),
+                Ok(_) => {
+                    c.gate.forget(doctor, patient);
+                    return Ok(appointment);
+                }
                 Err(StorageError::DuplicateId) => {
                     if c.get(&slots, &slot_id).await?.is_some() {
                         return Err(CoreError::Conflict("slot taken"));
@@ -295,7 +302,32 @@ impl CareConnect<'_> {
                 expected: slot.version,
             });
         }
-        match c.store.commit(&writes).await {
+        // The care this booking made ends with it, or moves to another
+        // booking of the patient with the same doctor.
+        let next = c
+            .store
+            .find(&coll, &c.index(PATIENT_INDEX, &appt.patient)?)
+            .await?
+            .iter()
+            .filter(|r| r.id != row.id)
+            .filter_map(|r| {
+                Inner::open_for::<Appointment>(&keys, &coll, &r.id, "appointment", &r.envelope)
+            })
+            .find(|a| {
+                a.doctor == appt.doctor
+                    && a.patient == appt.patient
+                    && a.cancelled_at.is_none()
+                    && a.id != appt.id
+            })
+            .map(|a| a.id);
+        writes.extend(
+            c.gate
+                .care_release(&appt.doctor, &appt.patient, &appt.id, next.as_deref())
+                .await?,
+        );
+        let result = c.store.commit(&writes).await;
+        c.gate.forget(&appt.doctor, &appt.patient);
+        match result {
             Ok(_) => Ok(()),
             Err(StorageError::VersionConflict { .. } | StorageError::NotFound) => {
                 Err(CoreError::Conflict("changed meanwhile; try again"))

@@ -8,6 +8,9 @@
 //! list of notes itself. Everything is sealed under the patient's subject
 //! keyring and bound to collection, row and field.
 
+use std::sync::PoisonError;
+use std::time::Instant;
+
 use careconnect_authz::{Action, Principal, Resource, Role, RoleSet, UserId};
 use careconnect_crypto::Keyring;
 use careconnect_storage::{Collection, StorageError, Write};
@@ -16,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::clinic::{Clinic, Inner, MAX_NAME_CHARS, Person, person_id, text};
 use crate::error::CoreError;
 use crate::rows;
+use crate::subjects::SUBJECT_CACHE_TTL;
 
 /// The collection of health records (one per patient).
 pub const RECORDS_COLLECTION: &str = "core_records";
@@ -160,13 +164,39 @@ impl Inner {
         keys: &Keyring,
         patient: &UserId,
     ) -> Result<Option<PatientDetails>, CoreError> {
+        let cached = self
+            .details
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(patient)
+            .filter(|(at, _)| at.elapsed() < SUBJECT_CACHE_TTL)
+            .map(|(_, d)| d.clone());
+        if cached.is_some() {
+            return Ok(cached);
+        }
         let coll = self.records()?;
         let id = self.keyed_id(&[b"record", &crate::clinic::identity_bytes(patient)])?;
-        Ok(self.get(&coll, &id).await?.and_then(|row| {
+        let found = self.get(&coll, &id).await?.and_then(|row| {
             Self::open_for::<RecordRow>(keys, &coll, &id, "details", &row.envelope)
                 .filter(|r| r.patient == *patient)
                 .map(|r| r.details)
-        }))
+        });
+        if let Some(d) = &found {
+            let mut cache = self.details.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.len() >= 10_000 {
+                cache.clear();
+            }
+            cache.insert(patient.clone(), (Instant::now(), d.clone()));
+        }
+        Ok(found)
+    }
+
+    /// Forgets what this node remembers of `patient` (an erasure).
+    pub(crate) fn forget_patient(&self, patient: &UserId) {
+        self.details
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(patient);
     }
 
     async fn notes_of(&self, keys: &Keyring, patient: &UserId) -> Result<Vec<Note>, CoreError> {

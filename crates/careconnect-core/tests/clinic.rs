@@ -322,8 +322,11 @@ async fn main_flows(f: Fixture) {
     assert!(csv.starts_with("id,time_utc,amount,description,patient_pseudonym\n"));
     assert!(csv.contains(",9.90,Prescription charge,P-"), "{csv}");
     assert!(!csv.contains("Amoxicillin") && !csv.contains("Alice"));
-    // Cancel an own future appointment; the slot is free again.
+    // Cancel an own future appointment; the slot is free again, and the
+    // care the booking made ends with it.
     c.patients().cancel(&alice(), &appt.id).await.unwrap();
+    denied(c.records().record(&grey(), &alice().user).await);
+    assert!(c.records().patients(&grey()).await.unwrap().is_empty());
     assert!(matches!(
         c.patients().cancel(&alice(), &appt.id).await,
         Err(CoreError::Conflict(_))
