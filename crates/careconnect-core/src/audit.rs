@@ -511,15 +511,24 @@ async fn writer(
     anchor: Anchor,
     mut rx: mpsc::Receiver<Pending>,
 ) {
+    // The head this writer last appended: while the log's tail is still
+    // that, nothing was cut or replaced since, and the anchored entry need
+    // not be read again.
+    let mut known: Option<Head> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+        // Callers woken by the previous commit are about to send their next
+        // events: give them a moment to join this batch.
+        for _ in 0..3 {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
             }
+            tokio::task::yield_now().await;
         }
-        let result = append_batch(log.as_ref(), &keys, &anchor, &batch).await;
+        let result = append_batch(log.as_ref(), &keys, &anchor, &batch, &mut known).await;
         match result {
             Ok(first_seq) => {
                 for (i, p) in batch.into_iter().enumerate() {
@@ -546,28 +555,64 @@ async fn append_batch(
     keys: &Keyring,
     anchor: &Anchor,
     batch: &[Pending],
+    known: &mut Option<Head>,
 ) -> Result<u64, CoreError> {
     let key_id = keys.primary();
     let key = keys.mac_key_for(key_id, AUDIT_PURPOSE)?;
-    // Never chain onto a log that lost its anchored head: appending would
-    // grow it past the anchor and hide the cut. The entry at the anchored
-    // position must still be the anchored one...
     let anchored = anchor.read()?;
-    if let Some(a) = anchored.filter(|a| a.seq > 0) {
-        let at = log.read(a.seq, 1).await?;
-        let same = at
-            .first()
-            .filter(|(s, _)| *s == a.seq)
-            .and_then(|(_, e)| split(e))
-            .is_some_and(|raw| bool::from(raw.mac.ct_eq(&a.mac)));
-        if !same {
-            return Err(CoreError::AuditTampered);
+    // The tail a batch may chain onto is never below the anchor (checked
+    // inside the store's transaction).
+    let floor = anchored.map_or(0, |a| a.seq);
+    for trusted in [known.is_some(), false] {
+        if !trusted {
+            // Never chain onto a log that lost its anchored head: appending
+            // would grow it past the anchor and hide the cut. The entry at
+            // the anchored position must still be the anchored one.
+            if let Some(a) = anchored.filter(|a| a.seq > 0) {
+                let at = log.read(a.seq, 1).await?;
+                let same = at
+                    .first()
+                    .filter(|(s, _)| *s == a.seq)
+                    .and_then(|(_, e)| split(e))
+                    .is_some_and(|raw| bool::from(raw.mac.ct_eq(&a.mac)));
+                if !same {
+                    return Err(CoreError::AuditTampered);
+                }
+            }
+        }
+        if let Some(first) = append_once(
+            log,
+            &key,
+            key_id,
+            batch,
+            floor,
+            trusted.then_some(*known).flatten(),
+            anchor,
+            known,
+        )
+        .await?
+        {
+            return Ok(first);
         }
     }
-    // ...and the tail the batch is chained onto must not be below it
-    // (checked again inside the store's transaction).
-    let floor = anchored.map_or(0, |a| a.seq);
+    Err(CoreError::AuditUnavailable)
+}
+
+/// One chained append; `None` when the tail was not `expect` (another
+/// writer appended since, or something changed: check again).
+#[allow(clippy::too_many_arguments)]
+async fn append_once(
+    log: &dyn AuditLog,
+    key: &MacKey,
+    key_id: KeyId,
+    batch: &[Pending],
+    floor: u64,
+    expect: Option<Head>,
+    anchor: &Anchor,
+    known: &mut Option<Head>,
+) -> Result<Option<u64>, CoreError> {
     let below_anchor = std::sync::atomic::AtomicBool::new(false);
+    let moved = std::sync::atomic::AtomicBool::new(false);
     // The store may call `build` again if another writer got in first; the
     // head it leaves behind is that of the attempt that committed.
     let head = std::sync::Mutex::new(Head::EMPTY);
@@ -582,11 +627,16 @@ async fn append_batch(
             // An unreadable tail still chains: verify reports it.
             Some((s, entry)) => (s, split(entry).map_or([0u8; MAC_LEN], |r| r.mac)),
         };
+        let as_expected = expect.is_none_or(|e| e.seq == seq && bool::from(e.mac.ct_eq(&prev)));
+        moved.store(!as_expected, std::sync::atomic::Ordering::SeqCst);
+        if !as_expected {
+            return Vec::new();
+        }
         let entries = batch
             .iter()
             .map(|p| {
                 seq += 1;
-                let mac = chain_mac(&key, seq, &prev, &p.json);
+                let mac = chain_mac(key, seq, &prev, &p.json);
                 prev = mac;
                 encode(key_id, &mac, &p.json)
             })
@@ -600,9 +650,14 @@ async fn append_batch(
     if below_anchor.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(CoreError::AuditTampered);
     }
+    if moved.load(std::sync::atomic::Ordering::SeqCst) {
+        *known = None;
+        return Ok(None);
+    }
     let head = *head
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     anchor.advance(head)?;
-    Ok(first)
+    *known = Some(head);
+    Ok(Some(first))
 }

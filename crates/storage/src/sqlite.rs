@@ -97,8 +97,12 @@ impl SqliteStore {
     }
 
     async fn with_options(opts: SqliteConnectOptions) -> Result<Self> {
+        // A local file has no connection to lose: skip the ping sqlx sends
+        // before handing out a pooled connection (it doubled every query's
+        // round trips to the connection's worker thread).
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         let store = Self { pool };
