@@ -40,7 +40,7 @@
 use std::sync::Arc;
 
 use careconnect_crypto::Keyring;
-use careconnect_storage::{RecordStore, RowId, StorageError};
+use careconnect_storage::{RecordStore, RowId, StorageError, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::error::AuthzError;
@@ -392,6 +392,69 @@ impl RoleAssignments {
         }
     }
 
+    /// The write that replaces `user`'s stored roles by `change` applied
+    /// to what is stored now, for a caller that commits it in one batch
+    /// with other rows ([`RecordStore::commit`]): the new roles, and the
+    /// write (`None` when nothing changes). It is a compare-and-swap on the
+    /// version read, so a concurrent change makes the batch fail
+    /// ([`StorageError::VersionConflict`] or [`StorageError::DuplicateId`]):
+    /// call again.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub async fn write(
+        &self,
+        user: &UserId,
+        change: impl FnOnce(RoleSet) -> RoleSet,
+    ) -> Result<(RoleSet, Option<Write>), AuthzError> {
+        let id = Self::row(user)?;
+        let coll = self.rows.coll().clone();
+        let current = match self.store.get(&coll, &id).await {
+            Ok(row) => Some(row),
+            Err(StorageError::NotFound) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let before = current
+            .as_ref()
+            .and_then(|row| self.rows.open::<StoredAssignment>(row))
+            .filter(|a| a.user == *user)
+            .map_or(RoleSet::EMPTY, |a| a.roles);
+        let roles = change(before);
+        if current.is_some() && roles == before {
+            return Ok((roles, None));
+        }
+        let data = || {
+            self.rows.seal(
+                &id,
+                &StoredAssignment {
+                    user: user.clone(),
+                    roles,
+                },
+            )
+        };
+        let write = match current {
+            Some(row) if roles.is_empty() => Some(Write::Delete {
+                coll,
+                id,
+                expected: row.version,
+            }),
+            Some(row) => Some(Write::Update {
+                coll,
+                data: data()?,
+                id,
+                expected: row.version,
+            }),
+            None if roles.is_empty() => None,
+            None => Some(Write::Insert {
+                coll,
+                data: data()?,
+                id,
+            }),
+        };
+        Ok((roles, write))
+    }
+
     /// Sets `user`'s stored roles (an empty set removes the assignment).
     /// Retries on a concurrent change, so two admins cannot lose each
     /// other's write silently: the last complete write wins.
@@ -400,39 +463,17 @@ impl RoleAssignments {
     ///
     /// Storage failures.
     pub async fn set(&self, user: &UserId, roles: RoleSet) -> Result<(), AuthzError> {
-        let id = Self::row(user)?;
-        let data = self.rows.seal(
-            &id,
-            &StoredAssignment {
-                user: user.clone(),
-                roles,
-            },
-        )?;
         for _ in 0..8 {
-            let r = match self.store.get(self.rows.coll(), &id).await {
-                Ok(row) if roles.is_empty() => {
-                    self.store.delete(self.rows.coll(), &id, row.version).await
-                }
-                Ok(row) => self
-                    .store
-                    .update(self.rows.coll(), &id, row.version, data.clone())
-                    .await
-                    .map(drop),
-                Err(StorageError::NotFound) if roles.is_empty() => return Ok(()),
-                Err(StorageError::NotFound) => self
-                    .store
-                    .insert(self.rows.coll(), &id, data.clone())
-                    .await
-                    .map(drop),
-                Err(e) => return Err(e.into()),
+            let Some(write) = self.write(user, |_| roles).await?.1 else {
+                return Ok(());
             };
-            match r {
-                Ok(()) => return Ok(()),
+            match self.store.commit(&[write]).await {
+                Ok(_) => return Ok(()),
                 Err(
                     StorageError::VersionConflict { .. }
                     | StorageError::DuplicateId
                     | StorageError::NotFound,
-                ) => continue,
+                ) => {}
                 Err(e) => return Err(e.into()),
             }
         }

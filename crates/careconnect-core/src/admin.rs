@@ -76,15 +76,16 @@ impl Admin<'_> {
         .await?;
         let c = &self.clinic.inner;
         for _ in 0..8 {
-            let w = self
-                .clinic
-                .directory_write(user, Some(name.clone()), roles)
-                .await?;
-            match c.store.commit(&[w]).await {
-                Ok(_) => {
-                    c.assignments.set(user, roles).await?;
-                    return Ok(());
-                }
+            // Directory and stored roles change together, or not at all.
+            let (_, role_write) = c.assignments.write(user, |_| roles).await?;
+            let mut writes = vec![
+                self.clinic
+                    .directory_write(user, Some(name.clone()), roles)
+                    .await?,
+            ];
+            writes.extend(role_write);
+            match c.store.commit(&writes).await {
+                Ok(_) => return Ok(()),
                 Err(
                     careconnect_storage::StorageError::VersionConflict { .. }
                     | careconnect_storage::StorageError::DuplicateId,

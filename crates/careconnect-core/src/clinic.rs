@@ -359,20 +359,12 @@ impl Clinic {
         })
     }
 
-    /// The audit trail (for `verify` and reading, see [`crate::admin`] for
-    /// the audited administrator view).
+    /// The audit trail itself, for trusted code of the embedding
+    /// application (verifying it at start-up, recording its own events).
+    /// Requests go through [`crate::admin::Admin::audit_log`], which is
+    /// authorized and audited.
     pub fn audit(&self) -> &AuditTrail {
         &self.inner.audit
-    }
-
-    /// The access gate (care relationships, break-glass).
-    pub fn gate(&self) -> &Gate {
-        &self.inner.gate
-    }
-
-    /// The subject keys (erasure goes through [`crate::admin::Admin::erase_patient`]).
-    pub fn subjects(&self) -> &SubjectKeys {
-        &self.inner.subjects
     }
 
     /// The principal for a signed-in user: roles from the claim rules and
@@ -395,12 +387,10 @@ impl Clinic {
         Ok(who)
     }
 
-    /// A person in the directory.
-    ///
-    /// # Errors
-    ///
-    /// Storage failures.
-    pub async fn person(&self, user: &UserId) -> Result<Option<Person>, CoreError> {
+    /// A person in the directory (for the domain layer's own checks: it
+    /// tells whether an identity is registered, so it is not offered to
+    /// requests).
+    pub(crate) async fn person(&self, user: &UserId) -> Result<Option<Person>, CoreError> {
         let id = person_id(user);
         Ok(self
             .inner

@@ -6,7 +6,13 @@
 //! (`ed25519-dalek`; the private key is kept sealed under the clinic
 //! keyring like any other key) over a domain-separated, length-prefixed
 //! encoding of everything issued (id, patient, prescriber, drug, dosage,
-//! frequency, notes, time, charge). The signature is verified whenever a
+//! frequency, notes, the signing key, time, charge). Every public key a
+//! prescriber was given stays on record, so a prescription still verifies
+//! after its prescriber's key is replaced; a key the clinic never gave that
+//! prescriber verifies nothing. The signature protects prescriptions
+//! against whoever can write the database but holds no keys; whoever holds
+//! the clinic keyring can sign as any prescriber (keeping prescribers'
+//! keys on their own devices is future work, see `docs/threat-model.md`). The signature is verified whenever a
 //! prescription is read and the result is shown with it
 //! ([`SignatureStatus`]); a prescription whose signature does not verify
 //! cannot be paid.
@@ -116,6 +122,8 @@ pub(crate) struct Body {
     pub(crate) notes: String,
     pub(crate) issued_at: u64,
     pub(crate) amount_pence: u32,
+    /// The prescriber's public key it was signed with (hex), itself signed.
+    pub(crate) signer: String,
     pub(crate) signature: String,
     pub(crate) status: Status,
 }
@@ -134,6 +142,7 @@ impl Body {
             self.dosage.as_str(),
             self.frequency.as_str(),
             self.notes.as_str(),
+            self.signer.as_str(),
         ] {
             out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
             out.extend_from_slice(part.as_bytes());
@@ -184,6 +193,24 @@ fn signing_id(doctor: &UserId) -> RowId {
         doctor.issuer().as_bytes(),
         doctor.subject().as_bytes(),
     ])
+}
+
+/// The row of one of a prescriber's public keys: kept for good, so
+/// prescriptions signed with a key since replaced still verify.
+fn public_key_id(doctor: &UserId, public: &str) -> RowId {
+    RowId::digest(&[
+        b"signing-public-key",
+        doctor.issuer().as_bytes(),
+        doctor.subject().as_bytes(),
+        public.as_bytes(),
+    ])
+}
+
+#[derive(Serialize, Deserialize)]
+struct PublicKeyRow {
+    doctor: UserId,
+    public: String,
+    created_at: u64,
 }
 
 impl Inner {
@@ -249,14 +276,19 @@ impl Inner {
         }
     }
 
-    async fn verifying_key(&self, doctor: &UserId) -> Result<Option<VerifyingKey>, CoreError> {
+    /// `public` as a key of `doctor`'s, if the clinic issued it to them.
+    async fn verifying_key(
+        &self,
+        doctor: &UserId,
+        public: &str,
+    ) -> Result<Option<VerifyingKey>, CoreError> {
         let coll = Collection::new(SIGNING_KEYS_COLLECTION)?;
-        let Some(row) = self.get(&coll, &signing_id(doctor)).await? else {
+        let Some(row) = self.get(&coll, &public_key_id(doctor, public)).await? else {
             return Ok(None);
         };
-        Ok(rows::open::<SigningRow>(&self.keys, &coll, &row)
-            .filter(|s| s.doctor == *doctor)
-            .and_then(|s| hex::decode(&s.public).ok())
+        Ok(rows::open::<PublicKeyRow>(&self.keys, &coll, &row)
+            .filter(|k| k.doctor == *doctor && k.public == public)
+            .and_then(|k| hex::decode(&k.public).ok())
             .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
             .and_then(|b| VerifyingKey::from_bytes(&b).ok()))
     }
@@ -291,11 +323,25 @@ impl Inner {
                 public: hex::encode(key.verifying_key().as_bytes()),
                 created_at: self.now(),
             };
-            match self
-                .store
-                .insert(&coll, &id, rows::seal(&self.keys, &coll, &id, &row)?)
-                .await
-            {
+            let public_id = public_key_id(doctor, &row.public);
+            let public = PublicKeyRow {
+                doctor: doctor.clone(),
+                public: row.public.clone(),
+                created_at: row.created_at,
+            };
+            let writes = [
+                Write::Insert {
+                    coll: coll.clone(),
+                    data: rows::seal(&self.keys, &coll, &id, &row)?,
+                    id: id.clone(),
+                },
+                Write::Insert {
+                    coll: coll.clone(),
+                    data: rows::seal(&self.keys, &coll, &public_id, &public)?,
+                    id: public_id,
+                },
+            ];
+            match self.store.commit(&writes).await {
                 Ok(_) => return Ok(key),
                 Err(StorageError::DuplicateId) => {}
                 Err(e) => return Err(e.into()),
@@ -306,7 +352,7 @@ impl Inner {
 
     /// The prescription as shown, with its signature checked.
     pub(crate) async fn view(&self, body: &Body) -> Result<Prescription, CoreError> {
-        let signature = match self.verifying_key(&body.prescriber).await? {
+        let signature = match self.verifying_key(&body.prescriber, &body.signer).await? {
             None => SignatureStatus::UnknownKey,
             Some(k) => {
                 let sig = hex::decode(&body.signature)
@@ -412,6 +458,7 @@ impl Eps<'_> {
             notes,
             issued_at: c.now(),
             amount_pence: c.charge_pence,
+            signer: hex::encode(signer.verifying_key().as_bytes()),
             signature: String::new(),
             status: Status::Issued,
         };
@@ -585,5 +632,45 @@ mod tests {
             clinic.patients().pay(&patient, &p.id).await,
             Err(CoreError::Conflict(_))
         ));
+        // Signed with a key of the forger's own: not a key the clinic gave
+        // that prescriber.
+        let forger = SigningKey::from_bytes(&[7u8; 32]);
+        let mut l = c.load_prescription(&p.id).await.unwrap().unwrap();
+        l.body.signer = hex::encode(forger.verifying_key().as_bytes());
+        l.body.signature = hex::encode(forger.sign(&l.body.signed_bytes()).to_bytes());
+        let data = c.prescription_data(&l.keys, &l.row.id, &l.body).unwrap();
+        c.store
+            .update(&c.prescriptions().unwrap(), &l.row.id, l.row.version, data)
+            .await
+            .unwrap();
+        let seen = clinic
+            .patients()
+            .prescriptions(&patient, &patient.user)
+            .await
+            .unwrap();
+        assert_eq!(seen[0].signature, SignatureStatus::UnknownKey);
+        // The prescriber's current key row deleted from the database: a new
+        // key is made, and what the old one signed still verifies.
+        let p2 = clinic
+            .eps()
+            .prescribe(&doctor, &patient.user, &input)
+            .await
+            .unwrap();
+        let coll = Collection::new(SIGNING_KEYS_COLLECTION).unwrap();
+        let current = c.store.get(&coll, &signing_id(&doctor.user)).await.unwrap();
+        c.store
+            .delete(&coll, &current.id, current.version)
+            .await
+            .unwrap();
+        let p3 = clinic
+            .eps()
+            .prescribe(&doctor, &patient.user, &input)
+            .await
+            .unwrap();
+        let seen = clinic.eps().issued(&doctor, &doctor.user).await.unwrap();
+        for id in [&p2.id, &p3.id] {
+            let s = seen.iter().find(|p| &p.id == id).unwrap();
+            assert_eq!(s.signature, SignatureStatus::Valid);
+        }
     }
 }

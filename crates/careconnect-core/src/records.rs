@@ -247,23 +247,33 @@ impl MedRecords<'_> {
             details,
             registered_at: c.now(),
         };
-        let mut roles = c.assignments.get(patient).await?;
-        roles.insert(Role::Patient);
-        let mut writes = vec![Write::Insert {
-            coll: coll.clone(),
-            data: Inner::patient_row(&keys, &coll, &id, "details", &row, vec![])?,
-            id,
-        }];
-        writes.push(self.clinic.directory_write(patient, None, roles).await?);
-        match c.store.commit(&writes).await {
-            Ok(_) => {}
-            Err(StorageError::DuplicateId) => {
-                return Err(CoreError::Conflict("registered already"));
+        let data = Inner::patient_row(&keys, &coll, &id, "details", &row, vec![])?;
+        // The record, the directory entry and the stored patient role in
+        // one atomic batch; a concurrent change of either of the last two
+        // makes it fail, and it is built again from what is stored then.
+        for _ in 0..8 {
+            let (roles, role_write) = c
+                .assignments
+                .write(patient, |r| r.union([Role::Patient].into_iter().collect()))
+                .await?;
+            let mut writes = vec![Write::Insert {
+                coll: coll.clone(),
+                id: id.clone(),
+                data: data.clone(),
+            }];
+            writes.push(self.clinic.directory_write(patient, None, roles).await?);
+            writes.extend(role_write);
+            match c.store.commit(&writes).await {
+                Ok(_) => return Ok(()),
+                Err(StorageError::DuplicateId | StorageError::VersionConflict { .. }) => {
+                    if c.get(&coll, &id).await?.is_some() {
+                        return Err(CoreError::Conflict("registered already"));
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
-        c.assignments.set(patient, roles).await?;
-        Ok(())
+        Err(CoreError::Conflict("directory kept changing"))
     }
 
     /// The patients `who` may list: a doctor's patients in care (not
@@ -403,6 +413,30 @@ impl MedRecords<'_> {
             }
         }
         Err(CoreError::Conflict("notes kept changing"))
+    }
+}
+
+impl MedRecords<'_> {
+    /// A doctor opens `patient`'s record outside their care in an
+    /// emergency, stating `reason` (break-glass: it lasts a bounded time,
+    /// every access it allows is flagged in the audit log, administrators
+    /// review it).
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::ReasonRequired`] for a reason under ten characters;
+    /// [`CoreError::Denied`] for anyone but a doctor (audited either way).
+    pub async fn declare_break_glass(
+        &self,
+        doctor: &Principal,
+        patient: &UserId,
+        reason: &str,
+    ) -> Result<crate::access::BreakGlass, CoreError> {
+        self.clinic
+            .inner
+            .gate
+            .declare_break_glass(doctor, patient, reason)
+            .await
     }
 }
 

@@ -673,13 +673,13 @@ async fn break_glass(f: Fixture) {
     let s = shepherd();
     denied(c.records().record(&s, &alice().user).await);
     assert!(matches!(
-        c.gate()
+        c.records()
             .declare_break_glass(&s, &alice().user, "urgent")
             .await,
         Err(CoreError::ReasonRequired)
     ));
     denied(c.records().record(&s, &alice().user).await);
-    c.gate()
+    c.records()
         .declare_break_glass(&s, &alice().user, "unconscious in A&E, allergy check")
         .await
         .unwrap();
@@ -724,7 +724,7 @@ async fn no_plaintext_patient_data_in_the_sqlite_file() {
         [Role::Doctor].into_iter().collect(),
     );
     clinic
-        .gate()
+        .records()
         .declare_break_glass(
             &doctor,
             &UserId::new(ISSUER, "patient-alice").unwrap(),
