@@ -153,6 +153,7 @@ impl ClinicConfig {
 const INDEX_PURPOSE: &str = "careconnect/blind-index";
 const PSEUDONYM_PURPOSE: &str = "careconnect/pseudonym";
 const CARE_INDEX_PURPOSE: &str = "careconnect/care-index";
+const SUBJECT_HANDLE_PURPOSE: &str = "careconnect/subject-handle";
 /// Finance's pseudonyms have a key of their own: nothing else (the audit
 /// log, which names patients by [`PSEUDONYM_PURPOSE`]) can link them.
 const FINANCE_PSEUDONYM_PURPOSE: &str = "careconnect/finance-pseudonym";
@@ -325,7 +326,8 @@ impl Clinic {
             keystore.clone(),
             kms.clone(),
             config.subject_buckets,
-        )?;
+        )?
+        .with_handle_key(mac(SUBJECT_HANDLE_PURPOSE)?);
         let hours = config.hours;
         if hours.opens >= hours.closes
             || hours.closes > 24
@@ -391,7 +393,7 @@ impl Clinic {
     /// tells whether an identity is registered, so it is not offered to
     /// requests).
     pub(crate) async fn person(&self, user: &UserId) -> Result<Option<Person>, CoreError> {
-        let id = person_id(user);
+        let id = self.inner.person_id(user)?;
         Ok(self
             .inner
             .get(&self.inner.people, &id)
@@ -419,12 +421,11 @@ impl Clinic {
     }
 }
 
-pub(crate) fn person_id(user: &UserId) -> RowId {
-    RowId::digest(&[
-        b"person",
-        user.issuer().as_bytes(),
-        user.subject().as_bytes(),
-    ])
+impl Inner {
+    /// The directory row of `user`.
+    pub(crate) fn person_id(&self, user: &UserId) -> Result<RowId, CoreError> {
+        self.keyed_id(&[b"person", &identity_bytes(user)])
+    }
 }
 
 /// A keyring from the key store, made and stored on first use.

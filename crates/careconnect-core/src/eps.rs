@@ -32,7 +32,6 @@ use zeroize::Zeroizing;
 use crate::clinic::{Clinic, Inner, new_id, text};
 use crate::error::CoreError;
 use crate::rows;
-use crate::subjects::SubjectKeys;
 
 /// The collection of prescriptions.
 pub const PRESCRIPTIONS_COLLECTION: &str = "core_prescriptions";
@@ -187,23 +186,21 @@ impl Clinic {
     }
 }
 
-fn signing_id(doctor: &UserId) -> RowId {
-    RowId::digest(&[
-        b"signing-key",
-        doctor.issuer().as_bytes(),
-        doctor.subject().as_bytes(),
-    ])
-}
+impl Inner {
+    /// The row of a prescriber's current signing key.
+    fn signing_id(&self, doctor: &UserId) -> Result<RowId, CoreError> {
+        self.keyed_id(&[b"signing-key", &crate::clinic::identity_bytes(doctor)])
+    }
 
-/// The row of one of a prescriber's public keys: kept for good, so
-/// prescriptions signed with a key since replaced still verify.
-fn public_key_id(doctor: &UserId, public: &str) -> RowId {
-    RowId::digest(&[
-        b"signing-public-key",
-        doctor.issuer().as_bytes(),
-        doctor.subject().as_bytes(),
-        public.as_bytes(),
-    ])
+    /// The row of one of a prescriber's public keys: kept for good, so
+    /// prescriptions signed with a key since replaced still verify.
+    fn public_key_id(&self, doctor: &UserId, public: &str) -> Result<RowId, CoreError> {
+        self.keyed_id(&[
+            b"signing-public-key",
+            &crate::clinic::identity_bytes(doctor),
+            public.as_bytes(),
+        ])
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -228,7 +225,7 @@ impl Inner {
         let coll = self.prescriptions()?;
         let inner = Self::seal_for(keys, &coll, id, "prescription", body)?;
         let locator = Locator {
-            handle: SubjectKeys::handle(&body.patient).as_str().to_owned(),
+            handle: self.subjects.handle(&body.patient)?.as_str().to_owned(),
             body: hex::encode(inner),
         };
         // The row's key id is the clinic keyring's (the outer envelope), as
@@ -259,8 +256,11 @@ impl Inner {
         let Ok(inner) = hex::decode(locator.body) else {
             return Ok(None);
         };
-        let body = Self::open_for::<Body>(&keys, &coll, &row.id, "prescription", &inner)
-            .filter(|b| b.id == row.id.as_str() && SubjectKeys::handle(&b.patient) == handle);
+        let body =
+            Self::open_for::<Body>(&keys, &coll, &row.id, "prescription", &inner).filter(|b| {
+                b.id == row.id.as_str()
+                    && self.subjects.handle(&b.patient).is_ok_and(|h| h == handle)
+            });
         Ok(body.map(|body| Loaded { row, keys, body }))
     }
 
@@ -283,7 +283,10 @@ impl Inner {
         public: &str,
     ) -> Result<Option<VerifyingKey>, CoreError> {
         let coll = Collection::new(SIGNING_KEYS_COLLECTION)?;
-        let Some(row) = self.get(&coll, &public_key_id(doctor, public)).await? else {
+        let Some(row) = self
+            .get(&coll, &self.public_key_id(doctor, public)?)
+            .await?
+        else {
             return Ok(None);
         };
         Ok(rows::open::<PublicKeyRow>(&self.keys, &coll, &row)
@@ -296,7 +299,7 @@ impl Inner {
     /// The doctor's signing key, made and stored on first use.
     async fn signing_key(&self, doctor: &UserId) -> Result<SigningKey, CoreError> {
         let coll = Collection::new(SIGNING_KEYS_COLLECTION)?;
-        let id = signing_id(doctor);
+        let id = self.signing_id(doctor)?;
         for _ in 0..4 {
             if let Some(row) = self.get(&coll, &id).await? {
                 let stored = rows::open::<SigningRow>(&self.keys, &coll, &row)
@@ -323,7 +326,7 @@ impl Inner {
                 public: hex::encode(key.verifying_key().as_bytes()),
                 created_at: self.now(),
             };
-            let public_id = public_key_id(doctor, &row.public);
+            let public_id = self.public_key_id(doctor, &row.public)?;
             let public = PublicKeyRow {
                 doctor: doctor.clone(),
                 public: row.public.clone(),
@@ -657,7 +660,11 @@ mod tests {
             .await
             .unwrap();
         let coll = Collection::new(SIGNING_KEYS_COLLECTION).unwrap();
-        let current = c.store.get(&coll, &signing_id(&doctor.user)).await.unwrap();
+        let current = c
+            .store
+            .get(&coll, &c.signing_id(&doctor.user).unwrap())
+            .await
+            .unwrap();
         c.store
             .delete(&coll, &current.id, current.version)
             .await

@@ -16,7 +16,7 @@ use careconnect_crypto::Keyring;
 use careconnect_storage::{Collection, StorageError, Write};
 use serde::{Deserialize, Serialize};
 
-use crate::clinic::{Clinic, Inner, MAX_NAME_CHARS, Person, person_id, text};
+use crate::clinic::{Clinic, Inner, MAX_NAME_CHARS, Person, text};
 use crate::error::CoreError;
 use crate::rows;
 use crate::subjects::SUBJECT_CACHE_TTL;
@@ -150,7 +150,7 @@ impl Inner {
     pub(crate) async fn existing_keys(&self, patient: &UserId) -> Result<Keyring, CoreError> {
         match self
             .subjects
-            .keys_of_handle(&crate::subjects::SubjectKeys::handle(patient))
+            .keys_of_handle(&self.subjects.handle(patient)?)
             .await
         {
             Err(CoreError::Corrupt("subject handle")) => Err(CoreError::NotFound),
@@ -449,7 +449,7 @@ impl Clinic {
         roles: RoleSet,
     ) -> Result<Write, CoreError> {
         let c = &self.inner;
-        let id = person_id(user);
+        let id = c.person_id(user)?;
         let current = c.get(&c.people, &id).await?;
         let name = match (name, &current) {
             (Some(n), _) => n,

@@ -88,6 +88,7 @@ pub struct SubjectKeys {
     coll: Collection,
     erasing: Arc<tokio::sync::Mutex<()>>,
     cache: Arc<std::sync::Mutex<HashMap<RowId, (Instant, Keyring)>>>,
+    handle_key: Option<Arc<careconnect_crypto::mac::MacKey>>,
 }
 
 /// How long an opened subject keyring is kept in memory. An erasure on this
@@ -138,7 +139,18 @@ impl SubjectKeys {
             coll: Collection::new(SUBJECTS_COLLECTION)?,
             erasing: Arc::new(tokio::sync::Mutex::new(())),
             cache: Arc::default(),
+            handle_key: None,
         })
+    }
+
+    /// Names subject rows by a keyed MAC of the identity under `key`, so
+    /// the database does not show who is registered or erased to someone
+    /// who can hash identities. Set it before the first subject is made,
+    /// and never change it.
+    #[must_use]
+    pub fn with_handle_key(mut self, key: careconnect_crypto::mac::MacKey) -> Self {
+        self.handle_key = Some(Arc::new(key));
+        self
     }
 
     /// The KMS key of bucket `b`.
@@ -159,20 +171,33 @@ impl SubjectKeys {
         (0..buckets).map(Self::kms_key).collect()
     }
 
-    fn row_id(subject: &UserId) -> Result<RowId, CoreError> {
-        Ok(Self::handle(subject))
+    fn row_id(&self, subject: &UserId) -> Result<RowId, CoreError> {
+        self.handle(subject)
     }
 
-    /// The subject's handle: the id of its keyring's row, a hash of the
-    /// identity. Rows that must find the subject's keys before they know
+    /// The subject's handle: the id of its keyring's row, a keyed MAC of
+    /// the identity (with [`SubjectKeys::with_handle_key`]; a plain hash
+    /// without). Rows that must find the subject's keys before they know
     /// the subject (a prescription listed by its prescriber) carry it,
     /// sealed.
-    pub fn handle(subject: &UserId) -> RowId {
-        RowId::digest(&[
-            b"subject",
-            subject.issuer().as_bytes(),
-            subject.subject().as_bytes(),
-        ])
+    ///
+    /// # Errors
+    ///
+    /// Never in practice (a hex id is a valid row id).
+    pub fn handle(&self, subject: &UserId) -> Result<RowId, CoreError> {
+        Ok(match &self.handle_key {
+            Some(k) => {
+                let mut msg = b"subject\0".to_vec();
+                msg.extend_from_slice(&crate::clinic::identity_bytes(subject));
+                // 40 hex digits; the first four pick the bucket.
+                RowId::new(hex::encode(&k.tag(&msg)[..20]))?
+            }
+            None => RowId::digest(&[
+                b"subject",
+                subject.issuer().as_bytes(),
+                subject.subject().as_bytes(),
+            ]),
+        })
     }
 
     fn cached(&self, id: &RowId) -> Option<Keyring> {
@@ -317,7 +342,7 @@ impl SubjectKeys {
     /// [`CoreError::Erased`] for an erased subject (never given a new
     /// keyring); KMS and storage failures.
     pub async fn keys(&self, subject: &UserId) -> Result<Keyring, CoreError> {
-        let id = Self::row_id(subject)?;
+        let id = self.row_id(subject)?;
         if let Some(k) = self.cached(&id) {
             return Ok(k);
         }
@@ -429,7 +454,7 @@ impl SubjectKeys {
     /// KMS failures (including [`careconnect_crypto::KmsError::Unsupported`]
     /// for a KMS that cannot destroy versions), storage failures.
     pub async fn erase(&self, subject: &UserId) -> Result<Option<Erasure>, CoreError> {
-        let id = Self::row_id(subject)?;
+        let id = self.row_id(subject)?;
         self.forget(&id);
         let b = self.bucket_of(&id);
         let Some(row) = self.row(&id).await? else {
