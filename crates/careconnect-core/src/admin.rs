@@ -225,6 +225,16 @@ impl Admin<'_> {
         c.forget_patient(patient);
         let done = c.subjects.erase(patient).await;
         c.forget_patient(patient);
+        if done.is_err() {
+            c.audit
+                .record(AuditEvent::by(
+                    admin,
+                    "ErasePatient",
+                    c.audit_name(patient),
+                    Outcome::Failed,
+                ))
+                .await?;
+        }
         done
     }
 }

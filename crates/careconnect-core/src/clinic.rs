@@ -113,6 +113,9 @@ pub struct ClinicConfig {
     pub clinic_kms_key: String,
     /// Subject-key buckets (see `docs/erasure.md`); fixed for a clinic's life.
     pub subject_buckets: u16,
+    /// Bucket `b`'s KMS key is `{subject_key_prefix}{b:04}` (on AWS KMS an
+    /// alias prefix such as `alias/clinic-subjects-`).
+    pub subject_key_prefix: String,
     /// Claim rules (TOML, as [`RoleMapper::from_toml`]); stored assignments
     /// add to them.
     pub role_rules: String,
@@ -141,6 +144,7 @@ impl ClinicConfig {
             },
             clinic_kms_key: "careconnect-clinic".into(),
             subject_buckets: 16,
+            subject_key_prefix: crate::subjects::DEFAULT_KEY_PREFIX.into(),
             role_rules: String::new(),
             hours: ClinicHours::default(),
             break_glass_for: Duration::from_secs(3600),
@@ -286,7 +290,8 @@ impl Clinic {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, CoreError> {
         let clinic_key = KmsKeyId::new(config.clinic_kms_key.clone())?;
-        let bucket_keys = SubjectKeys::kms_keys(config.subject_buckets)?;
+        let bucket_keys =
+            SubjectKeys::kms_keys_named(&config.subject_key_prefix, config.subject_buckets)?;
         let kms: Arc<dyn Kms> = match config.kms {
             KmsConfig::Local { path, root } => {
                 let kms = LocalKms::open_or_create(path, root)?;
@@ -327,7 +332,8 @@ impl Clinic {
             kms.clone(),
             config.subject_buckets,
         )?
-        .with_handle_key(mac(SUBJECT_HANDLE_PURPOSE)?);
+        .with_handle_key(mac(SUBJECT_HANDLE_PURPOSE)?)
+        .with_key_prefix(config.subject_key_prefix.clone());
         let hours = config.hours;
         if hours.opens >= hours.closes
             || hours.closes > 24

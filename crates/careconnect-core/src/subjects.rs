@@ -89,7 +89,11 @@ pub struct SubjectKeys {
     erasing: Arc<tokio::sync::Mutex<()>>,
     cache: Arc<std::sync::Mutex<HashMap<RowId, (Instant, Keyring)>>>,
     handle_key: Option<Arc<careconnect_crypto::mac::MacKey>>,
+    prefix: String,
 }
+
+/// The default prefix of the bucket KMS keys' names.
+pub const DEFAULT_KEY_PREFIX: &str = "careconnect-subjects-";
 
 /// How long an opened subject keyring is kept in memory. An erasure on this
 /// node drops it at once; another node sharing the database stops opening
@@ -140,6 +144,7 @@ impl SubjectKeys {
             erasing: Arc::new(tokio::sync::Mutex::new(())),
             cache: Arc::default(),
             handle_key: None,
+            prefix: DEFAULT_KEY_PREFIX.into(),
         })
     }
 
@@ -153,22 +158,43 @@ impl SubjectKeys {
         self
     }
 
+    /// Names bucket `b`'s KMS key `{prefix}{b:04}` instead of
+    /// `careconnect-subjects-{b:04}` (on AWS KMS, an alias such as
+    /// `alias/clinic-subjects-`).
+    #[must_use]
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
     /// The KMS key of bucket `b`.
     ///
     /// # Errors
     ///
-    /// Never in practice (the name is valid).
-    pub fn kms_key(b: u16) -> Result<KmsKeyId, CoreError> {
-        Ok(KmsKeyId::new(format!("careconnect-subjects-{b:04}"))?)
+    /// An invalid key name (from the prefix).
+    pub fn kms_key(&self, b: u16) -> Result<KmsKeyId, CoreError> {
+        Ok(KmsKeyId::new(format!("{}{b:04}", self.prefix))?)
     }
 
-    /// The KMS keys of `buckets` buckets, to create before first use.
+    /// The KMS keys of `buckets` buckets named `{prefix}{b:04}`, to create
+    /// before first use.
+    ///
+    /// # Errors
+    ///
+    /// An invalid key name (from the prefix).
+    pub fn kms_keys_named(prefix: &str, buckets: u16) -> Result<Vec<KmsKeyId>, CoreError> {
+        (0..buckets)
+            .map(|b| Ok(KmsKeyId::new(format!("{prefix}{b:04}"))?))
+            .collect()
+    }
+
+    /// The KMS keys of `buckets` buckets under the default names.
     ///
     /// # Errors
     ///
     /// Never in practice.
     pub fn kms_keys(buckets: u16) -> Result<Vec<KmsKeyId>, CoreError> {
-        (0..buckets).map(Self::kms_key).collect()
+        Self::kms_keys_named(DEFAULT_KEY_PREFIX, buckets)
     }
 
     fn row_id(&self, subject: &UserId) -> Result<RowId, CoreError> {
@@ -279,7 +305,7 @@ impl SubjectKeys {
     /// Bucket `b`'s keyring and its KeyStore version, made on first use.
     async fn bucket(&self, b: u16) -> Result<(u64, Keyring), CoreError> {
         let name = format!("subject-bucket-{b:04}");
-        let kms_key = Self::kms_key(b)?;
+        let kms_key = self.kms_key(b)?;
         loop {
             match self.keystore.load(&name).await {
                 Ok((version, sealed)) => {
@@ -307,7 +333,7 @@ impl SubjectKeys {
 
     async fn store_bucket(&self, b: u16, expected: u64, ring: &Keyring) -> Result<u64, CoreError> {
         let sealed = ring
-            .seal_keyset(self.kms.as_ref(), &Self::kms_key(b)?)
+            .seal_keyset(self.kms.as_ref(), &self.kms_key(b)?)
             .await?;
         Ok(self
             .keystore
@@ -454,6 +480,17 @@ impl SubjectKeys {
     /// KMS failures (including [`careconnect_crypto::KmsError::Unsupported`]
     /// for a KMS that cannot destroy versions), storage failures.
     pub async fn erase(&self, subject: &UserId) -> Result<Option<Erasure>, CoreError> {
+        if !self.kms.can_destroy_versions() {
+            // Refused before anything changes: an erasure that cannot
+            // destroy the old KMS versions would leave earlier copies of
+            // the database readable (see docs/erasure.md for AWS KMS).
+            return Err(CoreError::Crypto(
+                careconnect_crypto::KmsError::Unsupported(
+                    "erasure needs a KMS that can destroy single key versions",
+                )
+                .into(),
+            ));
+        }
         let id = self.row_id(subject)?;
         self.forget(&id);
         let b = self.bucket_of(&id);
@@ -512,7 +549,7 @@ impl SubjectKeys {
         }
         // 4. The keyring under a fresh KMS version, every older one destroyed:
         //    copies of the database hold the old key under those.
-        let kms_key = Self::kms_key(b)?;
+        let kms_key = self.kms_key(b)?;
         let described = self.kms.rotate(&kms_key).await?;
         self.store_bucket(b, version, &ring).await?;
         let mut destroyed = 0;

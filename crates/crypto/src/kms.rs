@@ -257,4 +257,11 @@ pub trait Kms: Send + Sync + fmt::Debug {
         let _ = (key, version);
         Err(crate::KmsError::Unsupported("destroying a single key version").into())
     }
+
+    /// Whether [`Kms::destroy_version`] works here, so a caller can refuse
+    /// up front, before it changes anything, a job that ends by destroying
+    /// a version (an erasure). Default `false`.
+    fn can_destroy_versions(&self) -> bool {
+        false
+    }
 }

@@ -277,6 +277,10 @@ impl<K: Kms> Kms for CachingKms<K> {
         self.inner.describe(key).await
     }
 
+    fn can_destroy_versions(&self) -> bool {
+        self.inner.can_destroy_versions()
+    }
+
     async fn destroy_version(&self, key: &KmsKeyId, version: u32) -> Result<KeyDescription, Error> {
         let out = self.inner.destroy_version(key, version).await?;
         // Cached unwraps may come from the destroyed version: drop them all.

@@ -744,6 +744,10 @@ impl Kms for LocalKms {
     async fn destroy_version(&self, key: &KmsKeyId, version: u32) -> Result<KeyDescription, Error> {
         LocalKms::destroy_version(self, key, version)
     }
+
+    fn can_destroy_versions(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
