@@ -5,7 +5,9 @@
 //! - [`crypto`]: AEAD suites, HKDF, the envelope format, KMS, keyrings, TLS.
 //! - [`storage`]: storage traits and backends for sealed rows, audit log, key material.
 //! - [`authz`]: roles, the access policy, role mapping, sessions, OpenID Connect login.
-//! - [`core`]: the clinic's domain layer (so far: the tamper-evident audit log).
+//! - [`core`]: the clinic's domain layer: the `Clinic` and its services
+//!   (MedRecords, CareConnect, EPS, FinCare, administration), the
+//!   tamper-evident audit log, break-glass and erasure.
 //!
 //! ```
 //! use careconnect::crypto::{EncryptionContext, Keyring};

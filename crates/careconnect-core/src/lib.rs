@@ -6,27 +6,65 @@
 //! The web demo and the rotation tool only translate HTTP and CLI into calls
 //! of this crate.
 //!
-//! So far: the tamper-evident audit log ([`audit`]) and the one door to a
-//! patient's clinical data ([`access`]: care relationships, break-glass,
-//! policy and audit in one call). The clinic's services follow.
+//! A [`Clinic`] is opened from a [`ClinicConfig`] (storage URL, KMS, key
+//! names, role rules, hours) and hands out one service per subsystem:
+//! [`Clinic::records`] (MedRecords), [`Clinic::patients`] (CareConnect),
+//! [`Clinic::eps`] (prescriptions), [`Clinic::finance`] (FinCare) and
+//! [`Clinic::admin`]. Every call takes the acting
+//! [`Principal`](careconnect_authz::Principal), asks the policy, and writes
+//! an event to the tamper-evident [`audit`] log before it returns. Each
+//! piece of patient data is sealed under that patient's own keyring
+//! ([`subjects`], for erasure by crypto-shredding) and bound to its
+//! collection, row and field; lookups go through keyed blind indexes.
 //!
 //! # Example
 //!
 //! ```
 //! # async fn demo() -> Result<(), careconnect_core::CoreError> {
-//! use std::sync::Arc;
-//! use careconnect_core::audit::{Anchor, AuditEvent, AuditTrail, Verification};
-//! use careconnect_crypto::Keyring;
-//! use careconnect_storage::MemoryStore;
+//! use careconnect_authz::{Principal, Role, UserId};
+//! use careconnect_core::eps::{PrescriptionInput, SignatureStatus};
+//! use careconnect_core::records::PatientDetails;
+//! use careconnect_core::{Clinic, ClinicConfig, CoreError};
 //!
 //! let dir = tempfile::tempdir()?;
-//! let trail = AuditTrail::new(
-//!     Arc::new(MemoryStore::new()),
-//!     Keyring::generate(),
-//!     Anchor::at(dir.path().join("audit.anchor")),
+//! // SQLite file, local KMS and audit anchor under `dir`.
+//! let clinic = Clinic::open(ClinicConfig::embedded(dir.path())?).await?;
+//! let user = |s: &str, r: Role| -> Result<Principal, CoreError> {
+//!     Ok(Principal::new(UserId::new("https://idp.example", s)?, [r].into_iter().collect()))
+//! };
+//! let (admin, doctor, alice) = (
+//!     user("adam", Role::Admin)?,
+//!     user("grey", Role::Doctor)?,
+//!     user("alice", Role::Patient)?,
 //! );
-//! trail.record(AuditEvent::system("seed", "clinic:st-johns")).await?;
-//! assert_eq!(trail.verify().await?, Verification::Intact { entries: 1 });
+//! let details = PatientDetails {
+//!     name: "Alice Smith".into(),
+//!     date_of_birth: "1984-03-12".into(),
+//!     blood_type: "A+".into(),
+//!     allergies: vec!["penicillin".into()],
+//! };
+//! clinic.records().register(&admin, &alice.user, &details).await?;
+//!
+//! // Not in Dr Grey's care yet: refused, and the refusal is audited.
+//! assert!(matches!(
+//!     clinic.records().record(&doctor, &alice.user).await,
+//!     Err(CoreError::Denied(_))
+//! ));
+//! clinic.admin().assign_care(&admin, &doctor.user, &alice.user).await?;
+//! clinic.records().add_note(&doctor, &alice.user, "Mild asthma.", None).await?;
+//! let rx = PrescriptionInput {
+//!     drug: "Salbutamol".into(),
+//!     dosage: "100 micrograms".into(),
+//!     frequency: "as needed".into(),
+//!     notes: String::new(),
+//! };
+//! let p = clinic.eps().prescribe(&doctor, &alice.user, &rx).await?;
+//! assert_eq!(p.signature, SignatureStatus::Valid);
+//!
+//! // Alice pays her prescription: one atomic step, one pseudonymous transaction.
+//! let tx = clinic.patients().pay(&alice, &p.id).await?;
+//! assert!(tx.pseudonym.starts_with("P-"));
+//! assert_eq!(clinic.records().record(&alice, &alice.user).await?.notes.len(), 1);
 //! # Ok(()) }
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
