@@ -45,7 +45,13 @@ pub struct DateRange {
 }
 
 impl DateRange {
-    fn bounds(&self) -> Result<(u64, u64), CoreError> {
+    /// The range as Unix seconds, `[from, to)`.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Invalid`] for a date that is not `YYYY-MM-DD` or a
+    /// range that ends before it starts.
+    pub fn bounds(&self) -> Result<(u64, u64), CoreError> {
         let day = |s: &Option<String>, end: bool| -> Result<Option<u64>, CoreError> {
             let Some(s) = s.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
                 return Ok(None);

@@ -44,7 +44,14 @@ pub struct PatientDetails {
 }
 
 impl PatientDetails {
-    fn checked(&self) -> Result<Self, CoreError> {
+    /// The details trimmed and checked: a name of 1 to 200 characters
+    /// without control characters, a real `YYYY-MM-DD` date, a known blood
+    /// type, at most 32 allergies of 1 to 100 characters.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Invalid`] naming the first field that fails.
+    pub fn validated(&self) -> Result<Self, CoreError> {
         let dob = self.date_of_birth.trim();
         parse_date(dob).ok_or(CoreError::Invalid("date of birth"))?;
         if !BLOOD_TYPES.contains(&self.blood_type.trim()) {
@@ -231,7 +238,7 @@ impl MedRecords<'_> {
         details: &PatientDetails,
     ) -> Result<(), CoreError> {
         let c = &self.clinic.inner;
-        let details = details.checked()?;
+        let details = details.validated()?;
         c.decide(
             admin,
             Action::AssignRoles,
