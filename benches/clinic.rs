@@ -82,6 +82,16 @@ async fn bench() -> Option<()> {
     let clinic = Clinic::open_with(config, store, Arc::new(SystemClock))
         .await
         .ok()?;
+    // A second handle on the same database and keys, with the 1 s notes
+    // read cache off: every open reads the notes from SQLite.
+    let mut config2 = ClinicConfig::embedded(dir.path()).ok()?;
+    config2.subject_buckets = 16;
+    config2.read_cache = std::time::Duration::ZERO;
+    config2.audit_anchor = dir.path().join("audit2.anchor");
+    let store2 = careconnect::storage::connect(&url).await.ok()?;
+    let uncached = Clinic::open_with(config2, store2, Arc::new(SystemClock))
+        .await
+        .ok()?;
     let admin = who("admin", Role::Admin)?;
     let doctor = who("doctor", Role::Doctor)?;
     let finance = who("finance", Role::Finance)?;
@@ -202,6 +212,22 @@ async fn bench() -> Option<()> {
         println!(
             "{:32} {tasks:>6} {base:>10.0} {open:>10.0} {:>8.2}",
             "open record (20 notes)",
+            open / base
+        );
+        let (c, d, ps) = (uncached.clone(), doctor.clone(), patients.clone());
+        let open = rate(tasks, 4000, move |i| {
+            let (c, d, p) = (c.clone(), d.clone(), ps[i % PATIENTS].user.clone());
+            async move {
+                c.records()
+                    .record(&d, &p)
+                    .await
+                    .is_ok_and(|r| r.notes.len() == NOTES)
+            }
+        })
+        .await;
+        println!(
+            "{:32} {tasks:>6} {base:>10.0} {open:>10.0} {:>8.2}",
+            "  same, notes read cache off",
             open / base
         );
     }

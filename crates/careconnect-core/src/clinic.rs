@@ -125,6 +125,11 @@ pub struct ClinicConfig {
     pub break_glass_for: Duration,
     /// The prescription charge, in pence.
     pub prescription_charge_pence: u32,
+    /// How long a node keeps a patient's opened notes in memory (default
+    /// 1 s; zero turns it off). Notes written through this node show at
+    /// once; notes written by another node sharing the database show within
+    /// this time.
+    pub read_cache: Duration,
 }
 
 impl ClinicConfig {
@@ -149,6 +154,7 @@ impl ClinicConfig {
             hours: ClinicHours::default(),
             break_glass_for: Duration::from_secs(3600),
             prescription_charge_pence: 990,
+            read_cache: Duration::from_secs(1),
         })
     }
 }
@@ -168,6 +174,10 @@ pub(crate) fn pseudonym_with(key: &MacKey, patient: &UserId) -> String {
     let tag = key.tag(&identity_bytes(patient));
     format!("P-{}", hex::encode(&tag[..10]))
 }
+
+/// Something per patient, remembered since an instant.
+pub(crate) type PatientCache<T> =
+    std::sync::Mutex<std::collections::HashMap<UserId, (std::time::Instant, T)>>;
 
 /// What every service shares.
 pub(crate) struct Inner {
@@ -190,9 +200,10 @@ pub(crate) struct Inner {
     /// Registered details by patient: written once, never updated, so
     /// only an erasure (on this node at once, elsewhere within
     /// [`crate::subjects::SUBJECT_CACHE_TTL`]) makes an entry stale.
-    pub(crate) details: std::sync::Mutex<
-        std::collections::HashMap<UserId, (std::time::Instant, crate::records::PatientDetails)>,
-    >,
+    pub(crate) details: PatientCache<crate::records::PatientDetails>,
+    /// Opened notes by patient, for [`ClinicConfig::read_cache`].
+    pub(crate) notes: PatientCache<Arc<Vec<crate::records::Note>>>,
+    pub(crate) read_cache: Duration,
 }
 
 /// St John's Clinic: the services of every subsystem over one set of
@@ -363,6 +374,8 @@ impl Clinic {
                 charge_pence: config.prescription_charge_pence,
                 people: Collection::new(PEOPLE_COLLECTION)?,
                 details: std::sync::Mutex::default(),
+                notes: std::sync::Mutex::default(),
+                read_cache: config.read_cache,
             }),
         })
     }

@@ -8,7 +8,7 @@
 //! list of notes itself. Everything is sealed under the patient's subject
 //! keyring and bound to collection, row and field.
 
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use careconnect_authz::{Action, Principal, Resource, Role, RoleSet, UserId};
@@ -204,6 +204,43 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(patient);
+        self.forget_notes(patient);
+    }
+
+    /// The patient's notes, from memory when read within
+    /// [`crate::ClinicConfig::read_cache`].
+    async fn notes_cached(
+        &self,
+        keys: &Keyring,
+        patient: &UserId,
+    ) -> Result<Arc<Vec<Note>>, CoreError> {
+        if self.read_cache.is_zero() {
+            return Ok(Arc::new(self.notes_of(keys, patient).await?));
+        }
+        let hit = self
+            .notes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(patient)
+            .filter(|(at, _)| at.elapsed() < self.read_cache)
+            .map(|(_, n)| n.clone());
+        if let Some(n) = hit {
+            return Ok(n);
+        }
+        let fresh = Arc::new(self.notes_of(keys, patient).await?);
+        let mut cache = self.notes.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= 10_000 {
+            cache.clear();
+        }
+        cache.insert(patient.clone(), (Instant::now(), fresh.clone()));
+        Ok(fresh)
+    }
+
+    fn forget_notes(&self, patient: &UserId) {
+        self.notes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(patient);
     }
 
     async fn notes_of(&self, keys: &Keyring, patient: &UserId) -> Result<Vec<Note>, CoreError> {
@@ -349,11 +386,11 @@ impl MedRecords<'_> {
             .record_of(&keys, patient)
             .await?
             .ok_or(CoreError::NotFound)?;
-        let notes = c.notes_of(&keys, patient).await?;
+        let notes = c.notes_cached(&keys, patient).await?;
         Ok(HealthRecord {
             patient: patient.clone(),
             details,
-            notes,
+            notes: notes.as_ref().clone(),
         })
     }
 
@@ -414,7 +451,10 @@ impl MedRecords<'_> {
                 vec![c.index(PATIENT_INDEX, patient)?],
             )?;
             match c.store.insert(&coll, &id, data).await {
-                Ok(_) => return Ok(n),
+                Ok(_) => {
+                    c.forget_notes(patient);
+                    return Ok(n);
+                }
                 Err(StorageError::DuplicateId) => seq = seq.saturating_add(1),
                 Err(e) => return Err(e.into()),
             }

@@ -911,3 +911,73 @@ async fn erasure_reaches_a_copy_taken_before_it() {
     }
     assert!(opened_elsewhere > 0);
 }
+
+/// Two nodes on one database: a note written through one shows there at
+/// once, and on the other within its read cache's lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notes_written_on_one_node_reach_the_other_within_the_read_cache() {
+    let f = sqlite().await;
+    let dir = f._dir.path();
+    let url = format!("sqlite://{}", dir.join("clinic.db").display());
+    let mut config = ClinicConfig::embedded(dir).unwrap();
+    config.subject_buckets = 4;
+    config.read_cache = Duration::from_millis(300);
+    config.audit_anchor = dir.join("node-b.anchor");
+    let b = Clinic::open_with(
+        config,
+        careconnect_storage::connect(&url).await.unwrap(),
+        f.clock.clone(),
+    )
+    .await
+    .unwrap();
+    let a = &f.clinic;
+    a.admin()
+        .assign_care(&admin(), &grey().user, &alice().user)
+        .await
+        .unwrap();
+    assert!(
+        b.records()
+            .record(&grey(), &alice().user)
+            .await
+            .unwrap()
+            .notes
+            .is_empty()
+    );
+    a.records()
+        .add_note(&grey(), &alice().user, "written on node A", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.records()
+            .record(&grey(), &alice().user)
+            .await
+            .unwrap()
+            .notes
+            .len(),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        b.records()
+            .record(&grey(), &alice().user)
+            .await
+            .unwrap()
+            .notes
+            .len(),
+        1
+    );
+    // And B's own write shows on B at once.
+    b.records()
+        .add_note(&grey(), &alice().user, "written on node B", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.records()
+            .record(&grey(), &alice().user)
+            .await
+            .unwrap()
+            .notes
+            .len(),
+        2
+    );
+}
