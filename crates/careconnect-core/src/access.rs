@@ -132,6 +132,26 @@ pub struct Gate {
     doctor_index: Option<Arc<careconnect_crypto::mac::MacKey>>,
     pseudonyms: Option<Arc<careconnect_crypto::mac::MacKey>>,
     cache: Arc<CareCache>,
+    /// Bumped by every forget: a read that started before one is not cached.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// `row` written back as it is: a compare-and-swap that makes a batch fail
+/// if the row changed since it was read.
+pub(crate) fn unchanged(
+    coll: &Collection,
+    row: careconnect_storage::Row,
+) -> careconnect_storage::Write {
+    careconnect_storage::Write::Update {
+        coll: coll.clone(),
+        expected: row.version,
+        data: careconnect_storage::RowData {
+            key_id: row.key_id,
+            envelope: row.envelope,
+            indexes: row.indexes,
+        },
+        id: row.id,
+    }
 }
 
 /// The blind-index name on care rows holding the doctor's MAC.
@@ -179,6 +199,7 @@ impl Gate {
             doctor_index: None,
             pseudonyms: None,
             cache: Arc::default(),
+            generation: Arc::default(),
         })
     }
 
@@ -225,6 +246,8 @@ impl Gate {
 
     /// Drops what this gate remembers about (doctor, patient).
     pub(crate) fn forget(&self, doctor: &UserId, patient: &UserId) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -242,23 +265,26 @@ impl Gate {
 
     /// The row that puts `patient` in `doctor`'s care, recorded as made by
     /// `by`, for a caller that writes it in a batch with other rows (a
-    /// booking). `None` when the patient is in the doctor's care already.
+    /// booking). When the patient is in the doctor's care already, the
+    /// existing row rewritten unchanged: the batch then fails if that care
+    /// ends meanwhile (a concurrent cancel), instead of leaving the booking
+    /// without care.
     pub(crate) async fn care_write(
         &self,
         doctor: &UserId,
         patient: &UserId,
         by: &UserId,
         appointment: &str,
-    ) -> Result<Option<careconnect_storage::Write>, CoreError> {
+    ) -> Result<careconnect_storage::Write, CoreError> {
         let id = self.pair(b"care", doctor, patient)?;
-        if self.get(&self.care, &id).await?.is_some() {
-            return Ok(None);
+        if let Some(row) = self.get(&self.care, &id).await? {
+            return Ok(unchanged(&self.care, row));
         }
-        Ok(Some(careconnect_storage::Write::Insert {
+        Ok(careconnect_storage::Write::Insert {
             coll: self.care.clone(),
             data: self.care_data(&id, doctor, patient, by, Some(appointment))?,
             id,
-        }))
+        })
     }
 
     /// The write that ends the care a cancelled `appointment` made: moved
@@ -550,12 +576,17 @@ impl Gate {
         {
             return Ok(care);
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let (care, until) = self.care_from_storage(doctor, patient, now).await?;
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= CARE_CACHE_MAX {
-            cache.clear();
+        // A change made through this gate while we read may be newer than
+        // what we read: then it is not remembered.
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            if cache.len() >= CARE_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, (Instant::now(), care, until));
         }
-        cache.insert(key, (Instant::now(), care, until));
         Ok(care)
     }
 

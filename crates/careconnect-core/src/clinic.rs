@@ -203,6 +203,9 @@ pub(crate) struct Inner {
     pub(crate) details: PatientCache<crate::records::PatientDetails>,
     /// Opened notes by patient, for [`ClinicConfig::read_cache`].
     pub(crate) notes: PatientCache<Arc<Vec<crate::records::Note>>>,
+    /// Bumped by every forget of notes: a read that started before one is
+    /// not cached.
+    pub(crate) notes_generation: std::sync::atomic::AtomicU64,
     pub(crate) read_cache: Duration,
 }
 
@@ -375,6 +378,7 @@ impl Clinic {
                 people: Collection::new(PEOPLE_COLLECTION)?,
                 details: std::sync::Mutex::default(),
                 notes: std::sync::Mutex::default(),
+                notes_generation: std::sync::atomic::AtomicU64::new(0),
                 read_cache: config.read_cache,
             }),
         })

@@ -315,7 +315,31 @@ impl Inner {
                         .try_into()
                         .map_err(|_| CoreError::Corrupt("signing key"))?,
                 );
-                return Ok(SigningKey::from_bytes(&bytes));
+                let key = SigningKey::from_bytes(&bytes);
+                // Its public-key row must be on record, or nothing it signs
+                // verifies: put it back if it went missing.
+                let public = hex::encode(key.verifying_key().as_bytes());
+                let public_id = self.public_key_id(doctor, &public)?;
+                if self.get(&coll, &public_id).await?.is_none() {
+                    let row = PublicKeyRow {
+                        doctor: doctor.clone(),
+                        public,
+                        created_at: stored.created_at,
+                    };
+                    match self
+                        .store
+                        .insert(
+                            &coll,
+                            &public_id,
+                            rows::seal(&self.keys, &coll, &public_id, &row)?,
+                        )
+                        .await
+                    {
+                        Ok(_) | Err(StorageError::DuplicateId) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                return Ok(key);
             }
             let mut seed = Zeroizing::new([0u8; 32]);
             getrandom::fill(seed.as_mut()).map_err(|_| CoreError::Corrupt("random source"))?;
@@ -674,6 +698,27 @@ mod tests {
             .prescribe(&doctor, &patient.user, &input)
             .await
             .unwrap();
+        // The current key's public-key row deleted: put back at the next
+        // prescription, which verifies.
+        let public = hex::encode(
+            c.signing_key(&doctor.user)
+                .await
+                .unwrap()
+                .verifying_key()
+                .as_bytes(),
+        );
+        let row = c
+            .store
+            .get(&coll, &c.public_key_id(&doctor.user, &public).unwrap())
+            .await
+            .unwrap();
+        c.store.delete(&coll, &row.id, row.version).await.unwrap();
+        let p4 = clinic
+            .eps()
+            .prescribe(&doctor, &patient.user, &input)
+            .await
+            .unwrap();
+        assert_eq!(p4.signature, SignatureStatus::Valid);
         let seen = clinic.eps().issued(&doctor, &doctor.user).await.unwrap();
         for id in [&p2.id, &p3.id] {
             let s = seen.iter().find(|p| &p.id == id).unwrap();

@@ -189,7 +189,7 @@ impl CareConnect<'_> {
                     id,
                 },
             ];
-            writes.extend(
+            writes.push(
                 c.gate
                     .care_write(doctor, patient, &who.user, &appointment.id)
                     .await?,
@@ -199,11 +199,15 @@ impl CareConnect<'_> {
                     c.gate.forget(doctor, patient);
                     return Ok(appointment);
                 }
-                Err(StorageError::DuplicateId) => {
+                Err(
+                    StorageError::DuplicateId
+                    | StorageError::VersionConflict { .. }
+                    | StorageError::NotFound,
+                ) => {
                     if c.get(&slots, &slot_id).await?.is_some() {
                         return Err(CoreError::Conflict("slot taken"));
                     }
-                    // The care row appeared meanwhile: build the batch again.
+                    // The care row changed meanwhile: build the batch again.
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -308,23 +312,35 @@ impl CareConnect<'_> {
             .store
             .find(&coll, &c.index(PATIENT_INDEX, &appt.patient)?)
             .await?
-            .iter()
+            .into_iter()
             .filter(|r| r.id != row.id)
-            .filter_map(|r| {
+            .find_map(|r| {
                 Inner::open_for::<Appointment>(&keys, &coll, &r.id, "appointment", &r.envelope)
-            })
-            .find(|a| {
-                a.doctor == appt.doctor
-                    && a.patient == appt.patient
-                    && a.cancelled_at.is_none()
-                    && a.id != appt.id
-            })
-            .map(|a| a.id);
-        writes.extend(
-            c.gate
-                .care_release(&appt.doctor, &appt.patient, &appt.id, next.as_deref())
-                .await?,
-        );
+                    .filter(|a| {
+                        a.doctor == appt.doctor
+                            && a.patient == appt.patient
+                            && a.cancelled_at.is_none()
+                            && a.id == r.id.as_str()
+                    })
+                    .map(|a| (a.id, r))
+            });
+        if let Some(release) = c
+            .gate
+            .care_release(
+                &appt.doctor,
+                &appt.patient,
+                &appt.id,
+                next.as_ref().map(|(id, _)| id.as_str()),
+            )
+            .await?
+        {
+            writes.push(release);
+            // The care moves to that booking only if it is still as read
+            // (not cancelled meanwhile).
+            if let Some((_, next_row)) = next {
+                writes.push(crate::access::unchanged(&coll, next_row));
+            }
+        }
         let result = c.store.commit(&writes).await;
         c.gate.forget(&appt.doctor, &appt.patient);
         match result {

@@ -8,6 +8,7 @@
 //! list of notes itself. Everything is sealed under the patient's subject
 //! keyring and bound to collection, row and field.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
@@ -227,16 +228,20 @@ impl Inner {
         if let Some(n) = hit {
             return Ok(n);
         }
+        let generation = self.notes_generation.load(Ordering::SeqCst);
         let fresh = Arc::new(self.notes_of(keys, patient).await?);
         let mut cache = self.notes.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= 10_000 {
-            cache.clear();
+        if self.notes_generation.load(Ordering::SeqCst) == generation {
+            if cache.len() >= 10_000 {
+                cache.clear();
+            }
+            cache.insert(patient.clone(), (Instant::now(), fresh.clone()));
         }
-        cache.insert(patient.clone(), (Instant::now(), fresh.clone()));
         Ok(fresh)
     }
 
     fn forget_notes(&self, patient: &UserId) {
+        self.notes_generation.fetch_add(1, Ordering::SeqCst);
         self.notes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
