@@ -51,6 +51,10 @@ fn kept_changing() -> CoreError {
     ))
 }
 
+/// The collection of erasure records: one per erased subject (row id: the
+/// handle), written before anything is destroyed.
+pub const ERASURES_COLLECTION: &str = "core_erasures";
+
 /// The blind-index name holding a subject's bucket number.
 const BUCKET_INDEX: &str = "bucket";
 
@@ -86,6 +90,7 @@ pub struct SubjectKeys {
     kms: Arc<dyn Kms>,
     buckets: u16,
     coll: Collection,
+    erasures: Collection,
     erasing: Arc<tokio::sync::Mutex<()>>,
     cache: Arc<std::sync::Mutex<HashMap<RowId, (Instant, Keyring)>>>,
     handle_key: Option<Arc<careconnect_crypto::mac::MacKey>>,
@@ -141,6 +146,7 @@ impl SubjectKeys {
             kms,
             buckets,
             coll: Collection::new(SUBJECTS_COLLECTION)?,
+            erasures: Collection::new(ERASURES_COLLECTION)?,
             erasing: Arc::new(tokio::sync::Mutex::new(())),
             cache: Arc::default(),
             handle_key: None,
@@ -271,7 +277,7 @@ impl SubjectKeys {
         let mut stale = 0;
         while let Some(row) = self.row(id).await? {
             if is_tombstone(&row) {
-                return Err(CoreError::Erased);
+                return Err(self.dead(id).await?);
             }
             let (_, ring) = self.bucket(b).await?;
             match Keyring::open_under(&ring, &row.envelope, &subject_context(id)) {
@@ -282,15 +288,52 @@ impl SubjectKeys {
                 // An erasure of another subject re-sealed this row and
                 // destroyed the key we read it under: read it again.
                 Err(careconnect_crypto::Error::KeyDestroyed(_)) if stale < 4 => stale += 1,
-                // Still under a destroyed bucket key: only an erasure
-                // destroys one, after re-sealing every other subject, so
-                // this is the erased subject of an erasure cut short before
-                // its tombstone was written.
-                Err(careconnect_crypto::Error::KeyDestroyed(_)) => return Err(CoreError::Erased),
+                // Still under a destroyed bucket key: the erased subject of
+                // an erasure cut short before its tombstone was written (its
+                // erasure record says so), or a row tampered with.
+                Err(careconnect_crypto::Error::KeyDestroyed(_)) => {
+                    return Err(self.dead(id).await?);
+                }
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(None)
+    }
+
+    /// What an erasure record of row `id` holds: a keyed MAC of the id
+    /// (with a handle key), so a record cannot be forged or moved to
+    /// another subject by someone who can write the database.
+    fn erasure_token(&self, id: &RowId) -> Vec<u8> {
+        let mut msg = b"erased\0".to_vec();
+        msg.extend_from_slice(id.as_str().as_bytes());
+        match &self.handle_key {
+            Some(k) => k.tag(&msg).to_vec(),
+            None => msg,
+        }
+    }
+
+    /// Whether subject row `id` has a genuine erasure record.
+    async fn erased(&self, id: &RowId) -> Result<bool, CoreError> {
+        match self.store.get(&self.erasures, id).await {
+            Ok(r) => Ok(bool::from(subtle::ConstantTimeEq::ct_eq(
+                r.envelope.as_slice(),
+                self.erasure_token(id).as_slice(),
+            ))),
+            Err(StorageError::NotFound) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The error for a subject row that no longer holds a keyring:
+    /// [`CoreError::Erased`] when an erasure says so, corruption otherwise
+    /// (a live subject's row blanked or altered in the database).
+    async fn dead(&self, id: &RowId) -> Result<CoreError, CoreError> {
+        if self.erased(id).await? {
+            Ok(CoreError::Erased)
+        } else {
+            tracing::error!(row = id.as_str(), "subject row unreadable and not erased");
+            Ok(CoreError::Corrupt("subject row unreadable and not erased"))
+        }
     }
 
     fn bucket_of(&self, id: &RowId) -> u16 {
@@ -377,6 +420,11 @@ impl SubjectKeys {
             if let Some(s) = self.open_existing(&id).await? {
                 return Ok(s);
             }
+            // Never a fresh keyring for an erased subject, even if its
+            // tombstone went missing.
+            if self.erased(&id).await? {
+                return Err(CoreError::Erased);
+            }
             let (version, ring) = self.bucket(b).await?;
             let s = Keyring::generate();
             match self
@@ -425,29 +473,49 @@ impl SubjectKeys {
         Err(kept_changing())
     }
 
-    /// Re-seals a subject row listed under the old bucket key, by
-    /// compare-and-swap against the version listed; a row changed meanwhile
-    /// is read again, and a tombstone is never overwritten.
-    async fn reseal_listed(
+    /// Brings a listed subject row (not the one being erased) under the
+    /// bucket keyring's primary key, by compare-and-swap against the
+    /// version listed (a row changed meanwhile is read again). Rows of
+    /// erased subjects are left alone. Fails closed: a row that does not
+    /// open, and is not erased, stops the erasure before anything is
+    /// destroyed, since destroying the keys would make it unrecoverable.
+    async fn reseal_to_primary(
         &self,
         listed: Row,
-        old: KeyId,
         b: u16,
         ring: &Keyring,
     ) -> Result<bool, CoreError> {
         let mut row = listed;
         for _ in 0..MAX_TRIES {
-            if is_tombstone(&row) || Keyring::key_id_of(&row.envelope).ok() != Some(old) {
+            let opened = if is_tombstone(&row) {
+                None
+            } else {
+                match Keyring::open_under(ring, &row.envelope, &subject_context(&row.id)) {
+                    Ok((s, key, _)) => Some((s, key)),
+                    Err(careconnect_crypto::Error::KeyDestroyed(_)) => None,
+                    Err(_) => {
+                        tracing::error!(row = row.id.as_str(), "subject row does not open");
+                        return Err(CoreError::Corrupt(
+                            "a subject row of the bucket does not open: erasure stopped",
+                        ));
+                    }
+                }
+            };
+            let Some((s, key)) = opened else {
+                if self.erased(&row.id).await? {
+                    return Ok(false);
+                }
+                tracing::error!(
+                    row = row.id.as_str(),
+                    "subject row unreadable and not erased"
+                );
+                return Err(CoreError::Corrupt(
+                    "a subject row of the bucket is unreadable and not erased: erasure stopped",
+                ));
+            };
+            if key == ring.primary() {
                 return Ok(false);
             }
-            let Ok((s, _, _)) = Keyring::open_under(ring, &row.envelope, &subject_context(&row.id))
-            else {
-                tracing::warn!(
-                    row = row.id.as_str(),
-                    "subject row does not open: not re-sealed"
-                );
-                return Ok(false);
-            };
             match self
                 .store
                 .update(
@@ -470,10 +538,31 @@ impl SubjectKeys {
         Err(kept_changing())
     }
 
+    /// Every subject row of bucket `b` but `except`, read from the row ids
+    /// (never from the bucket index: index rows are not authenticated).
+    async fn bucket_rows(&self, b: u16, except: &RowId) -> Result<Vec<Row>, CoreError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.store.list(&self.coll, after.as_ref(), 1000).await?;
+            out.extend(
+                page.rows
+                    .into_iter()
+                    .filter(|r| r.id != *except && self.bucket_of(&r.id) == b),
+            );
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// Erases `subject`: after it, nothing the clinic holds opens the
     /// subject's data, here or in any earlier copy of the database. Safe to
-    /// run again after a crash (it finishes the job), and for a subject never
-    /// seen (nothing to do).
+    /// run again after a crash (it finishes the job). It runs whatever the
+    /// subject's row looks like (a subject never seen gets an erasure
+    /// record and its bucket's keys are rotated all the same); `None` when
+    /// the subject was erased already.
     ///
     /// # Errors
     ///
@@ -494,61 +583,69 @@ impl SubjectKeys {
         let id = self.row_id(subject)?;
         self.forget(&id);
         let b = self.bucket_of(&id);
-        let Some(row) = self.row(&id).await? else {
-            return Ok(None);
-        };
-        if is_tombstone(&row) {
-            return Ok(None);
-        }
-        // One erasure at a time here; another node's erasure of the same
-        // bucket meets ours in the key store's compare-and-swap.
+        // One erasure at a time here (see docs/erasure.md for several nodes).
         let _one = self.erasing.lock().await;
-        let (mut version, mut ring) = self.bucket(b).await?;
-        // The key that sealed the row, read from the envelope itself (the
-        // row's key id column is not authenticated).
-        let old = Keyring::key_id_of(&row.envelope)?;
-        let mut resealed = 0;
-        if ring
-            .key(old)
-            .is_some_and(|k| k.state != KeyState::Destroyed)
-        {
-            // 1. A new primary key for the bucket; the old one still opens.
-            if ring.primary() == old {
-                ring.rotate()?;
-                version = self.store_bucket(b, version, &ring).await?;
-            }
-            // 2. Every other subject of the bucket under the new key. The
-            //    bucket is read from each row's id, never from the bucket
-            //    index: index rows are not authenticated, and a subject
-            //    missed here would lose its key in step 3.
-            let mut after = None;
-            loop {
-                let page = self.store.list(&self.coll, after.as_ref(), 1000).await?;
-                for other in page.rows {
-                    if other.id == id || self.bucket_of(&other.id) != b {
-                        continue;
-                    }
-                    if self.reseal_listed(other, old, b, &ring).await? {
-                        resealed += 1;
-                    }
-                }
-                match page.next {
-                    Some(n) => after = Some(n),
-                    None => break,
-                }
-            }
-            // 3. The old key destroyed (the erased subject's key goes with it).
-            if ring
-                .key(old)
-                .is_some_and(|k| k.state != KeyState::Compromised)
-            {
-                ring.mark_compromised(old)?;
-            }
-            ring.destroy(old)?;
-            version = self.store_bucket(b, version, &ring).await?;
+        let row = self.row(&id).await?;
+        if self.erased(&id).await? && row.as_ref().is_none_or(is_tombstone) {
+            return Ok(None);
         }
-        // 4. The keyring under a fresh KMS version, every older one destroyed:
-        //    copies of the database hold the old key under those.
+        // 0. The erasure record first: from here on, a subject row that no
+        //    longer opens reads as erased, even if this is cut short. The
+        //    rest runs whatever the subject's row says (the row is not
+        //    authenticated until opened; a row hidden or blanked for the
+        //    moment must not make the erasure a no-op).
+        match self
+            .store
+            .insert(
+                &self.erasures,
+                &id,
+                RowData {
+                    key_id: 0,
+                    envelope: self.erasure_token(&id),
+                    indexes: Vec::new(),
+                },
+            )
+            .await
+        {
+            Ok(_) | Err(StorageError::DuplicateId) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let (mut version, mut ring) = self.bucket(b).await?;
+        // 1. A new primary key for the bucket; older ones still open.
+        ring.rotate()?;
+        version = self.store_bucket(b, version, &ring).await?;
+        // 2. Every other live subject of the bucket under the new key.
+        let mut resealed = 0;
+        for other in self.bucket_rows(b, &id).await? {
+            if self.reseal_to_primary(other, b, &ring).await? {
+                resealed += 1;
+            }
+        }
+        // 3. Checked again before anything is destroyed: every other live
+        //    subject of the bucket opens under the new key.
+        for other in self.bucket_rows(b, &id).await? {
+            if self.reseal_to_primary(other, b, &ring).await? {
+                resealed += 1;
+            }
+        }
+        // 4. Every older key destroyed (the erased subject's goes with them).
+        let older: Vec<KeyId> = ring
+            .keys()
+            .filter(|k| k.id != ring.primary() && k.state != KeyState::Destroyed)
+            .map(|k| k.id)
+            .collect();
+        for k in older {
+            if ring
+                .key(k)
+                .is_some_and(|i| i.state != KeyState::Compromised)
+            {
+                ring.mark_compromised(k)?;
+            }
+            ring.destroy(k)?;
+        }
+        version = self.store_bucket(b, version, &ring).await?;
+        // 5. The keyring under a fresh KMS version, every older one destroyed:
+        //    copies of the database hold the old keys under those.
         let kms_key = self.kms_key(b)?;
         let described = self.kms.rotate(&kms_key).await?;
         self.store_bucket(b, version, &ring).await?;
@@ -560,7 +657,7 @@ impl SubjectKeys {
             }
         }
         self.forget(&id);
-        // 5. The erased subject's row (dead already) becomes a tombstone, so
+        // 6. The erased subject's row (dead already) becomes a tombstone, so
         //    the subject is not silently given a fresh keyring later.
         let mut tries = 0;
         while let Some(row) = self.row(&id).await? {

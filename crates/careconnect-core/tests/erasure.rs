@@ -126,3 +126,110 @@ async fn an_erased_patient_is_unreadable_even_in_an_earlier_copy() {
         "in the copy, exactly the erased patient's bucket is gone"
     );
 }
+
+/// Someone who can write the database (no keys) tampers with subject rows
+/// around an erasure: hiding the patient's row does not make the erasure a
+/// no-op; blanking a live patient's row does not make them read as erased;
+/// a row of the bucket that does not open stops the erasure before any key
+/// is destroyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_writer_cannot_steer_an_erasure() {
+    use careconnect_core::CoreError;
+    use careconnect_crypto::mac::MacKey;
+    use careconnect_storage::MemoryStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let kms = Arc::new(
+        LocalKms::open_or_create(dir.path().join("kms.bin"), RootSecret::generate()).unwrap(),
+    );
+    for k in SubjectKeys::kms_keys(2).unwrap() {
+        kms.ensure_key(&k).unwrap();
+    }
+    let store = Arc::new(MemoryStore::new());
+    let handle_key = MacKey::generate();
+    let handle_key_bytes = handle_key.clone();
+    let fresh = || {
+        SubjectKeys::new(store.clone(), store.clone(), kms.clone(), 2)
+            .unwrap()
+            .with_handle_key(handle_key_bytes.clone())
+    };
+    let keys = fresh();
+    let mut notes = Vec::new();
+    for i in 0..8 {
+        let ring = keys.keys(&patient(i)).await.unwrap();
+        notes.push(ring.seal(&note_ctx(i), b"note").unwrap());
+    }
+    let subjects = Collection::new("core_subjects").unwrap();
+    let blank = |r: &careconnect_storage::Row| RowData {
+        key_id: 0,
+        envelope: Vec::new(),
+        indexes: r.indexes.clone(),
+    };
+    let as_was = |r: &careconnect_storage::Row| RowData {
+        key_id: r.key_id,
+        envelope: r.envelope.clone(),
+        indexes: r.indexes.clone(),
+    };
+    // A live patient's row blanked: corrupt, never "erased"; restored, fine.
+    let h1 = keys.handle(&patient(1)).unwrap();
+    let saved = store.get(&subjects, &h1).await.unwrap();
+    let v = store
+        .update(&subjects, &h1, saved.version, blank(&saved))
+        .await
+        .unwrap();
+    assert!(matches!(
+        fresh().keys(&patient(1)).await,
+        Err(CoreError::Corrupt(_))
+    ));
+    store
+        .update(&subjects, &h1, v, as_was(&saved))
+        .await
+        .unwrap();
+    fresh().keys(&patient(1)).await.unwrap();
+
+    // The erased patient's row hidden during the erasure, then put back:
+    // the erasure ran all the same, and the row is dead.
+    let h0 = keys.handle(&patient(0)).unwrap();
+    let saved = store.get(&subjects, &h0).await.unwrap();
+    store.delete(&subjects, &h0, saved.version).await.unwrap();
+    let report = keys.erase(&patient(0)).await.unwrap();
+    assert!(report.is_some());
+    store.insert(&subjects, &h0, as_was(&saved)).await.unwrap();
+    let later = fresh();
+    assert!(matches!(
+        later.keys(&patient(0)).await,
+        Err(CoreError::Erased)
+    ));
+    for i in 1..8 {
+        let ring = later.keys(&patient(i)).await.unwrap();
+        assert!(ring.open(&notes[i], &note_ctx(i)).is_ok(), "patient {i}");
+    }
+
+    // A forged row in patient 2's bucket: the erasure stops before any key
+    // is destroyed; everyone still opens.
+    let h2 = later.handle(&patient(2)).unwrap();
+    let mut forged = h2.as_str().to_owned();
+    forged.pop();
+    forged.push(if h2.as_str().ends_with('0') { '1' } else { '0' });
+    store
+        .insert(
+            &subjects,
+            &RowId::new(forged).unwrap(),
+            RowData {
+                key_id: 1,
+                envelope: vec![1u8; 90],
+                indexes: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        later.erase(&patient(2)).await,
+        Err(CoreError::Corrupt(_))
+    ));
+    let after = fresh();
+    for i in 1..8 {
+        let ring = after.keys(&patient(i)).await.unwrap();
+        assert!(ring.open(&notes[i], &note_ctx(i)).is_ok(), "patient {i}");
+    }
+}
