@@ -1142,6 +1142,99 @@ fn valid_vectors_reseal_byte_for_byte_and_open() {
     }
 }
 
+/// A document vector sealed through the async API (`seal_from`).
+fn seal_async(v: &Value) -> Vec<u8> {
+    let kms_key = KmsKeyId::new(v["kms_key"].as_str().unwrap()).unwrap();
+    let wrapped = WrappedKey::new(hexv(&v["wrapped_key"])).unwrap();
+    let sealer = DocumentSealer::new()
+        .suite(suite_of(v["suite"].as_str().unwrap()))
+        .chunk_size(v["chunk_size"].as_u64().unwrap() as usize)
+        .unwrap();
+    let w = sealer
+        .begin_with_salt(
+            &dek_of(v),
+            &kms_key,
+            wrapped,
+            key32(&v["salt"]),
+            &ctx_of(&v["context"]),
+            Vec::new(),
+        )
+        .unwrap();
+    let plaintext = hexv(&v["plaintext"]);
+    let mut out = Vec::new();
+    let n = block_on(w.seal_from(plaintext.as_slice(), &mut out)).unwrap();
+    assert_eq!(n, plaintext.len() as u64);
+    out
+}
+
+/// A document vector opened through the async API (`read_from_async`,
+/// `open_into`), with the vector's data key or KMS file.
+fn open_async(v: &Value, envelope: &[u8]) -> Result<Vec<u8>, Error> {
+    let ctx = ctx_of(&v["context"]);
+    block_on(async {
+        let mut input = envelope;
+        let options = OpenOptions::trusting(TrustedKeys::new(trusted_of(v)))
+            .max_chunk_size(1 << max_chunk_log2(v))?;
+        let header = DocumentHeader::read_from_async(&mut input, &options).await?;
+        let opener = match v.get("local_kms") {
+            Some(which) => {
+                let kms_vectors = &load()["local_kms"];
+                let (_dir, kms) = local_kms(
+                    &hexv(&kms_vectors[which.as_str().unwrap()]["file"]),
+                    kms_vectors["root_secret"].as_str().unwrap(),
+                );
+                header.unwrap_key(&kms?, &ctx).await?
+            }
+            None => header.with_key(&dek_of(v), &ctx, all_providers()[0])?,
+        };
+        let mut out = Vec::new();
+        opener.open_into(input, &mut out).await?;
+        Ok(out)
+    })
+}
+
+/// The async document API writes and reads exactly the bytes of the
+/// `std::io` one: every document vector, valid and invalid.
+#[test]
+fn document_vectors_through_the_async_api() {
+    let file = load();
+    let mut valid = 0;
+    for v in file["valid"].as_array().unwrap() {
+        if v["form"] != "document" {
+            continue;
+        }
+        let name = v["name"].as_str().unwrap();
+        let stored = hexv(&v["envelope"]);
+        assert!(seal_async(v) == stored, "{name}: async sealed other bytes");
+        assert_eq!(
+            open_async(v, &stored).unwrap_or_else(|e| panic!("{name}: {e}")),
+            hexv(&v["plaintext"]),
+            "{name}"
+        );
+        valid += 1;
+    }
+    assert!(valid >= 4, "{valid} document vectors");
+    let mut invalid = 0;
+    for v in file["invalid"].as_array().unwrap() {
+        if v["form"] == "record" {
+            continue;
+        }
+        let name = v["name"].as_str().unwrap();
+        let envelope = hexv(&v["envelope"]);
+        match (open(v, &envelope), open_async(v, &envelope)) {
+            (Err(sync), Err(asynced)) => assert_eq!(
+                error_name(&asynced),
+                error_name(&sync),
+                "{name}: {asynced:?} vs {sync:?}"
+            ),
+            (Ok(_), Ok(_)) if PENDING.contains(&name) => {}
+            (a, b) => panic!("{name}: sync {a:?}, async {b:?}"),
+        }
+        invalid += 1;
+    }
+    assert!(invalid >= 10, "{invalid} invalid document vectors");
+}
+
 #[test]
 fn invalid_vectors_fail_with_their_error() {
     let file = load();

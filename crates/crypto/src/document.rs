@@ -646,22 +646,32 @@ impl<R: Read> DocumentReader<R> {
             self.lookahead = Some(self.buf[sealed]);
         }
         let len = filled.min(sealed);
-        let nonce = chunk_nonce(self.counter, last);
         let n = self
             .opener
-            .aead
-            .open_in_place(&nonce, &self.opener.aad, &mut self.buf[..len])
-            .map_err(|_| invalid())?;
-        if last && n == 0 && self.counter > 0 {
-            // Authentic, but not what a writer produces: a full chunk is only
-            // sealed once more data follows it (§6).
-            return Err(invalid());
-        }
+            .open_chunk(self.counter, last, &mut self.buf[..len])?;
         self.pos = 0;
         self.end = n;
         self.done = last;
         self.counter = self.counter.checked_add(1).ok_or_else(invalid)?;
         Ok(())
+    }
+}
+
+impl DocumentOpener {
+    /// Opens sealed chunk number `counter` in place; returns its plaintext
+    /// length. `last` says whether the stream ends after it.
+    fn open_chunk(&self, counter: u64, last: bool, sealed: &mut [u8]) -> io::Result<usize> {
+        let nonce = chunk_nonce(counter, last);
+        let n = self
+            .aead
+            .open_in_place(&nonce, &self.aad, sealed)
+            .map_err(|_| invalid())?;
+        if last && n == 0 && counter > 0 {
+            // Authentic, but not what a writer produces: a full chunk is only
+            // sealed once more data follows it (§6).
+            return Err(invalid());
+        }
+        Ok(n)
     }
 }
 
@@ -690,6 +700,190 @@ impl<R: Read> Read for DocumentReader<R> {
                 self.end = 0;
                 self.buf.clear();
                 return Err(e);
+            }
+        }
+    }
+}
+
+// Documents over tokio's async I/O: an upload goes from a request body
+// through the envelope into a blob store, and a download back, holding at
+// most one chunk (plus its tag and one byte) at a time, with no blocking
+// thread and no plaintext file. The bytes are exactly those of the
+// `std::io` API.
+#[cfg(feature = "async")]
+mod async_io {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    #[cfg(doc)]
+    use super::Misuse;
+    use super::{
+        DocumentHeader, DocumentOpener, DocumentWriter, Error, Header, OpenOptions, PREFIX_LEN,
+        TAG_LEN, into_error, invalid, io,
+    };
+    use crate::error::FormatError;
+
+    impl DocumentWriter<Vec<u8>> {
+        /// Seals everything `input` yields and writes the document (the
+        /// header this writer was begun with, then every chunk) to `out`,
+        /// chunk by chunk; returns the number of plaintext bytes. Begin the
+        /// writer on an empty `Vec` (it holds the header until now, then one
+        /// sealed chunk at a time).
+        ///
+        /// An error part-way leaves `out` holding a document with no last
+        /// chunk, which never opens; nothing is retried (a failed stream
+        /// stays failed).
+        ///
+        /// # Errors
+        ///
+        /// An I/O error from `input` or `out`; [`Misuse::StreamFailed`] if
+        /// the writer had failed before.
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), careconnect_crypto::Error> {
+        /// use careconnect_crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
+        /// use careconnect_crypto::{EncryptionContext, KmsKeyId, LocalKms, RootSecret};
+        ///
+        /// let dir = tempfile::tempdir()?;
+        /// let kms = LocalKms::open_or_create(dir.path().join("kms.bin"), RootSecret::generate())?;
+        /// let key = KmsKeyId::new("medicloud")?;
+        /// kms.ensure_key(&key)?;
+        /// let ctx = EncryptionContext::new().with("document", "scan-17");
+        ///
+        /// // Upload: from any AsyncRead into any AsyncWrite.
+        /// let body: &[u8] = b"%PDF-1.7 a scanned referral letter";
+        /// let mut stored = Vec::new();
+        /// let writer = DocumentSealer::new().begin(&kms, &key, &ctx, Vec::new()).await?;
+        /// let n = writer.seal_from(body, &mut stored).await?;
+        /// assert_eq!(n, body.len() as u64);
+        ///
+        /// // Download: each chunk verified before any of it is written out.
+        /// let mut input = stored.as_slice();
+        /// let header = DocumentHeader::read_from_async(&mut input, &OpenOptions::trusting(&key)).await?;
+        /// let mut plain = Vec::new();
+        /// header.unwrap_key(&kms, &ctx).await?.open_into(input, &mut plain).await?;
+        /// assert_eq!(plain, body);
+        /// # Ok(()) }
+        /// ```
+        pub async fn seal_from<R, W>(mut self, mut input: R, out: &mut W) -> Result<u64, Error>
+        where
+            R: AsyncRead + Unpin,
+            W: AsyncWrite + Unpin,
+        {
+            let mut buf = vec![0u8; self.chunk];
+            let mut total: u64 = 0;
+            loop {
+                let n = input.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                total = total.saturating_add(n as u64);
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let taken = io::Write::write(&mut self, rest).map_err(into_error)?;
+                    rest = &rest[taken..];
+                    // Whatever was sealed so far goes out now.
+                    if !self.out.is_empty() {
+                        out.write_all(&self.out).await?;
+                        self.out.clear();
+                    }
+                }
+            }
+            let tail = self.finish()?;
+            out.write_all(&tail).await?;
+            out.flush().await?;
+            Ok(total)
+        }
+    }
+
+    async fn read_exact_or_truncated<R: AsyncRead + Unpin>(
+        input: &mut R,
+        buf: &mut [u8],
+    ) -> Result<(), Error> {
+        input
+            .read_exact(buf)
+            .await
+            .map(drop)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => Error::Format(FormatError::Truncated),
+                _ => Error::Io(e),
+            })
+    }
+
+    impl DocumentHeader {
+        /// As [`DocumentHeader::read_from`], from an async stream.
+        ///
+        /// # Errors
+        ///
+        /// As [`DocumentHeader::read_from`].
+        pub async fn read_from_async<R: AsyncRead + Unpin>(
+            input: &mut R,
+            options: &OpenOptions,
+        ) -> Result<Self, Error> {
+            let mut prefix = [0u8; PREFIX_LEN];
+            read_exact_or_truncated(input, &mut prefix).await?;
+            let len = Header::len_from_prefix(&prefix)?;
+            let mut bytes = vec![0u8; len];
+            bytes[..PREFIX_LEN].copy_from_slice(&prefix);
+            read_exact_or_truncated(input, &mut bytes[PREFIX_LEN..]).await?;
+            let mut whole = bytes.as_slice();
+            Self::read_from(&mut whole, options)
+        }
+    }
+
+    impl DocumentOpener {
+        /// Opens the chunks that follow in `input` and writes each one's
+        /// plaintext to `out` once it is authenticated; returns the number
+        /// of plaintext bytes. Holds one sealed chunk (plus one byte, to
+        /// learn whether it is the last).
+        ///
+        /// Only `Ok` means the whole document was written: on tampering,
+        /// truncation, extension or a swapped blob it returns
+        /// [`Error::DecryptionFailed`], and `out` has received the chunks
+        /// authenticated before the bad one (discard them).
+        ///
+        /// # Errors
+        ///
+        /// [`Error::DecryptionFailed`]; I/O errors from `input` or `out`.
+        pub async fn open_into<R, W>(self, mut input: R, out: &mut W) -> Result<u64, Error>
+        where
+            R: AsyncRead + Unpin,
+            W: AsyncWrite + Unpin,
+        {
+            let sealed = self.chunk + TAG_LEN;
+            let mut buf = vec![0u8; sealed + 1];
+            let mut lookahead: Option<u8> = None;
+            let mut counter: u64 = 0;
+            let mut total: u64 = 0;
+            loop {
+                let mut filled = 0;
+                if let Some(b) = lookahead.take() {
+                    buf[0] = b;
+                    filled = 1;
+                }
+                while filled < sealed + 1 {
+                    match input.read(&mut buf[filled..]).await? {
+                        0 => break,
+                        n => filled += n,
+                    }
+                }
+                let last = filled <= sealed;
+                if !last {
+                    lookahead = Some(buf[sealed]);
+                }
+                let len = filled.min(sealed);
+                let n = self
+                    .open_chunk(counter, last, &mut buf[..len])
+                    .map_err(into_error)?;
+                out.write_all(&buf[..n]).await?;
+                total = total.saturating_add(n as u64);
+                if last {
+                    out.flush().await?;
+                    return Ok(total);
+                }
+                counter = counter
+                    .checked_add(1)
+                    .ok_or_else(|| into_error(invalid()))?;
             }
         }
     }
