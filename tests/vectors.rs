@@ -292,16 +292,9 @@ fn open(v: &Value, envelope: &[u8]) -> Result<(Vec<u8>, Option<KeyState>), Error
         _ => {
             let mut input = envelope;
             let header = read_header(&mut input, v)?;
-            let opener = match v.get("local_kms") {
+            let opener = match vector_kms(v) {
                 // The data key comes from the KMS file the vector names.
-                Some(which) => {
-                    let kms_vectors = &load()["local_kms"];
-                    let (_dir, kms) = local_kms(
-                        &hexv(&kms_vectors[which.as_str().unwrap()]["file"]),
-                        kms_vectors["root_secret"].as_str().unwrap(),
-                    );
-                    block_on(header.unwrap_key(&kms?, &ctx))?
-                }
+                Some((_dir, kms)) => block_on(header.unwrap_key(&kms?, &ctx))?,
                 None => header.with_key(&dek_of(v), &ctx, all_providers()[0])?,
             };
             Ok((read_all(opener.reader(input))?, None))
@@ -1079,6 +1072,16 @@ fn load() -> &'static Value {
 }
 
 /// A `LocalKms` on a private copy of `file`.
+/// The local KMS of the file a document vector names (`local_kms`), if any.
+fn vector_kms(v: &Value) -> Option<(tempfile::TempDir, Result<LocalKms, Error>)> {
+    let which = v.get("local_kms")?;
+    let kms_vectors = &load()["local_kms"];
+    Some(local_kms(
+        &hexv(&kms_vectors[which.as_str().unwrap()]["file"]),
+        kms_vectors["root_secret"].as_str().unwrap(),
+    ))
+}
+
 fn local_kms(file: &[u8], root_hex: &str) -> (tempfile::TempDir, Result<LocalKms, Error>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kms.bin");
@@ -1176,15 +1179,8 @@ fn open_async(v: &Value, envelope: &[u8]) -> Result<Vec<u8>, Error> {
         let options = OpenOptions::trusting(TrustedKeys::new(trusted_of(v)))
             .max_chunk_size(1 << max_chunk_log2(v))?;
         let header = DocumentHeader::read_from_async(&mut input, &options).await?;
-        let opener = match v.get("local_kms") {
-            Some(which) => {
-                let kms_vectors = &load()["local_kms"];
-                let (_dir, kms) = local_kms(
-                    &hexv(&kms_vectors[which.as_str().unwrap()]["file"]),
-                    kms_vectors["root_secret"].as_str().unwrap(),
-                );
-                header.unwrap_key(&kms?, &ctx).await?
-            }
+        let opener = match vector_kms(v) {
+            Some((_dir, kms)) => header.unwrap_key(&kms?, &ctx).await?,
             None => header.with_key(&dek_of(v), &ctx, all_providers()[0])?,
         };
         let mut out = Vec::new();
