@@ -69,7 +69,9 @@ async fn the_clinic_runs_on_aws_kms_and_refuses_an_erasure_it_cannot_finish() {
         .as_nanos();
     let clinic_alias = format!("alias/cc-{nanos:x}-clinic");
     let prefix = format!("alias/cc-{nanos:x}-subjects-");
+    let documents_alias = format!("alias/cc-{nanos:x}-documents");
     key_with_alias(&admin_kms, &clinic_alias).await;
+    key_with_alias(&admin_kms, &documents_alias).await;
     for b in 0..2 {
         key_with_alias(&admin_kms, &format!("{prefix}{b:04}")).await;
     }
@@ -85,6 +87,7 @@ async fn the_clinic_runs_on_aws_kms_and_refuses_an_erasure_it_cannot_finish() {
     config.clinic_kms_key = clinic_alias;
     config.subject_buckets = 2;
     config.subject_key_prefix = prefix;
+    config.medicloud.kms_key = documents_alias;
     let store = careconnect::storage::connect("memory:").await.unwrap();
     let clinic = Clinic::open_with(config, store, Arc::new(SystemClock))
         .await
@@ -119,7 +122,7 @@ async fn the_clinic_runs_on_aws_kms_and_refuses_an_erasure_it_cannot_finish() {
         .await
         .unwrap();
     let status = clinic.admin().key_status(&admin).await.unwrap();
-    assert_eq!(status.kms_keys.len(), 3);
+    assert_eq!(status.kms_keys.len(), 4);
     let erased = clinic
         .admin()
         .erase_patient(&admin, &patient.user, "patient asked to be forgotten")

@@ -125,6 +125,11 @@ pub struct ClinicConfig {
     pub break_glass_for: Duration,
     /// The prescription charge, in pence.
     pub prescription_charge_pence: u32,
+    /// `file:///dir` (default: `blobs` under the data directory) or, with
+    /// the storage crate's `s3` feature, `s3://bucket/prefix`.
+    pub blob_url: String,
+    /// Medicloud: allowed types, size limit, documents' KMS key.
+    pub medicloud: crate::medicloud::MedicloudConfig,
     /// How long a node keeps a patient's opened notes in memory (default
     /// 1 s; zero turns it off). Notes written through this node show at
     /// once; notes written by another node sharing the database show within
@@ -155,6 +160,8 @@ impl ClinicConfig {
             break_glass_for: Duration::from_secs(3600),
             prescription_charge_pence: 990,
             read_cache: Duration::from_secs(1),
+            blob_url: format!("file://{}", dir.join("blobs").display()),
+            medicloud: crate::medicloud::MedicloudConfig::default(),
         })
     }
 }
@@ -207,6 +214,8 @@ pub(crate) struct Inner {
     /// not cached.
     pub(crate) notes_generation: std::sync::atomic::AtomicU64,
     pub(crate) read_cache: Duration,
+    pub(crate) blobs: Arc<dyn careconnect_storage::BlobStore>,
+    pub(crate) medicloud: crate::medicloud::MedicloudConfig,
 }
 
 /// St John's Clinic: the services of every subsystem over one set of
@@ -306,10 +315,12 @@ impl Clinic {
         let clinic_key = KmsKeyId::new(config.clinic_kms_key.clone())?;
         let bucket_keys =
             SubjectKeys::kms_keys_named(&config.subject_key_prefix, config.subject_buckets)?;
+        let documents_key = KmsKeyId::new(config.medicloud.kms_key.clone())?;
         let kms: Arc<dyn Kms> = match config.kms {
             KmsConfig::Local { path, root } => {
                 let kms = LocalKms::open_or_create(path, root)?;
                 kms.ensure_key(&clinic_key)?;
+                kms.ensure_key(&documents_key)?;
                 for k in &bucket_keys {
                     kms.ensure_key(k)?;
                 }
@@ -356,7 +367,8 @@ impl Clinic {
         {
             return Err(CoreError::Invalid("clinic hours"));
         }
-        let mut kms_keys = vec![clinic_key];
+        let blobs = careconnect_storage::connect_blobs(&config.blob_url).await?;
+        let mut kms_keys = vec![clinic_key, documents_key];
         kms_keys.extend(bucket_keys);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -380,6 +392,8 @@ impl Clinic {
                 notes: std::sync::Mutex::default(),
                 notes_generation: std::sync::atomic::AtomicU64::new(0),
                 read_cache: config.read_cache,
+                blobs,
+                medicloud: config.medicloud,
             }),
         })
     }

@@ -76,6 +76,7 @@ pub mod clinic;
 pub mod eps;
 mod error;
 pub mod finance;
+pub mod medicloud;
 pub mod patients;
 pub mod records;
 mod rows;

@@ -362,7 +362,7 @@ async fn main_flows(f: Fixture) {
     assert!(own_reads >= 1);
     let keys = c.admin().key_status(&admin()).await.unwrap();
     assert_eq!(keys.clinic_keys.len(), 1);
-    assert_eq!(keys.kms_keys.len(), 5);
+    assert_eq!(keys.kms_keys.len(), 6);
     // Care by admin assignment, then revoked.
     assert!(c.records().patients(&shepherd()).await.unwrap().is_empty());
     c.admin()

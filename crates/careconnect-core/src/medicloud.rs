@@ -1,0 +1,703 @@
+//! Medicloud (doctors, external partners): documents, each encrypted with
+//! a data key of its own from the KMS (the wrapped key travels in the
+//! document's header), streamed from the upload through the envelope into
+//! the blob store and back, never as a plaintext file.
+//!
+//! - **Upload**: the first bytes are sniffed (magic numbers, not the name)
+//!   against the allowed types; the size limit is enforced while streaming,
+//!   so an oversized upload stores nothing; the plaintext's SHA-256 and size
+//!   are taken on the way. The metadata (owner, display name, types, size,
+//!   hash, time, blob) is a row sealed under the clinic keyring, bound to
+//!   its id. File names are display data only ([`display_name`]); blob
+//!   names are made by the store.
+//! - **Access**: the owner, and users the owner shared the document with
+//!   (read-only, optionally until a time), each share a sealed row of its
+//!   own; administrators look in (audited). Every upload, listing,
+//!   download, share, revoke and delete is audited.
+//! - **Download** verifies each chunk before writing it out: only `Ok`
+//!   means the whole file was written.
+//! - **Delete** removes the metadata first (the document is unreachable at
+//!   once), then its shares and its blob, which holds the only copy of the
+//!   document's wrapped data key. A crash in between leaves an orphan blob
+//!   that nothing references (collecting orphans is still to come).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use careconnect_authz::{Action, Principal, Resource, UserId};
+use careconnect_crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
+use careconnect_crypto::{EncryptionContext, KmsKeyId};
+use careconnect_storage::{BlobId, Collection, IndexEntry, Row, RowId, StorageError, Write};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use crate::clinic::{Clinic, Inner, new_id};
+use crate::error::CoreError;
+use crate::rows;
+
+/// The collection of document metadata.
+pub const DOCUMENTS_COLLECTION: &str = "core_documents";
+/// The collection of shares.
+pub const SHARES_COLLECTION: &str = "core_document_shares";
+const OWNER_INDEX: &str = "owner";
+const USER_INDEX: &str = "user";
+const DOC_INDEX: &str = "document";
+/// Bytes read before sealing, to recognise the type.
+const SNIFF_LEN: usize = 512;
+
+/// A document type Medicloud accepts, recognised by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileType {
+    /// PDF (`%PDF-`).
+    Pdf,
+    /// Plain UTF-8 text (no NUL in the first bytes).
+    Txt,
+    /// OpenDocument text (a ZIP whose first entry says so).
+    Odt,
+    /// Legacy Word (an OLE compound file).
+    Doc,
+    /// Word (a ZIP, named `.docx`).
+    Docx,
+    /// PNG.
+    Png,
+    /// JPEG.
+    Jpg,
+}
+
+impl FileType {
+    /// Every type, the default allow-list.
+    pub const ALL: [FileType; 7] = [
+        FileType::Pdf,
+        FileType::Txt,
+        FileType::Odt,
+        FileType::Doc,
+        FileType::Docx,
+        FileType::Png,
+        FileType::Jpg,
+    ];
+
+    /// The MIME type served for it.
+    pub fn mime(self) -> &'static str {
+        match self {
+            FileType::Pdf => "application/pdf",
+            FileType::Txt => "text/plain; charset=utf-8",
+            FileType::Odt => "application/vnd.oasis.opendocument.text",
+            FileType::Doc => "application/msword",
+            FileType::Docx => {
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+            }
+            FileType::Png => "image/png",
+            FileType::Jpg => "image/jpeg",
+        }
+    }
+
+    /// What the first bytes of a file are, given the name it came with
+    /// (a ZIP is `.docx` only by name; the content decides everything else).
+    pub fn sniff(head: &[u8], name: &str) -> Option<FileType> {
+        const ODT: &[u8] = b"mimetypeapplication/vnd.oasis.opendocument.text";
+        let lower = name.to_ascii_lowercase();
+        if head.starts_with(b"%PDF-") {
+            Some(FileType::Pdf)
+        } else if head.starts_with(b"\x89PNG\r\n\x1a\n") {
+            Some(FileType::Png)
+        } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            Some(FileType::Jpg)
+        } else if head.starts_with(&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]) {
+            Some(FileType::Doc)
+        } else if head.starts_with(b"PK\x03\x04") {
+            if head.get(30..30 + ODT.len()) == Some(ODT) {
+                Some(FileType::Odt)
+            } else if lower.ends_with(".docx") {
+                Some(FileType::Docx)
+            } else {
+                None
+            }
+        } else if !head.is_empty() && !head.contains(&0) && utf8_prefix(head) {
+            Some(FileType::Txt)
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether `b` is UTF-8, allowing a character cut at the end.
+fn utf8_prefix(b: &[u8]) -> bool {
+    match std::str::from_utf8(b) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none() && b.len() - e.valid_up_to() < 4,
+    }
+}
+
+/// A file name made safe for display and for `Content-Disposition`: the
+/// last path component, control characters removed, quotes, semicolons and
+/// angle brackets replaced, at most 100 characters; `None` when nothing is
+/// left.
+pub fn display_name(name: &str) -> Option<String> {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = last
+        .chars()
+        .filter(|c| !c.is_control())
+        .map(|c| {
+            if matches!(c, '"' | '\\' | '/' | ';' | '<' | '>') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .take(100)
+        .collect();
+    let trimmed = cleaned.trim().trim_matches('.').trim();
+    (!trimmed.is_empty()).then(|| trimmed.to_owned())
+}
+
+/// What Medicloud accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MedicloudConfig {
+    /// Allowed types (default: all of [`FileType::ALL`]).
+    pub allowed: Vec<FileType>,
+    /// Largest upload in bytes (default 25 MiB).
+    pub max_bytes: u64,
+    /// The KMS key that wraps every document's data key.
+    pub kms_key: String,
+}
+
+impl Default for MedicloudConfig {
+    fn default() -> Self {
+        Self {
+            allowed: FileType::ALL.to_vec(),
+            max_bytes: 25 << 20,
+            kms_key: "careconnect-documents".into(),
+        }
+    }
+}
+
+/// A document as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentInfo {
+    /// Its id.
+    pub id: String,
+    /// Who uploaded it.
+    pub owner: UserId,
+    /// The name it came with, made safe for display.
+    pub name: String,
+    /// The type its content has.
+    pub file_type: FileType,
+    /// The type the uploader declared (display only).
+    pub declared_type: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Plaintext SHA-256, hex.
+    pub sha256: String,
+    /// When, Unix seconds.
+    pub created_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DocRow {
+    info: DocumentInfo,
+    blob: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ShareRow {
+    document: String,
+    user: UserId,
+    by: UserId,
+    expires_at: Option<u64>,
+}
+
+/// Medicloud.
+#[derive(Debug, Clone, Copy)]
+pub struct Medicloud<'a> {
+    clinic: &'a Clinic,
+}
+
+impl Clinic {
+    /// Medicloud: documents and their sharing.
+    pub fn medicloud(&self) -> Medicloud<'_> {
+        Medicloud { clinic: self }
+    }
+}
+
+fn docs() -> Result<Collection, CoreError> {
+    Ok(Collection::new(DOCUMENTS_COLLECTION)?)
+}
+
+fn shares() -> Result<Collection, CoreError> {
+    Ok(Collection::new(SHARES_COLLECTION)?)
+}
+
+fn doc_context(id: &str) -> EncryptionContext {
+    EncryptionContext::new()
+        .with("purpose", "careconnect/medicloud")
+        .with("document", id)
+}
+
+/// Counts and hashes what passes, and fails once more than `max` bytes came.
+struct Measured<R> {
+    inner: R,
+    seen: u64,
+    max: u64,
+    hash: Sha256,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Measured<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let new = &buf.filled()[before..];
+            self.seen = self.seen.saturating_add(new.len() as u64);
+            if self.seen > self.max {
+                return Poll::Ready(Err(std::io::Error::other("upload too large")));
+            }
+            let chunk = new.to_vec();
+            self.hash.update(&chunk);
+        }
+        polled
+    }
+}
+
+/// The blob store's end of the pipe: an end of stream counts only once the
+/// sealer said it finished; otherwise the store sees an error and keeps
+/// nothing.
+struct Gated<R> {
+    inner: R,
+    finished: Arc<AtomicBool>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Gated<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+            && !self.finished.load(Ordering::SeqCst)
+        {
+            return Poll::Ready(Err(std::io::Error::other("upload did not finish")));
+        }
+        polled
+    }
+}
+
+impl Inner {
+    fn documents_key(&self) -> Result<KmsKeyId, CoreError> {
+        Ok(KmsKeyId::new(self.medicloud.kms_key.clone())?)
+    }
+
+    /// The document and its live shares, `None` for an id that names
+    /// nothing openable.
+    async fn document(&self, id: &str) -> Result<Option<(Row, DocRow, Vec<UserId>)>, CoreError> {
+        let Ok(row_id) = RowId::new(id) else {
+            return Ok(None);
+        };
+        let coll = docs()?;
+        let Some(row) = self.get(&coll, &row_id).await? else {
+            return Ok(None);
+        };
+        let Some(doc) = rows::open::<DocRow>(&self.keys, &coll, &row).filter(|d| d.info.id == id)
+        else {
+            return Ok(None);
+        };
+        let now = self.now();
+        let shared = self
+            .store
+            .find(&shares()?, &self.doc_index(id)?)
+            .await?
+            .iter()
+            .filter_map(|r| rows::open::<ShareRow>(&self.keys, &shares().ok()?, r))
+            .filter(|s| s.document == id && s.expires_at.is_none_or(|t| now < t))
+            .map(|s| s.user)
+            .collect();
+        Ok(Some((row, doc, shared)))
+    }
+
+    fn doc_index(&self, id: &str) -> Result<IndexEntry, CoreError> {
+        let tag = self.keyed_id(&[b"document-index", id.as_bytes()])?;
+        Ok(IndexEntry::new(
+            DOC_INDEX,
+            tag.as_str().as_bytes().to_vec(),
+        )?)
+    }
+
+    fn share_id(&self, id: &str, user: &UserId) -> Result<RowId, CoreError> {
+        self.keyed_id(&[
+            b"share",
+            id.as_bytes(),
+            &crate::clinic::identity_bytes(user),
+        ])
+    }
+}
+
+impl Medicloud<'_> {
+    /// Uploads a document from `body`, named `name` by the uploader with
+    /// `declared_type` (display only: the content decides the type).
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Invalid`] for a name with nothing displayable, a type not
+    /// allowed (by its first bytes), an empty or oversized upload (nothing is
+    /// stored); [`CoreError::Denied`] (audited) for roles that may not
+    /// upload; KMS, storage and I/O errors.
+    pub async fn upload<R>(
+        &self,
+        who: &Principal,
+        name: &str,
+        declared_type: &str,
+        mut body: R,
+    ) -> Result<DocumentInfo, CoreError>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let c = &self.clinic.inner;
+        let name = display_name(name).ok_or(CoreError::Invalid("file name"))?;
+        c.decide(
+            who,
+            Action::UploadDocument,
+            &Resource::DocumentStore,
+            "documents".into(),
+        )
+        .await?;
+        // The first bytes decide the type.
+        let mut head = vec![0u8; SNIFF_LEN];
+        let mut got = 0;
+        while got < SNIFF_LEN {
+            match body.read(&mut head[got..]).await? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        head.truncate(got);
+        let file_type = FileType::sniff(&head, &name)
+            .filter(|t| c.medicloud.allowed.contains(t))
+            .ok_or(CoreError::Invalid("file type"))?;
+        let id = new_id()?;
+        let ctx = doc_context(id.as_str());
+        let key = c.documents_key()?;
+        let writer = DocumentSealer::new()
+            .begin(c.kms.as_ref(), &key, &ctx, Vec::new())
+            .await?;
+        let mut measured = Measured {
+            inner: head.as_slice().chain(body),
+            seen: 0,
+            max: c.medicloud.max_bytes,
+            hash: Sha256::new(),
+        };
+        let (mut pipe_in, pipe_out) = tokio::io::duplex(256 * 1024);
+        let finished = Arc::new(AtomicBool::new(false));
+        let mut gated = Gated {
+            inner: pipe_out,
+            finished: finished.clone(),
+        };
+        let sealing = async {
+            let r = writer.seal_from(&mut measured, &mut pipe_in).await;
+            if r.is_ok() {
+                finished.store(true, Ordering::SeqCst);
+            }
+            drop(pipe_in);
+            r
+        };
+        let (sealed, stored) = tokio::join!(sealing, c.blobs.put(&mut gated));
+        let size = match (sealed, stored) {
+            (Ok(n), Ok(blob)) if n > 0 => (n, blob),
+            (Ok(_), Ok(blob)) => {
+                let _ = c.blobs.delete(&blob).await;
+                return Err(CoreError::Invalid("empty file"));
+            }
+            (Ok(_), Err(e)) => return Err(e.into()),
+            (Err(e), stored) => {
+                if let Ok(blob) = stored {
+                    let _ = c.blobs.delete(&blob).await;
+                }
+                return Err(if measured.seen > c.medicloud.max_bytes {
+                    CoreError::Invalid("file too large")
+                } else {
+                    e.into()
+                });
+            }
+        };
+        let (n, blob) = size;
+        let info = DocumentInfo {
+            id: id.as_str().to_owned(),
+            owner: who.user.clone(),
+            name,
+            file_type,
+            declared_type: declared_type
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(100)
+                .collect(),
+            size: n,
+            sha256: hex::encode(measured.hash.finalize()),
+            created_at: c.now(),
+        };
+        let coll = docs()?;
+        let mut data = rows::seal(
+            &c.keys,
+            &coll,
+            &id,
+            &DocRow {
+                info: info.clone(),
+                blob: blob.as_str().to_owned(),
+            },
+        )?;
+        data.indexes = vec![c.index(OWNER_INDEX, &who.user)?];
+        if let Err(e) = c.store.insert(&coll, &id, data).await {
+            let _ = c.blobs.delete(&blob).await;
+            return Err(e.into());
+        }
+        Ok(info)
+    }
+
+    /// The documents `who` may open: their own uploads and live shares
+    /// (administrators: every document, audited), newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited) for roles without Medicloud.
+    pub async fn list(&self, who: &Principal) -> Result<Vec<DocumentInfo>, CoreError> {
+        let c = &self.clinic.inner;
+        let basis = c
+            .decide(
+                who,
+                Action::ListDocuments,
+                &Resource::DocumentStore,
+                "documents".into(),
+            )
+            .await?;
+        let coll = docs()?;
+        let mut out: Vec<DocumentInfo> = Vec::new();
+        if basis == careconnect_authz::Basis::AdminOverride {
+            for row in c.all(&coll).await? {
+                if let Some(d) = rows::open::<DocRow>(&c.keys, &coll, &row) {
+                    out.push(d.info);
+                }
+            }
+        } else {
+            for row in c
+                .store
+                .find(&coll, &c.index(OWNER_INDEX, &who.user)?)
+                .await?
+            {
+                if let Some(d) =
+                    rows::open::<DocRow>(&c.keys, &coll, &row).filter(|d| d.info.owner == who.user)
+                {
+                    out.push(d.info);
+                }
+            }
+            let now = c.now();
+            let share_rows = c
+                .store
+                .find(&shares()?, &c.index(USER_INDEX, &who.user)?)
+                .await?;
+            for s in share_rows
+                .iter()
+                .filter_map(|r| rows::open::<ShareRow>(&c.keys, &shares().ok()?, r))
+                .filter(|s| s.user == who.user && s.expires_at.is_none_or(|t| now < t))
+            {
+                if let Some((_, d, _)) = c.document(&s.document).await? {
+                    out.push(d.info);
+                }
+            }
+        }
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        out.dedup_by(|a, b| a.id == b.id);
+        Ok(out)
+    }
+
+    /// Streams document `id`, decrypted and verified chunk by chunk, into
+    /// `out`. Only `Ok` means the whole file was written; on an error,
+    /// discard what `out` received.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::NotFound`] for an unknown id or one `who` may not open
+    /// (the denial is audited); [`careconnect_crypto::Error::DecryptionFailed`]
+    /// (as [`CoreError::Crypto`]) for a tampered, truncated or swapped blob.
+    pub async fn download<W>(
+        &self,
+        who: &Principal,
+        id: &str,
+        out: &mut W,
+    ) -> Result<DocumentInfo, CoreError>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        let c = &self.clinic.inner;
+        let Some((_, doc, shared)) = c.document(id).await? else {
+            c.refuse(who, Action::DownloadDocument, "document:?".into())
+                .await?;
+            return Err(CoreError::NotFound);
+        };
+        c.decide_hidden(
+            who,
+            Action::DownloadDocument,
+            &Resource::Document {
+                owner: &doc.info.owner,
+                shared_with: &shared,
+            },
+            format!("document:{id}"),
+        )
+        .await?;
+        let blob = BlobId::parse(&doc.blob)?;
+        let mut input = c.blobs.get(&blob).await?;
+        let key = c.documents_key()?;
+        let header =
+            DocumentHeader::read_from_async(&mut input, &OpenOptions::trusting(&key)).await?;
+        let opener = header.unwrap_key(c.kms.as_ref(), &doc_context(id)).await?;
+        opener.open_into(input, out).await?;
+        Ok(doc.info)
+    }
+
+    /// The owner shares document `id` with `user`, read-only, until
+    /// `expires_at` (Unix seconds) if given.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::NotFound`] for an unknown id or anyone but the owner
+    /// (audited); [`CoreError::Invalid`] for a share with oneself or an
+    /// expiry in the past.
+    pub async fn share(
+        &self,
+        owner: &Principal,
+        id: &str,
+        user: &UserId,
+        expires_at: Option<u64>,
+    ) -> Result<(), CoreError> {
+        let c = &self.clinic.inner;
+        let (_, doc) = self.owned(owner, id, Action::ShareDocument).await?;
+        if *user == doc.info.owner || expires_at.is_some_and(|t| t <= c.now()) {
+            return Err(CoreError::Invalid("share"));
+        }
+        let coll = shares()?;
+        let share_id = c.share_id(id, user)?;
+        let mut data = rows::seal(
+            &c.keys,
+            &coll,
+            &share_id,
+            &ShareRow {
+                document: id.to_owned(),
+                user: user.clone(),
+                by: owner.user.clone(),
+                expires_at,
+            },
+        )?;
+        data.indexes = vec![c.index(USER_INDEX, user)?, c.doc_index(id)?];
+        for _ in 0..8 {
+            let write = match c.get(&coll, &share_id).await? {
+                Some(row) => Write::Update {
+                    coll: coll.clone(),
+                    id: share_id.clone(),
+                    expected: row.version,
+                    data: data.clone(),
+                },
+                None => Write::Insert {
+                    coll: coll.clone(),
+                    id: share_id.clone(),
+                    data: data.clone(),
+                },
+            };
+            match c.store.commit(&[write]).await {
+                Ok(_) => return Ok(()),
+                Err(StorageError::VersionConflict { .. } | StorageError::DuplicateId) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict("share kept changing"))
+    }
+
+    /// The owner revokes `user`'s share of document `id` (nothing to do if
+    /// there is none).
+    ///
+    /// # Errors
+    ///
+    /// As [`Medicloud::share`].
+    pub async fn revoke(
+        &self,
+        owner: &Principal,
+        id: &str,
+        user: &UserId,
+    ) -> Result<(), CoreError> {
+        let c = &self.clinic.inner;
+        self.owned(owner, id, Action::ShareDocument).await?;
+        let coll = shares()?;
+        let share_id = c.share_id(id, user)?;
+        for _ in 0..8 {
+            let Some(row) = c.get(&coll, &share_id).await? else {
+                return Ok(());
+            };
+            match c.store.delete(&coll, &share_id, row.version).await {
+                Ok(()) | Err(StorageError::NotFound) => return Ok(()),
+                Err(StorageError::VersionConflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict("share kept changing"))
+    }
+
+    /// The owner deletes document `id`: the metadata first (unreachable at
+    /// once), then its shares and its blob with the document's only wrapped
+    /// data key.
+    ///
+    /// # Errors
+    ///
+    /// As [`Medicloud::share`].
+    pub async fn delete(&self, owner: &Principal, id: &str) -> Result<(), CoreError> {
+        let c = &self.clinic.inner;
+        let (row, doc) = self.owned(owner, id, Action::DeleteDocument).await?;
+        match c.store.delete(&docs()?, &row.id, row.version).await {
+            Ok(()) => {}
+            Err(StorageError::VersionConflict { .. } | StorageError::NotFound) => {
+                return Err(CoreError::Conflict("changed meanwhile; try again"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let coll = shares()?;
+        for r in c.store.find(&coll, &c.doc_index(id)?).await? {
+            let _ = c.store.delete(&coll, &r.id, r.version).await;
+        }
+        match c.blobs.delete(&BlobId::parse(&doc.blob)?).await {
+            Ok(()) | Err(StorageError::NotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The document `id` if `who` may do `action` to it as its author;
+    /// audited either way; `NotFound` otherwise.
+    async fn owned(
+        &self,
+        who: &Principal,
+        id: &str,
+        action: Action,
+    ) -> Result<(Row, DocRow), CoreError> {
+        let c = &self.clinic.inner;
+        let Some((row, doc, shared)) = c.document(id).await? else {
+            c.refuse(who, action, "document:?".into()).await?;
+            return Err(CoreError::NotFound);
+        };
+        c.decide_hidden(
+            who,
+            action,
+            &Resource::Document {
+                owner: &doc.info.owner,
+                shared_with: &shared,
+            },
+            format!("document:{id}"),
+        )
+        .await?;
+        Ok((row, doc))
+    }
+}
