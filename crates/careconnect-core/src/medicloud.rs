@@ -20,6 +20,9 @@
 //!   once), then its shares and its blob, which holds the only copy of the
 //!   document's wrapped data key. A crash in between leaves an orphan blob
 //!   that nothing references (collecting orphans is still to come).
+//! - **Scheduled rotation** of the documents' KMS key (90 days by default):
+//!   [`Medicloud::rotate_if_due`] for the local KMS; on AWS KMS, turn on
+//!   its own yearly or custom schedule (`AwsKms::enable_rotation`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,6 +45,14 @@ use crate::rows;
 pub const DOCUMENTS_COLLECTION: &str = "core_documents";
 /// The collection of shares.
 pub const SHARES_COLLECTION: &str = "core_document_shares";
+/// Medicloud's own state (the last rotation of the documents' key).
+const STATE_COLLECTION: &str = "core_medicloud_state";
+
+#[derive(Serialize, Deserialize)]
+struct Rotated {
+    version: u32,
+    at: u64,
+}
 const OWNER_INDEX: &str = "owner";
 const USER_INDEX: &str = "user";
 const DOC_INDEX: &str = "document";
@@ -163,6 +174,9 @@ pub struct MedicloudConfig {
     pub max_bytes: u64,
     /// The KMS key that wraps every document's data key.
     pub kms_key: String,
+    /// How often that key gets a new version (default 90 days, as in the
+    /// seed): see [`Medicloud::rotate_if_due`].
+    pub rotate_every: std::time::Duration,
 }
 
 impl Default for MedicloudConfig {
@@ -171,8 +185,23 @@ impl Default for MedicloudConfig {
             allowed: FileType::ALL.to_vec(),
             max_bytes: 25 << 20,
             kms_key: "careconnect-documents".into(),
+            rotate_every: std::time::Duration::from_secs(90 * 86_400),
         }
     }
+}
+
+/// Where the documents' KMS key stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationStatus {
+    /// The key's name.
+    pub kms_key: String,
+    /// The version new documents' data keys are wrapped under.
+    pub current_version: u32,
+    /// When that version was made (Unix seconds), where the KMS says.
+    pub current_since: Option<u64>,
+    /// When the next rotation is due (Unix seconds); `None` where the KMS
+    /// rotates on its own schedule (AWS KMS: `AwsKms::enable_rotation`).
+    pub next_due: Option<u64>,
 }
 
 /// A document as listed.
@@ -672,6 +701,114 @@ impl Medicloud<'_> {
         match c.blobs.delete(&BlobId::parse(&doc.blob)?).await {
             Ok(()) | Err(StorageError::NotFound) => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The documents' KMS key: its current version, since when, and when
+    /// the next rotation is due.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited) for anyone but an administrator;
+    /// KMS errors.
+    pub async fn rotation_status(&self, admin: &Principal) -> Result<RotationStatus, CoreError> {
+        let c = &self.clinic.inner;
+        c.decide(
+            admin,
+            Action::RotateKeys,
+            &Resource::System,
+            "keys:documents".into(),
+        )
+        .await?;
+        self.status().await
+    }
+
+    async fn status(&self) -> Result<RotationStatus, CoreError> {
+        let c = &self.clinic.inner;
+        let d = c.kms.describe(&c.documents_key()?).await?;
+        // The later of the KMS's own date for the version and the clinic's
+        // record of its last rotation (clocks of two hosts may differ).
+        // (A KMS that gives no date rotates on its own schedule.)
+        let ours = self.last_rotation(d.current_version).await?;
+        let since = d.current_since.map(|a| ours.map_or(a, |b| a.max(b)));
+        Ok(RotationStatus {
+            kms_key: c.medicloud.kms_key.clone(),
+            current_version: d.current_version,
+            current_since: since,
+            next_due: since.map(|t| t.saturating_add(c.medicloud.rotate_every.as_secs())),
+        })
+    }
+
+    /// When this clinic made `version` of the documents' key, if it did.
+    async fn last_rotation(&self, version: u32) -> Result<Option<u64>, CoreError> {
+        let c = &self.clinic.inner;
+        let coll = Collection::new(STATE_COLLECTION)?;
+        let id = RowId::new("documents-key-rotation")?;
+        Ok(c.get(&coll, &id)
+            .await?
+            .and_then(|row| rows::open::<Rotated>(&c.keys, &coll, &row))
+            .filter(|r| r.version == version)
+            .map(|r| r.at))
+    }
+
+    async fn record_rotation(&self, version: u32) -> Result<(), CoreError> {
+        let c = &self.clinic.inner;
+        let coll = Collection::new(STATE_COLLECTION)?;
+        let id = RowId::new("documents-key-rotation")?;
+        let data = rows::seal(
+            &c.keys,
+            &coll,
+            &id,
+            &Rotated {
+                version,
+                at: c.now(),
+            },
+        )?;
+        let write = match c.get(&coll, &id).await? {
+            Some(row) => Write::Update {
+                coll,
+                id,
+                expected: row.version,
+                data,
+            },
+            None => Write::Insert { coll, id, data },
+        };
+        // Losing a race here only means another node recorded it.
+        match c.store.commit(&[write]).await {
+            Ok(_) | Err(StorageError::VersionConflict { .. } | StorageError::DuplicateId) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Gives the documents' KMS key a new version if the current one is
+    /// older than [`MedicloudConfig::rotate_every`] (call it from a timer or
+    /// at start; it is cheap when nothing is due). New documents' data keys
+    /// are wrapped under the new version; earlier documents keep opening
+    /// under theirs. Returns the new version, `None` when nothing was due
+    /// or the KMS rotates on its own (AWS KMS).
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited) for anyone but an administrator;
+    /// KMS errors.
+    pub async fn rotate_if_due(&self, admin: &Principal) -> Result<Option<u32>, CoreError> {
+        let c = &self.clinic.inner;
+        c.decide(
+            admin,
+            Action::RotateKeys,
+            &Resource::System,
+            "keys:documents".into(),
+        )
+        .await?;
+        let status = self.status().await?;
+        match status.next_due {
+            Some(due) if c.now() >= due => {
+                let d = c.kms.rotate(&c.documents_key()?).await?;
+                self.record_rotation(d.current_version).await?;
+                tracing::info!(version = d.current_version, "documents' KMS key rotated");
+                Ok(Some(d.current_version))
+            }
+            _ => Ok(None),
         }
     }
 

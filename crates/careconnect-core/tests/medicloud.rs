@@ -308,3 +308,54 @@ async fn tampered_truncated_or_swapped_blobs_never_pass_for_a_file() {
     restore();
     assert_eq!(download(&c, &grey, &a.id).await.unwrap(), body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documents_key_rotates_when_due_and_old_documents_still_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let clock = Arc::new(ManualClock::new(now));
+    let mut config = ClinicConfig::embedded(dir.path()).unwrap();
+    config.subject_buckets = 2;
+    let url = format!("sqlite://{}", dir.path().join("clinic.db").display());
+    let store = careconnect_storage::connect(&url).await.unwrap();
+    let c = Clinic::open_with(config, store, clock.clone())
+        .await
+        .unwrap();
+    let (grey, adam) = (
+        who("doctor-grey", Role::Doctor),
+        who("admin-adam", Role::Admin),
+    );
+    assert!(matches!(
+        c.medicloud().rotate_if_due(&grey).await,
+        Err(CoreError::Denied(_))
+    ));
+    let before = c.medicloud().rotation_status(&adam).await.unwrap();
+    assert_eq!(before.current_version, 1);
+    let due = before.next_due.unwrap();
+    assert!(
+        due >= now + 89 * 86_400 && due <= now + 91 * 86_400,
+        "{before:?}"
+    );
+    let old = c
+        .medicloud()
+        .upload(&grey, "old.pdf", "application/pdf", pdf(5000).as_slice())
+        .await
+        .unwrap();
+    assert_eq!(c.medicloud().rotate_if_due(&adam).await.unwrap(), None);
+    clock.advance(Duration::from_secs(91 * 86_400));
+    assert_eq!(c.medicloud().rotate_if_due(&adam).await.unwrap(), Some(2));
+    assert_eq!(c.medicloud().rotate_if_due(&adam).await.unwrap(), None);
+    let after = c.medicloud().rotation_status(&adam).await.unwrap();
+    assert_eq!(after.current_version, 2);
+    let new = c
+        .medicloud()
+        .upload(&grey, "new.pdf", "application/pdf", pdf(5000).as_slice())
+        .await
+        .unwrap();
+    for d in [&old, &new] {
+        assert_eq!(download(&c, &grey, &d.id).await.unwrap(), pdf(5000));
+    }
+}

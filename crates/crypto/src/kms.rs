@@ -183,6 +183,9 @@ pub struct KeyDescription {
     pub enabled_versions: Vec<u32>,
     /// Versions destroyed for good.
     pub destroyed_versions: Vec<u32>,
+    /// When the current version was made, Unix seconds, where the KMS says
+    /// (the local KMS does; AWS KMS rotates on its own schedule).
+    pub current_since: Option<u64>,
 }
 
 /// A key management service. Implementations: [`LocalKms`] here, AWS KMS in

@@ -372,6 +372,7 @@ impl Kms for AwsKms {
                 Vec::new()
             },
             destroyed_versions: Vec::new(),
+            current_since: None,
         })
     }
 }

@@ -575,6 +575,7 @@ fn describe(key: &KmsKeyId, versions: &[Version]) -> KeyDescription {
             .filter(|v| v.material.is_none())
             .map(|v| v.version)
             .collect(),
+        current_since: versions.iter().max_by_key(|v| v.version).map(|v| v.created),
     }
 }
 
