@@ -280,16 +280,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for Measured<R> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
             let new = &buf.filled()[before..];
-            self.seen = self.seen.saturating_add(new.len() as u64);
-            if self.seen > self.max {
+            this.seen = this.seen.saturating_add(new.len() as u64);
+            if this.seen > this.max {
                 return Poll::Ready(Err(std::io::Error::other("upload too large")));
             }
-            let chunk = new.to_vec();
-            self.hash.update(&chunk);
+            this.hash.update(new);
         }
         polled
     }
@@ -425,7 +425,7 @@ impl Medicloud<'_> {
             max: c.medicloud.max_bytes,
             hash: Sha256::new(),
         };
-        let (mut pipe_in, pipe_out) = tokio::io::duplex(256 * 1024);
+        let (mut pipe_in, pipe_out) = tokio::io::duplex(2 << 20);
         let finished = Arc::new(AtomicBool::new(false));
         let mut gated = Gated {
             inner: pipe_out,
@@ -582,13 +582,33 @@ impl Medicloud<'_> {
         )
         .await?;
         let blob = BlobId::parse(&doc.blob)?;
-        let mut input = c.blobs.get(&blob).await?;
+        let source = c.blobs.get(&blob).await?;
+        // Read ahead in a task of its own, so reading the next chunk from
+        // the store overlaps with opening this one.
+        let (mut ahead, mut input) = tokio::io::duplex(2 << 20);
+        let pump = tokio::spawn(async move {
+            let mut source = tokio::io::BufReader::with_capacity(1 << 20, source);
+            tokio::io::copy_buf(&mut source, &mut ahead).await
+        });
         let key = c.documents_key()?;
-        let header =
-            DocumentHeader::read_from_async(&mut input, &OpenOptions::trusting(&key)).await?;
-        let opener = header.unwrap_key(c.kms.as_ref(), &doc_context(id)).await?;
-        opener.open_into(input, out).await?;
-        Ok(doc.info)
+        let opened = async {
+            let header =
+                DocumentHeader::read_from_async(&mut input, &OpenOptions::trusting(&key)).await?;
+            let opener = header.unwrap_key(c.kms.as_ref(), &doc_context(id)).await?;
+            opener.open_into(input, out).await
+        }
+        .await;
+        // Opening stops at the first bad chunk and drops its end of the
+        // pipe (the pump then stops on a broken pipe). A store that failed
+        // part-way ends the stream early, which opening reports as
+        // truncation: then say what really happened.
+        let pumped = pump.await;
+        match (opened, pumped) {
+            (Ok(_), Ok(Ok(_))) => Ok(doc.info),
+            (_, Ok(Err(e))) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CoreError::Io(e)),
+            (Err(e), _) => Err(e.into()),
+            (Ok(_), _) => Err(CoreError::Io(std::io::Error::other("blob reader stopped"))),
+        }
     }
 
     /// The owner shares document `id` with `user`, read-only, until

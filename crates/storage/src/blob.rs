@@ -92,6 +92,8 @@ pub struct FsBlobStore {
 }
 
 const TMP_PREFIX: &str = ".tmp-";
+/// Read and write size for blob files.
+const IO_BUF: usize = 1 << 20;
 
 impl FsBlobStore {
     /// Opens (creating) the directory and removes temporary files of uploads
@@ -161,9 +163,15 @@ impl BlobStore for FsBlobStore {
             opts.write(true).create_new(true);
             #[cfg(unix)]
             opts.mode(0o600);
-            let mut f = opts.open(&tmp).await?;
-            tokio::io::copy(data, &mut f).await?;
-            f.flush().await?;
+            let f = opts.open(&tmp).await?;
+            // Large reads and writes: each file write is a blocking-pool
+            // round trip, so tokio::io::copy's 8 KiB steps cost more than
+            // the encryption in front of them.
+            let mut out = tokio::io::BufWriter::with_capacity(IO_BUF, f);
+            let mut input = tokio::io::BufReader::with_capacity(IO_BUF, data);
+            tokio::io::copy_buf(&mut input, &mut out).await?;
+            out.flush().await?;
+            let f = out.into_inner();
             f.sync_all().await?;
             drop(f);
             tokio::fs::rename(&tmp, self.path(&id)).await?;

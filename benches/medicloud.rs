@@ -1,0 +1,208 @@
+//! Medicloud throughput: a 64 MiB document uploaded (sniffed, sealed under a
+//! fresh KMS data key, streamed into filesystem blobs, metadata sealed) and
+//! downloaded (verified chunk by chunk) through the service, against the raw
+//! document envelope sealing and opening the same bytes in memory, in the
+//! same run (the ratio is what means something on a noisy machine). Local
+//! KMS, the default AEAD provider. Bounded: three rounds of each.
+//!
+//! `cargo bench --bench medicloud`
+
+use std::io::{Read, Write};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use careconnect::authz::session::SystemClock;
+use careconnect::authz::{Principal, Role, UserId};
+use careconnect::core::{Clinic, ClinicConfig};
+use careconnect::crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
+use careconnect::crypto::{DataKey, EncryptionContext, KmsKeyId, WrappedKey, default_provider};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const SIZE: usize = 64 << 20;
+const ROUNDS: usize = 3;
+
+/// A PDF-looking stream of `left` bytes, never held in memory.
+struct Generator {
+    left: usize,
+    started: bool,
+}
+
+impl AsyncRead for Generator {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let n = buf.remaining().min(self.left);
+        let out = buf.initialize_unfilled_to(n);
+        out.fill(0x42);
+        if !self.started && n >= 5 {
+            out[..5].copy_from_slice(b"%PDF-");
+            self.started = true;
+        }
+        buf.advance(n);
+        self.left -= n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Discards what it is given, counting it.
+#[derive(Default)]
+struct Sink(usize);
+
+impl AsyncWrite for Sink {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0 += data.len();
+        Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn mib_s(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / secs
+}
+
+fn cpu() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+async fn bench() -> Option<()> {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).ok()?;
+    let mut config = ClinicConfig::embedded(dir.path()).ok()?;
+    config.medicloud.max_bytes = (SIZE + 1) as u64;
+    let url = format!("sqlite://{}", dir.path().join("clinic.db").display());
+    let store = careconnect::storage::connect(&url).await.ok()?;
+    let clinic = Clinic::open_with(config, store, Arc::new(SystemClock))
+        .await
+        .ok()?;
+    let doctor = Principal::new(
+        UserId::new("https://idp.bench", "doctor").ok()?,
+        [Role::Doctor].into_iter().collect(),
+    );
+    // Raw envelope, in memory: the same bytes sealed and opened.
+    let plain = {
+        let mut v = vec![0x42u8; SIZE];
+        v[..5].copy_from_slice(b"%PDF-");
+        v
+    };
+    let dek = DataKey::generate();
+    let key = KmsKeyId::new("raw").ok()?;
+    let ctx = EncryptionContext::new().with("document", "raw");
+    let (mut raw_seal, mut raw_open) = (f64::MAX, f64::MAX);
+    let mut sealed = Vec::new();
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let mut w = DocumentSealer::new()
+            .begin_with_key(
+                &dek,
+                &key,
+                WrappedKey::new(vec![1; 40]).ok()?,
+                &ctx,
+                Vec::with_capacity(SIZE + (1 << 20)),
+            )
+            .ok()?;
+        w.write_all(&plain).ok()?;
+        sealed = w.finish().ok()?;
+        raw_seal = raw_seal.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut input = sealed.as_slice();
+        let header = DocumentHeader::read_from(&mut input, &OpenOptions::trusting(&key)).ok()?;
+        let mut r = header
+            .with_key(&dek, &ctx, default_provider())
+            .ok()?
+            .reader(input);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0;
+        loop {
+            let k = r.read(&mut buf).ok()?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        assert_eq!(n, SIZE);
+        raw_open = raw_open.min(t.elapsed().as_secs_f64());
+    }
+    drop(sealed);
+    // Through the service: upload from a stream, download into a sink.
+    let (mut up, mut down) = (f64::MAX, f64::MAX);
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let doc = clinic
+            .medicloud()
+            .upload(
+                &doctor,
+                "scan.pdf",
+                "application/pdf",
+                Generator {
+                    left: SIZE,
+                    started: false,
+                },
+            )
+            .await
+            .ok()?;
+        up = up.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut sink = Sink::default();
+        clinic
+            .medicloud()
+            .download(&doctor, &doc.id, &mut sink)
+            .await
+            .ok()?;
+        assert_eq!(sink.0, SIZE);
+        down = down.min(t.elapsed().as_secs_f64());
+        clinic.medicloud().delete(&doctor, &doc.id).await.ok()?;
+    }
+    println!(
+        "CPU: {} ({} threads); provider: default; best of {ROUNDS}",
+        cpu(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("\n## Medicloud, 64 MiB document (MiB/s)");
+    println!(
+        "{:10} {:>12} {:>12} {:>8}",
+        "", "raw envelope", "service", "ratio"
+    );
+    for (what, raw, svc) in [("upload", raw_seal, up), ("download", raw_open, down)] {
+        println!(
+            "{what:10} {:>12.0} {:>12.0} {:>8.2}",
+            mib_s(SIZE, raw),
+            mib_s(SIZE, svc),
+            raw / svc
+        );
+    }
+    Some(())
+}
+
+fn main() {
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    if rt.block_on(bench()).is_none() {
+        eprintln!("medicloud bench: setup failed");
+        std::process::exit(1);
+    }
+}
