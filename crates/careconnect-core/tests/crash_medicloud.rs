@@ -1,0 +1,220 @@
+//! Medicloud killed with SIGKILL at any instant during uploads and deletes:
+//! every document listed afterwards downloads whole and unaltered (no
+//! dangling half), every upload acknowledged before the kill is there, and
+//! every delete acknowledged before the kill is gone. Orphan blobs (an
+//! upload killed after its blob, before its metadata) may remain; nothing
+//! reaches them.
+//!
+//! The worker is this test binary re-run as a child (`child_worker`,
+//! ignored unless asked for by name with `CARECONNECT_MEDICLOUD_DIR` set).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use careconnect_authz::session::SystemClock;
+use careconnect_authz::{Principal, Role, UserId};
+use careconnect_core::{Clinic, ClinicConfig, CoreError};
+use sha2::{Digest, Sha256};
+
+fn doctor() -> Principal {
+    Principal::new(
+        UserId::new("https://idp.test", "doctor").unwrap(),
+        [Role::Doctor].into_iter().collect(),
+    )
+}
+
+fn body(i: usize) -> Vec<u8> {
+    let mut v = format!("%PDF-1.7 document {i}\n").into_bytes();
+    v.extend((0..(64 << 10)).map(|k| ((k + i) % 251) as u8));
+    v
+}
+
+async fn open(dir: &Path) -> Clinic {
+    let mut config = ClinicConfig::embedded(dir).unwrap();
+    config.subject_buckets = 2;
+    let url = format!("sqlite://{}", dir.join("clinic.db").display());
+    let store = careconnect_storage::connect(&url).await.unwrap();
+    Clinic::open_with(config, store, Arc::new(SystemClock))
+        .await
+        .unwrap()
+}
+
+/// The child: uploads (mode `up`) or deletes every listed document (mode
+/// `delete`), printing each id once its call has returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by the crash test as a child process"]
+async fn child_worker() {
+    let Some(dir) = std::env::var_os("CARECONNECT_MEDICLOUD_DIR") else {
+        return;
+    };
+    let clinic = open(Path::new(&dir)).await;
+    let m = clinic.medicloud();
+    if std::env::var("CARECONNECT_MEDICLOUD_MODE").as_deref() == Ok("delete") {
+        for d in m.list(&doctor()).await.unwrap() {
+            m.delete(&doctor(), &d.id).await.unwrap();
+            println!("deleted {}", d.id);
+        }
+    } else {
+        for i in 0..40 {
+            let d = m
+                .upload(
+                    &doctor(),
+                    &format!("doc-{i}.pdf"),
+                    "application/pdf",
+                    body(i).as_slice(),
+                )
+                .await
+                .unwrap();
+            println!("uploaded {} {}", d.id, d.sha256);
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            // SQLite's -wal and -shm files may go away as the last
+            // connection of a closed clinic finishes.
+            match std::fs::copy(e.path(), to.join(e.file_name())) {
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => panic!("{err}"),
+            }
+        }
+    }
+}
+
+/// Runs the child in `mode` on `dir` and kills it after `after` (`None`:
+/// lets it finish); returns what it acknowledged.
+async fn run_and_kill(dir: &Path, mode: &str, after: Option<Duration>) -> Vec<String> {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_worker", "--nocapture"])
+        .env("CARECONNECT_MEDICLOUD_DIR", dir)
+        .env("CARECONNECT_MEDICLOUD_MODE", mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    if let Some(after) = after {
+        tokio::time::sleep(after).await;
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    out.lines()
+        .filter(|l| l.starts_with("uploaded ") || l.starts_with("deleted "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every listed document downloads whole, with the hash it was listed with.
+async fn all_whole(clinic: &Clinic) -> Vec<String> {
+    let m = clinic.medicloud();
+    let mut ids = Vec::new();
+    for d in m.list(&doctor()).await.unwrap() {
+        let mut out = Vec::new();
+        m.download(&doctor(), &d.id, &mut out)
+            .await
+            .unwrap_or_else(|e| panic!("{} listed but does not download: {e}", d.id));
+        assert_eq!(hex::encode(Sha256::digest(&out)), d.sha256, "{}", d.id);
+        ids.push(d.id);
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_uploads_and_deletes_leaves_no_half_document() {
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    std::fs::create_dir_all(&pristine).unwrap();
+    drop(open(&pristine).await);
+    // How long the whole job takes, child start-up included.
+    let timing = root.path().join("timing");
+    copy_dir(&pristine, &timing);
+    let t = std::time::Instant::now();
+    let all = run_and_kill(&timing, "up", None).await;
+    let up_time = t.elapsed();
+    assert_eq!(all.len(), 40, "the uploader finishes when left alone");
+    let t = std::time::Instant::now();
+    let all = run_and_kill(&timing, "delete", None).await;
+    let delete_time = t.elapsed();
+    assert_eq!(all.len(), 40, "the deleter finishes when left alone");
+    let rounds = 8u32;
+    let (mut uploads_cut, mut deletes_cut) = (0, 0);
+    for round in 0..rounds {
+        let dir = root.path().join(format!("round-{round}"));
+        copy_dir(&pristine, &dir);
+        // Uploads, killed part-way.
+        let acked = run_and_kill(&dir, "up", Some(up_time * (round + 1) / (rounds + 1))).await;
+        let clinic = open(&dir).await;
+        let listed = all_whole(&clinic).await;
+        for line in &acked {
+            let id = line.split(' ').nth(1).unwrap();
+            assert!(
+                listed.iter().any(|l| l == id),
+                "round {round}: {id} acknowledged, not listed"
+            );
+        }
+        println!(
+            "round {round}: {} uploads acknowledged, {} listed",
+            acked.len(),
+            listed.len()
+        );
+        if (1..40).contains(&acked.len()) {
+            uploads_cut += 1;
+        }
+        drop(clinic);
+        // Deletes, killed part-way.
+        let acked = run_and_kill(
+            &dir,
+            "delete",
+            Some(delete_time * (round + 1) / (rounds + 1)),
+        )
+        .await;
+        let clinic = open(&dir).await;
+        let left = all_whole(&clinic).await;
+        for line in &acked {
+            let id = line.split(' ').nth(1).unwrap();
+            assert!(
+                !left.iter().any(|l| l == id),
+                "round {round}: {id} deleted, still listed"
+            );
+            let mut out = Vec::new();
+            assert!(matches!(
+                clinic.medicloud().download(&doctor(), id, &mut out).await,
+                Err(CoreError::NotFound)
+            ));
+        }
+        println!(
+            "round {round}: {} deletes acknowledged, {} left",
+            acked.len(),
+            left.len()
+        );
+        if !acked.is_empty() && !left.is_empty() {
+            deletes_cut += 1;
+        }
+    }
+    assert!(
+        uploads_cut >= 3,
+        "only {uploads_cut} upload runs were cut part-way"
+    );
+    assert!(
+        deletes_cut >= 1,
+        "only {deletes_cut} delete runs were cut part-way"
+    );
+}
