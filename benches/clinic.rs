@@ -10,6 +10,10 @@
 //!
 //! `cargo bench --bench clinic`
 
+#[path = "support/mod.rs"]
+mod support;
+use support::cpu;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -58,18 +62,6 @@ where
         let _ = h.await;
     }
     (per * tasks) as f64 / t.elapsed().as_secs_f64()
-}
-
-fn cpu() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 async fn bench() -> Option<()> {

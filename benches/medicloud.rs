@@ -7,6 +7,10 @@
 //!
 //! `cargo bench --bench medicloud`
 
+#[path = "support/mod.rs"]
+mod support;
+use support::cpu;
+
 use std::io::{Read, Write};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -71,18 +75,6 @@ impl AsyncWrite for Sink {
 
 fn mib_s(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs
-}
-
-fn cpu() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 async fn bench() -> Option<()> {

@@ -342,12 +342,13 @@ impl Inner {
             return Ok(None);
         };
         let now = self.now();
+        let share_coll = shares()?;
         let shared = self
             .store
-            .find(&shares()?, &self.doc_index(id)?)
+            .find(&share_coll, &self.doc_index(id)?)
             .await?
             .iter()
-            .filter_map(|r| rows::open::<ShareRow>(&self.keys, &shares().ok()?, r))
+            .filter_map(|r| rows::open::<ShareRow>(&self.keys, &share_coll, r))
             .filter(|s| s.document == id && s.expires_at.is_none_or(|t| now < t))
             .map(|s| s.user)
             .collect();
@@ -528,13 +529,14 @@ impl Medicloud<'_> {
                 }
             }
             let now = c.now();
+            let share_coll = shares()?;
             let share_rows = c
                 .store
-                .find(&shares()?, &c.index(USER_INDEX, &who.user)?)
+                .find(&share_coll, &c.index(USER_INDEX, &who.user)?)
                 .await?;
             for s in share_rows
                 .iter()
-                .filter_map(|r| rows::open::<ShareRow>(&c.keys, &shares().ok()?, r))
+                .filter_map(|r| rows::open::<ShareRow>(&c.keys, &share_coll, r))
                 .filter(|s| s.user == who.user && s.expires_at.is_none_or(|t| now < t))
             {
                 if let Some((_, d, _)) = c.document(&s.document).await? {

@@ -10,6 +10,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
 
+mod common;
+
+use common::copy_dir;
+
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -71,24 +75,6 @@ async fn child_worker() {
                 .await
                 .unwrap();
             println!("uploaded {} {}", d.id, d.sha256);
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            // SQLite's -wal and -shm files may go away as the last
-            // connection of a closed clinic finishes.
-            match std::fs::copy(e.path(), to.join(e.file_name())) {
-                Ok(_) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => panic!("{err}"),
-            }
         }
     }
 }

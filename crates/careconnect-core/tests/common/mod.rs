@@ -46,3 +46,22 @@ impl OwnDb {
         .unwrap();
     }
 }
+
+/// Copies a data directory (a database, its KMS file, blobs), skipping
+/// files that vanish meanwhile (SQLite's -wal and -shm as a closed clinic's
+/// last connection finishes).
+pub(crate) fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            match std::fs::copy(e.path(), to.join(e.file_name())) {
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => panic!("{err}"),
+            }
+        }
+    }
+}
