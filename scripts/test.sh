@@ -2,6 +2,8 @@
 # The whole test suite, as CI runs it. Installs what it needs (idempotent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A fresh clone gains nothing from incremental state, and it is large on disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # A server that fails to come up must fail the run, not hang it: every start
 # is bounded (generous, as the first run installs packages).
 start() { timeout 900 "$@"; }
