@@ -15,6 +15,7 @@ use std::time::Duration;
 use careconnect::storage::{
     BlobStore, Collection, FsBlobStore, RecordStore, RowData, RowId, SqliteStore,
 };
+use futures::TryStreamExt;
 use tokio::io::AsyncReadExt;
 
 mod common;
@@ -223,11 +224,10 @@ async fn blob_killed_mid_upload_never_appears() {
     let store = FsBlobStore::open(&blobs).await.unwrap();
     let ids: Vec<String> = store
         .list()
+        .map_ok(|e| e.id.as_str().to_owned())
+        .try_collect()
         .await
-        .unwrap()
-        .iter()
-        .map(|i| i.as_str().to_owned())
-        .collect();
+        .unwrap();
     assert_eq!(
         ids,
         vec![first.clone()],
@@ -286,10 +286,9 @@ async fn s3_killed_mid_upload_never_appears() {
     let store = common::s3_store_in(Some(&bucket), "docs");
     let ids: Vec<String> = store
         .list()
+        .map_ok(|e| e.id.as_str().to_owned())
+        .try_collect()
         .await
-        .unwrap()
-        .iter()
-        .map(|i| i.as_str().to_owned())
-        .collect();
+        .unwrap();
     assert_eq!(ids, vec![first], "only the completed blob is visible");
 }

@@ -67,11 +67,14 @@ pub enum Action {
     RotateKeys,
     /// Administration: erase a patient by crypto-shredding ([`Resource::System`]).
     ErasePatient,
+    /// Administration: delete stored blobs that no document references
+    /// (left by a crash mid-upload or mid-delete) ([`Resource::System`]).
+    CollectOrphans,
 }
 
 impl Action {
     /// Every action, in the order of `docs/policy.md`.
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 23] = [
         Action::ReadHealthRecord,
         Action::ListAppointments,
         Action::BookAppointment,
@@ -94,6 +97,7 @@ impl Action {
         Action::ReadAuditLog,
         Action::RotateKeys,
         Action::ErasePatient,
+        Action::CollectOrphans,
     ];
 
     /// The kind of resource this action applies to.
@@ -113,9 +117,11 @@ impl Action {
             A::ListIssuedPrescriptions => ResourceKind::Prescriber,
             A::UploadDocument | A::ListDocuments => ResourceKind::DocumentStore,
             A::DownloadDocument | A::DeleteDocument | A::ShareDocument => ResourceKind::Document,
-            A::AssignRoles | A::ReadAuditLog | A::RotateKeys | A::ErasePatient => {
-                ResourceKind::System
-            }
+            A::AssignRoles
+            | A::ReadAuditLog
+            | A::RotateKeys
+            | A::ErasePatient
+            | A::CollectOrphans => ResourceKind::System,
         }
     }
 
@@ -346,7 +352,10 @@ fn rule(role: Role, action: Action) -> Rule {
         (R::External, A::DownloadDocument) => Rule::Granted,
         (R::External, A::DeleteDocument | A::ShareDocument) => Rule::Author,
         // Admins: administration, and looking (not acting) everywhere.
-        (R::Admin, A::AssignRoles | A::ReadAuditLog | A::RotateKeys | A::ErasePatient) => Rule::Any,
+        (
+            R::Admin,
+            A::AssignRoles | A::ReadAuditLog | A::RotateKeys | A::ErasePatient | A::CollectOrphans,
+        ) => Rule::Any,
         (R::Admin, a) if a.is_read() => Rule::Audited,
         _ => Rule::None,
     }

@@ -52,6 +52,18 @@ pub const INDEX_KEYSET: &str = "clinic-index-keyring";
 /// The collection of the people directory (staff and patients by name).
 pub const PEOPLE_COLLECTION: &str = "core_people";
 
+/// Where Medicloud's blobs go.
+#[derive(Debug, Clone)]
+pub enum BlobConfig {
+    /// `file:///dir` or, with the storage crate's `s3` feature,
+    /// `s3://bucket/prefix` (credentials and endpoint from the AWS
+    /// environment).
+    Url(String),
+    /// A blob store the caller built (an `S3BlobStore` with explicit
+    /// settings, say).
+    Provided(Arc<dyn careconnect_storage::BlobStore>),
+}
+
 /// Where keys come from.
 pub enum KmsConfig {
     /// The embedded local KMS: a file sealed under a root secret.
@@ -125,9 +137,9 @@ pub struct ClinicConfig {
     pub break_glass_for: Duration,
     /// The prescription charge, in pence.
     pub prescription_charge_pence: u32,
-    /// `file:///dir` (default: `blobs` under the data directory) or, with
-    /// the storage crate's `s3` feature, `s3://bucket/prefix`.
-    pub blob_url: String,
+    /// Where Medicloud's sealed documents go (default: `blobs` under the
+    /// data directory).
+    pub blobs: BlobConfig,
     /// Medicloud: allowed types, size limit, documents' KMS key.
     pub medicloud: crate::medicloud::MedicloudConfig,
     /// How long a node keeps a patient's opened notes in memory (default
@@ -160,7 +172,7 @@ impl ClinicConfig {
             break_glass_for: Duration::from_secs(3600),
             prescription_charge_pence: 990,
             read_cache: Duration::from_secs(1),
-            blob_url: format!("file://{}", dir.join("blobs").display()),
+            blobs: BlobConfig::Url(format!("file://{}", dir.join("blobs").display())),
             medicloud: crate::medicloud::MedicloudConfig::default(),
         })
     }
@@ -367,7 +379,10 @@ impl Clinic {
         {
             return Err(CoreError::Invalid("clinic hours"));
         }
-        let blobs = careconnect_storage::connect_blobs(&config.blob_url).await?;
+        let blobs = match &config.blobs {
+            BlobConfig::Url(url) => careconnect_storage::connect_blobs(url).await?,
+            BlobConfig::Provided(store) => store.clone(),
+        };
         let mut kms_keys = vec![clinic_key, documents_key];
         kms_keys.extend(bucket_keys);
         Ok(Self {

@@ -83,5 +83,5 @@ mod rows;
 pub mod seed;
 pub mod subjects;
 
-pub use clinic::{Clinic, ClinicConfig, ClinicHours, KmsConfig};
+pub use clinic::{BlobConfig, Clinic, ClinicConfig, ClinicHours, KmsConfig};
 pub use error::CoreError;

@@ -19,10 +19,12 @@
 //! - **Delete** removes the metadata first (the document is unreachable at
 //!   once), then its shares and its blob, which holds the only copy of the
 //!   document's wrapped data key. A crash in between leaves an orphan blob
-//!   that nothing references (collecting orphans is still to come).
+//!   that nothing references; so does a crash between an upload's blob and
+//!   its metadata. [`Medicloud::collect_orphans`] deletes those, and
+//!   nothing at all if any document's metadata fails to open.
 //! - **Scheduled rotation** of the documents' KMS key (90 days by default):
-//!   [`Medicloud::rotate_if_due`] for the local KMS; on AWS KMS, turn on
-//!   its own yearly or custom schedule (`AwsKms::enable_rotation`).
+//!   [`Medicloud::rotate_if_due`] rotates the local KMS's key when due, and
+//!   turns on a KMS's own schedule where it keeps one (AWS KMS).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use std::task::{Context, Poll};
 
 use careconnect_authz::{Action, Principal, Resource, UserId};
 use careconnect_crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
+use careconnect_crypto::kms::RotationSchedule;
 use careconnect_crypto::{EncryptionContext, KmsKeyId};
 use careconnect_storage::{BlobId, Collection, IndexEntry, Row, RowId, StorageError, Write};
 use serde::{Deserialize, Serialize};
@@ -177,6 +180,11 @@ pub struct MedicloudConfig {
     /// How often that key gets a new version (default 90 days, as in the
     /// seed): see [`Medicloud::rotate_if_due`].
     pub rotate_every: std::time::Duration,
+    /// How old an unreferenced blob must be before
+    /// [`Medicloud::collect_orphans`] deletes it (default 1 hour): longer
+    /// than the gap between an upload's blob and its metadata (milliseconds)
+    /// plus any clock difference between the blob store and the clinic.
+    pub orphan_grace: std::time::Duration,
 }
 
 impl Default for MedicloudConfig {
@@ -186,6 +194,7 @@ impl Default for MedicloudConfig {
             max_bytes: 25 << 20,
             kms_key: "careconnect-documents".into(),
             rotate_every: std::time::Duration::from_secs(90 * 86_400),
+            orphan_grace: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -197,11 +206,29 @@ pub struct RotationStatus {
     pub kms_key: String,
     /// The version new documents' data keys are wrapped under.
     pub current_version: u32,
-    /// When that version was made (Unix seconds), where the KMS says.
+    /// When that version was made (Unix seconds), where known (the clinic
+    /// keeps the schedule).
     pub current_since: Option<u64>,
-    /// When the next rotation is due (Unix seconds); `None` where the KMS
-    /// rotates on its own schedule (AWS KMS: `AwsKms::enable_rotation`).
+    /// When the next rotation is due (Unix seconds), where known.
     pub next_due: Option<u64>,
+    /// The KMS's own schedule, for a KMS that rotates the key by itself
+    /// (AWS KMS; [`Medicloud::rotate_if_due`] turns it on); `None` where
+    /// the clinic keeps the schedule (the local KMS).
+    pub kms_schedule: Option<RotationSchedule>,
+}
+
+/// What [`Medicloud::collect_orphans`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrphanReport {
+    /// Document metadata rows read.
+    pub documents: u64,
+    /// Blobs in the store.
+    pub blobs: u64,
+    /// Unreferenced blobs kept because they are younger than the grace
+    /// period (an upload may be about to reference them).
+    pub young: u64,
+    /// Unreferenced blobs deleted.
+    pub deleted: u64,
 }
 
 /// A document as listed.
@@ -726,6 +753,84 @@ impl Medicloud<'_> {
         }
     }
 
+    /// Deletes the blobs no document references and that are older than
+    /// [`MedicloudConfig::orphan_grace`]: what a crash between an upload's
+    /// blob and its metadata, or in the middle of a delete, leaves behind.
+    /// Fails closed: if any document's metadata does not open (a forged or
+    /// damaged row, a missing key), nothing is deleted, since its blob
+    /// cannot be told apart from an orphan. Safe beside uploads and deletes
+    /// on any node. Call it from a timer or at start.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited) for anyone but an administrator;
+    /// [`CoreError::Corrupt`] for metadata that does not open (nothing
+    /// deleted); storage errors (what was deleted before stays deleted).
+    pub async fn collect_orphans(&self, admin: &Principal) -> Result<OrphanReport, CoreError> {
+        use futures::TryStreamExt;
+        let c = &self.clinic.inner;
+        c.decide(
+            admin,
+            Action::CollectOrphans,
+            &Resource::System,
+            "documents:orphans".into(),
+        )
+        .await?;
+        // Blobs written before this instant, less the grace, are old enough:
+        // taken before the scan, so an upload that completes during the
+        // scan is young. Blob times come from the store's clock, so this is
+        // the host's clock, not the clinic's.
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(c.medicloud.orphan_grace)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let mut report = OrphanReport::default();
+        let coll = docs()?;
+        let mut referenced = std::collections::HashSet::new();
+        let mut after = None;
+        loop {
+            let page = c.store.list(&coll, after.as_ref(), 1000).await?;
+            for row in &page.rows {
+                let doc = rows::open::<DocRow>(&c.keys, &coll, row)
+                    .filter(|d| d.info.id == row.id.as_str())
+                    .ok_or(CoreError::Corrupt(
+                        "a document's metadata does not open: no blob collected",
+                    ))?;
+                referenced.insert(doc.blob);
+                report.documents += 1;
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let mut blobs = c.blobs.list();
+        while let Some(blob) = blobs.try_next().await? {
+            report.blobs += 1;
+            if referenced.contains(blob.id.as_str()) {
+                continue;
+            }
+            if blob.modified > cutoff {
+                report.young += 1;
+                continue;
+            }
+            match c.blobs.delete(&blob.id).await {
+                Ok(()) => report.deleted += 1,
+                // Deleted meanwhile (a document delete finishing).
+                Err(StorageError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::info!(
+            documents = report.documents,
+            blobs = report.blobs,
+            young = report.young,
+            deleted = report.deleted,
+            "orphan blobs collected"
+        );
+        Ok(report)
+    }
+
     /// The documents' KMS key: its current version, since when, and when
     /// the next rotation is due.
     ///
@@ -747,10 +852,22 @@ impl Medicloud<'_> {
 
     async fn status(&self) -> Result<RotationStatus, CoreError> {
         let c = &self.clinic.inner;
-        let d = c.kms.describe(&c.documents_key()?).await?;
+        let key = c.documents_key()?;
+        let d = c.kms.describe(&key).await?;
+        if let Some(schedule) = c.kms.rotation_schedule(&key).await? {
+            return Ok(RotationStatus {
+                kms_key: c.medicloud.kms_key.clone(),
+                current_version: d.current_version,
+                current_since: d.current_since,
+                next_due: schedule
+                    .next_rotation_unix
+                    .filter(|_| schedule.enabled)
+                    .and_then(|t| u64::try_from(t).ok()),
+                kms_schedule: Some(schedule),
+            });
+        }
         // The later of the KMS's own date for the version and the clinic's
         // record of its last rotation (clocks of two hosts may differ).
-        // (A KMS that gives no date rotates on its own schedule.)
         let ours = self.last_rotation(d.current_version).await?;
         let since = d.current_since.map(|a| ours.map_or(a, |b| a.max(b)));
         Ok(RotationStatus {
@@ -758,6 +875,7 @@ impl Medicloud<'_> {
             current_version: d.current_version,
             current_since: since,
             next_due: since.map(|t| t.saturating_add(c.medicloud.rotate_every.as_secs())),
+            kms_schedule: None,
         })
     }
 
@@ -806,13 +924,17 @@ impl Medicloud<'_> {
     /// older than [`MedicloudConfig::rotate_every`] (call it from a timer or
     /// at start; it is cheap when nothing is due). New documents' data keys
     /// are wrapped under the new version; earlier documents keep opening
-    /// under theirs. Returns the new version, `None` when nothing was due
-    /// or the KMS rotates on its own (AWS KMS).
+    /// under theirs. Returns the new version, `None` when nothing was due.
+    ///
+    /// A KMS that rotates keys by itself (AWS KMS) is instead asked to do so
+    /// every `rotate_every` (in whole days), if its schedule says otherwise;
+    /// it then rotates on its own and this returns `None`.
     ///
     /// # Errors
     ///
     /// [`CoreError::Denied`] (audited) for anyone but an administrator;
-    /// KMS errors.
+    /// KMS errors, among them a period the KMS refuses (AWS KMS: 90 to
+    /// 2560 days).
     pub async fn rotate_if_due(&self, admin: &Principal) -> Result<Option<u32>, CoreError> {
         let c = &self.clinic.inner;
         c.decide(
@@ -823,6 +945,21 @@ impl Medicloud<'_> {
         )
         .await?;
         let status = self.status().await?;
+        if let Some(schedule) = status.kms_schedule {
+            let days =
+                u32::try_from(c.medicloud.rotate_every.as_secs() / 86_400).unwrap_or(u32::MAX);
+            // A KMS that does not report its period is told again (the
+            // call is idempotent).
+            if !schedule.enabled || schedule.period_days != Some(days) {
+                let now = c.kms.schedule_rotation(&c.documents_key()?, days).await?;
+                tracing::info!(
+                    days,
+                    enabled = now.enabled,
+                    "documents' KMS key rotation scheduled"
+                );
+            }
+            return Ok(None);
+        }
         match status.next_due {
             Some(due) if c.now() >= due => {
                 let d = c.kms.rotate(&c.documents_key()?).await?;

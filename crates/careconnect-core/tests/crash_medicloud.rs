@@ -2,8 +2,10 @@
 //! every document listed afterwards downloads whole and unaltered (no
 //! dangling half), every upload acknowledged before the kill is there, and
 //! every delete acknowledged before the kill is gone. Orphan blobs (an
-//! upload killed after its blob, before its metadata) may remain; nothing
-//! reaches them.
+//! upload killed after its blob, before its metadata; a delete killed
+//! after the metadata, before the blob) may remain; nothing reaches them,
+//! and collecting orphans afterwards leaves exactly one blob per listed
+//! document, each still whole.
 //!
 //! The worker is this test binary re-run as a child (`child_worker`,
 //! ignored unless asked for by name with `CARECONNECT_MEDICLOUD_DIR` set).
@@ -41,6 +43,8 @@ fn body(i: usize) -> Vec<u8> {
 async fn open(dir: &Path) -> Clinic {
     let mut config = ClinicConfig::embedded(dir).unwrap();
     config.subject_buckets = 2;
+    // The worker is dead when orphans are collected: no grace needed.
+    config.medicloud.orphan_grace = Duration::ZERO;
     let url = format!("sqlite://{}", dir.join("clinic.db").display());
     let store = careconnect_storage::connect(&url).await.unwrap();
     Clinic::open_with(config, store, Arc::new(SystemClock))
@@ -123,6 +127,27 @@ async fn all_whole(clinic: &Clinic) -> Vec<String> {
     ids
 }
 
+/// Collects orphans: afterwards exactly the listed documents' blobs remain,
+/// and every listed document is still whole.
+async fn collect(clinic: &Clinic, dir: &Path, listed: &[String]) {
+    let admin = Principal::new(
+        UserId::new("https://idp.test", "admin").unwrap(),
+        [Role::Admin].into_iter().collect(),
+    );
+    let report = clinic.medicloud().collect_orphans(&admin).await.unwrap();
+    assert_eq!(report.documents as usize, listed.len(), "{report:?}");
+    let blobs = std::fs::read_dir(dir.join("blobs"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            !name.to_string_lossy().starts_with(".tmp-")
+        })
+        .count();
+    assert_eq!(blobs, listed.len(), "one blob per document: {report:?}");
+    println!("orphans collected: {}", report.deleted);
+    assert_eq!(all_whole(clinic).await, listed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_uploads_and_deletes_leaves_no_half_document() {
     let root = tempfile::tempdir().unwrap();
@@ -164,6 +189,7 @@ async fn sigkill_during_uploads_and_deletes_leaves_no_half_document() {
         if (1..40).contains(&acked.len()) {
             uploads_cut += 1;
         }
+        collect(&clinic, &dir, &listed).await;
         drop(clinic);
         // Deletes, killed part-way.
         let acked = run_and_kill(
@@ -194,6 +220,7 @@ async fn sigkill_during_uploads_and_deletes_leaves_no_half_document() {
         if !acked.is_empty() && !left.is_empty() {
             deletes_cut += 1;
         }
+        collect(&clinic, &dir, &left).await;
     }
     assert!(
         uploads_cut >= 3,

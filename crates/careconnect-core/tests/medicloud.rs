@@ -359,3 +359,93 @@ async fn the_documents_key_rotates_when_due_and_old_documents_still_open() {
         assert_eq!(download(&c, &grey, &d.id).await.unwrap(), pdf(5000));
     }
 }
+
+/// Makes the blob file `id` look written `secs` ago.
+fn age_blob(dir: &Path, id: &str, secs: u64) {
+    let f = std::fs::File::options()
+        .write(true)
+        .open(dir.join("blobs").join(id))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(secs))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_blobs_are_collected_after_the_grace_and_never_when_metadata_is_forged() {
+    use careconnect_storage::{BlobStore, Collection, FsBlobStore, RowData, RowId};
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = clinic(dir.path(), 25 << 20).await;
+    let (grey, adam) = (
+        who("doctor-grey", Role::Doctor),
+        who("admin-adam", Role::Admin),
+    );
+    let kept = c
+        .medicloud()
+        .upload(&grey, "kept.pdf", "application/pdf", pdf(70_000).as_slice())
+        .await
+        .unwrap();
+    // What a crash between an upload's blob and its metadata leaves: blobs
+    // nothing references, one from long ago and one from just now.
+    let blobs = FsBlobStore::open(dir.path().join("blobs")).await.unwrap();
+    let old = blobs.put(&mut &pdf(10)[..]).await.unwrap();
+    let young = blobs.put(&mut &pdf(10)[..]).await.unwrap();
+    age_blob(dir.path(), old.as_str(), 7200);
+    // The kept document is old too: being referenced is what keeps it.
+    for e in std::fs::read_dir(dir.path().join("blobs")).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name != young.as_str() {
+            age_blob(dir.path(), &name, 7200);
+        }
+    }
+    assert_eq!(blob_files(dir.path()), 3);
+
+    // Only an administrator collects; a refusal deletes nothing.
+    assert!(matches!(
+        c.medicloud().collect_orphans(&grey).await,
+        Err(CoreError::Denied(_))
+    ));
+    assert_eq!(blob_files(dir.path()), 3);
+
+    let report = c.medicloud().collect_orphans(&adam).await.unwrap();
+    assert_eq!(
+        (report.documents, report.blobs, report.young, report.deleted),
+        (1, 3, 1, 1),
+        "{report:?}"
+    );
+    assert!(!blobs.exists(&old).await.unwrap());
+    assert!(blobs.exists(&young).await.unwrap());
+    assert_eq!(
+        download(&c, &grey, &kept.id).await.unwrap(),
+        pdf(70_000),
+        "a referenced blob is never collected, however old"
+    );
+    // Again: nothing more to do.
+    let again = c.medicloud().collect_orphans(&adam).await.unwrap();
+    assert_eq!((again.blobs, again.deleted), (2, 0));
+
+    // A forged metadata row: its blob could be any of them, so nothing is
+    // collected, not even the orphan that is now old enough.
+    age_blob(dir.path(), young.as_str(), 7200);
+    let url = format!("sqlite://{}", dir.path().join("clinic.db").display());
+    let store = careconnect_storage::connect(&url).await.unwrap();
+    let forged = RowData {
+        key_id: 1,
+        envelope: vec![0x42; 200],
+        indexes: vec![],
+    };
+    let coll = Collection::new(careconnect_core::medicloud::DOCUMENTS_COLLECTION).unwrap();
+    let forged_id = RowId::new("forged-document").unwrap();
+    store.insert(&coll, &forged_id, forged).await.unwrap();
+    assert!(matches!(
+        c.medicloud().collect_orphans(&adam).await,
+        Err(CoreError::Corrupt(_))
+    ));
+    assert!(blobs.exists(&young).await.unwrap());
+    assert_eq!(download(&c, &grey, &kept.id).await.unwrap(), pdf(70_000));
+    // Once the forged row is gone, collection resumes.
+    store.delete(&coll, &forged_id, 1).await.unwrap();
+    let report = c.medicloud().collect_orphans(&adam).await.unwrap();
+    assert_eq!((report.blobs, report.deleted), (2, 1));
+    assert!(!blobs.exists(&young).await.unwrap());
+    assert_eq!(download(&c, &grey, &kept.id).await.unwrap(), pdf(70_000));
+}

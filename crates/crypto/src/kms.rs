@@ -19,7 +19,7 @@ mod cache;
 mod local;
 
 #[cfg(feature = "aws-kms")]
-pub use aws::{AwsKms, AwsKmsConfig, ROTATION_PERIOD_DAYS, RotationStatus};
+pub use aws::{AwsKms, AwsKmsConfig, ROTATION_PERIOD_DAYS};
 pub use cache::{CacheLimits, CacheStats, CachingKms};
 #[doc(hidden)]
 pub use local::decode_table_for_fuzzing;
@@ -188,6 +188,19 @@ pub struct KeyDescription {
     pub current_since: Option<u64>,
 }
 
+/// A key's rotation schedule, where the KMS keeps one and rotates the key by
+/// itself (AWS KMS: `GetKeyRotationStatus`). Rotation never stops old
+/// wrapped keys from opening.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationSchedule {
+    /// Whether the KMS rotates the key on a schedule.
+    pub enabled: bool,
+    /// Days between rotations, when the server reports it.
+    pub period_days: Option<u32>,
+    /// The next scheduled rotation, seconds since the Unix epoch, when known.
+    pub next_rotation_unix: Option<i64>,
+}
+
 /// A key management service. Implementations: [`LocalKms`] here, AWS KMS in
 /// its own feature.
 ///
@@ -259,6 +272,36 @@ pub trait Kms: Send + Sync + fmt::Debug {
     async fn destroy_version(&self, key: &KmsKeyId, version: u32) -> Result<KeyDescription, Error> {
         let _ = (key, version);
         Err(crate::KmsError::Unsupported("destroying a single key version").into())
+    }
+
+    /// The schedule on which the KMS rotates `key` by itself, for a KMS
+    /// that keeps one (AWS KMS); `None` (the default) for a KMS whose keys
+    /// get a new version only when asked ([`Kms::rotate`]), such as
+    /// [`LocalKms`]: there the caller keeps the schedule.
+    ///
+    /// # Errors
+    ///
+    /// Unknown key or KMS failure.
+    async fn rotation_schedule(&self, key: &KmsKeyId) -> Result<Option<RotationSchedule>, Error> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// Asks the KMS to rotate `key` by itself every `period_days`, and
+    /// returns the schedule it then reports.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::KmsError::Unsupported`] by default (the caller rotates, see
+    /// [`Kms::rotation_schedule`]); [`Misuse::RotationPeriod`] for a period
+    /// the KMS refuses; unknown key, KMS failure.
+    async fn schedule_rotation(
+        &self,
+        key: &KmsKeyId,
+        period_days: u32,
+    ) -> Result<RotationSchedule, Error> {
+        let _ = (key, period_days);
+        Err(crate::KmsError::Unsupported("a rotation schedule kept by the KMS").into())
     }
 
     /// Whether [`Kms::destroy_version`] works here, so a caller can refuse

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use crate::error::{Result, StorageError};
@@ -51,6 +52,24 @@ impl BlobId {
 /// A readable blob.
 pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
 
+/// A complete blob as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobEntry {
+    /// Its id.
+    pub id: BlobId,
+    /// When it was last written (it became visible then), Unix seconds.
+    pub modified: u64,
+}
+
+/// The blobs of a store, one at a time.
+pub type BlobList<'a> = BoxStream<'a, Result<BlobEntry>>;
+
+/// Unix seconds; a time before 1970 reads as "just now" (never old).
+fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(u64::MAX, |d| d.as_secs())
+}
+
 /// Streaming blob storage.
 #[async_trait]
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
@@ -81,6 +100,11 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     ///
     /// Backend errors.
     async fn exists(&self, id: &BlobId) -> Result<bool>;
+
+    /// Every complete blob (never one still being written), in no
+    /// particular order, streamed so a large store is not held in memory:
+    /// what a collector of unreferenced blobs walks.
+    fn list(&self) -> BlobList<'_>;
 }
 
 /// Blobs as files in one directory: written to a temporary file, fsynced,
@@ -125,23 +149,6 @@ impl FsBlobStore {
 
     fn path(&self, id: &BlobId) -> PathBuf {
         self.dir.join(id.as_str())
-    }
-
-    /// Ids of the complete blobs (not temporary files).
-    ///
-    /// # Errors
-    ///
-    /// I/O errors.
-    pub async fn list(&self) -> Result<Vec<BlobId>> {
-        let mut out = Vec::new();
-        let mut entries = tokio::fs::read_dir(&self.dir).await?;
-        while let Some(e) = entries.next_entry().await? {
-            if let Ok(id) = BlobId::parse(&e.file_name().to_string_lossy()) {
-                out.push(id);
-            }
-        }
-        out.sort();
-        Ok(out)
     }
 }
 
@@ -203,4 +210,35 @@ impl BlobStore for FsBlobStore {
     async fn exists(&self, id: &BlobId) -> Result<bool> {
         Ok(tokio::fs::try_exists(self.path(id)).await?)
     }
+
+    fn list(&self) -> BlobList<'_> {
+        let dir = self.dir.clone();
+        let entries = async move { tokio::fs::read_dir(dir).await };
+        futures::stream::once(entries)
+            .map(|opened| match opened {
+                Ok(rd) => futures::stream::try_unfold(rd, next_blob).boxed(),
+                Err(e) => futures::stream::once(async { Err(e.into()) }).boxed(),
+            })
+            .flatten()
+            .boxed()
+    }
+}
+
+/// The next complete blob in a directory (temporary files and anything
+/// else not named like a blob are skipped).
+async fn next_blob(mut rd: tokio::fs::ReadDir) -> Result<Option<(BlobEntry, tokio::fs::ReadDir)>> {
+    while let Some(e) = rd.next_entry().await? {
+        let Ok(id) = BlobId::parse(&e.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let meta = match e.metadata().await {
+            Ok(m) => m,
+            // Deleted since the directory was read.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err.into()),
+        };
+        let modified = unix_secs(meta.modified()?);
+        return Ok(Some((BlobEntry { id, modified }, rd)));
+    }
+    Ok(None)
 }

@@ -805,8 +805,11 @@ pub async fn keys<S: KeyStore + ?Sized>(s: &S) {
 }
 
 /// Blobs: empty and multi-megabyte streams round-trip; delete, exists, not
-/// found; ids that are not the store's own are refused before any I/O.
+/// found; the listing holds exactly the complete blobs, with the time they
+/// were written; ids that are not the store's own are refused before any
+/// I/O.
 pub async fn blobs<S: BlobStore + ?Sized>(s: &S) {
+    let started = now_secs();
     let empty = s.put(&mut &b""[..]).await.unwrap();
     let mut out = Vec::new();
     s.get(&empty)
@@ -828,8 +831,20 @@ pub async fn blobs<S: BlobStore + ?Sized>(s: &S) {
         .unwrap();
     assert!(out == big, "blobs: 3 MiB round trip");
     assert!(s.exists(&id).await.unwrap(), "blobs: exists");
+    let listed = listing(s).await;
+    for want in [&empty, &id] {
+        let entry = listed.iter().find(|e| e.id == *want);
+        assert!(
+            entry.is_some_and(|e| (started - 5..=now_secs() + 5).contains(&e.modified)),
+            "blobs: listed with the time written: {entry:?}"
+        );
+    }
     s.delete(&id).await.unwrap();
     assert!(!s.exists(&id).await.unwrap(), "blobs: deleted");
+    assert!(
+        !listing(s).await.iter().any(|e| e.id == id),
+        "blobs: a deleted blob is not listed"
+    );
     assert!(
         matches!(s.get(&id).await, Err(StorageError::NotFound)),
         "blobs: get deleted"
@@ -847,4 +862,14 @@ pub async fn blobs<S: BlobStore + ?Sized>(s: &S) {
         assert!(BlobId::parse(bad).is_err(), "blobs: {bad:?} refused");
     }
     s.delete(&empty).await.unwrap();
+}
+
+async fn listing<S: BlobStore + ?Sized>(s: &S) -> Vec<crate::BlobEntry> {
+    futures::TryStreamExt::try_collect(s.list()).await.unwrap()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

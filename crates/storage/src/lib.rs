@@ -54,7 +54,7 @@ mod traits;
 mod types;
 mod url;
 
-pub use blob::{BlobId, BlobReader, BlobStore, FsBlobStore};
+pub use blob::{BlobEntry, BlobId, BlobList, BlobReader, BlobStore, FsBlobStore};
 pub use error::{Result, StorageError};
 pub use memory::MemoryStore;
 pub use postgres::{PG_CONNECT_TIMEOUT, PgStore};

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use std::str::FromStr;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -13,7 +13,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::blob::{BlobId, BlobReader, BlobStore};
+use crate::blob::{BlobEntry, BlobId, BlobList, BlobReader, BlobStore};
 use crate::error::{Result, StorageError};
 
 /// Blobs under a prefix of an S3 bucket.
@@ -83,26 +83,6 @@ impl S3BlobStore {
     fn path(&self, id: &BlobId) -> Path {
         self.prefix.clone().join(id.as_str())
     }
-
-    /// Ids of the complete blobs under the prefix.
-    ///
-    /// # Errors
-    ///
-    /// Backend errors.
-    pub async fn list(&self) -> Result<Vec<BlobId>> {
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&self.prefix))
-            .try_collect()
-            .await
-            .map_err(backend)?;
-        let mut ids: Vec<BlobId> = metas
-            .iter()
-            .filter_map(|m| m.location.filename().and_then(|f| BlobId::parse(f).ok()))
-            .collect();
-        ids.sort();
-        Ok(ids)
-    }
 }
 
 #[async_trait]
@@ -157,5 +137,27 @@ impl BlobStore for S3BlobStore {
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(backend(e)),
         }
+    }
+
+    fn list(&self) -> BlobList<'_> {
+        self.store
+            .list(Some(&self.prefix))
+            .map_err(backend)
+            // Only names the store makes, directly under the prefix (the
+            // listing is recursive).
+            .try_filter_map(|m| {
+                let direct = m
+                    .location
+                    .prefix_match(&self.prefix)
+                    .is_some_and(|rest| rest.count() == 1);
+                let id = m.location.filename().and_then(|f| BlobId::parse(f).ok());
+                let entry = id.filter(|_| direct).map(|id| BlobEntry {
+                    id,
+                    // A date before 1970 reads as "just now": never old.
+                    modified: u64::try_from(m.last_modified.timestamp()).unwrap_or(u64::MAX),
+                });
+                async move { Ok(entry) }
+            })
+            .boxed()
     }
 }

@@ -27,10 +27,10 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_kms::Client;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::DataKeySpec;
+use aws_sdk_kms::types::{DataKeySpec, KeyMetadata};
 use zeroize::Zeroizing;
 
-use super::{KeyDescription, Kms, KmsKeyId, WrappedKey};
+use super::{KeyDescription, Kms, KmsKeyId, RotationSchedule, WrappedKey};
 use crate::context::EncryptionContext;
 use crate::error::{Error, KmsError, Misuse};
 use crate::key::DataKey;
@@ -97,23 +97,39 @@ impl AwsKms {
     }
 }
 
-/// Scheduled (automatic) rotation of a KMS key, as `GetKeyRotationStatus`
-/// reports it. AWS keeps every backing key, so rotation never stops old
-/// wrapped keys from opening.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RotationStatus {
-    /// Whether KMS rotates the key on a schedule.
-    pub enabled: bool,
-    /// Days between rotations, when the server reports it.
-    pub period_days: Option<u32>,
-    /// The next scheduled rotation, seconds since the Unix epoch, when known.
-    pub next_rotation_unix: Option<i64>,
-}
-
 /// The rotation periods AWS KMS accepts, in days.
 pub const ROTATION_PERIOD_DAYS: std::ops::RangeInclusive<u32> = 90..=2560;
 
+fn is_alias(key: &KmsKeyId) -> bool {
+    key.as_str().starts_with("alias/") || key.as_str().contains(":alias/")
+}
+
 impl AwsKms {
+    /// The key an alias points at (its ARN): the rotation operations take
+    /// a key id or ARN, never an alias. Other names pass through.
+    async fn resolve(&self, key: &KmsKeyId) -> Result<String, Error> {
+        if !is_alias(key) {
+            return Ok(key.as_str().to_owned());
+        }
+        self.key_metadata(key)
+            .await?
+            .arn()
+            .map(str::to_owned)
+            .ok_or_else(|| missing("KeyMetadata.Arn"))
+    }
+
+    /// `DescribeKey`.
+    async fn key_metadata(&self, key: &KmsKeyId) -> Result<KeyMetadata, Error> {
+        self.client
+            .describe_key()
+            .key_id(key.as_str())
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?
+            .key_metadata
+            .ok_or_else(|| missing("KeyMetadata"))
+    }
+
     /// Turns on scheduled rotation (`EnableKeyRotation`); `period_days`
     /// `None` keeps the server's default (365 days on AWS). Periods outside
     /// [`ROTATION_PERIOD_DAYS`] are refused before any call.
@@ -132,9 +148,10 @@ impl AwsKms {
             Some(_) => return Err(Error::Misuse(Misuse::RotationPeriod)),
             None => None,
         };
+        let target = self.resolve(key).await?;
         self.client
             .enable_key_rotation()
-            .key_id(key.as_str())
+            .key_id(&target)
             .set_rotation_period_in_days(period)
             .send()
             .await
@@ -149,9 +166,10 @@ impl AwsKms {
     ///
     /// Unknown or unusable key, access denied, KMS unreachable.
     pub async fn disable_rotation(&self, key: &KmsKeyId) -> Result<(), Error> {
+        let target = self.resolve(key).await?;
         self.client
             .disable_key_rotation()
-            .key_id(key.as_str())
+            .key_id(&target)
             .send()
             .await
             .map_err(|e| map_err(key, e))?;
@@ -163,15 +181,16 @@ impl AwsKms {
     /// # Errors
     ///
     /// Unknown key, access denied, KMS unreachable.
-    pub async fn rotation_status(&self, key: &KmsKeyId) -> Result<RotationStatus, Error> {
+    pub async fn rotation_status(&self, key: &KmsKeyId) -> Result<RotationSchedule, Error> {
+        let target = self.resolve(key).await?;
         let out = self
             .client
             .get_key_rotation_status()
-            .key_id(key.as_str())
+            .key_id(&target)
             .send()
             .await
             .map_err(|e| map_err(key, e))?;
-        Ok(RotationStatus {
+        Ok(RotationSchedule {
             enabled: out.key_rotation_enabled(),
             period_days: out
                 .rotation_period_in_days()
@@ -324,24 +343,34 @@ impl Kms for AwsKms {
     }
 
     async fn rotate(&self, key: &KmsKeyId) -> Result<KeyDescription, Error> {
+        let target = self.resolve(key).await?;
         self.client
             .rotate_key_on_demand()
-            .key_id(key.as_str())
+            .key_id(&target)
             .send()
             .await
             .map_err(|e| map_err(key, e))?;
         self.describe(key).await
     }
 
+    async fn rotation_schedule(&self, key: &KmsKeyId) -> Result<Option<RotationSchedule>, Error> {
+        self.rotation_status(key).await.map(Some)
+    }
+
+    async fn schedule_rotation(
+        &self,
+        key: &KmsKeyId,
+        period_days: u32,
+    ) -> Result<RotationSchedule, Error> {
+        self.enable_rotation(key, Some(period_days)).await?;
+        self.rotation_status(key).await
+    }
+
     async fn describe(&self, key: &KmsKeyId) -> Result<KeyDescription, Error> {
-        let meta = self
-            .client
-            .describe_key()
-            .key_id(key.as_str())
-            .send()
-            .await
-            .map_err(|e| map_err(key, e))?;
-        let enabled = meta.key_metadata().is_some_and(|m| m.enabled());
+        let meta = self.key_metadata(key).await?;
+        let enabled = meta.enabled();
+        // ListKeyRotations takes a key id or ARN, not an alias.
+        let target = meta.arn().unwrap_or(key.as_str()).to_owned();
         // AWS keeps every backing key of a KMS key; versions here count them,
         // over every page. A typed failure (access denied, throttled, down...)
         // is reported; only an answer we cannot classify (a local server
@@ -350,7 +379,7 @@ impl Kms for AwsKms {
         let mut pages = self
             .client
             .list_key_rotations()
-            .key_id(key.as_str())
+            .key_id(&target)
             .into_paginator()
             .items()
             .send();

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{KeyDescription, Kms, KmsKeyId, WrappedKey};
+use super::{KeyDescription, Kms, KmsKeyId, RotationSchedule, WrappedKey};
 use crate::context::EncryptionContext;
 use crate::error::Error;
 use crate::key::DataKey;
@@ -279,6 +279,20 @@ impl<K: Kms> Kms for CachingKms<K> {
 
     fn can_destroy_versions(&self) -> bool {
         self.inner.can_destroy_versions()
+    }
+
+    async fn rotation_schedule(&self, key: &KmsKeyId) -> Result<Option<RotationSchedule>, Error> {
+        self.lock().stats.kms_calls += 1;
+        self.inner.rotation_schedule(key).await
+    }
+
+    async fn schedule_rotation(
+        &self,
+        key: &KmsKeyId,
+        period_days: u32,
+    ) -> Result<RotationSchedule, Error> {
+        self.lock().stats.kms_calls += 1;
+        self.inner.schedule_rotation(key, period_days).await
     }
 
     async fn destroy_version(&self, key: &KmsKeyId, version: u32) -> Result<KeyDescription, Error> {
