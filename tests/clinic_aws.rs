@@ -271,7 +271,8 @@ async fn medicloud_runs_on_aws_kms_and_s3_blobs() {
     let left: Vec<_> = blobs.list().try_collect().await.unwrap();
     assert!(left.is_empty(), "{left:?}");
 
-    // A period AWS KMS refuses is a typed error, and changes nothing.
+    // A period outside AWS KMS's range is refused as a typed error before
+    // any call; the schedule stays as it was.
     let mut monthly = aws_config(&keys, dir.path()).await;
     monthly.medicloud.rotate_every = std::time::Duration::from_secs(30 * 86_400);
     let monthly = Clinic::open_with(monthly, store, Arc::new(SystemClock))

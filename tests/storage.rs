@@ -102,10 +102,7 @@ async fn fs_blobs_conform_and_hide_partial_uploads() {
         }
     }
     assert!(store.put(&mut Failing(100)).await.is_err());
-    let listed: Vec<_> = futures::TryStreamExt::try_collect(store.list())
-        .await
-        .unwrap();
-    assert!(listed.is_empty(), "{listed:?}");
+    assert_eq!(blob_ids(&store).await, vec![]);
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,
@@ -135,6 +132,11 @@ async fn backends_from_urls() {
     ));
 }
 
+async fn blob_ids(s: &dyn careconnect::storage::BlobStore) -> Vec<careconnect::storage::BlobId> {
+    let listed: Vec<_> = futures::TryStreamExt::try_collect(s.list()).await.unwrap();
+    listed.into_iter().map(|e| e.id).collect()
+}
+
 #[tokio::test]
 async fn s3_blobs_conform() {
     use careconnect::storage::BlobStore;
@@ -150,11 +152,16 @@ async fn s3_blobs_conform() {
     assert!(out == big, "9 MiB multipart round trip");
     store.delete(&id).await.unwrap();
     // A blob under a deeper prefix belongs to another store: not listed.
-    let deeper = s3_store("documents/deeper");
+    let bucket = common::fresh_bucket();
+    let (store, deeper) = (
+        common::s3_store_in(Some(&bucket), "documents"),
+        common::s3_store_in(Some(&bucket), "documents/deeper"),
+    );
     let other = deeper.put(&mut &b"elsewhere"[..]).await.unwrap();
-    let listed: Vec<_> = futures::TryStreamExt::try_collect(store.list())
-        .await
-        .unwrap();
-    assert!(listed.is_empty(), "{listed:?}");
+    assert_eq!(blob_ids(&store).await, vec![]);
+    let mine = store.put(&mut &b"here"[..]).await.unwrap();
+    assert_eq!(blob_ids(&store).await, vec![mine.clone()]);
+    assert_eq!(blob_ids(&deeper).await, vec![other.clone()]);
     deeper.delete(&other).await.unwrap();
+    store.delete(&mine).await.unwrap();
 }

@@ -28,7 +28,7 @@ use careconnect_authz::session::{Clock, SystemClock};
 use careconnect_authz::{Principal, RoleSet, UserId};
 use careconnect_crypto::mac::MacKey;
 use careconnect_crypto::{
-    EncryptionContext, Keyring, Kms, KmsKeyId, LocalKms, RootSecret, TrustedKeys,
+    CryptoProvider, EncryptionContext, Keyring, Kms, KmsKeyId, LocalKms, RootSecret, TrustedKeys,
 };
 use careconnect_storage::{
     AuditLog, Collection, IndexEntry, KeyStore, RecordStore, Row, RowData, RowId, StorageError,
@@ -52,7 +52,9 @@ pub const INDEX_KEYSET: &str = "clinic-index-keyring";
 /// The collection of the people directory (staff and patients by name).
 pub const PEOPLE_COLLECTION: &str = "core_people";
 
-/// Where Medicloud's blobs go.
+/// Where Medicloud's blobs go: a directory, or a bucket and prefix, that
+/// belongs to this clinic alone (collecting orphans deletes every blob there
+/// that none of its documents references).
 #[derive(Debug, Clone)]
 pub enum BlobConfig {
     /// `file:///dir` or, with the storage crate's `s3` feature,
@@ -147,6 +149,10 @@ pub struct ClinicConfig {
     /// once; notes written by another node sharing the database show within
     /// this time.
     pub read_cache: Duration,
+    /// The AEAD implementation for records and documents (default: the
+    /// crypto crate's default; `ring`'s with its feature is faster on CPUs
+    /// with AES instructions). The bytes are the same whichever it is.
+    pub provider: &'static dyn CryptoProvider,
 }
 
 impl ClinicConfig {
@@ -174,6 +180,7 @@ impl ClinicConfig {
             read_cache: Duration::from_secs(1),
             blobs: BlobConfig::Url(format!("file://{}", dir.join("blobs").display())),
             medicloud: crate::medicloud::MedicloudConfig::default(),
+            provider: careconnect_crypto::default_provider(),
         })
     }
 }
@@ -228,6 +235,7 @@ pub(crate) struct Inner {
     pub(crate) read_cache: Duration,
     pub(crate) blobs: Arc<dyn careconnect_storage::BlobStore>,
     pub(crate) medicloud: crate::medicloud::MedicloudConfig,
+    pub(crate) provider: &'static dyn CryptoProvider,
 }
 
 /// St John's Clinic: the services of every subsystem over one set of
@@ -343,8 +351,9 @@ impl Clinic {
         let records: Arc<dyn RecordStore> = store.clone();
         let keystore: Arc<dyn KeyStore> = store.clone();
         let log: Arc<dyn AuditLog> = store;
-        let keys =
-            stored_keyring(kms.as_ref(), keystore.as_ref(), &clinic_key, CLINIC_KEYSET).await?;
+        let keys = stored_keyring(kms.as_ref(), keystore.as_ref(), &clinic_key, CLINIC_KEYSET)
+            .await?
+            .with_provider(config.provider);
         let macs =
             stored_keyring(kms.as_ref(), keystore.as_ref(), &clinic_key, INDEX_KEYSET).await?;
         let mac = |purpose| macs.mac_key_for(macs.primary(), purpose);
@@ -370,7 +379,8 @@ impl Clinic {
             config.subject_buckets,
         )?
         .with_handle_key(mac(SUBJECT_HANDLE_PURPOSE)?)
-        .with_key_prefix(config.subject_key_prefix.clone());
+        .with_key_prefix(config.subject_key_prefix.clone())
+        .with_provider(config.provider);
         let hours = config.hours;
         if hours.opens >= hours.closes
             || hours.closes > 24
@@ -409,6 +419,7 @@ impl Clinic {
                 read_cache: config.read_cache,
                 blobs,
                 medicloud: config.medicloud,
+                provider: config.provider,
             }),
         })
     }

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
+use crate::audit::{AuditEvent, Outcome};
 use crate::clinic::{Clinic, Inner, new_id};
 use crate::error::CoreError;
 use crate::rows;
@@ -181,9 +182,12 @@ pub struct MedicloudConfig {
     /// seed): see [`Medicloud::rotate_if_due`].
     pub rotate_every: std::time::Duration,
     /// How old an unreferenced blob must be before
-    /// [`Medicloud::collect_orphans`] deletes it (default 1 hour): longer
-    /// than the gap between an upload's blob and its metadata (milliseconds)
-    /// plus any clock difference between the blob store and the clinic.
+    /// [`Medicloud::collect_orphans`] deletes it (default 1 hour). An
+    /// upload that takes longer than half of it is refused, since its blob
+    /// could look old before its metadata exists (on S3 a blob's time is
+    /// when its upload began); the clocks of the clinic's hosts and of the
+    /// blob store must agree within the other half. Zero suits only a node
+    /// that collects while no upload runs anywhere (it refuses uploads).
     pub orphan_grace: std::time::Duration,
 }
 
@@ -445,6 +449,7 @@ impl Medicloud<'_> {
         let ctx = doc_context(id.as_str());
         let key = c.documents_key()?;
         let writer = DocumentSealer::new()
+            .provider(c.provider)
             .begin(c.kms.as_ref(), &key, &ctx, Vec::new())
             .await?;
         let mut measured = Measured {
@@ -467,6 +472,7 @@ impl Medicloud<'_> {
             drop(pipe_in);
             r
         };
+        let started = std::time::Instant::now();
         let (sealed, stored) = tokio::join!(sealing, c.blobs.put(&mut gated));
         let size = match (sealed, stored) {
             (Ok(n), Ok(blob)) if n > 0 => (n, blob),
@@ -487,6 +493,14 @@ impl Medicloud<'_> {
             }
         };
         let (n, blob) = size;
+        // A blob older than the grace with no metadata is an orphan to any
+        // collector: an upload that took too long is not kept.
+        if started.elapsed() >= c.medicloud.orphan_grace / 2 {
+            let _ = c.blobs.delete(&blob).await;
+            return Err(CoreError::Conflict(
+                "upload took longer than half the orphan grace",
+            ));
+        }
         let info = DocumentInfo {
             id: id.as_str().to_owned(),
             owner: who.user.clone(),
@@ -623,7 +637,9 @@ impl Medicloud<'_> {
         let opened = async {
             let header =
                 DocumentHeader::read_from_async(&mut input, &OpenOptions::trusting(&key)).await?;
-            let opener = header.unwrap_key(c.kms.as_ref(), &doc_context(id)).await?;
+            let opener = header
+                .unwrap_key_with(c.kms.as_ref(), &doc_context(id), c.provider)
+                .await?;
             opener.open_into(input, out).await
         }
         .await;
@@ -759,7 +775,12 @@ impl Medicloud<'_> {
     /// Fails closed: if any document's metadata does not open (a forged or
     /// damaged row, a missing key), nothing is deleted, since its blob
     /// cannot be told apart from an orphan. Safe beside uploads and deletes
-    /// on any node. Call it from a timer or at start.
+    /// on any node whose clock agrees with the blob store's (see
+    /// [`MedicloudConfig::orphan_grace`]). Call it from a timer or at start.
+    ///
+    /// The blob store (directory, or bucket and prefix) must belong to this
+    /// clinic alone: any blob there that none of its documents references
+    /// is deleted.
     ///
     /// # Errors
     ///
@@ -828,6 +849,17 @@ impl Medicloud<'_> {
             deleted = report.deleted,
             "orphan blobs collected"
         );
+        c.audit
+            .record(AuditEvent::by(
+                admin,
+                "CollectOrphans",
+                format!(
+                    "documents:orphans deleted={} young={} blobs={} documents={}",
+                    report.deleted, report.young, report.blobs, report.documents
+                ),
+                Outcome::Allowed,
+            ))
+            .await?;
         Ok(report)
     }
 

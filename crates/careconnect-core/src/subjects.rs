@@ -33,7 +33,10 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use careconnect_authz::UserId;
-use careconnect_crypto::{EncryptionContext, KeyId, KeyState, Keyring, Kms, KmsKeyId, TrustedKeys};
+use careconnect_crypto::{
+    CryptoProvider, EncryptionContext, KeyId, KeyState, Keyring, Kms, KmsKeyId, TrustedKeys,
+    default_provider,
+};
 use careconnect_storage::{
     Collection, IndexEntry, KeyStore, RecordStore, Row, RowData, RowId, StorageError,
 };
@@ -95,6 +98,7 @@ pub struct SubjectKeys {
     cache: Arc<std::sync::Mutex<HashMap<RowId, (Instant, Keyring)>>>,
     handle_key: Option<Arc<careconnect_crypto::mac::MacKey>>,
     prefix: String,
+    provider: &'static dyn CryptoProvider,
 }
 
 /// The default prefix of the bucket KMS keys' names.
@@ -151,6 +155,7 @@ impl SubjectKeys {
             cache: Arc::default(),
             handle_key: None,
             prefix: DEFAULT_KEY_PREFIX.into(),
+            provider: default_provider(),
         })
     }
 
@@ -170,6 +175,14 @@ impl SubjectKeys {
     #[must_use]
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// Seals and opens subjects' data with `provider` (default: the crypto
+    /// crate's default provider; the bytes are the same either way).
+    #[must_use]
+    pub fn with_provider(mut self, provider: &'static dyn CryptoProvider) -> Self {
+        self.provider = provider;
         self
     }
 
@@ -282,6 +295,7 @@ impl SubjectKeys {
             let (_, ring) = self.bucket(b).await?;
             match Keyring::open_under(&ring, &row.envelope, &subject_context(id)) {
                 Ok((s, _, _)) => {
+                    let s = s.with_provider(self.provider);
                     self.remember(id, &s);
                     return Ok(Some(s));
                 }
@@ -426,7 +440,7 @@ impl SubjectKeys {
                 return Err(CoreError::Erased);
             }
             let (version, ring) = self.bucket(b).await?;
-            let s = Keyring::generate();
+            let s = Keyring::generate().with_provider(self.provider);
             match self
                 .store
                 .insert(&self.coll, &id, Self::data(&id, &s, b, &ring)?)

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use careconnect_authz::session::SystemClock;
 use careconnect_authz::{Principal, Role, UserId};
+use careconnect_core::medicloud::MedicloudConfig;
 use careconnect_core::{Clinic, ClinicConfig, CoreError};
 use sha2::{Digest, Sha256};
 
@@ -41,10 +42,13 @@ fn body(i: usize) -> Vec<u8> {
 }
 
 async fn open(dir: &Path) -> Clinic {
+    open_with_grace(dir, MedicloudConfig::default().orphan_grace).await
+}
+
+async fn open_with_grace(dir: &Path, grace: Duration) -> Clinic {
     let mut config = ClinicConfig::embedded(dir).unwrap();
     config.subject_buckets = 2;
-    // The worker is dead when orphans are collected: no grace needed.
-    config.medicloud.orphan_grace = Duration::ZERO;
+    config.medicloud.orphan_grace = grace;
     let url = format!("sqlite://{}", dir.join("clinic.db").display());
     let store = careconnect_storage::connect(&url).await.unwrap();
     Clinic::open_with(config, store, Arc::new(SystemClock))
@@ -127,9 +131,11 @@ async fn all_whole(clinic: &Clinic) -> Vec<String> {
     ids
 }
 
-/// Collects orphans: afterwards exactly the listed documents' blobs remain,
-/// and every listed document is still whole.
-async fn collect(clinic: &Clinic, dir: &Path, listed: &[String]) {
+/// Collects orphans (the worker is dead: no grace needed): afterwards
+/// exactly the listed documents' blobs remain, and every listed document is
+/// still whole.
+async fn collect(dir: &Path, listed: &[String]) {
+    let clinic = open_with_grace(dir, Duration::ZERO).await;
     let admin = Principal::new(
         UserId::new("https://idp.test", "admin").unwrap(),
         [Role::Admin].into_iter().collect(),
@@ -145,7 +151,7 @@ async fn collect(clinic: &Clinic, dir: &Path, listed: &[String]) {
         .count();
     assert_eq!(blobs, listed.len(), "one blob per document: {report:?}");
     println!("orphans collected: {}", report.deleted);
-    assert_eq!(all_whole(clinic).await, listed);
+    assert_eq!(all_whole(&clinic).await, listed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +195,7 @@ async fn sigkill_during_uploads_and_deletes_leaves_no_half_document() {
         if (1..40).contains(&acked.len()) {
             uploads_cut += 1;
         }
-        collect(&clinic, &dir, &listed).await;
+        collect(&dir, &listed).await;
         drop(clinic);
         // Deletes, killed part-way.
         let acked = run_and_kill(
@@ -220,7 +226,7 @@ async fn sigkill_during_uploads_and_deletes_leaves_no_half_document() {
         if !acked.is_empty() && !left.is_empty() {
             deletes_cut += 1;
         }
-        collect(&clinic, &dir, &left).await;
+        collect(&dir, &left).await;
     }
     assert!(
         uploads_cut >= 3,

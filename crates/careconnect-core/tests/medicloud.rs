@@ -448,4 +448,87 @@ async fn orphan_blobs_are_collected_after_the_grace_and_never_when_metadata_is_f
     assert_eq!((report.blobs, report.deleted), (2, 1));
     assert!(!blobs.exists(&young).await.unwrap());
     assert_eq!(download(&c, &grey, &kept.id).await.unwrap(), pdf(70_000));
+    let log = c.admin().audit_log(&adam, 1, 1000).await.unwrap();
+    assert!(
+        log.entries
+            .iter()
+            .any(|(_, e)| e.action == "CollectOrphans" && e.resource.contains("deleted=1")),
+        "what was collected is on record"
+    );
+
+    // An upload slower than half the grace is refused and keeps nothing:
+    // its blob could look old to a collector before its metadata exists.
+    drop(c);
+    let mut config = ClinicConfig::embedded(dir.path()).unwrap();
+    config.subject_buckets = 2;
+    config.medicloud.orphan_grace = Duration::ZERO;
+    let store = careconnect_storage::connect(&url).await.unwrap();
+    let hasty = Clinic::open_with(config, store, Arc::new(ManualClock::new(START)))
+        .await
+        .unwrap();
+    let before = blob_files(dir.path());
+    assert!(matches!(
+        hasty
+            .medicloud()
+            .upload(&grey, "late.pdf", "application/pdf", pdf(10).as_slice())
+            .await,
+        Err(CoreError::Conflict(_))
+    ));
+    assert_eq!(blob_files(dir.path()), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_provider_sealed_the_other_opens() {
+    use careconnect_core::records::PatientDetails;
+    let providers = careconnect_crypto::provider::all_providers();
+    assert!(providers.len() >= 2, "the tests build every provider");
+    let (doctor, admin, patient) = (
+        who("doctor-grey", Role::Doctor),
+        who("admin-adam", Role::Admin),
+        who("patient-alice", Role::Patient),
+    );
+    for (i, sealer) in providers.iter().enumerate() {
+        for opener in &providers {
+            let dir = tempfile::tempdir().unwrap();
+            let open = |provider| {
+                let dir = dir.path().to_owned();
+                async move {
+                    let mut config = ClinicConfig::embedded(&dir).unwrap();
+                    config.subject_buckets = 2;
+                    config.provider = provider;
+                    let url = format!("sqlite://{}", dir.join("clinic.db").display());
+                    let store = careconnect_storage::connect(&url).await.unwrap();
+                    Clinic::open_with(config, store, Arc::new(ManualClock::new(START)))
+                        .await
+                        .unwrap()
+                }
+            };
+            let c = open(*sealer).await;
+            let details = PatientDetails {
+                name: format!("Patient {i}"),
+                date_of_birth: "1970-01-01".into(),
+                blood_type: "O+".into(),
+                allergies: vec![],
+            };
+            c.records()
+                .register(&admin, &patient.user, &details)
+                .await
+                .unwrap();
+            let doc = c
+                .medicloud()
+                .upload(&doctor, "a.pdf", "application/pdf", pdf(200_000).as_slice())
+                .await
+                .unwrap();
+            drop(c);
+            let c = open(*opener).await;
+            let what = format!("{} -> {}", sealer.name(), opener.name());
+            assert_eq!(
+                download(&c, &doctor, &doc.id).await.unwrap(),
+                pdf(200_000),
+                "{what}"
+            );
+            let record = c.patients().record(&patient).await.unwrap();
+            assert_eq!(record.details, details, "{what}");
+        }
+    }
 }

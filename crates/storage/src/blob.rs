@@ -57,7 +57,9 @@ pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
 pub struct BlobEntry {
     /// Its id.
     pub id: BlobId,
-    /// When it was last written (it became visible then), Unix seconds.
+    /// When it was last written, Unix seconds, by the store's clock. On S3
+    /// a multipart upload's time is when the upload began: a slow upload
+    /// looks older than it is.
     pub modified: u64,
 }
 
@@ -231,7 +233,10 @@ async fn next_blob(mut rd: tokio::fs::ReadDir) -> Result<Option<(BlobEntry, toki
         let Ok(id) = BlobId::parse(&e.file_name().to_string_lossy()) else {
             continue;
         };
-        let meta = match e.metadata().await {
+        // Only regular files are blobs (a directory or link named like one
+        // is not the store's).
+        let meta = match tokio::fs::symlink_metadata(e.path()).await {
+            Ok(m) if !m.is_file() => continue,
             Ok(m) => m,
             // Deleted since the directory was read.
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,

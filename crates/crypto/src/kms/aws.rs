@@ -9,8 +9,13 @@
 //! IAM permissions on the key: `kms:GenerateDataKey`, `kms:Decrypt`,
 //! `kms:ReEncryptFrom` and `kms:ReEncryptTo` (for re-wrapping), `kms:DescribeKey`,
 //! `kms:ListKeyRotations` (describe), `kms:RotateKeyOnDemand` (rotate), and for
-//! the scheduled-rotation helpers `kms:EnableKeyRotation`,
-//! `kms:DisableKeyRotation` and `kms:GetKeyRotationStatus`.
+//! the rotation schedule (`Kms::rotation_schedule` and
+//! `Kms::schedule_rotation`, which a clinic's scheduled rotation calls)
+//! `kms:GetKeyRotationStatus`, `kms:EnableKeyRotation` and
+//! `kms:DisableKeyRotation`. The rotation calls take a key id or ARN, never
+//! an alias: a key named by alias is resolved with `DescribeKey` first, so a
+//! key policy that grants them on a `kms:RequestAlias` condition does not
+//! match them; grant them on the key itself.
 //!
 //! Against real AWS: leave [`AwsKmsConfig::endpoint`] unset, give the region
 //! (or let the standard chain find it) and run with credentials that hold the
