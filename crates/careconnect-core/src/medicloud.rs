@@ -297,32 +297,51 @@ fn doc_context(id: &str) -> EncryptionContext {
         .with("document", id)
 }
 
-/// Counts and hashes what passes, and fails once more than `max` bytes came.
-struct Measured<R> {
-    inner: R,
-    seen: u64,
-    max: u64,
-    hash: Sha256,
-}
+/// Upload pieces: small enough that a few in flight stay well under a
+/// document chunk's worth of memory each, large enough to amortise the
+/// channel.
+const PIECE: usize = 256 << 10;
 
-impl<R: AsyncRead + Unpin> AsyncRead for Measured<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            let new = &buf.filled()[before..];
-            this.seen = this.seen.saturating_add(new.len() as u64);
-            if this.seen > this.max {
-                return Poll::Ready(Err(std::io::Error::other("upload too large")));
+/// Reads `input` in pieces, refusing more than `max` bytes, and hands each
+/// piece both to `to_seal` and to `to_hash` (a task of its own, so hashing
+/// runs beside sealing). Returns the size. Dropping the senders at the end
+/// is the end of stream for both.
+async fn feed<R: AsyncRead + Unpin>(
+    mut input: R,
+    max: u64,
+    to_seal: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    to_hash: tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> Result<u64, CoreError> {
+    let mut seen = 0u64;
+    loop {
+        let mut buf = bytes::BytesMut::with_capacity(PIECE);
+        while buf.len() < PIECE {
+            match input.read_buf(&mut buf).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = to_seal
+                        .send(Err(std::io::Error::other("upload failed")))
+                        .await;
+                    return Err(e.into());
+                }
             }
-            this.hash.update(new);
         }
-        polled
+        if buf.is_empty() {
+            return Ok(seen);
+        }
+        seen = seen.saturating_add(buf.len() as u64);
+        if seen > max {
+            let _ = to_seal
+                .send(Err(std::io::Error::other("upload too large")))
+                .await;
+            return Err(CoreError::Invalid("file too large"));
+        }
+        let piece = buf.freeze();
+        // A closed end means the sealer or the hasher stopped: it reports why.
+        if to_hash.send(piece.clone()).await.is_err() || to_seal.send(Ok(piece)).await.is_err() {
+            return Ok(seen);
+        }
     }
 }
 
@@ -452,12 +471,24 @@ impl Medicloud<'_> {
             .provider(c.provider)
             .begin(c.kms.as_ref(), &key, &ctx, Vec::new())
             .await?;
-        let mut measured = Measured {
-            inner: head.as_slice().chain(body),
-            seen: 0,
-            max: c.medicloud.max_bytes,
-            hash: Sha256::new(),
-        };
+        let (to_seal, mut pieces) = tokio::sync::mpsc::channel(2);
+        let (to_hash, mut hash_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+        let hasher = tokio::spawn(async move {
+            let mut h = Sha256::new();
+            while let Some(piece) = hash_rx.recv().await {
+                h.update(&piece);
+            }
+            h.finalize()
+        });
+        let feeding = feed(
+            head.as_slice().chain(body),
+            c.medicloud.max_bytes,
+            to_seal,
+            to_hash,
+        );
+        let plaintext = tokio_util::io::StreamReader::new(futures::stream::poll_fn(move |cx| {
+            pieces.poll_recv(cx)
+        }));
         let (mut pipe_in, pipe_out) = tokio::io::duplex(2 << 20);
         let finished = Arc::new(AtomicBool::new(false));
         let mut gated = Gated {
@@ -465,7 +496,7 @@ impl Medicloud<'_> {
             finished: finished.clone(),
         };
         let sealing = async {
-            let r = writer.seal_from(&mut measured, &mut pipe_in).await;
+            let r = writer.seal_from(plaintext, &mut pipe_in).await;
             if r.is_ok() {
                 finished.store(true, Ordering::SeqCst);
             }
@@ -473,26 +504,28 @@ impl Medicloud<'_> {
             r
         };
         let started = std::time::Instant::now();
-        let (sealed, stored) = tokio::join!(sealing, c.blobs.put(&mut gated));
-        let size = match (sealed, stored) {
-            (Ok(n), Ok(blob)) if n > 0 => (n, blob),
-            (Ok(_), Ok(blob)) => {
+        let (fed, sealed, stored) = tokio::join!(feeding, sealing, c.blobs.put(&mut gated));
+        let hash = hasher.await;
+        let size = match (fed, sealed, stored, hash) {
+            (Ok(_), Ok(n), Ok(blob), Ok(hash)) if n > 0 => (n, blob, hash),
+            (Ok(_), Ok(_), Ok(blob), Ok(_)) => {
                 let _ = c.blobs.delete(&blob).await;
                 return Err(CoreError::Invalid("empty file"));
             }
-            (Ok(_), Err(e)) => return Err(e.into()),
-            (Err(e), stored) => {
-                if let Ok(blob) = stored {
-                    let _ = c.blobs.delete(&blob).await;
+            (fed, sealed, stored, hash) => {
+                if let Ok(blob) = stored.as_ref() {
+                    let _ = c.blobs.delete(blob).await;
                 }
-                return Err(if measured.seen > c.medicloud.max_bytes {
-                    CoreError::Invalid("file too large")
-                } else {
-                    e.into()
-                });
+                // The first cause: the upload itself, then sealing, then
+                // the store.
+                fed?;
+                sealed?;
+                stored?;
+                hash.map_err(|e| CoreError::Io(std::io::Error::other(e)))?;
+                return Err(CoreError::Io(std::io::Error::other("upload stopped")));
             }
         };
-        let (n, blob) = size;
+        let (n, blob, hash) = size;
         // A blob older than the grace with no metadata is an orphan to any
         // collector: an upload that took too long is not kept.
         if started.elapsed() >= c.medicloud.orphan_grace / 2 {
@@ -512,7 +545,7 @@ impl Medicloud<'_> {
                 .take(100)
                 .collect(),
             size: n,
-            sha256: hex::encode(measured.hash.finalize()),
+            sha256: hex::encode(hash),
             created_at: c.now(),
         };
         let coll = docs()?;
