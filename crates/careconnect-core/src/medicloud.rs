@@ -658,35 +658,18 @@ impl Medicloud<'_> {
         )
         .await?;
         let blob = BlobId::parse(&doc.blob)?;
-        let source = c.blobs.get(&blob).await?;
-        // Read ahead in a task of its own, so reading the next chunk from
-        // the store overlaps with opening this one.
-        let (mut ahead, mut input) = tokio::io::duplex(2 << 20);
-        let pump = tokio::spawn(async move {
-            let mut source = tokio::io::BufReader::with_capacity(1 << 20, source);
-            tokio::io::copy_buf(&mut source, &mut ahead).await
-        });
+        // The store reads ahead, so fetching the next chunk overlaps with
+        // opening this one. A store that fails part-way is an I/O error,
+        // not a truncated document.
+        let mut input = c.blobs.get(&blob).await?;
         let key = c.documents_key()?;
-        let opened = async {
-            let header =
-                DocumentHeader::read_from_async(&mut input, &OpenOptions::trusting(&key)).await?;
-            let opener = header
-                .unwrap_key_with(c.kms.as_ref(), &doc_context(id), c.provider)
-                .await?;
-            opener.open_into(input, out).await
-        }
-        .await;
-        // Opening stops at the first bad chunk and drops its end of the
-        // pipe (the pump then stops on a broken pipe). A store that failed
-        // part-way ends the stream early, which opening reports as
-        // truncation: then say what really happened.
-        let pumped = pump.await;
-        match (opened, pumped) {
-            (Ok(_), Ok(Ok(_))) => Ok(doc.info),
-            (_, Ok(Err(e))) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CoreError::Io(e)),
-            (Err(e), _) => Err(e.into()),
-            (Ok(_), _) => Err(CoreError::Io(std::io::Error::other("blob reader stopped"))),
-        }
+        let header =
+            DocumentHeader::read_from_async(&mut input, &OpenOptions::trusting(&key)).await?;
+        let opener = header
+            .unwrap_key_with(c.kms.as_ref(), &doc_context(id), c.provider)
+            .await?;
+        opener.open_into(input, out).await?;
+        Ok(doc.info)
     }
 
     /// The owner shares document `id` with `user`, read-only, until

@@ -6,7 +6,7 @@ use std::pin::Pin;
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Result, StorageError};
 
@@ -51,6 +51,32 @@ impl BlobId {
 
 /// A readable blob.
 pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Pieces a blob reader keeps ready ahead of its consumer.
+const READ_AHEAD: usize = 2;
+
+/// A reader over `pieces`, pulled by a task of its own up to
+/// [`READ_AHEAD`] pieces ahead, so fetching the next piece overlaps with
+/// whatever the consumer does with this one. Dropping the reader stops the
+/// task; an error ends the stream.
+pub(crate) fn read_ahead<S>(pieces: S) -> BlobReader
+where
+    S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        let mut pieces = std::pin::pin!(pieces);
+        while let Some(piece) = pieces.next().await {
+            let last = piece.is_err();
+            if tx.send(piece).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    Box::pin(tokio_util::io::StreamReader::new(futures::stream::poll_fn(
+        move |cx| rx.poll_recv(cx),
+    )))
+}
 
 /// A complete blob as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +146,8 @@ pub struct FsBlobStore {
 const TMP_PREFIX: &str = ".tmp-";
 /// Read and write size for blob files.
 const IO_BUF: usize = 1 << 20;
+/// How often a blob file being written is synced to disk.
+const SYNC_EVERY: u64 = 4 << 20;
 
 impl FsBlobStore {
     /// Opens (creating) the directory and removes temporary files of uploads
@@ -154,6 +182,53 @@ impl FsBlobStore {
     }
 }
 
+/// Copies `data` into `file` in large steps (each file write is a
+/// blocking-pool round trip, so small ones cost more than the encryption
+/// in front of them): the next buffer fills while the blocking pool writes
+/// the last, and buffers move to it rather than being copied.
+async fn write_overlapped(
+    file: std::fs::File,
+    data: &mut (dyn AsyncRead + Send + Unpin),
+) -> Result<std::fs::File> {
+    use std::io::Write;
+    type Written = std::io::Result<(std::fs::File, Vec<u8>)>;
+    let mut file = Some(file);
+    let mut next = Vec::with_capacity(IO_BUF);
+    let mut spare = Vec::with_capacity(IO_BUF);
+    let mut writing: Option<tokio::task::JoinHandle<Written>> = None;
+    let mut written = 0u64;
+    loop {
+        while next.len() < IO_BUF && data.read_buf(&mut next).await? > 0 {}
+        if let Some(w) = writing.take() {
+            let (f, mut done) = w
+                .await
+                .map_err(|e| StorageError::Unavailable(Box::new(e)))??;
+            done.clear();
+            file = Some(f);
+            spare = done;
+        }
+        if next.is_empty() {
+            break;
+        }
+        let mut f = file
+            .take()
+            .ok_or_else(|| StorageError::Unavailable(Box::new(std::io::Error::other("no file"))))?;
+        let buf = std::mem::replace(&mut next, std::mem::take(&mut spare));
+        written += buf.len() as u64;
+        // Flushing to disk as it goes, beside the work in front, leaves
+        // the final sync little to do.
+        let flush = written % SYNC_EVERY < buf.len() as u64;
+        writing = Some(tokio::task::spawn_blocking(move || {
+            f.write_all(&buf)?;
+            if flush {
+                f.sync_data()?;
+            }
+            Ok((f, buf))
+        }));
+    }
+    file.ok_or_else(|| StorageError::Unavailable(Box::new(std::io::Error::other("no file"))))
+}
+
 async fn sync_dir(dir: &Path) -> Result<()> {
     let d = dir.to_owned();
     tokio::task::spawn_blocking(move || std::fs::File::open(&d).and_then(|f| f.sync_all()))
@@ -172,17 +247,11 @@ impl BlobStore for FsBlobStore {
             opts.write(true).create_new(true);
             #[cfg(unix)]
             opts.mode(0o600);
-            let f = opts.open(&tmp).await?;
-            // Large reads and writes: each file write is a blocking-pool
-            // round trip, so tokio::io::copy's 8 KiB steps cost more than
-            // the encryption in front of them.
-            let mut out = tokio::io::BufWriter::with_capacity(IO_BUF, f);
-            let mut input = tokio::io::BufReader::with_capacity(IO_BUF, data);
-            tokio::io::copy_buf(&mut input, &mut out).await?;
-            out.flush().await?;
-            let f = out.into_inner();
-            f.sync_all().await?;
-            drop(f);
+            let f = opts.open(&tmp).await?.into_std().await;
+            let f = write_overlapped(f, data).await?;
+            tokio::task::spawn_blocking(move || f.sync_all())
+                .await
+                .map_err(|e| StorageError::Unavailable(Box::new(e)))??;
             tokio::fs::rename(&tmp, self.path(&id)).await?;
             sync_dir(&self.dir).await
         }
@@ -194,11 +263,27 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn get(&self, id: &BlobId) -> Result<BlobReader> {
-        match tokio::fs::File::open(self.path(id)).await {
-            Ok(f) => Ok(Box::pin(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::NotFound),
-            Err(e) => Err(e.into()),
-        }
+        let file = match tokio::fs::File::open(self.path(id)).await {
+            Ok(f) => f.into_std().await,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::NotFound);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Large reads on the blocking pool, straight into the buffers
+        // handed on.
+        let pieces = futures::stream::try_unfold(file, |mut f| async move {
+            let (f, buf) = tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut buf = Vec::with_capacity(IO_BUF);
+                (&mut f).take(IO_BUF as u64).read_to_end(&mut buf)?;
+                Ok::<_, std::io::Error>((f, buf))
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            Ok((!buf.is_empty()).then(|| (bytes::Bytes::from(buf), f)))
+        });
+        Ok(read_ahead(pieces))
     }
 
     async fn delete(&self, id: &BlobId) -> Result<()> {

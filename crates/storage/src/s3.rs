@@ -122,7 +122,7 @@ impl BlobStore for S3BlobStore {
         let stream = got
             .into_stream()
             .map_err(|e| std::io::Error::other(e.to_string()));
-        Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
+        Ok(crate::blob::read_ahead(stream))
     }
 
     async fn delete(&self, id: &BlobId) -> Result<()> {
