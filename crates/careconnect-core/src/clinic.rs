@@ -210,6 +210,9 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn RecordStore>,
     pub(crate) kms: Arc<dyn Kms>,
     pub(crate) kms_keys: Vec<KmsKeyId>,
+    /// Every sealed keyset in the key store, with the KMS key wrapping it.
+    pub(crate) keysets: Vec<(String, KmsKeyId)>,
+    pub(crate) keystore: Arc<dyn KeyStore>,
     pub(crate) keys: Keyring,
     pub(crate) index_key: MacKey,
     pub(crate) pseudonym_key: MacKey,
@@ -393,6 +396,16 @@ impl Clinic {
             BlobConfig::Url(url) => careconnect_storage::connect_blobs(url).await?,
             BlobConfig::Provided(store) => store.clone(),
         };
+        let mut keysets = vec![
+            (CLINIC_KEYSET.to_owned(), clinic_key.clone()),
+            (INDEX_KEYSET.to_owned(), clinic_key.clone()),
+        ];
+        keysets.extend(
+            bucket_keys
+                .iter()
+                .enumerate()
+                .map(|(b, k)| (crate::subjects::bucket_keyset_name(b), k.clone())),
+        );
         let mut kms_keys = vec![clinic_key, documents_key];
         kms_keys.extend(bucket_keys);
         Ok(Self {
@@ -402,6 +415,8 @@ impl Clinic {
                 store: records,
                 kms,
                 kms_keys,
+                keysets,
+                keystore,
                 keys,
                 index_key,
                 pseudonym_key,

@@ -79,6 +79,7 @@ pub mod finance;
 pub mod medicloud;
 pub mod patients;
 pub mod records;
+pub mod rotation;
 mod rows;
 pub mod seed;
 pub mod subjects;

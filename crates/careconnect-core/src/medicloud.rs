@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 use careconnect_authz::{Action, Principal, Resource, UserId};
 use careconnect_crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
 use careconnect_crypto::kms::RotationSchedule;
-use careconnect_crypto::{EncryptionContext, KmsKeyId};
+use careconnect_crypto::{EncryptionContext, KmsKeyId, WrappedKey};
 use careconnect_storage::{BlobId, Collection, IndexEntry, Row, RowId, StorageError, Write};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -257,9 +257,26 @@ pub struct DocumentInfo {
 }
 
 #[derive(Serialize, Deserialize)]
-struct DocRow {
-    info: DocumentInfo,
-    blob: String,
+pub(crate) struct DocRow {
+    pub(crate) info: DocumentInfo,
+    pub(crate) blob: String,
+    /// The data key re-wrapped by a KMS key rotation (hex), which replaces
+    /// the one in the blob's header: blobs are never rewritten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rewrapped: Option<String>,
+}
+
+impl DocRow {
+    /// The re-wrapped data key, if a rotation left one.
+    pub(crate) fn rewrapped_key(&self) -> Result<Option<WrappedKey>, CoreError> {
+        self.rewrapped
+            .as_deref()
+            .map(|h| {
+                let bytes = hex::decode(h).map_err(|_| CoreError::Corrupt("re-wrapped key"))?;
+                Ok(WrappedKey::new(bytes)?)
+            })
+            .transpose()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -283,7 +300,7 @@ impl Clinic {
     }
 }
 
-fn docs() -> Result<Collection, CoreError> {
+pub(crate) fn docs() -> Result<Collection, CoreError> {
     Ok(Collection::new(DOCUMENTS_COLLECTION)?)
 }
 
@@ -291,7 +308,7 @@ fn shares() -> Result<Collection, CoreError> {
     Ok(Collection::new(SHARES_COLLECTION)?)
 }
 
-fn doc_context(id: &str) -> EncryptionContext {
+pub(crate) fn doc_context(id: &str) -> EncryptionContext {
     EncryptionContext::new()
         .with("purpose", "careconnect/medicloud")
         .with("document", id)
@@ -373,7 +390,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Gated<R> {
 }
 
 impl Inner {
-    fn documents_key(&self) -> Result<KmsKeyId, CoreError> {
+    pub(crate) fn documents_key(&self) -> Result<KmsKeyId, CoreError> {
         Ok(KmsKeyId::new(self.medicloud.kms_key.clone())?)
     }
 
@@ -403,6 +420,41 @@ impl Inner {
             .map(|s| s.user)
             .collect();
         Ok(Some((row, doc, shared)))
+    }
+
+    /// Streams document `id` (its metadata `doc`), opened and verified
+    /// chunk by chunk, into `out`. No access check, no audit: the caller's.
+    pub(crate) async fn stream_document<W>(
+        &self,
+        id: &str,
+        doc: &DocRow,
+        out: &mut W,
+    ) -> Result<u64, CoreError>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        let blob = BlobId::parse(&doc.blob)?;
+        // The store reads ahead, so fetching the next chunk overlaps with
+        // opening this one. A store that fails part-way is an I/O error,
+        // not a truncated document.
+        let mut input = self.blobs.get(&blob).await?;
+        let key = self.documents_key()?;
+        let header =
+            DocumentHeader::read_from_async(&mut input, &OpenOptions::trusting(&key)).await?;
+        let ctx = doc_context(id);
+        let opener = match doc.rewrapped_key()? {
+            Some(wrapped) => {
+                let dek = self.kms.decrypt(&key, &wrapped, &ctx).await?;
+                header.with_key(&dek, &ctx, self.provider)?
+            }
+            None => {
+                header
+                    .unwrap_key_with(self.kms.as_ref(), &ctx, self.provider)
+                    .await?
+            }
+        };
+        let n = opener.open_into(input, out).await?;
+        Ok(n)
     }
 
     fn doc_index(&self, id: &str) -> Result<IndexEntry, CoreError> {
@@ -556,6 +608,7 @@ impl Medicloud<'_> {
             &DocRow {
                 info: info.clone(),
                 blob: blob.as_str().to_owned(),
+                rewrapped: None,
             },
         )?;
         data.indexes = vec![c.index(OWNER_INDEX, &who.user)?];
@@ -657,18 +710,7 @@ impl Medicloud<'_> {
             format!("document:{id}"),
         )
         .await?;
-        let blob = BlobId::parse(&doc.blob)?;
-        // The store reads ahead, so fetching the next chunk overlaps with
-        // opening this one. A store that fails part-way is an I/O error,
-        // not a truncated document.
-        let mut input = c.blobs.get(&blob).await?;
-        let key = c.documents_key()?;
-        let header =
-            DocumentHeader::read_from_async(&mut input, &OpenOptions::trusting(&key)).await?;
-        let opener = header
-            .unwrap_key_with(c.kms.as_ref(), &doc_context(id), c.provider)
-            .await?;
-        opener.open_into(input, out).await?;
+        c.stream_document(id, &doc, out).await?;
         Ok(doc.info)
     }
 

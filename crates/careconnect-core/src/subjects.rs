@@ -101,6 +101,11 @@ pub struct SubjectKeys {
     provider: &'static dyn CryptoProvider,
 }
 
+/// The key-store entry of bucket `b`'s sealed keyring.
+pub(crate) fn bucket_keyset_name(b: usize) -> String {
+    format!("subject-bucket-{b:04}")
+}
+
 /// The default prefix of the bucket KMS keys' names.
 pub const DEFAULT_KEY_PREFIX: &str = "careconnect-subjects-";
 
@@ -361,7 +366,7 @@ impl SubjectKeys {
 
     /// Bucket `b`'s keyring and its KeyStore version, made on first use.
     async fn bucket(&self, b: u16) -> Result<(u64, Keyring), CoreError> {
-        let name = format!("subject-bucket-{b:04}");
+        let name = bucket_keyset_name(usize::from(b));
         let kms_key = self.kms_key(b)?;
         loop {
             match self.keystore.load(&name).await {
@@ -394,7 +399,7 @@ impl SubjectKeys {
             .await?;
         Ok(self
             .keystore
-            .store(&format!("subject-bucket-{b:04}"), Some(expected), sealed)
+            .store(&bucket_keyset_name(usize::from(b)), Some(expected), sealed)
             .await?)
     }
 

@@ -503,9 +503,29 @@ impl DocumentHeader {
         ctx: &EncryptionContext,
         to: &KmsKeyId,
     ) -> Result<Vec<u8>, Error> {
-        let (from, wrapped) = self.trusted_kms_ref()?;
-        let rewrapped = kms.re_encrypt(&from, &wrapped, ctx, to).await?;
+        let rewrapped = self.rewrap_key(kms, ctx, to).await?;
         crate::envelope::rewrite_kms_ref(&self.header, to.as_str(), rewrapped.into_bytes())
+    }
+
+    /// The document's data key re-wrapped under the current version of `to`
+    /// (KMS `ReEncrypt`), for a caller that keeps it beside the document
+    /// rather than rewriting the stream: open with it by unwrapping it
+    /// ([`Kms::decrypt`] under `to` and the same context) and passing the
+    /// data key to [`DocumentHeader::with_key`], which checks it against the
+    /// header's commitment.
+    ///
+    /// # Errors
+    ///
+    /// As [`DocumentHeader::rewrap`].
+    pub async fn rewrap_key(
+        &self,
+        kms: &dyn Kms,
+        ctx: &EncryptionContext,
+        to: &KmsKeyId,
+    ) -> Result<WrappedKey, Error> {
+        let (from, wrapped) = self.trusted_kms_ref()?;
+        self.check_aad(ctx)?;
+        kms.re_encrypt(&from, &wrapped, ctx, to).await
     }
 
     /// Refuses associated data longer than the options allow, before it is built.

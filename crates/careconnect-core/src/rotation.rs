@@ -1,0 +1,624 @@
+//! Key rotation, the service behind the `rotate` tool. Three kinds, kept
+//! apart (`docs/key-rotation.md`):
+//!
+//! 1. **KMS master-key rotation** ([`Rotation::rotate_kek`]): every KMS key
+//!    the clinic uses gets a new version; the sealed keysets in the key
+//!    store and every document's data key are re-wrapped under it with KMS
+//!    `ReEncrypt`. No record or document body is decrypted, and blobs are
+//!    never rewritten: a document's re-wrapped data key goes into its
+//!    metadata row, so the time does not depend on document sizes.
+//!    Afterwards the previous versions wrap nothing the clinic needs.
+//! 2. **Data-key rotation** and 3. **compromise** of a data key are not
+//!    built yet (see the design document).
+//!
+//! A job is **online**: the clinic keeps serving (keysets are stored with
+//! compare-and-swap on their version, document rows with compare-and-swap
+//! on theirs, retried on a concurrent change), **resumable**: its progress
+//! is a row in storage, so a job killed at any instant finishes when run
+//! again, and **verifiable**: [`Rotation::verify`] opens every keyset and
+//! every document and compares each document with its recorded SHA-256.
+
+use std::collections::BTreeMap;
+
+use careconnect_authz::{Action, Principal, Resource};
+use careconnect_crypto::document::{DocumentHeader, OpenOptions};
+use careconnect_crypto::{Keyring, KmsKeyId, TrustedKeys};
+use careconnect_storage::{BlobId, Collection, Row, RowId, StorageError, Write};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::audit::{AuditEvent, Outcome};
+use crate::clinic::{Clinic, Inner};
+use crate::error::CoreError;
+use crate::medicloud::{DocRow, doc_context, docs};
+use crate::rows;
+
+/// Where rotation jobs keep their progress.
+const JOBS_COLLECTION: &str = "core_rotation_jobs";
+/// The row of the KMS master-key rotation job.
+const KEK_JOB: &str = "kek";
+/// Document rows per batch (one compare-and-swap commit each).
+const BATCH: usize = 100;
+/// Attempts at a row or keyset that keeps changing under the job.
+const RETRIES: usize = 8;
+
+/// What a job is doing, for progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Counting what there is to do.
+    Counting,
+    /// Giving KMS keys new versions.
+    RotateKmsKeys,
+    /// Re-wrapping the sealed keysets in the key store.
+    RewrapKeysets,
+    /// Re-wrapping documents' data keys.
+    RewrapDocuments,
+    /// Opening keysets.
+    VerifyKeysets,
+    /// Opening documents and checking their hashes.
+    VerifyDocuments,
+}
+
+/// A progress report: `done` of `total` in `phase`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The phase.
+    pub phase: Phase,
+    /// Items done in it.
+    pub done: u64,
+    /// Items in it.
+    pub total: u64,
+}
+
+/// Receives progress reports.
+pub type OnProgress<'a> = &'a mut (dyn FnMut(Progress) + Send);
+
+/// One KMS key in a master-key rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KekChange {
+    /// The key.
+    pub key: String,
+    /// Its version when the job started.
+    pub from_version: u32,
+    /// Its version now (equal to `from_version` in a dry run).
+    pub to_version: u32,
+}
+
+/// What a master-key rotation did (or, in a dry run, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KekReport {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// The job resumed one that an earlier run left unfinished.
+    pub resumed: bool,
+    /// Every KMS key of the clinic.
+    pub kms_keys: Vec<KekChange>,
+    /// Sealed keysets re-wrapped.
+    pub keysets: u64,
+    /// Documents whose data key was re-wrapped.
+    pub documents: u64,
+    /// Documents deleted while the job ran (nothing to re-wrap).
+    pub documents_gone: u64,
+}
+
+/// What [`Rotation::verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Keysets that open.
+    pub keysets_ok: u64,
+    /// Documents that open whole with their recorded hash.
+    pub documents_ok: u64,
+    /// Documents whose data key is in their metadata (re-wrapped by a
+    /// rotation) rather than only in the blob's header.
+    pub documents_rewrapped: u64,
+    /// What failed: `keyset NAME: why` or `document ID: why`.
+    pub failures: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether everything opened.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// The checkpoint of a master-key rotation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KekJob {
+    /// Each KMS key's version when the job started.
+    from: BTreeMap<String, u32>,
+    /// Keysets done.
+    keysets_done: bool,
+    /// The last document row done, in id order.
+    cursor: Option<String>,
+    documents: u64,
+    documents_gone: u64,
+}
+
+/// Key rotation.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation<'a> {
+    clinic: &'a Clinic,
+}
+
+impl Clinic {
+    /// Key rotation: KMS master keys (and, later, data keys and compromise).
+    pub fn rotation(&self) -> Rotation<'_> {
+        Rotation { clinic: self }
+    }
+}
+
+fn jobs() -> Result<Collection, CoreError> {
+    Ok(Collection::new(JOBS_COLLECTION)?)
+}
+
+impl Inner {
+    async fn kek_job(&self) -> Result<Option<(Row, KekJob)>, CoreError> {
+        let coll = jobs()?;
+        let Some(row) = self.get(&coll, &RowId::new(KEK_JOB)?).await? else {
+            return Ok(None);
+        };
+        let job = rows::open::<KekJob>(&self.keys, &coll, &row)
+            .ok_or(CoreError::Corrupt("rotation job row"))?;
+        Ok(Some((row, job)))
+    }
+
+    /// Saves the job's progress (compare-and-swap on the row's version:
+    /// two runs of one job at once stop one of them here).
+    async fn save_kek_job(&self, row: &mut Row, job: &KekJob) -> Result<(), CoreError> {
+        let coll = jobs()?;
+        let data = rows::seal(&self.keys, &coll, &row.id, job)?;
+        let versions = self
+            .store
+            .commit(&[Write::Update {
+                coll,
+                id: row.id.clone(),
+                expected: row.version,
+                data,
+            }])
+            .await
+            .map_err(|e| match e {
+                StorageError::VersionConflict { .. } | StorageError::NotFound => {
+                    CoreError::Conflict("another run of this rotation is in progress")
+                }
+                e => e.into(),
+            })?;
+        row.version = versions.first().copied().unwrap_or(row.version + 1);
+        Ok(())
+    }
+
+    /// Re-wraps one keyset under the current version of `kms_key`;
+    /// `false` when it does not exist (yet).
+    async fn rewrap_keyset(&self, name: &str, kms_key: &KmsKeyId) -> Result<bool, CoreError> {
+        for _ in 0..RETRIES {
+            let (version, sealed) = match self.keystore.load(name).await {
+                Ok(found) => found,
+                Err(StorageError::NotFound) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            let rewrapped = Keyring::rewrap_keyset(
+                self.kms.as_ref(),
+                &TrustedKeys::from(kms_key),
+                &sealed,
+                kms_key,
+            )
+            .await?;
+            match self.keystore.store(name, Some(version), rewrapped).await {
+                Ok(_) => return Ok(true),
+                Err(StorageError::VersionConflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict("a keyset kept changing"))
+    }
+
+    /// Document row `row` with its data key re-wrapped under the current
+    /// version of the documents' KMS key; `None` if its blob is gone.
+    async fn rewrapped_doc(
+        &self,
+        coll: &Collection,
+        row: &Row,
+    ) -> Result<Option<Write>, CoreError> {
+        let mut doc = rows::open::<DocRow>(&self.keys, coll, row)
+            .filter(|d| d.info.id == row.id.as_str())
+            .ok_or(CoreError::Corrupt("a document's metadata does not open"))?;
+        let key = self.documents_key()?;
+        let ctx = doc_context(&doc.info.id);
+        let wrapped = match doc.rewrapped_key()? {
+            Some(wrapped) => self.kms.re_encrypt(&key, &wrapped, &ctx, &key).await?,
+            None => {
+                let mut blob = match self.blobs.get(&BlobId::parse(&doc.blob)?).await {
+                    Ok(b) => b,
+                    Err(StorageError::NotFound) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                let header =
+                    DocumentHeader::read_from_async(&mut blob, &OpenOptions::trusting(&key))
+                        .await?;
+                header.rewrap_key(self.kms.as_ref(), &ctx, &key).await?
+            }
+        };
+        doc.rewrapped = Some(hex::encode(wrapped.as_bytes()));
+        let mut data = rows::seal(&self.keys, coll, &row.id, &doc)?;
+        data.indexes = row.indexes.clone();
+        Ok(Some(Write::Update {
+            coll: coll.clone(),
+            id: row.id.clone(),
+            expected: row.version,
+            data,
+        }))
+    }
+
+    /// Re-wraps one document row, re-reading it while it keeps changing;
+    /// `false` when it (or its blob) is gone.
+    async fn rewrap_doc_alone(&self, coll: &Collection, id: &RowId) -> Result<bool, CoreError> {
+        for _ in 0..RETRIES {
+            let Some(row) = self.get(coll, id).await? else {
+                return Ok(false);
+            };
+            let Some(write) = self.rewrapped_doc(coll, &row).await? else {
+                return Ok(false);
+            };
+            match self.store.commit(&[write]).await {
+                Ok(_) => return Ok(true),
+                Err(StorageError::VersionConflict { .. }) => {}
+                Err(StorageError::NotFound) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict("a document kept changing"))
+    }
+
+    async fn count(&self, coll: &Collection) -> Result<u64, CoreError> {
+        let (mut n, mut after) = (0u64, None);
+        loop {
+            let page = self.store.list(coll, after.as_ref(), 1000).await?;
+            n += page.rows.len() as u64;
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(n),
+            }
+        }
+    }
+}
+
+impl Rotation<'_> {
+    /// KMS master-key rotation: a new version of every KMS key the clinic
+    /// uses, then every sealed keyset and every document's data key
+    /// re-wrapped under it (KMS `ReEncrypt`; no body is decrypted, no blob
+    /// rewritten). Resumes a job an earlier run left unfinished. With
+    /// `dry_run`, reports what it would touch and changes nothing.
+    ///
+    /// On AWS KMS each run is an on-demand rotation, which AWS caps per
+    /// key; the KMS's own schedule ([`crate::medicloud::Medicloud::rotate_if_due`])
+    /// is the routine path there, and old backing keys keep working.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited) for anyone but an administrator;
+    /// [`CoreError::Conflict`] when another run of the job is progressing;
+    /// [`CoreError::Corrupt`] for a document row that does not open (the
+    /// job stops there and resumes from it); KMS and storage errors (run
+    /// again to resume).
+    pub async fn rotate_kek(
+        &self,
+        admin: &Principal,
+        dry_run: bool,
+        progress: OnProgress<'_>,
+    ) -> Result<KekReport, CoreError> {
+        let c = &self.clinic.inner;
+        c.decide(
+            admin,
+            Action::RotateKeys,
+            &Resource::System,
+            "keys:kek".into(),
+        )
+        .await?;
+        let coll = docs()?;
+        progress(Progress {
+            phase: Phase::Counting,
+            done: 0,
+            total: 1,
+        });
+        let total_docs = c.count(&coll).await?;
+        let mut report = KekReport {
+            dry_run,
+            ..KekReport::default()
+        };
+        let existing = c.kek_job().await?;
+        if dry_run {
+            for k in &c.kms_keys {
+                let d = c.kms.describe(k).await?;
+                report.kms_keys.push(KekChange {
+                    key: k.as_str().to_owned(),
+                    from_version: d.current_version,
+                    to_version: d.current_version,
+                });
+            }
+            report.resumed = existing.is_some();
+            for (name, _) in &c.keysets {
+                if c.keystore.load(name).await.is_ok() {
+                    report.keysets += 1;
+                }
+            }
+            report.documents = total_docs;
+            return Ok(report);
+        }
+        let (mut row, mut job) = match existing {
+            Some(found) => {
+                report.resumed = true;
+                found
+            }
+            None => self.start_kek_job().await?,
+        };
+
+        // 1. New versions, once: a key already past its version at the
+        // start was rotated by this job before a crash (or by its schedule).
+        for (i, k) in c.kms_keys.iter().enumerate() {
+            progress(Progress {
+                phase: Phase::RotateKmsKeys,
+                done: i as u64,
+                total: c.kms_keys.len() as u64,
+            });
+            let from = job.from.get(k.as_str()).copied().unwrap_or(0);
+            let d = c.kms.describe(k).await?;
+            let to = if d.current_version <= from {
+                c.kms.rotate(k).await?.current_version
+            } else {
+                d.current_version
+            };
+            report.kms_keys.push(KekChange {
+                key: k.as_str().to_owned(),
+                from_version: from,
+                to_version: to,
+            });
+        }
+
+        // 2. The keysets.
+        if !job.keysets_done {
+            for (i, (name, kms_key)) in c.keysets.iter().enumerate() {
+                progress(Progress {
+                    phase: Phase::RewrapKeysets,
+                    done: i as u64,
+                    total: c.keysets.len() as u64,
+                });
+                if c.rewrap_keyset(name, kms_key).await? {
+                    report.keysets += 1;
+                }
+            }
+            job.keysets_done = true;
+            c.save_kek_job(&mut row, &job).await?;
+        }
+
+        // 3. The documents, a batch at a time, checkpointed after each.
+        loop {
+            progress(Progress {
+                phase: Phase::RewrapDocuments,
+                done: job.documents + job.documents_gone,
+                total: total_docs.max(job.documents + job.documents_gone),
+            });
+            let after = job.cursor.as_deref().map(RowId::new).transpose()?;
+            let page = c.store.list(&coll, after.as_ref(), BATCH).await?;
+            let Some(last) = page.rows.last().map(|r| r.id.clone()) else {
+                break;
+            };
+            let mut writes = Vec::with_capacity(page.rows.len());
+            let mut gone = 0;
+            for r in &page.rows {
+                match c.rewrapped_doc(&coll, r).await? {
+                    Some(w) => writes.push(w),
+                    None => gone += 1,
+                }
+            }
+            let committed = if writes.is_empty() {
+                Ok(Vec::new())
+            } else {
+                c.store.commit(&writes).await
+            };
+            match committed {
+                Ok(_) => {
+                    job.documents += writes.len() as u64;
+                    job.documents_gone += gone;
+                }
+                // A row changed or went meanwhile: one at a time.
+                Err(StorageError::VersionConflict { .. } | StorageError::NotFound) => {
+                    for r in &page.rows {
+                        if c.rewrap_doc_alone(&coll, &r.id).await? {
+                            job.documents += 1;
+                        } else {
+                            job.documents_gone += 1;
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            job.cursor = Some(last.as_str().to_owned());
+            c.save_kek_job(&mut row, &job).await?;
+        }
+        report.documents = job.documents;
+        report.documents_gone = job.documents_gone;
+        c.store.delete(&jobs()?, &row.id, row.version).await?;
+        c.audit
+            .record(AuditEvent::by(
+                admin,
+                "RotateKeys",
+                format!(
+                    "keys:kek done keysets={} documents={}",
+                    report.keysets, report.documents
+                ),
+                Outcome::Allowed,
+            ))
+            .await?;
+        tracing::info!(
+            keysets = report.keysets,
+            documents = report.documents,
+            "KMS master keys rotated"
+        );
+        Ok(report)
+    }
+
+    async fn start_kek_job(&self) -> Result<(Row, KekJob), CoreError> {
+        let c = &self.clinic.inner;
+        let mut from = BTreeMap::new();
+        for k in &c.kms_keys {
+            from.insert(
+                k.as_str().to_owned(),
+                c.kms.describe(k).await?.current_version,
+            );
+        }
+        let job = KekJob {
+            from,
+            keysets_done: false,
+            cursor: None,
+            documents: 0,
+            documents_gone: 0,
+        };
+        let coll = jobs()?;
+        let id = RowId::new(KEK_JOB)?;
+        let data = rows::seal(&c.keys, &coll, &id, &job)?;
+        match c.store.insert(&coll, &id, data).await {
+            Ok(_) => {}
+            Err(StorageError::DuplicateId) => {
+                return Err(CoreError::Conflict(
+                    "another run of this rotation is in progress",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let row = c.get(&coll, &id).await?.ok_or(CoreError::NotFound)?;
+        Ok((row, job))
+    }
+
+    /// Whether a master-key rotation is unfinished (run it again to finish).
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited) for anyone but an administrator;
+    /// storage errors.
+    pub async fn pending(&self, admin: &Principal) -> Result<bool, CoreError> {
+        let c = &self.clinic.inner;
+        c.decide(
+            admin,
+            Action::RotateKeys,
+            &Resource::System,
+            "keys:status".into(),
+        )
+        .await?;
+        Ok(c.kek_job().await?.is_some())
+    }
+
+    /// Opens every sealed keyset and every document (whole, verified chunk
+    /// by chunk) and compares each document with its recorded SHA-256.
+    /// Changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited) for anyone but an administrator;
+    /// storage errors that stop the walk (what fails to open is reported,
+    /// not an error).
+    pub async fn verify(
+        &self,
+        admin: &Principal,
+        progress: OnProgress<'_>,
+    ) -> Result<VerifyReport, CoreError> {
+        let c = &self.clinic.inner;
+        c.decide(
+            admin,
+            Action::RotateKeys,
+            &Resource::System,
+            "keys:verify".into(),
+        )
+        .await?;
+        let mut report = VerifyReport::default();
+        for (i, (name, kms_key)) in c.keysets.iter().enumerate() {
+            progress(Progress {
+                phase: Phase::VerifyKeysets,
+                done: i as u64,
+                total: c.keysets.len() as u64,
+            });
+            let sealed = match c.keystore.load(name).await {
+                Ok((_, sealed)) => sealed,
+                Err(StorageError::NotFound) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            match Keyring::open_keyset(c.kms.as_ref(), &TrustedKeys::from(kms_key), &sealed).await {
+                Ok(_) => report.keysets_ok += 1,
+                Err(e) => report.failures.push(format!("keyset {name}: {e}")),
+            }
+        }
+        let coll = docs()?;
+        let total = c.count(&coll).await?;
+        let (mut done, mut after) = (0u64, None);
+        loop {
+            let page = c.store.list(&coll, after.as_ref(), BATCH).await?;
+            for row in &page.rows {
+                progress(Progress {
+                    phase: Phase::VerifyDocuments,
+                    done,
+                    total: total.max(done),
+                });
+                done += 1;
+                let id = row.id.as_str();
+                let Some(doc) =
+                    rows::open::<DocRow>(&c.keys, &coll, row).filter(|d| d.info.id == id)
+                else {
+                    report
+                        .failures
+                        .push(format!("document {id}: metadata does not open"));
+                    continue;
+                };
+                let mut hashed = HashSink::default();
+                match c.stream_document(id, &doc, &mut hashed).await {
+                    Ok(n)
+                        if n == doc.info.size
+                            && hex::encode(hashed.0.finalize()) == doc.info.sha256 =>
+                    {
+                        report.documents_ok += 1;
+                        if doc.rewrapped.is_some() {
+                            report.documents_rewrapped += 1;
+                        }
+                    }
+                    Ok(_) => report
+                        .failures
+                        .push(format!("document {id}: content differs from its hash")),
+                    Err(e) => report.failures.push(format!("document {id}: {e}")),
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Hashes what is written to it.
+#[derive(Default)]
+struct HashSink(Sha256);
+
+impl tokio::io::AsyncWrite for HashSink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.update(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
