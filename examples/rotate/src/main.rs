@@ -1,0 +1,285 @@
+//! `rotate`: the key-rotation tool for a careconnect clinic. Thin: it opens
+//! the clinic its data directory holds and calls
+//! `careconnect::core::rotation`; every rule is there.
+//!
+//! ```text
+//! rotate --data-dir data status
+//! rotate --data-dir data rotate-kek --dry-run
+//! rotate --data-dir data rotate-kek --json
+//! rotate --data-dir data verify
+//! ```
+//!
+//! Progress goes to stderr: bars with rate and ETA on a terminal, plain
+//! lines otherwise. `--json` prints the report on stdout at the end.
+//! Exit status: 0 done, 1 failed (verification included), 2 bad usage.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use careconnect::authz::session::SystemClock;
+use careconnect::authz::{Principal, Role, UserId};
+use careconnect::core::rotation::{Phase, Progress};
+use careconnect::core::{Clinic, ClinicConfig};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Rotate and verify a careconnect clinic's keys.
+#[derive(Parser)]
+#[command(name = "rotate", version)]
+struct Args {
+    /// The clinic's data directory (SQLite file, local KMS, blobs).
+    #[arg(long, env = "CARECONNECT_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Subject buckets the clinic was made with.
+    #[arg(long, default_value_t = 16)]
+    subject_buckets: u16,
+    /// Print the report as JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The KMS keys and the clinic keyring: versions, states; whether a
+    /// rotation is unfinished.
+    Status,
+    /// KMS master-key rotation: a new version of every KMS key, then the
+    /// keysets and every document's data key re-wrapped under it (no record
+    /// or document body is decrypted). Resumes an unfinished run.
+    RotateKek {
+        /// Report what would be touched; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Open every keyset and every document, each checked against its
+    /// recorded SHA-256. Changes nothing.
+    Verify,
+}
+
+fn operator() -> Result<Principal> {
+    Ok(Principal::new(
+        UserId::new("careconnect-rotate", "operator")?,
+        [Role::Admin].into_iter().collect(),
+    ))
+}
+
+async fn open(dir: &Path, buckets: u16) -> Result<Clinic> {
+    if !dir.join("clinic.db").is_file() {
+        bail!(
+            "no clinic in {}: expected clinic.db there (start the web demo once, or pass --data-dir)",
+            dir.display()
+        );
+    }
+    let mut config = ClinicConfig::embedded(dir)?;
+    config.subject_buckets = buckets;
+    let store = careconnect::storage::connect(&config.storage_url)
+        .await
+        .with_context(|| format!("opening the database in {}", dir.display()))?;
+    Clinic::open_with(config, store, Arc::new(SystemClock))
+        .await
+        .context("opening the clinic (its keys, its KMS)")
+}
+
+/// Shows progress: a bar per phase on a terminal, a line a second otherwise.
+struct Shown {
+    terminal: bool,
+    phase: Option<Phase>,
+    bar: Option<ProgressBar>,
+    last_line: Instant,
+}
+
+impl Shown {
+    fn new() -> Self {
+        Self {
+            terminal: std::io::stderr().is_terminal(),
+            phase: None,
+            bar: None,
+            last_line: Instant::now(),
+        }
+    }
+
+    fn show(&mut self, p: Progress) {
+        let name = phase_name(p.phase);
+        if self.phase != Some(p.phase) {
+            self.finish();
+            self.phase = Some(p.phase);
+            if self.terminal {
+                let bar = ProgressBar::new(p.total);
+                if let Ok(style) = ProgressStyle::with_template(
+                    "{msg:18} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+                ) {
+                    bar.set_style(style.progress_chars("=> "));
+                }
+                bar.set_message(name);
+                self.bar = Some(bar);
+            } else {
+                eprintln!("{name}: {} of {}", p.done, p.total);
+                self.last_line = Instant::now();
+            }
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+        } else if self.last_line.elapsed() >= Duration::from_secs(1) {
+            eprintln!("{name}: {} of {}", p.done, p.total);
+            self.last_line = Instant::now();
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+    }
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Counting => "counting",
+        Phase::RotateKmsKeys => "rotating kms keys",
+        Phase::RewrapKeysets => "re-wrapping keysets",
+        Phase::RewrapDocuments => "re-wrapping docs",
+        Phase::VerifyKeysets => "verifying keysets",
+        Phase::VerifyDocuments => "verifying docs",
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("rotate: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs the command; `Ok(false)` when it ran but found failures.
+async fn run(args: Args) -> Result<bool> {
+    let clinic = open(&args.data_dir, args.subject_buckets).await?;
+    let operator = operator()?;
+    let mut shown = Shown::new();
+    match args.command {
+        Command::Status => {
+            let keys = clinic.admin().key_status(&operator).await?;
+            let pending = clinic.rotation().pending(&operator).await?;
+            if args.json {
+                let kms: Vec<_> = keys
+                    .kms_keys
+                    .iter()
+                    .map(|k| {
+                        serde_json::json!({
+                            "key": k.key.as_str(),
+                            "current_version": k.current_version,
+                            "enabled_versions": k.enabled_versions,
+                            "destroyed_versions": k.destroyed_versions,
+                        })
+                    })
+                    .collect();
+                let clinic_keys: Vec<_> = keys
+                    .clinic_keys
+                    .iter()
+                    .map(|k| serde_json::json!({"id": k.id.get(), "state": format!("{:?}", k.state)}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"kms_keys": kms, "clinic_keys": clinic_keys, "kek_rotation_unfinished": pending})
+                );
+            } else {
+                for k in &keys.kms_keys {
+                    println!(
+                        "kms key {:32} version {} (enabled {:?}, destroyed {:?})",
+                        k.key.as_str(),
+                        k.current_version,
+                        k.enabled_versions,
+                        k.destroyed_versions
+                    );
+                }
+                for k in &keys.clinic_keys {
+                    println!("clinic data key {:>10}  {:?}", k.id.get(), k.state);
+                }
+                if pending {
+                    println!(
+                        "a KMS master-key rotation is unfinished: run `rotate rotate-kek` to finish it"
+                    );
+                }
+            }
+            Ok(true)
+        }
+        Command::RotateKek { dry_run } => {
+            let report = clinic
+                .rotation()
+                .rotate_kek(&operator, dry_run, &mut |p| shown.show(p))
+                .await?;
+            shown.finish();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let verb = if dry_run { "would rotate" } else { "rotated" };
+                for k in &report.kms_keys {
+                    println!(
+                        "{verb} kms key {:32} version {} -> {}",
+                        k.key,
+                        k.from_version,
+                        if dry_run {
+                            k.from_version + 1
+                        } else {
+                            k.to_version
+                        }
+                    );
+                }
+                let verb = if dry_run {
+                    "would re-wrap"
+                } else {
+                    "re-wrapped"
+                };
+                println!(
+                    "{verb} {} keysets and {} documents' data keys{}{}",
+                    report.keysets,
+                    report.documents,
+                    if report.documents_gone > 0 {
+                        format!(" ({} deleted meanwhile)", report.documents_gone)
+                    } else {
+                        String::new()
+                    },
+                    if report.resumed {
+                        "; resumed an unfinished run"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Ok(true)
+        }
+        Command::Verify => {
+            let report = clinic
+                .rotation()
+                .verify(&operator, &mut |p| shown.show(p))
+                .await?;
+            shown.finish();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} keysets and {} documents open ({} with re-wrapped keys); {} failures",
+                    report.keysets_ok,
+                    report.documents_ok,
+                    report.documents_rewrapped,
+                    report.failures.len()
+                );
+                for f in &report.failures {
+                    println!("FAILED {f}");
+                }
+            }
+            Ok(report.passed())
+        }
+    }
+}

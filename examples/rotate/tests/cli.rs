@@ -1,0 +1,207 @@
+//! The `rotate` binary on a real clinic directory: status, a dry run that
+//! changes nothing, a rotation with a JSON report, verification; clear
+//! errors for a directory with no clinic; and SIGKILL at a dozen instants
+//! of a KMS master-key rotation, each followed by a rerun, after which
+//! verification passes and every document matches the manifest taken
+//! first.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use careconnect::authz::session::SystemClock;
+use careconnect::authz::{Principal, Role, UserId};
+use careconnect::core::{Clinic, ClinicConfig};
+use sha2::{Digest, Sha256};
+
+fn doctor() -> Principal {
+    Principal::new(
+        UserId::new("https://idp.test", "doctor-grey").unwrap(),
+        [Role::Doctor].into_iter().collect(),
+    )
+}
+
+async fn open(dir: &Path) -> Clinic {
+    let config = ClinicConfig::embedded(dir).unwrap();
+    let store = careconnect::storage::connect(&config.storage_url)
+        .await
+        .unwrap();
+    Clinic::open_with(config, store, Arc::new(SystemClock))
+        .await
+        .unwrap()
+}
+
+/// A clinic with demo data and `documents` documents; its manifest.
+async fn clinic_with(dir: &Path, documents: usize) -> BTreeMap<String, String> {
+    let c = open(dir).await;
+    careconnect::core::seed::demo(&c, "https://idp.test")
+        .await
+        .unwrap();
+    for i in 0..documents {
+        let mut body = format!("%PDF-1.7 {i}\n").into_bytes();
+        body.extend((0..(2000 + i * 13)).map(|k| ((k + i) % 251) as u8));
+        c.medicloud()
+            .upload(&doctor(), "scan.pdf", "application/pdf", body.as_slice())
+            .await
+            .unwrap();
+    }
+    manifest(&c).await
+}
+
+/// Every document's SHA-256 as downloaded, by id.
+async fn manifest(c: &Clinic) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for d in c.medicloud().list(&doctor()).await.unwrap() {
+        let mut body = Vec::new();
+        c.medicloud()
+            .download(&doctor(), &d.id, &mut body)
+            .await
+            .unwrap();
+        out.insert(d.id, hex::encode(Sha256::digest(&body)));
+    }
+    out
+}
+
+fn rotate(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rotate"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_dry_run_rotation_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = clinic_with(dir.path(), 5).await;
+
+    let status = json(&rotate(dir.path(), &["--json", "status"]));
+    let versions = |s: &serde_json::Value| -> Vec<u64> {
+        s["kms_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["current_version"].as_u64().unwrap())
+            .collect()
+    };
+    let start = versions(&status);
+    assert_eq!(status["kek_rotation_unfinished"], false);
+
+    let dry = json(&rotate(dir.path(), &["rotate-kek", "--dry-run", "--json"]));
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["documents"], 5);
+    assert_eq!(
+        versions(&json(&rotate(dir.path(), &["--json", "status"]))),
+        start
+    );
+
+    let done = json(&rotate(dir.path(), &["rotate-kek", "--json"]));
+    assert_eq!(done["documents"], 5);
+    let after = versions(&json(&rotate(dir.path(), &["--json", "status"])));
+    assert_eq!(after, start.iter().map(|v| v + 1).collect::<Vec<_>>());
+
+    let verified = json(&rotate(dir.path(), &["verify", "--json"]));
+    assert_eq!(verified["documents_ok"], 5);
+    assert_eq!(verified["documents_rewrapped"], 5);
+    assert_eq!(verified["failures"].as_array().unwrap().len(), 0);
+    // Plain output, without a terminal: lines, not bars.
+    let plain = rotate(dir.path(), &["verify"]);
+    assert!(plain.status.success());
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("5 documents open"));
+    assert_eq!(manifest(&open(dir.path()).await).await, before);
+}
+
+#[test]
+fn a_directory_without_a_clinic_is_a_clear_error_and_stays_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rotate(dir.path(), &["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no clinic in"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let usage = rotate(dir.path(), &["rotate-everything"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_any_instant_of_a_rotation_then_a_rerun_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = clinic_with(dir.path(), 300).await;
+    let start: Vec<u64> = json(&rotate(dir.path(), &["--json", "status"]))["kms_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["current_version"].as_u64().unwrap())
+        .collect();
+    // How long an uninterrupted run takes, start-up included (on a copy).
+    let timing = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), timing.path());
+    let t = Instant::now();
+    assert!(rotate(timing.path(), &["rotate-kek"]).status.success());
+    let full = t.elapsed();
+
+    let kills = 12u32;
+    let mut cut = 0;
+    for k in 0..kills {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rotate"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("rotate-kek")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full * (k + 1) / (kills + 2));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok();
+        child.wait().unwrap();
+        if !finished {
+            cut += 1;
+        }
+        // Whatever instant it died at, every document still opens whole.
+        assert_eq!(manifest(&open(dir.path()).await).await, before, "kill {k}");
+    }
+    assert!(cut >= 6, "only {cut} of {kills} runs were cut part-way");
+    // A last run finishes whatever is unfinished.
+    assert!(rotate(dir.path(), &["rotate-kek"]).status.success());
+    let status = json(&rotate(dir.path(), &["--json", "status"]));
+    assert_eq!(status["kek_rotation_unfinished"], false);
+    for (v, s) in status["kms_keys"].as_array().unwrap().iter().zip(&start) {
+        assert!(v["current_version"].as_u64().unwrap() > *s);
+    }
+    let verified = json(&rotate(dir.path(), &["verify", "--json"]));
+    assert_eq!(
+        verified["failures"].as_array().unwrap().len(),
+        0,
+        "{verified}"
+    );
+    assert_eq!(verified["documents_ok"], 300);
+    assert_eq!(manifest(&open(dir.path()).await).await, before);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
