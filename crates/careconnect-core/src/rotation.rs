@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 use careconnect_authz::{Action, Principal, Resource};
 use careconnect_crypto::document::{DocumentHeader, OpenOptions};
+use careconnect_crypto::format::MAX_HEADER_LEN;
 use careconnect_crypto::{Keyring, KmsKeyId, TrustedKeys};
 use careconnect_storage::{BlobId, Collection, Row, RowId, StorageError, Write};
 use serde::{Deserialize, Serialize};
@@ -228,14 +229,18 @@ impl Inner {
         let wrapped = match doc.rewrapped_key()? {
             Some(wrapped) => self.kms.re_encrypt(&key, &wrapped, &ctx, &key).await?,
             None => {
-                let mut blob = match self.blobs.get(&BlobId::parse(&doc.blob)?).await {
+                // Only the header: the time must not depend on the size.
+                let head = match self
+                    .blobs
+                    .get_head(&BlobId::parse(&doc.blob)?, MAX_HEADER_LEN)
+                    .await
+                {
                     Ok(b) => b,
                     Err(StorageError::NotFound) => return Ok(None),
                     Err(e) => return Err(e.into()),
                 };
                 let header =
-                    DocumentHeader::read_from_async(&mut blob, &OpenOptions::trusting(&key))
-                        .await?;
+                    DocumentHeader::read_from(&mut head.as_slice(), &OpenOptions::trusting(&key))?;
                 header.rewrap_key(self.kms.as_ref(), &ctx, &key).await?
             }
         };

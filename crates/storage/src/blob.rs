@@ -115,6 +115,22 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// [`StorageError::NotFound`].
     async fn get(&self, id: &BlobId) -> Result<BlobReader>;
 
+    /// The first `len` bytes of a blob (fewer if it is shorter), without
+    /// reading the rest: a document's header, say.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::NotFound`].
+    async fn get_head(&self, id: &BlobId, len: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.get(id)
+            .await?
+            .take(len as u64)
+            .read_to_end(&mut out)
+            .await?;
+        Ok(out)
+    }
+
     /// Deletes a blob.
     ///
     /// # Errors
@@ -284,6 +300,23 @@ impl BlobStore for FsBlobStore {
             Ok((!buf.is_empty()).then(|| (bytes::Bytes::from(buf), f)))
         });
         Ok(read_ahead(pieces))
+    }
+
+    async fn get_head(&self, id: &BlobId, len: usize) -> Result<Vec<u8>> {
+        let path = self.path(id);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let f = std::fs::File::open(path)?;
+            let mut out = Vec::with_capacity(len.min(IO_BUF));
+            f.take(len as u64).read_to_end(&mut out)?;
+            Ok::<_, std::io::Error>(out)
+        })
+        .await
+        .map_err(|e| StorageError::Unavailable(Box::new(e)))?
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StorageError::NotFound,
+            _ => e.into(),
+        })
     }
 
     async fn delete(&self, id: &BlobId) -> Result<()> {

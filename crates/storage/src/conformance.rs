@@ -830,6 +830,17 @@ pub async fn blobs<S: BlobStore + ?Sized>(s: &S) {
         .await
         .unwrap();
     assert!(out == big, "blobs: 3 MiB round trip");
+    for len in [0, 1, 1000, big.len(), big.len() + 10] {
+        let head = s.get_head(&id, len).await.unwrap();
+        assert!(
+            head == big[..len.min(big.len())],
+            "blobs: the first {len} bytes"
+        );
+    }
+    assert!(
+        s.get_head(&empty, 10).await.unwrap().is_empty(),
+        "blobs: head of empty"
+    );
     assert!(s.exists(&id).await.unwrap(), "blobs: exists");
     let listed = listing(s).await;
     for want in [&empty, &id] {

@@ -125,6 +125,17 @@ impl BlobStore for S3BlobStore {
         Ok(crate::blob::read_ahead(stream))
     }
 
+    async fn get_head(&self, id: &BlobId, len: usize) -> Result<Vec<u8>> {
+        let path = self.path(id);
+        let size = self.store.head(&path).await.map_err(backend)?.size;
+        let end = size.min(len as u64);
+        if end == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = self.store.get_range(&path, 0..end).await.map_err(backend)?;
+        Ok(bytes.to_vec())
+    }
+
     async fn delete(&self, id: &BlobId) -> Result<()> {
         // S3 deletes of missing keys succeed; look first so callers learn.
         self.store.head(&self.path(id)).await.map_err(backend)?;
