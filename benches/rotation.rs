@@ -81,15 +81,5 @@ async fn bench() -> Option<()> {
 }
 
 fn main() {
-    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    if rt.block_on(bench()).is_none() {
-        eprintln!("rotation bench: setup failed");
-        std::process::exit(1);
-    }
+    support::run_async("rotation", bench());
 }

@@ -12,3 +12,17 @@ pub(crate) fn cpu() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into())
 }
+
+/// Runs `bench` on a two-worker runtime (these machines have two cores);
+/// exits with status 1 when it could not set itself up (`None`).
+#[allow(dead_code)] // not every bench is async
+pub(crate) fn run_async(name: &str, bench: impl Future<Output = Option<()>>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    if rt.ok().and_then(|rt| rt.block_on(bench)).is_none() {
+        eprintln!("{name} bench: setup failed");
+        std::process::exit(1);
+    }
+}
