@@ -17,8 +17,8 @@
 //! - **Download** verifies each chunk before writing it out: only `Ok`
 //!   means the whole file was written.
 //! - **Delete** removes the metadata first (the document is unreachable at
-//!   once), then its shares and its blob, which holds the only copy of the
-//!   document's wrapped data key. A crash in between leaves an orphan blob
+//!   once, and any data key a rotation re-wrapped there is gone), then its
+//!   shares and its blob, which holds the original wrapped data key. A crash in between leaves an orphan blob
 //!   that nothing references; so does a crash between an upload's blob and
 //!   its metadata. [`Medicloud::collect_orphans`] deletes those, and
 //!   nothing at all if any document's metadata fails to open.
@@ -801,8 +801,8 @@ impl Medicloud<'_> {
     }
 
     /// The owner deletes document `id`: the metadata first (unreachable at
-    /// once), then its shares and its blob with the document's only wrapped
-    /// data key.
+    /// once; it holds the data key a rotation re-wrapped, if any), then its
+    /// shares and its blob with the original wrapped data key.
     ///
     /// # Errors
     ///

@@ -22,7 +22,9 @@ use anyhow::{Context, Result, bail};
 use careconnect::authz::session::SystemClock;
 use careconnect::authz::{Principal, Role, UserId};
 use careconnect::core::rotation::{Phase, Progress};
-use careconnect::core::{Clinic, ClinicConfig};
+use careconnect::core::{Clinic, ClinicConfig, KmsConfig};
+use careconnect::crypto::KmsKeyId;
+use careconnect::crypto::kms::{Kms, LocalKms, RootSecret};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -33,9 +35,6 @@ struct Args {
     /// The clinic's data directory (SQLite file, local KMS, blobs).
     #[arg(long, env = "CARECONNECT_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
-    /// Subject buckets the clinic was made with.
-    #[arg(long, default_value_t = 16)]
-    subject_buckets: u16,
     /// Print the report as JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
@@ -68,15 +67,42 @@ fn operator() -> Result<Principal> {
     ))
 }
 
-async fn open(dir: &Path, buckets: u16) -> Result<Clinic> {
-    if !dir.join("clinic.db").is_file() {
+/// Opens the clinic in `dir`, changing nothing there: every file of it must
+/// exist already, and the number of subject buckets is read off its KMS.
+async fn open(dir: &Path) -> Result<Clinic> {
+    for file in ["clinic.db", "kms.bin", "kms-root.key"] {
+        if !dir.join(file).is_file() {
+            bail!(
+                "no clinic in {}: {file} is missing (start the web demo once, or pass --data-dir)",
+                dir.display()
+            );
+        }
+    }
+    let root =
+        RootSecret::from_file(&dir.join("kms-root.key")).context("reading the KMS root secret")?;
+    let kms = Arc::new(LocalKms::open(dir.join("kms.bin"), root).context("opening the local KMS")?);
+    let mut config = ClinicConfig::embedded(dir)?;
+    // The buckets are the subject keys the KMS holds: 0000, 0001, ...
+    let mut buckets = 0u16;
+    while buckets < u16::MAX
+        && kms
+            .describe(&KmsKeyId::new(format!(
+                "{}{buckets:04}",
+                config.subject_key_prefix
+            ))?)
+            .await
+            .is_ok()
+    {
+        buckets += 1;
+    }
+    if buckets == 0 {
         bail!(
-            "no clinic in {}: expected clinic.db there (start the web demo once, or pass --data-dir)",
+            "no subject keys in the KMS of {}: not a clinic",
             dir.display()
         );
     }
-    let mut config = ClinicConfig::embedded(dir)?;
     config.subject_buckets = buckets;
+    config.kms = KmsConfig::Provided(kms);
     let store = careconnect::storage::connect(&config.storage_url)
         .await
         .with_context(|| format!("opening the database in {}", dir.display()))?;
@@ -164,7 +190,7 @@ async fn main() -> std::process::ExitCode {
 
 /// Runs the command; `Ok(false)` when it ran but found failures.
 async fn run(args: Args) -> Result<bool> {
-    let clinic = open(&args.data_dir, args.subject_buckets).await?;
+    let clinic = open(&args.data_dir).await?;
     let operator = operator()?;
     let mut shown = Shown::new();
     match args.command {

@@ -183,6 +183,24 @@ async fn sigkill_at_any_instant_of_a_rotation_then_a_rerun_finishes_it() {
     for (v, s) in status["kms_keys"].as_array().unwrap().iter().zip(&start) {
         assert!(v["current_version"].as_u64().unwrap() > *s);
     }
+    // Nothing is left under any earlier version: destroy them all.
+    {
+        use careconnect::crypto::kms::{Kms, LocalKms, RootSecret};
+        let root = RootSecret::from_file(&dir.path().join("kms-root.key")).unwrap();
+        let kms = LocalKms::open(dir.path().join("kms.bin"), root).unwrap();
+        for k in status["kms_keys"].as_array().unwrap() {
+            let key = careconnect::crypto::KmsKeyId::new(k["key"].as_str().unwrap()).unwrap();
+            let current = k["current_version"].as_u64().unwrap();
+            for v in k["enabled_versions"].as_array().unwrap() {
+                let v = v.as_u64().unwrap();
+                if v < current {
+                    Kms::destroy_version(&kms, &key, u32::try_from(v).unwrap())
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
     let verified = json(&rotate(dir.path(), &["verify", "--json"]));
     assert_eq!(
         verified["failures"].as_array().unwrap().len(),
