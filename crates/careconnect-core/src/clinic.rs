@@ -205,6 +205,33 @@ pub(crate) fn pseudonym_with(key: &MacKey, patient: &UserId) -> String {
 pub(crate) type PatientCache<T> =
     std::sync::Mutex<std::collections::HashMap<UserId, (std::time::Instant, T)>>;
 
+/// A walk over a collection a page at a time ([`Inner::pages`]).
+pub(crate) struct Pages<'a> {
+    store: &'a dyn RecordStore,
+    coll: Collection,
+    limit: usize,
+    after: Option<RowId>,
+    done: bool,
+}
+
+impl Pages<'_> {
+    /// The next page's rows, `None` after the last.
+    pub(crate) async fn next(&mut self) -> Result<Option<Vec<Row>>, CoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .store
+            .list(&self.coll, self.after.as_ref(), self.limit)
+            .await?;
+        match page.next {
+            Some(n) => self.after = Some(n),
+            None => self.done = true,
+        }
+        Ok(Some(page.rows))
+    }
+}
+
 /// What every service shares.
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn RecordStore>,
@@ -549,14 +576,21 @@ impl Inner {
     /// Every row of a collection, page by page.
     pub(crate) async fn all(&self, coll: &Collection) -> Result<Vec<Row>, CoreError> {
         let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.store.list(coll, after.as_ref(), 1000).await?;
-            out.extend(page.rows);
-            match page.next {
-                Some(n) => after = Some(n),
-                None => return Ok(out),
-            }
+        let mut pages = self.pages(coll, 1000);
+        while let Some(rows) = pages.next().await? {
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// A walk over `coll`, `limit` rows at a time, in id order.
+    pub(crate) fn pages(&self, coll: &Collection, limit: usize) -> Pages<'_> {
+        Pages {
+            store: self.store.as_ref(),
+            coll: coll.clone(),
+            limit,
+            after: None,
+            done: false,
         }
     }
 

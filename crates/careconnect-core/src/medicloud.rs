@@ -866,10 +866,9 @@ impl Medicloud<'_> {
         let mut report = OrphanReport::default();
         let coll = docs()?;
         let mut referenced = std::collections::HashSet::new();
-        let mut after = None;
-        loop {
-            let page = c.store.list(&coll, after.as_ref(), 1000).await?;
-            for row in &page.rows {
+        let mut pages = c.pages(&coll, 1000);
+        while let Some(page) = pages.next().await? {
+            for row in &page {
                 let doc = rows::open::<DocRow>(&c.keys, &coll, row)
                     .filter(|d| d.info.id == row.id.as_str())
                     .ok_or(CoreError::Corrupt(
@@ -877,10 +876,6 @@ impl Medicloud<'_> {
                     ))?;
                 referenced.insert(doc.blob);
                 report.documents += 1;
-            }
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
             }
         }
         let mut blobs = c.blobs.list();

@@ -276,15 +276,12 @@ impl Inner {
     }
 
     async fn count(&self, coll: &Collection) -> Result<u64, CoreError> {
-        let (mut n, mut after) = (0u64, None);
-        loop {
-            let page = self.store.list(coll, after.as_ref(), 1000).await?;
-            n += page.rows.len() as u64;
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(n),
-            }
+        let mut n = 0u64;
+        let mut pages = self.pages(coll, 1000);
+        while let Some(page) = pages.next().await? {
+            n += page.len() as u64;
         }
+        Ok(n)
     }
 }
 
@@ -317,7 +314,12 @@ impl Rotation<'_> {
             admin,
             Action::RotateKeys,
             &Resource::System,
-            "keys:kek".into(),
+            if dry_run {
+                "keys:kek dry-run"
+            } else {
+                "keys:kek"
+            }
+            .into(),
         )
         .await?;
         let coll = docs()?;
@@ -441,9 +443,26 @@ impl Rotation<'_> {
             job.cursor = Some(last.as_str().to_owned());
             c.save_kek_job(&mut row, &job).await?;
         }
+        // 4. What appeared meanwhile: a keyset made during the job (a new
+        // bucket) and documents whose metadata came after the job passed
+        // their place may be under the previous versions: once more.
+        for (name, kms_key) in &c.keysets {
+            c.rewrap_keyset(name, kms_key).await?;
+        }
+        let mut pages = c.pages(&coll, BATCH);
+        while let Some(page) = pages.next().await? {
+            for r in &page {
+                let late =
+                    rows::open::<DocRow>(&c.keys, &coll, r).is_some_and(|d| d.rewrapped.is_none());
+                if late && c.rewrap_doc_alone(&coll, &r.id).await? {
+                    job.documents += 1;
+                }
+            }
+        }
         report.documents = job.documents;
         report.documents_gone = job.documents_gone;
-        c.store.delete(&jobs()?, &row.id, row.version).await?;
+        // On record before the job row goes: a failure here leaves a job to
+        // resume, not one to start again.
         c.audit
             .record(AuditEvent::by(
                 admin,
@@ -455,6 +474,7 @@ impl Rotation<'_> {
                 Outcome::Allowed,
             ))
             .await?;
+        c.store.delete(&jobs()?, &row.id, row.version).await?;
         tracing::info!(
             keysets = report.keysets,
             documents = report.documents,
@@ -554,10 +574,10 @@ impl Rotation<'_> {
         }
         let coll = docs()?;
         let total = c.count(&coll).await?;
-        let (mut done, mut after) = (0u64, None);
-        loop {
-            let page = c.store.list(&coll, after.as_ref(), BATCH).await?;
-            for row in &page.rows {
+        let mut done = 0u64;
+        let mut pages = c.pages(&coll, BATCH);
+        while let Some(page) = pages.next().await? {
+            for row in &page {
                 progress(Progress {
                     phase: Phase::VerifyDocuments,
                     done,
@@ -589,10 +609,6 @@ impl Rotation<'_> {
                         .push(format!("document {id}: content differs from its hash")),
                     Err(e) => report.failures.push(format!("document {id}: {e}")),
                 }
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
             }
         }
         Ok(report)

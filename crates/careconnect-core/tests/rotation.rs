@@ -246,6 +246,18 @@ async fn an_interrupted_rotation_resumes_and_rotates_each_key_once() {
     assert!(c.rotation().pending(&admin()).await.unwrap());
     // Everything still opens in the middle of the job.
     assert_eq!(manifest(&c).await, before);
+    // Documents uploaded now land on both sides of where the job stopped;
+    // those behind it are caught by its last pass.
+    let mut before = before;
+    for i in 0..20 {
+        let body = pdf(500 + i, 3000);
+        let d = c
+            .medicloud()
+            .upload(&doctor(), "late.pdf", "application/pdf", body.as_slice())
+            .await
+            .unwrap();
+        before.insert(format!("document {}", d.id), body);
+    }
 
     let report = c
         .rotation()
@@ -261,7 +273,10 @@ async fn an_interrupted_rotation_resumes_and_rotates_each_key_once() {
     assert!(!c.rotation().pending(&admin()).await.unwrap());
     let verified = c.rotation().verify(&admin(), &mut |_| {}).await.unwrap();
     assert!(verified.passed(), "{:?}", verified.failures);
-    assert_eq!(verified.documents_rewrapped, 250);
+    assert_eq!(
+        verified.documents_rewrapped, 270,
+        "every document, late ones too"
+    );
     for (k, v) in kms_keys().iter().zip(&start) {
         Kms::destroy_version(kms.as_ref(), k, *v).await.unwrap();
     }
