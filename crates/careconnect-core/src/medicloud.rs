@@ -457,6 +457,86 @@ impl Inner {
         Ok(n)
     }
 
+    /// Seals `body` as document `id` under a fresh KMS data key into a new
+    /// blob: hashed beside sealing, at most the configured size, stored only
+    /// if sealing finished, refused if it took longer than half the orphan
+    /// grace. Returns the plaintext size, the blob and the plaintext's
+    /// SHA-256.
+    pub(crate) async fn seal_to_blob<R>(
+        &self,
+        id: &str,
+        body: R,
+    ) -> Result<(u64, BlobId, [u8; 32]), CoreError>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let ctx = doc_context(id);
+        let key = self.documents_key()?;
+        let writer = DocumentSealer::new()
+            .provider(self.provider)
+            .begin(self.kms.as_ref(), &key, &ctx, Vec::new())
+            .await?;
+        let (to_seal, mut pieces) = tokio::sync::mpsc::channel(2);
+        let (to_hash, mut hash_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+        let hasher = tokio::spawn(async move {
+            let mut h = Sha256::new();
+            while let Some(piece) = hash_rx.recv().await {
+                h.update(&piece);
+            }
+            h.finalize()
+        });
+        let feeding = feed(body, self.medicloud.max_bytes, to_seal, to_hash);
+        let plaintext = tokio_util::io::StreamReader::new(futures::stream::poll_fn(move |cx| {
+            pieces.poll_recv(cx)
+        }));
+        let (mut pipe_in, pipe_out) = tokio::io::duplex(2 << 20);
+        let finished = Arc::new(AtomicBool::new(false));
+        let mut gated = Gated {
+            inner: pipe_out,
+            finished: finished.clone(),
+        };
+        let sealing = async {
+            let r = writer.seal_from(plaintext, &mut pipe_in).await;
+            if r.is_ok() {
+                finished.store(true, Ordering::SeqCst);
+            }
+            drop(pipe_in);
+            r
+        };
+        let started = std::time::Instant::now();
+        let (fed, sealed, stored) = tokio::join!(feeding, sealing, self.blobs.put(&mut gated));
+        let hash = hasher.await;
+        let size = match (fed, sealed, stored, hash) {
+            (Ok(_), Ok(n), Ok(blob), Ok(hash)) if n > 0 => (n, blob, hash),
+            (Ok(_), Ok(_), Ok(blob), Ok(_)) => {
+                let _ = self.blobs.delete(&blob).await;
+                return Err(CoreError::Invalid("empty file"));
+            }
+            (fed, sealed, stored, hash) => {
+                if let Ok(blob) = stored.as_ref() {
+                    let _ = self.blobs.delete(blob).await;
+                }
+                // The first cause: the upload itself, then sealing, then
+                // the store.
+                fed?;
+                sealed?;
+                stored?;
+                hash.map_err(|e| CoreError::Io(std::io::Error::other(e)))?;
+                return Err(CoreError::Io(std::io::Error::other("upload stopped")));
+            }
+        };
+        let (n, blob, hash) = size;
+        // A blob older than the grace with no metadata is an orphan to any
+        // collector: an upload that took too long is not kept.
+        if started.elapsed() >= self.medicloud.orphan_grace / 2 {
+            let _ = self.blobs.delete(&blob).await;
+            return Err(CoreError::Conflict(
+                "upload took longer than half the orphan grace",
+            ));
+        }
+        Ok((n, blob, hash.into()))
+    }
+
     fn doc_index(&self, id: &str) -> Result<IndexEntry, CoreError> {
         let tag = self.keyed_id(&[b"document-index", id.as_bytes()])?;
         Ok(IndexEntry::new(
@@ -517,75 +597,9 @@ impl Medicloud<'_> {
             .filter(|t| c.medicloud.allowed.contains(t))
             .ok_or(CoreError::Invalid("file type"))?;
         let id = new_id()?;
-        let ctx = doc_context(id.as_str());
-        let key = c.documents_key()?;
-        let writer = DocumentSealer::new()
-            .provider(c.provider)
-            .begin(c.kms.as_ref(), &key, &ctx, Vec::new())
+        let (n, blob, hash) = c
+            .seal_to_blob(id.as_str(), head.as_slice().chain(body))
             .await?;
-        let (to_seal, mut pieces) = tokio::sync::mpsc::channel(2);
-        let (to_hash, mut hash_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
-        let hasher = tokio::spawn(async move {
-            let mut h = Sha256::new();
-            while let Some(piece) = hash_rx.recv().await {
-                h.update(&piece);
-            }
-            h.finalize()
-        });
-        let feeding = feed(
-            head.as_slice().chain(body),
-            c.medicloud.max_bytes,
-            to_seal,
-            to_hash,
-        );
-        let plaintext = tokio_util::io::StreamReader::new(futures::stream::poll_fn(move |cx| {
-            pieces.poll_recv(cx)
-        }));
-        let (mut pipe_in, pipe_out) = tokio::io::duplex(2 << 20);
-        let finished = Arc::new(AtomicBool::new(false));
-        let mut gated = Gated {
-            inner: pipe_out,
-            finished: finished.clone(),
-        };
-        let sealing = async {
-            let r = writer.seal_from(plaintext, &mut pipe_in).await;
-            if r.is_ok() {
-                finished.store(true, Ordering::SeqCst);
-            }
-            drop(pipe_in);
-            r
-        };
-        let started = std::time::Instant::now();
-        let (fed, sealed, stored) = tokio::join!(feeding, sealing, c.blobs.put(&mut gated));
-        let hash = hasher.await;
-        let size = match (fed, sealed, stored, hash) {
-            (Ok(_), Ok(n), Ok(blob), Ok(hash)) if n > 0 => (n, blob, hash),
-            (Ok(_), Ok(_), Ok(blob), Ok(_)) => {
-                let _ = c.blobs.delete(&blob).await;
-                return Err(CoreError::Invalid("empty file"));
-            }
-            (fed, sealed, stored, hash) => {
-                if let Ok(blob) = stored.as_ref() {
-                    let _ = c.blobs.delete(blob).await;
-                }
-                // The first cause: the upload itself, then sealing, then
-                // the store.
-                fed?;
-                sealed?;
-                stored?;
-                hash.map_err(|e| CoreError::Io(std::io::Error::other(e)))?;
-                return Err(CoreError::Io(std::io::Error::other("upload stopped")));
-            }
-        };
-        let (n, blob, hash) = size;
-        // A blob older than the grace with no metadata is an orphan to any
-        // collector: an upload that took too long is not kept.
-        if started.elapsed() >= c.medicloud.orphan_grace / 2 {
-            let _ = c.blobs.delete(&blob).await;
-            return Err(CoreError::Conflict(
-                "upload took longer than half the orphan grace",
-            ));
-        }
         let info = DocumentInfo {
             id: id.as_str().to_owned(),
             owner: who.user.clone(),

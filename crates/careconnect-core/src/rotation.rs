@@ -8,8 +8,11 @@
 //!    never rewritten: a document's re-wrapped data key goes into its
 //!    metadata row, so the time does not depend on document sizes.
 //!    Afterwards the previous versions wrap nothing the clinic needs.
-//! 2. **Data-key rotation** and 3. **compromise** of a data key are not
-//!    built yet (see the design document).
+//! 2. **Data-key rotation** is not built yet (see the design document).
+//! 3. **Compromise**: of one document's data key
+//!    ([`Rotation::document_key_compromised`]: re-encrypted under a fresh
+//!    key into a new blob, the old blob deleted). Of a keyring's data key
+//!    or a KMS key version: not built yet.
 //!
 //! A job is **online**: the clinic keeps serving (keysets are stored with
 //! compare-and-swap on their version, document rows with compare-and-swap
@@ -124,6 +127,18 @@ impl VerifyReport {
     }
 }
 
+/// What replacing a compromised document key did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DocumentKeyReport {
+    /// The document.
+    pub document: String,
+    /// Its size in bytes, re-encrypted whole.
+    pub size: u64,
+    /// Whether the old blob, with the compromised key's wrapped copy, is
+    /// gone (if not, collecting orphans deletes it later).
+    pub old_blob_deleted: bool,
+}
+
 /// The checkpoint of a master-key rotation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct KekJob {
@@ -155,6 +170,24 @@ fn jobs() -> Result<Collection, CoreError> {
 }
 
 impl Inner {
+    /// `row` sealed again holding `value`, as a compare-and-swap on the
+    /// version read, its index entries kept.
+    fn resealed<T: Serialize>(
+        &self,
+        coll: &Collection,
+        row: &Row,
+        value: &T,
+    ) -> Result<Write, CoreError> {
+        let mut data = rows::seal(&self.keys, coll, &row.id, value)?;
+        data.indexes = row.indexes.clone();
+        Ok(Write::Update {
+            coll: coll.clone(),
+            id: row.id.clone(),
+            expected: row.version,
+            data,
+        })
+    }
+
     async fn kek_job(&self) -> Result<Option<(Row, KekJob)>, CoreError> {
         let coll = jobs()?;
         let Some(row) = self.get(&coll, &RowId::new(KEK_JOB)?).await? else {
@@ -168,23 +201,13 @@ impl Inner {
     /// Saves the job's progress (compare-and-swap on the row's version:
     /// two runs of one job at once stop one of them here).
     async fn save_kek_job(&self, row: &mut Row, job: &KekJob) -> Result<(), CoreError> {
-        let coll = jobs()?;
-        let data = rows::seal(&self.keys, &coll, &row.id, job)?;
-        let versions = self
-            .store
-            .commit(&[Write::Update {
-                coll,
-                id: row.id.clone(),
-                expected: row.version,
-                data,
-            }])
-            .await
-            .map_err(|e| match e {
-                StorageError::VersionConflict { .. } | StorageError::NotFound => {
-                    CoreError::Conflict("another run of this rotation is in progress")
-                }
-                e => e.into(),
-            })?;
+        let write = self.resealed(&jobs()?, row, job)?;
+        let versions = self.store.commit(&[write]).await.map_err(|e| match e {
+            StorageError::VersionConflict { .. } | StorageError::NotFound => {
+                CoreError::Conflict("another run of this rotation is in progress")
+            }
+            e => e.into(),
+        })?;
         row.version = versions.first().copied().unwrap_or(row.version + 1);
         Ok(())
     }
@@ -245,14 +268,7 @@ impl Inner {
             }
         };
         doc.rewrapped = Some(hex::encode(wrapped.as_bytes()));
-        let mut data = rows::seal(&self.keys, coll, &row.id, &doc)?;
-        data.indexes = row.indexes.clone();
-        Ok(Some(Write::Update {
-            coll: coll.clone(),
-            id: row.id.clone(),
-            expected: row.version,
-            data,
-        }))
+        Ok(Some(self.resealed(coll, row, &doc)?))
     }
 
     /// Re-wraps one document row, re-reading it while it keeps changing;
@@ -513,6 +529,102 @@ impl Rotation<'_> {
         }
         let row = c.get(&coll, &id).await?.ok_or(CoreError::NotFound)?;
         Ok((row, job))
+    }
+
+    /// Compromise of one document's data key: the document is opened and
+    /// sealed again under a fresh data key into a new blob (its SHA-256 and
+    /// size checked against those recorded at upload), its metadata row is
+    /// switched to the new blob with compare-and-swap, and the old blob, the
+    /// compromised key's wrapped copy, is deleted. A crash at any instant
+    /// leaves the document opening, under the old key or the new; the blob
+    /// left behind is an orphan that [`crate::medicloud::Medicloud::collect_orphans`]
+    /// deletes.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited) for anyone but an administrator;
+    /// [`CoreError::NotFound`] for an unknown document; the crypto error
+    /// (tampered, truncated) or [`CoreError::Corrupt`] (another hash) when
+    /// the document does not open whole as recorded, and
+    /// [`CoreError::Conflict`] when it changed or went meanwhile: in each
+    /// case nothing changes.
+    pub async fn document_key_compromised(
+        &self,
+        admin: &Principal,
+        id: &str,
+    ) -> Result<DocumentKeyReport, CoreError> {
+        let c = &self.clinic.inner;
+        c.decide(
+            admin,
+            Action::RotateKeys,
+            &Resource::System,
+            format!("keys:document:{id}"),
+        )
+        .await?;
+        let coll = docs()?;
+        let row_id = RowId::new(id).map_err(|_| CoreError::NotFound)?;
+        let row = c.get(&coll, &row_id).await?.ok_or(CoreError::NotFound)?;
+        let doc = rows::open::<DocRow>(&c.keys, &coll, &row)
+            .filter(|d| d.info.id == id)
+            .ok_or(CoreError::Corrupt("a document's metadata does not open"))?;
+        // Open the old, seal the new, in one stream.
+        let (mut plain_in, plain_out) = tokio::io::duplex(1 << 20);
+        let opening = async {
+            let r = c.stream_document(id, &doc, &mut plain_in).await;
+            drop(plain_in);
+            r
+        };
+        let (opened, sealed) = tokio::join!(opening, c.seal_to_blob(id, plain_out));
+        let (n, blob, hash) = match (opened, sealed) {
+            (Ok(_), Ok(done)) => done,
+            (opened, sealed) => {
+                if let Ok((_, blob, _)) = &sealed {
+                    let _ = c.blobs.delete(blob).await;
+                }
+                opened?;
+                sealed?;
+                return Err(CoreError::Corrupt("document re-encryption stopped"));
+            }
+        };
+        if n != doc.info.size || hex::encode(hash) != doc.info.sha256 {
+            let _ = c.blobs.delete(&blob).await;
+            return Err(CoreError::Corrupt(
+                "document differs from its recorded hash",
+            ));
+        }
+        let old_blob = BlobId::parse(&doc.blob)?;
+        let replaced = DocRow {
+            info: doc.info,
+            blob: blob.as_str().to_owned(),
+            rewrapped: None,
+        };
+        let swapped = c.store.commit(&[c.resealed(&coll, &row, &replaced)?]).await;
+        if let Err(e) = swapped {
+            let _ = c.blobs.delete(&blob).await;
+            return Err(match e {
+                StorageError::VersionConflict { .. } | StorageError::NotFound => {
+                    CoreError::Conflict("the document changed meanwhile; run again")
+                }
+                e => e.into(),
+            });
+        }
+        let old_blob_deleted = matches!(
+            c.blobs.delete(&old_blob).await,
+            Ok(()) | Err(StorageError::NotFound)
+        );
+        c.audit
+            .record(AuditEvent::by(
+                admin,
+                "RotateKeys",
+                format!("keys:document:{id} re-encrypted old_blob_deleted={old_blob_deleted}"),
+                Outcome::Allowed,
+            ))
+            .await?;
+        Ok(DocumentKeyReport {
+            document: id.to_owned(),
+            size: n,
+            old_blob_deleted,
+        })
     }
 
     /// Whether a master-key rotation is unfinished (run it again to finish).

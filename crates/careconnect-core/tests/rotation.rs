@@ -338,3 +338,79 @@ async fn uploads_and_deletes_during_a_rotation_lose_nothing() {
         assert_eq!(got, body);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compromised_document_key_is_replaced_and_its_blob_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _kms) = seeded(dir.path(), 3).await;
+    let before = manifest(&c).await;
+    let docs = c.medicloud().list(&doctor()).await.unwrap();
+    let victim = &docs[0];
+    let blobs_before: Vec<String> = blob_names(dir.path());
+    assert!(matches!(
+        c.rotation()
+            .document_key_compromised(&doctor(), &victim.id)
+            .await,
+        Err(CoreError::Denied(_))
+    ));
+    assert!(matches!(
+        c.rotation()
+            .document_key_compromised(&admin(), "no-such-document")
+            .await,
+        Err(CoreError::NotFound)
+    ));
+    assert_eq!(
+        blob_names(dir.path()),
+        blobs_before,
+        "refusals change nothing"
+    );
+    let report = c
+        .rotation()
+        .document_key_compromised(&admin(), &victim.id)
+        .await
+        .unwrap();
+    assert!(report.old_blob_deleted);
+    assert_eq!(report.size, victim.size);
+    // One blob replaced by a new one; the others untouched.
+    let after = blob_names(dir.path());
+    assert_eq!(after.len(), blobs_before.len());
+    assert_eq!(
+        after.iter().filter(|b| !blobs_before.contains(b)).count(),
+        1,
+        "exactly one new blob"
+    );
+    assert_eq!(manifest(&c).await, before, "same bytes, new key");
+    // A tampered document is not re-encrypted into a "clean" one.
+    let other = blob_names(dir.path())
+        .into_iter()
+        .find(|b| blobs_before.contains(b))
+        .unwrap();
+    let path = dir.path().join("blobs").join(&other);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let names = blob_names(dir.path());
+    for d in &docs[1..] {
+        if let Err(e) = c.rotation().document_key_compromised(&admin(), &d.id).await {
+            assert!(matches!(e, CoreError::Crypto(_)), "{e:?}");
+        }
+    }
+    let after_tamper = blob_names(dir.path());
+    assert!(after_tamper.contains(&other), "the tampered blob stays");
+    assert_eq!(after_tamper.len(), names.len(), "no new blob kept for it");
+    bytes[last] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let verified = c.rotation().verify(&admin(), &mut |_| {}).await.unwrap();
+    assert!(verified.passed(), "{:?}", verified.failures);
+}
+
+fn blob_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}

@@ -7,6 +7,7 @@
 //! rotate --data-dir data rotate-kek --dry-run
 //! rotate --data-dir data rotate-kek --json
 //! rotate --data-dir data verify
+//! rotate --data-dir data compromised-document <document-id>
 //! ```
 //!
 //! Progress goes to stderr: bars with rate and ETA on a terminal, plain
@@ -58,6 +59,12 @@ enum Command {
     /// Open every keyset and every document, each checked against its
     /// recorded SHA-256. Changes nothing.
     Verify,
+    /// A document's data key is compromised: re-encrypt the document under
+    /// a fresh key into a new blob and delete the old blob.
+    CompromisedDocument {
+        /// The document's id.
+        id: String,
+    },
 }
 
 fn operator() -> Result<Principal> {
@@ -280,6 +287,26 @@ async fn run(args: Args) -> Result<bool> {
                         "; resumed an unfinished run"
                     } else {
                         ""
+                    }
+                );
+            }
+            Ok(true)
+        }
+        Command::CompromisedDocument { id } => {
+            let report = clinic
+                .rotation()
+                .document_key_compromised(&operator, &id)
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "document {id}: {} bytes re-encrypted under a fresh data key; old blob {}",
+                    report.size,
+                    if report.old_blob_deleted {
+                        "deleted"
+                    } else {
+                        "left for orphan collection"
                     }
                 );
             }

@@ -123,6 +123,17 @@ async fn status_dry_run_rotation_and_verify() {
     assert!(plain.status.success());
     assert!(String::from_utf8_lossy(&plain.stdout).contains("5 documents open"));
     assert_eq!(manifest(&open(dir.path()).await).await, before);
+
+    let id = before.keys().next().unwrap().clone();
+    let replaced = json(&rotate(
+        dir.path(),
+        &["compromised-document", &id, "--json"],
+    ));
+    assert_eq!(replaced["old_blob_deleted"], true);
+    let unknown = rotate(dir.path(), &["compromised-document", "no-such-document"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("not found"));
+    assert_eq!(manifest(&open(dir.path()).await).await, before);
 }
 
 #[test]
