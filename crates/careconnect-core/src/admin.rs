@@ -45,11 +45,7 @@ impl Clinic {
 
 impl Admin<'_> {
     async fn system(&self, who: &Principal, action: Action, what: String) -> Result<(), CoreError> {
-        self.clinic
-            .inner
-            .decide(who, action, &Resource::System, what)
-            .await
-            .map(drop)
+        self.clinic.inner.decide_system(who, action, what).await
     }
 
     /// Adds `user` to the directory as `name` with stored `roles` (replacing

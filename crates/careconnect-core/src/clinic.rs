@@ -665,6 +665,19 @@ impl Inner {
         })
     }
 
+    /// [`Inner::decide`] on the system itself ([`careconnect_authz::Resource::System`]):
+    /// audited either way; a denial is the error.
+    pub(crate) async fn decide_system(
+        &self,
+        who: &Principal,
+        action: careconnect_authz::Action,
+        what: String,
+    ) -> Result<(), CoreError> {
+        self.decide(who, action, &careconnect_authz::Resource::System, what)
+            .await
+            .map(drop)
+    }
+
     /// Audits a decision on something that is not one patient's data
     /// (finance, directory, administration) and turns a denial into an error.
     pub(crate) async fn decide(

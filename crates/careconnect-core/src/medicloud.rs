@@ -862,13 +862,8 @@ impl Medicloud<'_> {
     pub async fn collect_orphans(&self, admin: &Principal) -> Result<OrphanReport, CoreError> {
         use futures::TryStreamExt;
         let c = &self.clinic.inner;
-        c.decide(
-            admin,
-            Action::CollectOrphans,
-            &Resource::System,
-            "documents:orphans".into(),
-        )
-        .await?;
+        c.decide_system(admin, Action::CollectOrphans, "documents:orphans".into())
+            .await?;
         // Blobs written before this instant, less the grace, are old enough:
         // taken before the scan, so an upload that completes during the
         // scan is young. Blob times come from the store's clock, so this is
@@ -939,13 +934,8 @@ impl Medicloud<'_> {
     /// KMS errors.
     pub async fn rotation_status(&self, admin: &Principal) -> Result<RotationStatus, CoreError> {
         let c = &self.clinic.inner;
-        c.decide(
-            admin,
-            Action::RotateKeys,
-            &Resource::System,
-            "keys:documents".into(),
-        )
-        .await?;
+        c.decide_system(admin, Action::RotateKeys, "keys:documents".into())
+            .await?;
         self.status().await
     }
 
@@ -1036,13 +1026,8 @@ impl Medicloud<'_> {
     /// 2560 days).
     pub async fn rotate_if_due(&self, admin: &Principal) -> Result<Option<u32>, CoreError> {
         let c = &self.clinic.inner;
-        c.decide(
-            admin,
-            Action::RotateKeys,
-            &Resource::System,
-            "keys:documents".into(),
-        )
-        .await?;
+        c.decide_system(admin, Action::RotateKeys, "keys:documents".into())
+            .await?;
         let status = self.status().await?;
         if let Some(schedule) = status.kms_schedule {
             let days =

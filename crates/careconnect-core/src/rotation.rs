@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 
-use careconnect_authz::{Action, Principal, Resource};
+use careconnect_authz::{Action, Principal};
 use careconnect_crypto::document::{DocumentHeader, OpenOptions};
 use careconnect_crypto::format::MAX_HEADER_LEN;
 use careconnect_crypto::{Keyring, KmsKeyId, TrustedKeys};
@@ -326,10 +326,9 @@ impl Rotation<'_> {
         progress: OnProgress<'_>,
     ) -> Result<KekReport, CoreError> {
         let c = &self.clinic.inner;
-        c.decide(
+        c.decide_system(
             admin,
             Action::RotateKeys,
-            &Resource::System,
             if dry_run {
                 "keys:kek dry-run"
             } else {
@@ -554,13 +553,8 @@ impl Rotation<'_> {
         id: &str,
     ) -> Result<DocumentKeyReport, CoreError> {
         let c = &self.clinic.inner;
-        c.decide(
-            admin,
-            Action::RotateKeys,
-            &Resource::System,
-            format!("keys:document:{id}"),
-        )
-        .await?;
+        c.decide_system(admin, Action::RotateKeys, format!("keys:document:{id}"))
+            .await?;
         let coll = docs()?;
         let row_id = RowId::new(id).map_err(|_| CoreError::NotFound)?;
         let row = c.get(&coll, &row_id).await?.ok_or(CoreError::NotFound)?;
@@ -635,13 +629,8 @@ impl Rotation<'_> {
     /// storage errors.
     pub async fn pending(&self, admin: &Principal) -> Result<bool, CoreError> {
         let c = &self.clinic.inner;
-        c.decide(
-            admin,
-            Action::RotateKeys,
-            &Resource::System,
-            "keys:status".into(),
-        )
-        .await?;
+        c.decide_system(admin, Action::RotateKeys, "keys:status".into())
+            .await?;
         Ok(c.kek_job().await?.is_some())
     }
 
@@ -660,13 +649,8 @@ impl Rotation<'_> {
         progress: OnProgress<'_>,
     ) -> Result<VerifyReport, CoreError> {
         let c = &self.clinic.inner;
-        c.decide(
-            admin,
-            Action::RotateKeys,
-            &Resource::System,
-            "keys:verify".into(),
-        )
-        .await?;
+        c.decide_system(admin, Action::RotateKeys, "keys:verify".into())
+            .await?;
         let mut report = VerifyReport::default();
         for (i, (name, kms_key)) in c.keysets.iter().enumerate() {
             progress(Progress {
