@@ -39,7 +39,6 @@
 
 use std::sync::Arc;
 
-use careconnect_crypto::Keyring;
 use careconnect_storage::{RecordStore, RowId, StorageError, Write};
 use serde::{Deserialize, Serialize};
 
@@ -354,12 +353,17 @@ pub struct RoleAssignments {
 pub const ASSIGNMENTS_COLLECTION: &str = "authz_role_assignments";
 
 impl RoleAssignments {
-    /// Assignments in `store`, sealed with `keys`.
+    /// Assignments in `store`, sealed with `keys` (a [`careconnect_crypto::Keyring`], or a
+    /// [`careconnect_crypto::SharedKeyring`] that a rotation replaces while
+    /// this runs).
     ///
     /// # Errors
     ///
     /// Never in practice (the collection name is a valid constant).
-    pub fn new(store: Arc<dyn RecordStore>, keys: Keyring) -> Result<Self, AuthzError> {
+    pub fn new(
+        store: Arc<dyn RecordStore>,
+        keys: impl Into<careconnect_crypto::SharedKeyring>,
+    ) -> Result<Self, AuthzError> {
         Ok(Self {
             store,
             rows: SealedRows::new(keys, ASSIGNMENTS_COLLECTION)?,
@@ -498,6 +502,7 @@ pub fn parse_roles<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<RoleS
 #[cfg(test)]
 mod tests {
     use super::*;
+    use careconnect_crypto::Keyring;
     use careconnect_storage::MemoryStore;
 
     const CONFIG: &str = r#"

@@ -3,12 +3,12 @@
 //! Sessions and role assignments decide who is signed in and with which
 //! roles. Someone who can write the database must not be able to insert a
 //! session for an id they chose with the role `admin`, nor copy a row to
-//! another key. So every row is sealed with a [`Keyring`] (AEAD), bound to its
+//! another key. So every row is sealed with a [`careconnect_crypto::Keyring`] (AEAD), bound to its
 //! collection and row id: a forged, altered or moved row does not open, and
 //! reads as no row at all. Sealing also keeps the e-mail addresses and roles
 //! in those rows out of a database copy.
 
-use careconnect_crypto::{EncryptionContext, Error as CryptoError, KeyState, Keyring};
+use careconnect_crypto::{EncryptionContext, Error as CryptoError, KeyState, SharedKeyring};
 use careconnect_storage::{Collection, RecordStore, Row, RowData, RowId, StorageError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -29,7 +29,7 @@ pub(crate) enum Untrusted {
 /// One collection of sealed JSON rows.
 #[derive(Clone)]
 pub(crate) struct SealedRows {
-    ring: Keyring,
+    ring: SharedKeyring,
     coll: Collection,
 }
 
@@ -43,9 +43,9 @@ impl std::fmt::Debug for SealedRows {
 
 impl SealedRows {
     /// Rows of the collection `name`, sealed with `ring`'s primary key.
-    pub(crate) fn new(ring: Keyring, name: &str) -> Result<Self, AuthzError> {
+    pub(crate) fn new(ring: impl Into<SharedKeyring>, name: &str) -> Result<Self, AuthzError> {
         Ok(Self {
-            ring,
+            ring: ring.into(),
             coll: Collection::new(name)?,
         })
     }
@@ -65,9 +65,10 @@ impl SealedRows {
     pub(crate) fn seal<T: Serialize>(&self, id: &RowId, value: &T) -> Result<RowData, AuthzError> {
         let json =
             Zeroizing::new(serde_json::to_vec(value).map_err(|_| AuthzError::Corrupt("row"))?);
+        let ring = self.ring.current();
         Ok(RowData {
-            key_id: self.ring.primary().get(),
-            envelope: self.ring.seal(&self.context(id), &json)?,
+            key_id: ring.primary().get(),
+            envelope: ring.seal(&self.context(id), &json)?,
             indexes: vec![],
         })
     }
@@ -86,7 +87,11 @@ impl SealedRows {
     /// - [`Untrusted::UnknownKey`]: sealed under a key this keyring does not
     ///   have (yet): perhaps another node rotated; this node cannot tell.
     pub(crate) fn open_checked<T: DeserializeOwned>(&self, row: &Row) -> Result<T, Untrusted> {
-        let outcome = match self.ring.open(&row.envelope, &self.context(&row.id)) {
+        let outcome = match self
+            .ring
+            .current()
+            .open(&row.envelope, &self.context(&row.id))
+        {
             Ok(o) if o.key_state == KeyState::Compromised => Err(Untrusted::Forged),
             Ok(o) => serde_json::from_slice(&o.plaintext).map_err(|_| Untrusted::Forged),
             Err(CryptoError::UnknownKey(_)) => Err(Untrusted::UnknownKey),

@@ -8,7 +8,7 @@
 //! - [`Sessions::logout`] deletes the row.
 //! - The store keys rows by SHA-256 of the id, so a copy of the database does
 //!   not yield ids that log anyone in.
-//! - Each row is sealed with a [`Keyring`] and bound to its row id, so
+//! - Each row is sealed with a [`careconnect_crypto::Keyring`] and bound to its row id, so
 //!   someone who can write the database cannot forge a session (say, one
 //!   with the role `admin` under an id of their choosing) or move one: such a
 //!   row reads as no session.
@@ -50,7 +50,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use careconnect_crypto::Keyring;
 use careconnect_storage::{RecordStore, RowData, RowId, StorageError};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -258,7 +257,7 @@ impl Sessions {
     /// `idle` exceeds `absolute`.
     pub fn new(
         store: Arc<dyn RecordStore>,
-        keys: Keyring,
+        keys: impl Into<careconnect_crypto::SharedKeyring>,
         config: SessionConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AuthzError> {
@@ -431,6 +430,7 @@ impl Sessions {
 mod tests {
     use super::*;
     use crate::principal::Role;
+    use careconnect_crypto::Keyring;
     use careconnect_storage::MemoryStore;
 
     const T0: u64 = 1_700_000_000;

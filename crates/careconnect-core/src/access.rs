@@ -22,7 +22,7 @@ use careconnect_authz::session::Clock;
 use careconnect_authz::{
     Action, Basis, Care, Decision, Principal, Resource, Role, UserId, authorize,
 };
-use careconnect_crypto::Keyring;
+use careconnect_crypto::SharedKeyring;
 use careconnect_storage::{Collection, RecordStore, RowId, StorageError};
 use serde::{Deserialize, Serialize};
 
@@ -123,7 +123,7 @@ pub struct BreakGlass {
 #[derive(Clone)]
 pub struct Gate {
     store: Arc<dyn RecordStore>,
-    keys: Keyring,
+    keys: SharedKeyring,
     audit: AuditTrail,
     clock: Arc<dyn Clock>,
     config: GateConfig,
@@ -176,21 +176,23 @@ fn pair_id(kind: &[u8], doctor: &UserId, patient: &UserId) -> Result<RowId, Core
 }
 
 impl Gate {
-    /// A gate over `store`, sealing its rows with `keys`, auditing to `audit`.
+    /// A gate over `store`, sealing its rows with `keys` (a keyring, or a
+    /// [`SharedKeyring`] a rotation replaces while this runs), auditing to
+    /// `audit`.
     ///
     /// # Errors
     ///
     /// Never in practice (the collection names are valid constants).
     pub fn new(
         store: Arc<dyn RecordStore>,
-        keys: Keyring,
+        keys: impl Into<SharedKeyring>,
         audit: AuditTrail,
         clock: Arc<dyn Clock>,
         config: GateConfig,
     ) -> Result<Self, CoreError> {
         Ok(Self {
             store,
-            keys,
+            keys: keys.into(),
             audit,
             clock,
             config,
@@ -302,7 +304,7 @@ impl Gate {
         let Some(row) = self.get(&self.care, &id).await? else {
             return Ok(None);
         };
-        let Some(current) = rows::open::<CareRow>(&self.keys, &self.care, &row) else {
+        let Some(current) = rows::open::<CareRow>(&self.keys.current(), &self.care, &row) else {
             return Ok(None);
         };
         if current.appointment.as_deref() != Some(appointment) {
@@ -338,7 +340,7 @@ impl Gate {
             at: self.clock.now(),
             appointment: appointment.map(str::to_owned),
         };
-        let mut data = rows::seal(&self.keys, &self.care, id, &row)?;
+        let mut data = rows::seal(&self.keys.current(), &self.care, id, &row)?;
         data.indexes.extend(self.doctor_token(doctor));
         Ok(data)
     }
@@ -369,7 +371,7 @@ impl Gate {
         };
         let mut patients: Vec<UserId> = rows
             .iter()
-            .filter_map(|r| rows::open::<CareRow>(&self.keys, &self.care, r))
+            .filter_map(|r| rows::open::<CareRow>(&self.keys.current(), &self.care, r))
             .filter(|c| c.doctor == *doctor)
             .map(|c| c.patient)
             .collect();
@@ -551,7 +553,7 @@ impl Gate {
                     .because(reason),
             )
             .await?;
-        let data = rows::seal(&self.keys, &self.glass, &id, &declaration)?;
+        let data = rows::seal(&self.keys.current(), &self.glass, &id, &declaration)?;
         self.put(&self.glass, &id, data).await?;
         self.forget(&doctor.user, patient);
         Ok(declaration)
@@ -598,14 +600,14 @@ impl Gate {
     ) -> Result<(Care, u64), CoreError> {
         let care_id = self.pair(b"care", doctor, patient)?;
         if let Some(row) = self.get(&self.care, &care_id).await? {
-            let assigned: Option<CareRow> = rows::open(&self.keys, &self.care, &row);
+            let assigned: Option<CareRow> = rows::open(&self.keys.current(), &self.care, &row);
             if assigned.is_some_and(|c| c.doctor == *doctor && c.patient == *patient) {
                 return Ok((Care::InCare, 0));
             }
         }
         let glass_id = self.pair(b"break-glass", doctor, patient)?;
         if let Some(row) = self.get(&self.glass, &glass_id).await? {
-            let declared: Option<BreakGlass> = rows::open(&self.keys, &self.glass, &row);
+            let declared: Option<BreakGlass> = rows::open(&self.keys.current(), &self.glass, &row);
             if let Some(b) = declared
                 && b.doctor == *doctor
                 && b.patient == *patient
@@ -698,7 +700,7 @@ impl Gate {
             out.extend(
                 page.rows
                     .iter()
-                    .filter_map(|r| rows::open::<BreakGlass>(&self.keys, &self.glass, r)),
+                    .filter_map(|r| rows::open::<BreakGlass>(&self.keys.current(), &self.glass, r)),
             );
             match page.next {
                 Some(n) => after = Some(n),
@@ -715,6 +717,7 @@ mod tests {
     use super::*;
     use crate::audit::Anchor;
     use careconnect_authz::session::ManualClock;
+    use careconnect_crypto::Keyring;
     use careconnect_storage::{MemoryStore, RowData};
 
     /// A genuine, live declaration for (house, bob) copied under the row of

@@ -175,7 +175,7 @@ impl Admin<'_> {
             kms_keys.push(c.kms.describe(k).await?);
         }
         Ok(KeyStatus {
-            clinic_keys: c.keys.keys().collect(),
+            clinic_keys: c.keys.current().keys().collect(),
             kms_keys,
         })
     }

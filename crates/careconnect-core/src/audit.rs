@@ -44,7 +44,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use careconnect_authz::{Principal, UserId};
 use careconnect_crypto::mac::MacKey;
-use careconnect_crypto::{EncryptionContext, KeyId, Keyring};
+use careconnect_crypto::{EncryptionContext, KeyId, Keyring, SharedKeyring};
 use careconnect_storage::AuditLog;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -317,7 +317,7 @@ pub enum Problem {
 #[derive(Clone)]
 pub struct AuditTrail {
     log: Arc<dyn AuditLog>,
-    keys: Keyring,
+    keys: SharedKeyring,
     anchor: Anchor,
     tx: mpsc::Sender<Pending>,
     pseudonyms: Option<Arc<MacKey>>,
@@ -347,9 +347,12 @@ struct Pending {
 }
 
 impl AuditTrail {
-    /// An audit trail on `log`, chained with MAC keys from `keys`, anchored
-    /// at `anchor`. Starts the group-commit writer on the current tokio runtime.
-    pub fn new(log: Arc<dyn AuditLog>, keys: Keyring, anchor: Anchor) -> Self {
+    /// An audit trail on `log`, chained with MAC keys from `keys` (a
+    /// keyring, or a [`SharedKeyring`] a rotation replaces while this runs:
+    /// new entries are chained under its primary at the time), anchored at
+    /// `anchor`. Starts the group-commit writer on the current tokio runtime.
+    pub fn new(log: Arc<dyn AuditLog>, keys: impl Into<SharedKeyring>, anchor: Anchor) -> Self {
+        let keys = keys.into();
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(writer(log.clone(), keys.clone(), anchor.clone(), rx));
         Self {
@@ -379,7 +382,10 @@ impl AuditTrail {
     pub async fn record(&self, mut event: AuditEvent) -> Result<u64, CoreError> {
         // Stated reasons may say something clinical: stored sealed.
         if let Some(reason) = event.reason.take() {
-            let sealed = self.keys.seal(&reason_context(), reason.as_bytes())?;
+            let sealed = self
+                .keys
+                .current()
+                .seal(&reason_context(), reason.as_bytes())?;
             event.reason = Some(format!("{SEALED_REASON}{}", hex::encode(sealed)));
         }
         if let (Some(key), Some(actor)) = (&self.pseudonyms, &event.actor)
@@ -419,7 +425,7 @@ impl AuditTrail {
                     event.reason = Some(
                         hex::decode(sealed)
                             .ok()
-                            .and_then(|b| self.keys.open(&b, &reason_context()).ok())
+                            .and_then(|b| self.keys.current().open(&b, &reason_context()).ok())
                             .and_then(|o| String::from_utf8(o.plaintext.to_vec()).ok())
                             .unwrap_or_else(|| "(reason unreadable)".into()),
                     );
@@ -436,6 +442,7 @@ impl AuditTrail {
     /// Storage or anchor-file failures (a broken chain is a
     /// [`Verification::Broken`], not an error).
     pub async fn verify(&self) -> Result<Verification, CoreError> {
+        let keys = self.keys.current();
         let mut head = Head::EMPTY;
         let mut macs = MacCache::default();
         loop {
@@ -453,7 +460,7 @@ impl AuditTrail {
                 let Some(raw) = split(entry) else {
                     return Ok(broken(*seq, Problem::Unreadable));
                 };
-                let Some(key) = macs.get(&self.keys, raw.key_id) else {
+                let Some(key) = macs.get(&keys, raw.key_id) else {
                     return Ok(broken(*seq, Problem::Unreadable));
                 };
                 let expected = chain_mac(key, *seq, &head.mac, raw.json);
@@ -507,7 +514,7 @@ impl MacCache {
 /// appends it in one chained batch, answers each caller, repeats.
 async fn writer(
     log: Arc<dyn AuditLog>,
-    keys: Keyring,
+    keys: SharedKeyring,
     anchor: Anchor,
     mut rx: mpsc::Receiver<Pending>,
 ) {
@@ -528,7 +535,7 @@ async fn writer(
             }
             tokio::task::yield_now().await;
         }
-        let result = append_batch(log.as_ref(), &keys, &anchor, &batch, &mut known).await;
+        let result = append_batch(log.as_ref(), &keys.current(), &anchor, &batch, &mut known).await;
         match result {
             Ok(first_seq) => {
                 for (i, p) in batch.into_iter().enumerate() {

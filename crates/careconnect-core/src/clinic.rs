@@ -20,7 +20,7 @@
 //! keyring** ([`SubjectKeys`]), bound to collection, row id and field.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use careconnect_authz::mapper::{Claims, RoleAssignments, RoleMapper};
@@ -28,7 +28,8 @@ use careconnect_authz::session::{Clock, SystemClock};
 use careconnect_authz::{Principal, RoleSet, UserId};
 use careconnect_crypto::mac::MacKey;
 use careconnect_crypto::{
-    CryptoProvider, EncryptionContext, Keyring, Kms, KmsKeyId, LocalKms, RootSecret, TrustedKeys,
+    CryptoProvider, EncryptionContext, Keyring, Kms, KmsKeyId, LocalKms, RootSecret, SharedKeyring,
+    TrustedKeys,
 };
 use careconnect_storage::{
     AuditLog, Collection, IndexEntry, KeyStore, RecordStore, Row, RowData, RowId, StorageError,
@@ -113,6 +114,9 @@ impl Default for ClinicHours {
     }
 }
 
+/// How often a node re-reads the clinic keyset by default.
+pub const DEFAULT_KEYRING_RECHECK: Duration = Duration::from_secs(5);
+
 /// What a clinic is opened from.
 #[derive(Debug)]
 pub struct ClinicConfig {
@@ -153,6 +157,11 @@ pub struct ClinicConfig {
     /// crypto crate's default; `ring`'s with its feature is faster on CPUs
     /// with AES instructions). The bytes are the same whichever it is.
     pub provider: &'static dyn CryptoProvider,
+    /// How often a node re-reads the clinic keyset to pick up a data-key
+    /// rotation stored by another process (default 5 s). Every node and the
+    /// rotation tool sharing a database must use the same value: a rotation
+    /// waits [`Clinic::reload_window`] (twice this) between its steps.
+    pub keyring_recheck: Duration,
 }
 
 impl ClinicConfig {
@@ -178,6 +187,7 @@ impl ClinicConfig {
             break_glass_for: Duration::from_secs(3600),
             prescription_charge_pence: 990,
             read_cache: Duration::from_secs(1),
+            keyring_recheck: DEFAULT_KEYRING_RECHECK,
             blobs: BlobConfig::Url(format!("file://{}", dir.join("blobs").display())),
             medicloud: crate::medicloud::MedicloudConfig::default(),
             provider: careconnect_crypto::default_provider(),
@@ -240,7 +250,13 @@ pub(crate) struct Inner {
     /// Every sealed keyset in the key store, with the KMS key wrapping it.
     pub(crate) keysets: Vec<(String, KmsKeyId)>,
     pub(crate) keystore: Arc<dyn KeyStore>,
-    pub(crate) keys: Keyring,
+    pub(crate) keys: SharedKeyring,
+    /// The version of the clinic keyset `keys` was loaded from.
+    pub(crate) keys_version: std::sync::Mutex<u64>,
+    /// How often the clinic keyset is re-read.
+    pub(crate) keyring_recheck: Duration,
+    /// The KMS key wrapping the clinic keyset.
+    pub(crate) clinic_key: KmsKeyId,
     pub(crate) index_key: MacKey,
     pub(crate) pseudonym_key: MacKey,
     pub(crate) audit_names: MacKey,
@@ -381,10 +397,10 @@ impl Clinic {
         let records: Arc<dyn RecordStore> = store.clone();
         let keystore: Arc<dyn KeyStore> = store.clone();
         let log: Arc<dyn AuditLog> = store;
-        let keys = stored_keyring(kms.as_ref(), keystore.as_ref(), &clinic_key, CLINIC_KEYSET)
-            .await?
-            .with_provider(config.provider);
-        let macs =
+        let (keys_version, keys) =
+            stored_keyring(kms.as_ref(), keystore.as_ref(), &clinic_key, CLINIC_KEYSET).await?;
+        let keys = SharedKeyring::new(keys.with_provider(config.provider));
+        let (_, macs) =
             stored_keyring(kms.as_ref(), keystore.as_ref(), &clinic_key, INDEX_KEYSET).await?;
         let mac = |purpose| macs.mac_key_for(macs.primary(), purpose);
         let index_key = mac(INDEX_PURPOSE)?;
@@ -433,37 +449,50 @@ impl Clinic {
                 .enumerate()
                 .map(|(b, k)| (crate::subjects::bucket_keyset_name(b), k.clone())),
         );
-        let mut kms_keys = vec![clinic_key, documents_key];
+        let mut kms_keys = vec![clinic_key.clone(), documents_key];
         kms_keys.extend(bucket_keys);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                assignments: RoleAssignments::new(records.clone(), keys.clone())?,
-                mapper: RoleMapper::from_toml(&config.role_rules)?,
-                store: records,
-                kms,
-                kms_keys,
-                keysets,
-                keystore,
-                keys,
-                index_key,
-                pseudonym_key,
-                audit_names: mac(PSEUDONYM_PURPOSE)?,
-                audit,
-                gate,
-                subjects,
-                clock,
-                hours,
-                charge_pence: config.prescription_charge_pence,
-                people: Collection::new(PEOPLE_COLLECTION)?,
-                details: std::sync::Mutex::default(),
-                notes: std::sync::Mutex::default(),
-                notes_generation: std::sync::atomic::AtomicU64::new(0),
-                read_cache: config.read_cache,
-                blobs,
-                medicloud: config.medicloud,
-                provider: config.provider,
-            }),
-        })
+        if config.keyring_recheck.is_zero() {
+            return Err(CoreError::Invalid("keyring recheck interval"));
+        }
+        let inner = Arc::new(Inner {
+            assignments: RoleAssignments::new(records.clone(), keys.clone())?,
+            mapper: RoleMapper::from_toml(&config.role_rules)?,
+            store: records,
+            kms,
+            kms_keys,
+            keysets,
+            keystore,
+            keys,
+            keys_version: std::sync::Mutex::new(keys_version),
+            keyring_recheck: config.keyring_recheck,
+            clinic_key,
+            index_key,
+            pseudonym_key,
+            audit_names: mac(PSEUDONYM_PURPOSE)?,
+            audit,
+            gate,
+            subjects,
+            clock,
+            hours,
+            charge_pence: config.prescription_charge_pence,
+            people: Collection::new(PEOPLE_COLLECTION)?,
+            details: std::sync::Mutex::default(),
+            notes: std::sync::Mutex::default(),
+            notes_generation: std::sync::atomic::AtomicU64::new(0),
+            read_cache: config.read_cache,
+            blobs,
+            medicloud: config.medicloud,
+            provider: config.provider,
+        });
+        tokio::spawn(watch_keyring(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// How long a data-key rotation waits between storing a change to the
+    /// clinic keyset and relying on every node having it (twice
+    /// [`ClinicConfig::keyring_recheck`]).
+    pub fn reload_window(&self) -> Duration {
+        self.inner.keyring_recheck * 2
     }
 
     /// The audit trail itself, for trusted code of the embedding
@@ -503,7 +532,9 @@ impl Clinic {
             .inner
             .get(&self.inner.people, &id)
             .await?
-            .and_then(|row| rows::open::<Person>(&self.inner.keys, &self.inner.people, &row))
+            .and_then(|row| {
+                rows::open::<Person>(&self.inner.keys.current(), &self.inner.people, &row)
+            })
             .filter(|p| p.user == *user))
     }
 
@@ -518,7 +549,7 @@ impl Clinic {
             .all(&self.inner.people)
             .await?
             .iter()
-            .filter_map(|r| rows::open::<Person>(&self.inner.keys, &self.inner.people, r))
+            .filter_map(|r| rows::open::<Person>(&self.inner.keys.current(), &self.inner.people, r))
             .filter(|p| p.roles.contains(careconnect_authz::Role::Doctor))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -539,17 +570,18 @@ async fn stored_keyring(
     keystore: &dyn KeyStore,
     kms_key: &KmsKeyId,
     name: &str,
-) -> Result<Keyring, CoreError> {
+) -> Result<(u64, Keyring), CoreError> {
     loop {
         match keystore.load(name).await {
-            Ok((_, sealed)) => {
-                return Ok(Keyring::open_keyset(kms, &TrustedKeys::from(kms_key), &sealed).await?);
+            Ok((version, sealed)) => {
+                let ring = Keyring::open_keyset(kms, &TrustedKeys::from(kms_key), &sealed).await?;
+                return Ok((version, ring));
             }
             Err(StorageError::NotFound) => {
                 let ring = Keyring::generate();
                 let sealed = ring.seal_keyset(kms, kms_key).await?;
                 match keystore.store(name, None, sealed).await {
-                    Ok(_) => return Ok(ring),
+                    Ok(version) => return Ok((version, ring)),
                     Err(StorageError::DuplicateId) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -559,7 +591,64 @@ async fn stored_keyring(
     }
 }
 
+/// Re-reads the clinic keyset every [`ClinicConfig::keyring_recheck`] while
+/// the clinic is open, so a data-key rotation stored by another process
+/// reaches this one.
+async fn watch_keyring(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(every) = inner.upgrade().map(|i| i.keyring_recheck) else {
+            return;
+        };
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if let Err(e) = inner.reload_keys().await {
+            tracing::warn!(error = %e, "clinic keyset not re-read; keeping the keyring loaded");
+        }
+    }
+}
+
 impl Inner {
+    /// Loads the clinic keyset again if its stored version moved.
+    pub(crate) async fn reload_keys(&self) -> Result<(), CoreError> {
+        let (version, sealed) = self.keystore.load(CLINIC_KEYSET).await?;
+        if version
+            <= *self
+                .keys_version
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        {
+            return Ok(());
+        }
+        let ring = Keyring::open_keyset(
+            self.kms.as_ref(),
+            &TrustedKeys::from(self.clinic_kms_key()),
+            &sealed,
+        )
+        .await?;
+        self.install_keys(version, ring);
+        Ok(())
+    }
+
+    /// Makes `ring`, stored as version `version` of the clinic keyset, the
+    /// keyring every service uses, unless a later version is in already.
+    pub(crate) fn install_keys(&self, version: u64, ring: Keyring) {
+        let mut loaded = self
+            .keys_version
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if version > *loaded {
+            *loaded = version;
+            self.keys.replace(ring.with_provider(self.provider));
+        }
+    }
+
+    /// The KMS key wrapping the clinic keyset.
+    pub(crate) fn clinic_kms_key(&self) -> &KmsKeyId {
+        &self.clinic_key
+    }
+
     /// A row, or `None`.
     pub(crate) async fn get(
         &self,

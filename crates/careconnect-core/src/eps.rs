@@ -230,7 +230,7 @@ impl Inner {
         };
         // The row's key id is the clinic keyring's (the outer envelope), as
         // a scan by key id for rotation expects.
-        let mut data = rows::seal(&self.keys, &coll, id, &locator)?;
+        let mut data = rows::seal(&self.keys.current(), &coll, id, &locator)?;
         data.indexes = vec![
             self.index(PATIENT_INDEX, &body.patient)?,
             self.index(PRESCRIBER_INDEX, &body.prescriber)?,
@@ -242,7 +242,7 @@ impl Inner {
     /// moved, altered) or its patient was erased.
     pub(crate) async fn open_prescription(&self, row: Row) -> Result<Option<Loaded>, CoreError> {
         let coll = self.prescriptions()?;
-        let Some(locator) = rows::open::<Locator>(&self.keys, &coll, &row) else {
+        let Some(locator) = rows::open::<Locator>(&self.keys.current(), &coll, &row) else {
             return Ok(None);
         };
         let Ok(handle) = RowId::new(locator.handle) else {
@@ -289,11 +289,13 @@ impl Inner {
         else {
             return Ok(None);
         };
-        Ok(rows::open::<PublicKeyRow>(&self.keys, &coll, &row)
-            .filter(|k| k.doctor == *doctor && k.public == public)
-            .and_then(|k| hex::decode(&k.public).ok())
-            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-            .and_then(|b| VerifyingKey::from_bytes(&b).ok()))
+        Ok(
+            rows::open::<PublicKeyRow>(&self.keys.current(), &coll, &row)
+                .filter(|k| k.doctor == *doctor && k.public == public)
+                .and_then(|k| hex::decode(&k.public).ok())
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                .and_then(|b| VerifyingKey::from_bytes(&b).ok()),
+        )
     }
 
     /// The doctor's signing key, made and stored on first use.
@@ -302,7 +304,7 @@ impl Inner {
         let id = self.signing_id(doctor)?;
         for _ in 0..4 {
             if let Some(row) = self.get(&coll, &id).await? {
-                let stored = rows::open::<SigningRow>(&self.keys, &coll, &row)
+                let stored = rows::open::<SigningRow>(&self.keys.current(), &coll, &row)
                     .filter(|s| s.doctor == *doctor)
                     .ok_or(CoreError::Corrupt("signing key"))?;
                 let secret = Zeroizing::new(
@@ -331,7 +333,7 @@ impl Inner {
                         .insert(
                             &coll,
                             &public_id,
-                            rows::seal(&self.keys, &coll, &public_id, &row)?,
+                            rows::seal(&self.keys.current(), &coll, &public_id, &row)?,
                         )
                         .await
                     {
@@ -359,12 +361,12 @@ impl Inner {
             let writes = [
                 Write::Insert {
                     coll: coll.clone(),
-                    data: rows::seal(&self.keys, &coll, &id, &row)?,
+                    data: rows::seal(&self.keys.current(), &coll, &id, &row)?,
                     id: id.clone(),
                 },
                 Write::Insert {
                     coll: coll.clone(),
-                    data: rows::seal(&self.keys, &coll, &public_id, &public)?,
+                    data: rows::seal(&self.keys.current(), &coll, &public_id, &public)?,
                     id: public_id,
                 },
             ];

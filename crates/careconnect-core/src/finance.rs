@@ -140,7 +140,8 @@ impl FinCare<'_> {
             .await?
             .iter()
             .filter_map(|r| {
-                rows::open::<Transaction>(&c.keys, &coll, r).filter(|t| t.id == r.id.as_str())
+                rows::open::<Transaction>(&c.keys.current(), &coll, r)
+                    .filter(|t| t.id == r.id.as_str())
             })
             .filter(|t| t.at >= from && t.at < to)
             .collect();

@@ -404,7 +404,8 @@ impl Inner {
         let Some(row) = self.get(&coll, &row_id).await? else {
             return Ok(None);
         };
-        let Some(doc) = rows::open::<DocRow>(&self.keys, &coll, &row).filter(|d| d.info.id == id)
+        let Some(doc) =
+            rows::open::<DocRow>(&self.keys.current(), &coll, &row).filter(|d| d.info.id == id)
         else {
             return Ok(None);
         };
@@ -415,7 +416,7 @@ impl Inner {
             .find(&share_coll, &self.doc_index(id)?)
             .await?
             .iter()
-            .filter_map(|r| rows::open::<ShareRow>(&self.keys, &share_coll, r))
+            .filter_map(|r| rows::open::<ShareRow>(&self.keys.current(), &share_coll, r))
             .filter(|s| s.document == id && s.expires_at.is_none_or(|t| now < t))
             .map(|s| s.user)
             .collect();
@@ -616,7 +617,7 @@ impl Medicloud<'_> {
         };
         let coll = docs()?;
         let mut data = rows::seal(
-            &c.keys,
+            &c.keys.current(),
             &coll,
             &id,
             &DocRow {
@@ -653,7 +654,7 @@ impl Medicloud<'_> {
         let mut out: Vec<DocumentInfo> = Vec::new();
         if basis == careconnect_authz::Basis::AdminOverride {
             for row in c.all(&coll).await? {
-                if let Some(d) = rows::open::<DocRow>(&c.keys, &coll, &row) {
+                if let Some(d) = rows::open::<DocRow>(&c.keys.current(), &coll, &row) {
                     out.push(d.info);
                 }
             }
@@ -663,8 +664,8 @@ impl Medicloud<'_> {
                 .find(&coll, &c.index(OWNER_INDEX, &who.user)?)
                 .await?
             {
-                if let Some(d) =
-                    rows::open::<DocRow>(&c.keys, &coll, &row).filter(|d| d.info.owner == who.user)
+                if let Some(d) = rows::open::<DocRow>(&c.keys.current(), &coll, &row)
+                    .filter(|d| d.info.owner == who.user)
                 {
                     out.push(d.info);
                 }
@@ -677,7 +678,7 @@ impl Medicloud<'_> {
                 .await?;
             for s in share_rows
                 .iter()
-                .filter_map(|r| rows::open::<ShareRow>(&c.keys, &share_coll, r))
+                .filter_map(|r| rows::open::<ShareRow>(&c.keys.current(), &share_coll, r))
                 .filter(|s| s.user == who.user && s.expires_at.is_none_or(|t| now < t))
             {
                 if let Some((_, d, _)) = c.document(&s.document).await? {
@@ -751,7 +752,7 @@ impl Medicloud<'_> {
         let coll = shares()?;
         let share_id = c.share_id(id, user)?;
         let mut data = rows::seal(
-            &c.keys,
+            &c.keys.current(),
             &coll,
             &share_id,
             &ShareRow {
@@ -878,7 +879,7 @@ impl Medicloud<'_> {
         let mut pages = c.pages(&coll, 1000);
         while let Some(page) = pages.next().await? {
             for row in &page {
-                let doc = rows::open::<DocRow>(&c.keys, &coll, row)
+                let doc = rows::open::<DocRow>(&c.keys.current(), &coll, row)
                     .filter(|d| d.info.id == row.id.as_str())
                     .ok_or(CoreError::Corrupt(
                         "a document's metadata does not open: no blob collected",
@@ -975,7 +976,7 @@ impl Medicloud<'_> {
         let id = RowId::new("documents-key-rotation")?;
         Ok(c.get(&coll, &id)
             .await?
-            .and_then(|row| rows::open::<Rotated>(&c.keys, &coll, &row))
+            .and_then(|row| rows::open::<Rotated>(&c.keys.current(), &coll, &row))
             .filter(|r| r.version == version)
             .map(|r| r.at))
     }
@@ -985,7 +986,7 @@ impl Medicloud<'_> {
         let coll = Collection::new(STATE_COLLECTION)?;
         let id = RowId::new("documents-key-rotation")?;
         let data = rows::seal(
-            &c.keys,
+            &c.keys.current(),
             &coll,
             &id,
             &Rotated {

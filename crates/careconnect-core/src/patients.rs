@@ -173,7 +173,7 @@ impl CareConnect<'_> {
             let mut writes = vec![
                 Write::Insert {
                     coll: slots.clone(),
-                    data: rows::seal(&c.keys, &slots, &slot_id, &slot)?,
+                    data: rows::seal(&c.keys.current(), &slots, &slot_id, &slot)?,
                     id: slot_id.clone(),
                 },
                 Write::Insert {
@@ -297,7 +297,7 @@ impl CareConnect<'_> {
             )?,
         }];
         if let Some(slot) = c.get(&slots, &slot_id).await?
-            && rows::open::<SlotRow>(&c.keys, &slots, &slot)
+            && rows::open::<SlotRow>(&c.keys.current(), &slots, &slot)
                 .is_some_and(|s| s.appointment == appt.id)
         {
             writes.push(Write::Delete {
@@ -423,7 +423,7 @@ impl CareConnect<'_> {
                 },
                 Write::Insert {
                     coll: txs.clone(),
-                    data: rows::seal(&c.keys, &txs, &tx_id, &tx)?,
+                    data: rows::seal(&c.keys.current(), &txs, &tx_id, &tx)?,
                     id: tx_id,
                 },
             ];

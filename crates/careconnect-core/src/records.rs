@@ -347,7 +347,7 @@ impl MedRecords<'_> {
             c.all(&c.people)
                 .await?
                 .iter()
-                .filter_map(|r| rows::open::<Person>(&c.keys, &c.people, r))
+                .filter_map(|r| rows::open::<Person>(&c.keys.current(), &c.people, r))
                 .filter(|p| p.roles.contains(Role::Patient))
                 .map(|p| p.user)
                 .collect()
@@ -505,13 +505,13 @@ impl Clinic {
         let current = c.get(&c.people, &id).await?;
         let name = match (name, &current) {
             (Some(n), _) => n,
-            (None, Some(row)) => rows::open::<Person>(&c.keys, &c.people, row)
+            (None, Some(row)) => rows::open::<Person>(&c.keys.current(), &c.people, row)
                 .map(|p| p.name)
                 .unwrap_or_default(),
             (None, None) => String::new(),
         };
         let data = rows::seal(
-            &c.keys,
+            &c.keys.current(),
             &c.people,
             &id,
             &Person {

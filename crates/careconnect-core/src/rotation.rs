@@ -178,7 +178,7 @@ impl Inner {
         row: &Row,
         value: &T,
     ) -> Result<Write, CoreError> {
-        let mut data = rows::seal(&self.keys, coll, &row.id, value)?;
+        let mut data = rows::seal(&self.keys.current(), coll, &row.id, value)?;
         data.indexes = row.indexes.clone();
         Ok(Write::Update {
             coll: coll.clone(),
@@ -193,7 +193,7 @@ impl Inner {
         let Some(row) = self.get(&coll, &RowId::new(KEK_JOB)?).await? else {
             return Ok(None);
         };
-        let job = rows::open::<KekJob>(&self.keys, &coll, &row)
+        let job = rows::open::<KekJob>(&self.keys.current(), &coll, &row)
             .ok_or(CoreError::Corrupt("rotation job row"))?;
         Ok(Some((row, job)))
     }
@@ -244,7 +244,7 @@ impl Inner {
         coll: &Collection,
         row: &Row,
     ) -> Result<Option<Write>, CoreError> {
-        let mut doc = rows::open::<DocRow>(&self.keys, coll, row)
+        let mut doc = rows::open::<DocRow>(&self.keys.current(), coll, row)
             .filter(|d| d.info.id == row.id.as_str())
             .ok_or(CoreError::Corrupt("a document's metadata does not open"))?;
         let key = self.documents_key()?;
@@ -467,8 +467,8 @@ impl Rotation<'_> {
         let mut pages = c.pages(&coll, BATCH);
         while let Some(page) = pages.next().await? {
             for r in &page {
-                let late =
-                    rows::open::<DocRow>(&c.keys, &coll, r).is_some_and(|d| d.rewrapped.is_none());
+                let late = rows::open::<DocRow>(&c.keys.current(), &coll, r)
+                    .is_some_and(|d| d.rewrapped.is_none());
                 if late && c.rewrap_doc_alone(&coll, &r.id).await? {
                     job.documents += 1;
                 }
@@ -516,7 +516,7 @@ impl Rotation<'_> {
         };
         let coll = jobs()?;
         let id = RowId::new(KEK_JOB)?;
-        let data = rows::seal(&c.keys, &coll, &id, &job)?;
+        let data = rows::seal(&c.keys.current(), &coll, &id, &job)?;
         match c.store.insert(&coll, &id, data).await {
             Ok(_) => {}
             Err(StorageError::DuplicateId) => {
@@ -558,7 +558,7 @@ impl Rotation<'_> {
         let coll = docs()?;
         let row_id = RowId::new(id).map_err(|_| CoreError::NotFound)?;
         let row = c.get(&coll, &row_id).await?.ok_or(CoreError::NotFound)?;
-        let doc = rows::open::<DocRow>(&c.keys, &coll, &row)
+        let doc = rows::open::<DocRow>(&c.keys.current(), &coll, &row)
             .filter(|d| d.info.id == id)
             .ok_or(CoreError::Corrupt("a document's metadata does not open"))?;
         // Open the old, seal the new, in one stream.
@@ -682,7 +682,7 @@ impl Rotation<'_> {
                 done += 1;
                 let id = row.id.as_str();
                 let Some(doc) =
-                    rows::open::<DocRow>(&c.keys, &coll, row).filter(|d| d.info.id == id)
+                    rows::open::<DocRow>(&c.keys.current(), &coll, row).filter(|d| d.info.id == id)
                 else {
                     report
                         .failures

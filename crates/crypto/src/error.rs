@@ -229,6 +229,8 @@ pub enum Misuse {
     TagLength(usize),
     /// A KMS rotation period outside the range the service accepts.
     RotationPeriod,
+    /// Only an `Active` key can become the primary.
+    NotActive(crate::KeyId),
 }
 
 impl fmt::Display for Misuse {
@@ -254,6 +256,12 @@ impl fmt::Display for Misuse {
             Self::WeakKey => f.write_str("key shorter than 128 bits"),
             Self::TagLength(n) => write!(f, "mac tag of {n} bytes; 16 to 32 are accepted"),
             Self::RotationPeriod => write!(f, "kms rotation period outside 90 to 2560 days"),
+            Self::NotActive(id) => {
+                write!(
+                    f,
+                    "data key {id} is not active; only an active key can become primary"
+                )
+            }
         }
     }
 }

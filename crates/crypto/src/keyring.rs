@@ -14,6 +14,9 @@ use crate::kms::{Kms, KmsKeyId, TrustedKeys, WrappedKey};
 use crate::provider::{CryptoProvider, default_provider};
 use crate::suite::{KEY_LEN, Suite};
 
+mod shared;
+pub use shared::SharedKeyring;
+
 const KEYSET_MAGIC: [u8; 4] = *b"CCKS";
 const KEYSET_VERSION: u8 = 0x01;
 const MAX_KEYS: usize = 10_000;
@@ -222,11 +225,28 @@ impl Keyring {
 
     /// Adds a fresh key and makes it primary; the old primary becomes `Active`.
     ///
+    /// Where several processes share a stored keyring, prefer
+    /// [`Keyring::add_key`], store, wait until every process has reloaded,
+    /// then [`Keyring::promote`]: nothing is then sealed under a key that
+    /// some reader does not know yet.
+    ///
     /// # Errors
     ///
     /// [`Misuse::KeyringFull`] when the keyring already holds 10,000 keys
     /// (destroyed ones count: their ids stay reserved).
     pub fn rotate(&mut self) -> Result<KeyId, Error> {
+        let id = self.add_key()?;
+        self.promote(id)?;
+        Ok(id)
+    }
+
+    /// Adds a fresh `Active` key: it opens (once someone seals under it)
+    /// but does not seal until [`Keyring::promote`]d.
+    ///
+    /// # Errors
+    ///
+    /// As [`Keyring::rotate`].
+    pub fn add_key(&mut self) -> Result<KeyId, Error> {
         // Checked here, not when the keyset is next read: a keyset written
         // with more keys than `decode` accepts would lose every key.
         if self.entries.len() >= MAX_KEYS {
@@ -234,20 +254,39 @@ impl Keyring {
         }
         let ids: Vec<KeyId> = self.entries.iter().map(|e| e.info.id).collect();
         let id = random_id(&ids);
-        let old = self.primary;
-        if let Some(e) = self.entries.iter_mut().find(|e| e.info.id == old) {
-            e.info.state = KeyState::Active;
-        }
         self.entries.push(Entry {
             info: KeyInfo {
                 id,
-                state: KeyState::Primary,
+                state: KeyState::Active,
                 created: now(),
             },
             material: Some(DataKey::generate()),
         });
-        self.primary = id;
         Ok(id)
+    }
+
+    /// Makes `Active` key `id` the primary; the old primary becomes
+    /// `Active`. Promoting the primary changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownKey`]; [`Misuse::NotActive`] for a key that is
+    /// retired, compromised or destroyed.
+    pub fn promote(&mut self, id: KeyId) -> Result<(), Error> {
+        if id == self.primary {
+            return Ok(());
+        }
+        let e = self.entry_mut(id)?;
+        if e.info.state != KeyState::Active {
+            return Err(Misuse::NotActive(id).into());
+        }
+        e.info.state = KeyState::Primary;
+        let old = self.primary;
+        if let Some(e) = self.entries.iter_mut().find(|e| e.info.id == old) {
+            e.info.state = KeyState::Active;
+        }
+        self.primary = id;
+        Ok(())
     }
 
     /// Marks an `Active` key `Retired`.
@@ -697,6 +736,49 @@ fn random_id(taken: &[KeyId]) -> KeyId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_added_key_opens_before_it_seals_and_only_an_active_key_is_promoted() {
+        let mut ring = Keyring::generate();
+        let ctx = EncryptionContext::new();
+        let first = ring.primary();
+        let added = ring.add_key().unwrap();
+        assert_eq!(ring.primary(), first);
+        assert_eq!(ring.key(added).unwrap().state, KeyState::Active);
+        assert_eq!(
+            Keyring::key_id_of(&ring.seal(&ctx, b"x").unwrap()).unwrap(),
+            first
+        );
+        // A reader holding the keyring as stored now opens what the promoted key seals.
+        let reader = Keyring::decode(&ring.encode()).unwrap();
+        ring.promote(added).unwrap();
+        ring.promote(added).unwrap();
+        assert_eq!(ring.primary(), added);
+        assert_eq!(ring.key(first).unwrap().state, KeyState::Active);
+        let env = ring.seal(&ctx, b"after").unwrap();
+        assert_eq!(reader.open(&env, &ctx).unwrap().plaintext, b"after");
+        ring.mark_compromised(first).unwrap();
+        assert!(
+            matches!(ring.promote(first), Err(Error::Misuse(Misuse::NotActive(id))) if id == first)
+        );
+        let other = ring.add_key().unwrap();
+        ring.retire(other).unwrap();
+        assert!(matches!(
+            ring.promote(other),
+            Err(Error::Misuse(Misuse::NotActive(_)))
+        ));
+        ring.destroy(first).unwrap();
+        assert!(matches!(
+            ring.promote(first),
+            Err(Error::Misuse(Misuse::NotActive(_)))
+        ));
+        let unknown = (1..)
+            .filter_map(KeyId::new)
+            .find(|k| ring.key(*k).is_none())
+            .unwrap();
+        assert!(matches!(ring.promote(unknown), Err(Error::UnknownKey(id)) if id == unknown));
+        assert_eq!(ring.primary(), added);
+    }
 
     #[test]
     fn states_and_destroy() {

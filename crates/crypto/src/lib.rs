@@ -70,7 +70,9 @@ pub use context::{
 };
 pub use error::{Error, FormatError, KmsError, Misuse};
 pub use key::{COMMITMENT_LEN, DataKey, KeyId, SALT_LEN};
-pub use keyring::{KeyInfo, KeyState, Keyring, Opened, OpenedInPlace, RECORD_HEADER_LEN};
+pub use keyring::{
+    KeyInfo, KeyState, Keyring, Opened, OpenedInPlace, RECORD_HEADER_LEN, SharedKeyring,
+};
 pub use kms::{
     KeyDescription, Kms, KmsKeyId, LocalKms, ROOT_SECRET_ENV, RootSecret, TrustedKeys, WrappedKey,
 };
