@@ -30,3 +30,4 @@ pub mod session;
 pub use error::AuthzError;
 pub use policy::{Action, Basis, Care, Decision, DenyReason, Resource, ResourceKind, authorize};
 pub use principal::{Principal, Role, RoleSet, UserId};
+pub use rows::row_context;

@@ -26,6 +26,16 @@ pub(crate) enum Untrusted {
     UnknownKey,
 }
 
+/// The encryption context this crate seals row `id` of `coll` under (role
+/// assignments, sessions), for a rotation that re-seals such rows under a
+/// new data key without knowing what they hold.
+pub fn row_context(coll: &Collection, id: &RowId) -> EncryptionContext {
+    EncryptionContext::new()
+        .with("purpose", "careconnect/authz-row")
+        .with("collection", coll.as_str())
+        .with("row", id.as_str())
+}
+
 /// One collection of sealed JSON rows.
 #[derive(Clone)]
 pub(crate) struct SealedRows {
@@ -55,10 +65,7 @@ impl SealedRows {
     }
 
     fn context(&self, id: &RowId) -> EncryptionContext {
-        EncryptionContext::new()
-            .with("purpose", "careconnect/authz-row")
-            .with("collection", self.coll.as_str())
-            .with("row", id.as_str())
+        row_context(&self.coll, id)
     }
 
     /// `value` as JSON, sealed for row `id`.

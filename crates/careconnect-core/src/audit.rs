@@ -55,6 +55,13 @@ use crate::error::CoreError;
 /// The purpose the audit chain's MAC keys are derived for.
 pub const AUDIT_PURPOSE: &str = "careconnect/audit";
 
+/// The action of a checkpoint entry ([`AuditTrail::checkpoint`]).
+pub const CHECKPOINT_ACTION: &str = "audit:checkpoint";
+/// Domain separation for the history digest checkpoints commit to.
+const HISTORY_LABEL: &[u8] = b"careconnect/audit/history/v1";
+/// Digests of the latest entries a verification keeps for checkpoints.
+const HISTORY_KEPT: usize = 4096;
+
 /// Domain separation for the chain's MAC input.
 const CHAIN_LABEL: &[u8] = b"careconnect/audit/v1";
 const ENTRY_VERSION: u8 = 0x01;
@@ -161,7 +168,7 @@ impl AuditEvent {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -378,8 +385,16 @@ impl AuditTrail {
     ///
     /// # Errors
     ///
-    /// Storage failures, or [`CoreError::AuditUnavailable`] if the writer stopped.
-    pub async fn record(&self, mut event: AuditEvent) -> Result<u64, CoreError> {
+    /// Storage failures, or [`CoreError::AuditUnavailable`] if the writer
+    /// stopped; [`CoreError::Invalid`] for the action checkpoints use.
+    pub async fn record(&self, event: AuditEvent) -> Result<u64, CoreError> {
+        if event.action == CHECKPOINT_ACTION {
+            return Err(CoreError::Invalid("audit action (reserved)"));
+        }
+        self.append(event).await
+    }
+
+    async fn append(&self, mut event: AuditEvent) -> Result<u64, CoreError> {
         // Stated reasons may say something clinical: stored sealed.
         if let Some(reason) = event.reason.take() {
             let sealed = self
@@ -442,40 +457,131 @@ impl AuditTrail {
     /// Storage or anchor-file failures (a broken chain is a
     /// [`Verification::Broken`], not an error).
     pub async fn verify(&self) -> Result<Verification, CoreError> {
+        Ok(self.walk(&[], &[]).await?.verification)
+    }
+
+    /// Before data keys `keys` are destroyed (a compromise rotation):
+    /// verifies the chain while they still exist, then appends a
+    /// checkpoint under the current primary that commits to a digest of
+    /// every entry so far. Entries chained under a destroyed key can no
+    /// longer be checked on their own; [`AuditTrail::verify`] accepts them
+    /// when a later checkpoint it can check covers them. Their sealed
+    /// reasons no longer open. Returns how many entries are chained under
+    /// `keys`.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::AuditTampered`] when the chain does not verify now, or
+    /// would not once `keys` are destroyed (nothing was destroyed; run
+    /// again); storage failures.
+    pub async fn checkpoint(&self, keys: &[KeyId]) -> Result<u64, CoreError> {
+        let before = self.walk(&[], keys).await?;
+        if !matches!(before.verification, Verification::Intact { .. }) {
+            return Err(CoreError::AuditTampered);
+        }
+        let mut event = AuditEvent::system(
+            CHECKPOINT_ACTION,
+            format!(
+                "audit:through={} history={}",
+                before.through,
+                hex::encode(before.digest)
+            ),
+        );
+        event.outcome = Outcome::Allowed;
+        self.append(event).await?;
+        let after = self.walk(keys, keys).await?;
+        if after.unproven.is_some() || !matches!(after.verification, Verification::Intact { .. }) {
+            return Err(CoreError::AuditTampered);
+        }
+        Ok(before.under)
+    }
+
+    /// Walks the whole chain from entry 1 and checks it against the anchor,
+    /// taking `destroyed` as destroyed already and counting the entries
+    /// under `count`.
+    async fn walk(&self, destroyed: &[KeyId], count: &[KeyId]) -> Result<Walk, CoreError> {
         let keys = self.keys.current();
+        let gone = |id: u32| {
+            destroyed.iter().any(|k| k.get() == id)
+                || KeyId::new(id)
+                    .and_then(|k| keys.key(k))
+                    .is_some_and(|k| k.state == careconnect_crypto::KeyState::Destroyed)
+        };
+        let mut walk = Walk {
+            verification: Verification::Intact { entries: 0 },
+            through: 0,
+            digest: [0; 32],
+            under: 0,
+            unproven: None,
+        };
         let mut head = Head::EMPTY;
         let mut macs = MacCache::default();
-        loop {
+        let mut recent: std::collections::VecDeque<(u64, [u8; 32])> =
+            std::collections::VecDeque::with_capacity(HISTORY_KEPT);
+        'read: loop {
             let page = self.log.read(head.seq + 1, 1000).await?;
             if page.is_empty() {
                 break;
             }
             for (seq, entry) in &page {
                 if *seq != head.seq + 1 {
-                    return Ok(Verification::Broken {
-                        seq: head.seq + 1,
-                        problem: Problem::Missing,
-                    });
+                    walk.verification = broken(head.seq + 1, Problem::Missing);
+                    break 'read;
                 }
                 let Some(raw) = split(entry) else {
-                    return Ok(broken(*seq, Problem::Unreadable));
+                    walk.verification = broken(*seq, Problem::Unreadable);
+                    break 'read;
                 };
-                let Some(key) = macs.get(&keys, raw.key_id) else {
-                    return Ok(broken(*seq, Problem::Unreadable));
-                };
-                let expected = chain_mac(key, *seq, &head.mac, raw.json);
-                if !bool::from(expected.ct_eq(&raw.mac)) {
-                    return Ok(broken(*seq, Problem::Altered));
+                walk.digest = history_step(&walk.digest, *seq, entry);
+                if count.iter().any(|k| k.get() == raw.key_id) {
+                    walk.under += 1;
+                }
+                if gone(raw.key_id) {
+                    // Checked only by a later checkpoint.
+                    let first = walk.unproven.map_or(*seq, |(f, _)| f);
+                    walk.unproven = Some((first, *seq));
+                } else {
+                    let Some(key) = macs.get(&keys, raw.key_id) else {
+                        walk.verification = broken(*seq, Problem::Unreadable);
+                        break 'read;
+                    };
+                    let expected = chain_mac(key, *seq, &head.mac, raw.json);
+                    if !bool::from(expected.ct_eq(&raw.mac)) {
+                        walk.verification = broken(*seq, Problem::Altered);
+                        break 'read;
+                    }
+                    if let Some((_, last)) = walk.unproven
+                        && let Some((through, claimed)) = checkpoint_of(raw.json)
+                        && through >= last
+                        && recent
+                            .iter()
+                            .any(|(s, d)| *s == through && bool::from(d.ct_eq(&claimed)))
+                    {
+                        walk.unproven = None;
+                    }
                 }
                 head = Head {
                     seq: *seq,
                     mac: raw.mac,
                 };
+                if recent.len() == HISTORY_KEPT {
+                    recent.pop_front();
+                }
+                recent.push_back((*seq, walk.digest));
             }
+        }
+        walk.through = head.seq;
+        if !matches!(walk.verification, Verification::Intact { .. }) {
+            return Ok(walk);
+        }
+        if let Some((first, _)) = walk.unproven {
+            walk.verification = broken(first, Problem::Unreadable);
+            return Ok(walk);
         }
         if let Some(anchored) = self.anchor.read()? {
             if head.seq < anchored.seq {
-                return Ok(broken(head.seq + 1, Problem::Truncated));
+                walk.verification = broken(head.seq + 1, Problem::Truncated);
+                return Ok(walk);
             }
             // The entry at the anchored position must be the anchored one.
             let at = self.log.read(anchored.seq, 1).await?;
@@ -484,11 +590,50 @@ impl AuditTrail {
                 (*s == anchored.seq).then_some(raw.mac)
             });
             if !same.is_some_and(|m| bool::from(m.ct_eq(&anchored.mac))) {
-                return Ok(broken(anchored.seq, Problem::Truncated));
+                walk.verification = broken(anchored.seq, Problem::Truncated);
+                return Ok(walk);
             }
         }
-        Ok(Verification::Intact { entries: head.seq })
+        walk.verification = Verification::Intact { entries: head.seq };
+        Ok(walk)
     }
+}
+
+/// What a walk over the chain found.
+struct Walk {
+    verification: Verification,
+    /// The last entry read.
+    through: u64,
+    /// The history digest through it.
+    digest: [u8; 32],
+    /// Entries chained under the keys counted.
+    under: u64,
+    /// Entries under a destroyed key that no checkpoint covers yet: the
+    /// first and the last.
+    unproven: Option<(u64, u64)>,
+}
+
+/// The digest of the log through entry `seq`, from the one before it.
+fn history_step(prev: &[u8; 32], seq: u64, entry: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(HISTORY_LABEL);
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(entry);
+    h.finalize().into()
+}
+
+/// The position and digest a checkpoint entry's event commits to.
+fn checkpoint_of(json: &[u8]) -> Option<(u64, [u8; 32])> {
+    let event: AuditEvent = serde_json::from_slice(json).ok()?;
+    if event.action != CHECKPOINT_ACTION || event.actor.is_some() {
+        return None;
+    }
+    let rest = event.resource.strip_prefix("audit:through=")?;
+    let (through, digest) = rest.split_once(" history=")?;
+    let digest = hex::decode(digest).ok()?.try_into().ok()?;
+    Some((through.parse().ok()?, digest))
 }
 
 fn broken(seq: u64, problem: Problem) -> Verification {

@@ -50,7 +50,7 @@ pub const DOCUMENTS_COLLECTION: &str = "core_documents";
 /// The collection of shares.
 pub const SHARES_COLLECTION: &str = "core_document_shares";
 /// Medicloud's own state (the last rotation of the documents' key).
-const STATE_COLLECTION: &str = "core_medicloud_state";
+pub(crate) const STATE_COLLECTION: &str = "core_medicloud_state";
 
 #[derive(Serialize, Deserialize)]
 struct Rotated {

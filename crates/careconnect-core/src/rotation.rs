@@ -8,11 +8,16 @@
 //!    never rewritten: a document's re-wrapped data key goes into its
 //!    metadata row, so the time does not depend on document sizes.
 //!    Afterwards the previous versions wrap nothing the clinic needs.
-//! 2. **Data-key rotation** is not built yet (see the design document).
+//! 2. **Data-key rotation** ([`Rotation::rotate_data_key`]): a fresh
+//!    primary in the clinic keyring, announced to every node before
+//!    anything is sealed under it; optionally every row under older keys
+//!    re-sealed and the older keys retired.
 //! 3. **Compromise**: of one document's data key
 //!    ([`Rotation::document_key_compromised`]: re-encrypted under a fresh
-//!    key into a new blob, the old blob deleted). Of a keyring's data key
-//!    or a KMS key version: not built yet.
+//!    key into a new blob, the old blob deleted); of a clinic-keyring data
+//!    key ([`Rotation::data_key_compromised`]: every row under it re-sealed,
+//!    checked twice, the audit chain checkpointed, the key destroyed). Of a
+//!    KMS key version: not built yet.
 //!
 //! A job is **online**: the clinic keeps serving (keysets are stored with
 //! compare-and-swap on their version, document rows with compare-and-swap
@@ -37,6 +42,9 @@ use crate::error::CoreError;
 use crate::medicloud::{DocRow, doc_context, docs};
 use crate::rows;
 
+mod data_key;
+pub use data_key::{DataKeyKind, DataKeyReport};
+
 /// Where rotation jobs keep their progress.
 const JOBS_COLLECTION: &str = "core_rotation_jobs";
 /// The row of the KMS master-key rotation job.
@@ -49,6 +57,7 @@ const RETRIES: usize = 8;
 /// What a job is doing, for progress display.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Phase {
     /// Counting what there is to do.
     Counting,
@@ -62,6 +71,16 @@ pub enum Phase {
     VerifyKeysets,
     /// Opening documents and checking their hashes.
     VerifyDocuments,
+    /// Waiting for every node to load the new data key (`done` and
+    /// `total` in milliseconds).
+    AnnounceKey,
+    /// Waiting for every node to seal with the new primary (milliseconds).
+    PromoteKey,
+    /// Re-sealing rows under the old data keys.
+    ResealRows,
+    /// Waiting a reload window, then checking that no row is under the
+    /// compromised key (milliseconds).
+    VerifyRows,
 }
 
 /// A progress report: `done` of `total` in `phase`.

@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::CoreError;
 
-fn context(coll: &Collection, id: &RowId) -> EncryptionContext {
+/// The encryption context of row `id` of `coll`.
+pub(crate) fn context(coll: &Collection, id: &RowId) -> EncryptionContext {
     EncryptionContext::new()
         .with("purpose", "careconnect/core-row")
         .with("collection", coll.as_str())

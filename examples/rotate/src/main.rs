@@ -8,6 +8,8 @@
 //! rotate --data-dir data rotate-kek --json
 //! rotate --data-dir data verify
 //! rotate --data-dir data compromised-document <document-id>
+//! rotate --data-dir data rotate-data-key [--no-reencrypt] [--dry-run]
+//! rotate --data-dir data compromised <data-key-id> [--dry-run]
 //! ```
 //!
 //! Progress goes to stderr: bars with rate and ETA on a terminal, plain
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use careconnect::authz::session::SystemClock;
 use careconnect::authz::{Principal, Role, UserId};
-use careconnect::core::rotation::{Phase, Progress};
+use careconnect::core::rotation::{DataKeyReport, Phase, Progress};
 use careconnect::core::{Clinic, ClinicConfig, KmsConfig};
 use careconnect::crypto::KmsKeyId;
 use careconnect::crypto::kms::{Kms, LocalKms, RootSecret};
@@ -39,6 +41,11 @@ struct Args {
     /// Print the report as JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// How often the clinic's nodes re-read the clinic keyset, in
+    /// milliseconds: must be the value they run with (data-key rotations
+    /// wait twice this between steps).
+    #[arg(long, env = "CARECONNECT_KEYRING_RECHECK_MS", default_value_t = 5000)]
+    keyring_recheck_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,6 +72,28 @@ enum Command {
         /// The document's id.
         id: String,
     },
+    /// Scheduled data-key rotation: a fresh data key becomes the clinic
+    /// keyring's primary (announced to every node first); rows under older
+    /// keys are re-sealed under it and the older keys retired. Resumes an
+    /// unfinished run.
+    RotateDataKey {
+        /// Only the new primary: leave rows under older keys as they are.
+        #[arg(long)]
+        no_reencrypt: bool,
+        /// Report what would be re-sealed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// A data key of the clinic keyring is compromised: re-seal every row
+    /// under it under a fresh key, check twice that none is left, destroy
+    /// it. Resumes an unfinished run.
+    Compromised {
+        /// The data key's id (as `status` lists it).
+        key: u32,
+        /// Report what would be re-sealed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn operator() -> Result<Principal> {
@@ -76,7 +105,7 @@ fn operator() -> Result<Principal> {
 
 /// Opens the clinic in `dir`, changing nothing there: every file of it must
 /// exist already, and the number of subject buckets is read off its KMS.
-async fn open(dir: &Path) -> Result<Clinic> {
+async fn open(dir: &Path, keyring_recheck: Duration) -> Result<Clinic> {
     for file in ["clinic.db", "kms.bin", "kms-root.key"] {
         if !dir.join(file).is_file() {
             bail!(
@@ -110,6 +139,7 @@ async fn open(dir: &Path) -> Result<Clinic> {
     }
     config.subject_buckets = buckets;
     config.kms = KmsConfig::Provided(kms);
+    config.keyring_recheck = keyring_recheck;
     let store = careconnect::storage::connect(&config.storage_url)
         .await
         .with_context(|| format!("opening the database in {}", dir.display()))?;
@@ -179,6 +209,11 @@ fn phase_name(p: Phase) -> &'static str {
         Phase::RewrapDocuments => "re-wrapping docs",
         Phase::VerifyKeysets => "verifying keysets",
         Phase::VerifyDocuments => "verifying docs",
+        Phase::AnnounceKey => "announcing new key",
+        Phase::PromoteKey => "promoting new key",
+        Phase::ResealRows => "re-sealing rows",
+        Phase::VerifyRows => "checking no rows",
+        _ => "working",
     }
 }
 
@@ -197,7 +232,14 @@ async fn main() -> std::process::ExitCode {
 
 /// Runs the command; `Ok(false)` when it ran but found failures.
 async fn run(args: Args) -> Result<bool> {
-    let clinic = open(&args.data_dir).await?;
+    if args.keyring_recheck_ms == 0 {
+        bail!("--keyring-recheck-ms must be above 0");
+    }
+    let clinic = open(
+        &args.data_dir,
+        Duration::from_millis(args.keyring_recheck_ms),
+    )
+    .await?;
     let operator = operator()?;
     let mut shown = Shown::new();
     match args.command {
@@ -312,6 +354,27 @@ async fn run(args: Args) -> Result<bool> {
             }
             Ok(true)
         }
+        Command::RotateDataKey {
+            no_reencrypt,
+            dry_run,
+        } => {
+            let report = clinic
+                .rotation()
+                .rotate_data_key(&operator, !no_reencrypt, dry_run, &mut |p| shown.show(p))
+                .await?;
+            shown.finish();
+            print_data_key(&report, args.json)?;
+            Ok(true)
+        }
+        Command::Compromised { key, dry_run } => {
+            let report = clinic
+                .rotation()
+                .data_key_compromised(&operator, key, dry_run, &mut |p| shown.show(p))
+                .await?;
+            shown.finish();
+            print_data_key(&report, args.json)?;
+            Ok(true)
+        }
         Command::Verify => {
             let report = clinic
                 .rotation()
@@ -335,4 +398,42 @@ async fn run(args: Args) -> Result<bool> {
             Ok(report.passed())
         }
     }
+}
+
+fn print_data_key(report: &DataKeyReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    let verb = if report.dry_run {
+        "would re-seal"
+    } else {
+        "re-sealed"
+    };
+    println!(
+        "{verb} {} rows under data keys {:?}{}",
+        report.total_rows(),
+        report.old_keys,
+        if report.resumed {
+            "; resumed an unfinished run"
+        } else {
+            ""
+        }
+    );
+    for (coll, n) in &report.rows {
+        println!("  {coll:28} {n}");
+    }
+    if !report.dry_run {
+        println!("new primary data key {}", report.new_key);
+    }
+    if !report.retired.is_empty() {
+        println!("retired data keys {:?}", report.retired);
+    }
+    if !report.destroyed.is_empty() {
+        println!(
+            "destroyed data keys {:?}; {} audit entries chained under them are covered by a checkpoint",
+            report.destroyed, report.audit_entries_sealed_off
+        );
+    }
+    Ok(())
 }

@@ -234,3 +234,147 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The clinic keyring's data keys, id -> state, as `status --json` lists them.
+fn data_keys(dir: &Path) -> BTreeMap<u64, String> {
+    json(&rotate(dir, &["--json", "status"]))["clinic_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["id"].as_u64().unwrap(),
+                k["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Doctors' names and documents' hashes: the rows the clinic keyring seals.
+async fn rows_manifest(dir: &Path) -> BTreeMap<String, String> {
+    let c = open(dir).await;
+    let mut out = manifest(&c).await;
+    for p in c.doctors().await.unwrap() {
+        out.insert(p.user.subject().to_owned(), p.name);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_data_key_compromise_then_a_rerun_finishes_it() {
+    const PEOPLE: usize = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    clinic_with(dir.path(), 50).await;
+    {
+        let c = open(dir.path()).await;
+        let admin = Principal::new(
+            UserId::new("https://idp.test", "admin-adam").unwrap(),
+            [Role::Admin].into_iter().collect(),
+        );
+        let roles: careconnect::authz::RoleSet = [Role::Doctor].into_iter().collect();
+        let ids: Vec<usize> = (0..PEOPLE).collect();
+        for chunk in ids.chunks(64) {
+            let writes = chunk.iter().map(|i| {
+                let (c, admin) = (&c, &admin);
+                async move {
+                    let user = UserId::new("https://idp.test", format!("doctor-{i:05}")).unwrap();
+                    c.admin()
+                        .set_person(admin, &user, &format!("Dr {i}"), roles)
+                        .await
+                        .unwrap();
+                }
+            });
+            futures::future::join_all(writes).await;
+        }
+    }
+    let before = rows_manifest(dir.path()).await;
+    assert!(before.len() >= PEOPLE + 50);
+    let keys = data_keys(dir.path());
+    let (k, _) = keys.iter().find(|(_, s)| *s == "Primary").unwrap();
+    let k = k.to_string();
+    let fast = ["--keyring-recheck-ms", "50"];
+
+    // Clear refusals: a key the keyring does not hold changes nothing.
+    let unknown = (1..).find(|i| !keys.contains_key(i)).unwrap().to_string();
+    let out = rotate(
+        dir.path(),
+        &[&fast[..], &["compromised", &unknown]].concat(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("data key id"));
+    // A dry run counts and changes nothing.
+    let dry = json(&rotate(
+        dir.path(),
+        &[&fast[..], &["--json", "compromised", &k, "--dry-run"]].concat(),
+    ));
+    let total: u64 = dry["rows"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(total >= (PEOPLE + 50) as u64, "{dry}");
+    assert_eq!(data_keys(dir.path()), keys);
+
+    // How long an uninterrupted run takes (on a copy).
+    let timing = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), timing.path());
+    let t = Instant::now();
+    assert!(
+        rotate(timing.path(), &[&fast[..], &["compromised", &k]].concat())
+            .status
+            .success()
+    );
+    let full = t.elapsed();
+
+    let kills = 10u32;
+    let mut cut = 0;
+    for n in 0..kills {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rotate"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(fast)
+            .args(["compromised", &k])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Each run is cut early (a few % to 13 % of a whole run): every rerun resumes and
+        // gets further, and none is left to finish on its own.
+        std::thread::sleep(full * (n % 4 + 1) / 30);
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok();
+        child.wait().unwrap();
+        if !finished {
+            cut += 1;
+        }
+    }
+    assert!(cut >= 10, "only {cut} of {kills} runs were cut part-way");
+    // Every row opened whatever instant it died at; a last run finishes.
+    let report = json(&rotate(
+        dir.path(),
+        &[&fast[..], &["--json", "compromised", &k]].concat(),
+    ));
+    assert_eq!(
+        report["destroyed"],
+        serde_json::json!([k.parse::<u64>().unwrap()])
+    );
+    assert_eq!(
+        data_keys(dir.path())
+            .get(&k.parse().unwrap())
+            .map(String::as_str),
+        Some("Destroyed")
+    );
+    assert_eq!(rows_manifest(dir.path()).await, before);
+    let c = open(dir.path()).await;
+    assert!(matches!(
+        c.audit().verify().await.unwrap(),
+        careconnect::core::audit::Verification::Intact { .. }
+    ));
+    let verified = json(&rotate(dir.path(), &["verify", "--json"]));
+    assert_eq!(
+        verified["failures"].as_array().unwrap().len(),
+        0,
+        "{verified}"
+    );
+}

@@ -1,0 +1,855 @@
+//! Rotation of the clinic keyring's data keys: scheduled (kind 2) and
+//! compromise (kind 3). See `docs/key-rotation.md`.
+//!
+//! Every node holds the clinic keyring in memory and re-reads the keyset
+//! every [`crate::ClinicConfig::keyring_recheck`]; a job therefore waits
+//! [`Clinic::reload_window`] after each change it stores before relying on
+//! it:
+//!
+//! 1. a fresh key is added as `Active` (it opens, nothing seals with it);
+//! 2. once every node knows it, it is promoted to primary;
+//! 3. once every node seals with it, the rows under the old keys are
+//!    re-sealed (a page at a time, compare-and-swap, the page's row ids and
+//!    the job's cursor in the same commit), twice over the whole set;
+//! 4. scheduled: the old keys are retired. Compromise: the key is marked
+//!    compromised; after a window, no row may be under it, and again a
+//!    window later; the audit chain is checkpointed under the new key; then
+//!    the key is destroyed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use careconnect_authz::{Action, Principal};
+use careconnect_crypto::{EncryptionContext, KeyId, KeyState, Keyring, TrustedKeys};
+use careconnect_storage::{Collection, Row, RowData, RowId, StorageError, Write};
+use serde::{Deserialize, Serialize};
+
+use super::{OnProgress, Phase, Progress, Rotation, jobs};
+use crate::audit::now_ms;
+use crate::audit::{AuditEvent, Outcome};
+use crate::clinic::{CLINIC_KEYSET, Inner};
+use crate::error::CoreError;
+use crate::rows;
+
+/// The row of the data-key job.
+const KEY_JOB: &str = "data-key";
+/// Where a job keeps the ids of the rows it re-sealed, one row per page.
+const TOUCHED_COLLECTION: &str = "core_rotation_touched";
+/// Rows re-sealed per commit: with the page's touched-row insert and the
+/// job's checkpoint, one storage batch.
+const PAGE: usize = careconnect_storage::MAX_WRITES - 2;
+/// Passes over every collection after the first, at most (each finds what
+/// slower writers committed under an old key meanwhile).
+const MAX_PASSES: u32 = 5;
+
+/// How a collection's rows are bound to their place.
+#[derive(Debug, Clone, Copy)]
+enum Binding {
+    /// This crate's rows ([`rows::context`]).
+    Core,
+    /// The authz crate's rows ([`careconnect_authz::row_context`]).
+    Authz,
+}
+
+/// Every collection whose rows the clinic keyring seals.
+const SEALED: &[(&str, Binding)] = &[
+    (crate::clinic::PEOPLE_COLLECTION, Binding::Core),
+    (crate::access::CARE_COLLECTION, Binding::Core),
+    (crate::access::BREAK_GLASS_COLLECTION, Binding::Core),
+    (crate::patients::SLOTS_COLLECTION, Binding::Core),
+    (crate::finance::TRANSACTIONS_COLLECTION, Binding::Core),
+    (crate::eps::PRESCRIPTIONS_COLLECTION, Binding::Core),
+    (crate::eps::SIGNING_KEYS_COLLECTION, Binding::Core),
+    (crate::medicloud::DOCUMENTS_COLLECTION, Binding::Core),
+    (crate::medicloud::SHARES_COLLECTION, Binding::Core),
+    (crate::medicloud::STATE_COLLECTION, Binding::Core),
+    (super::JOBS_COLLECTION, Binding::Core),
+    (
+        careconnect_authz::mapper::ASSIGNMENTS_COLLECTION,
+        Binding::Authz,
+    ),
+    (
+        careconnect_authz::session::SESSIONS_COLLECTION,
+        Binding::Authz,
+    ),
+];
+
+fn context(binding: Binding, coll: &Collection, id: &RowId) -> EncryptionContext {
+    match binding {
+        Binding::Core => rows::context(coll, id),
+        Binding::Authz => careconnect_authz::row_context(coll, id),
+    }
+}
+
+/// Which kind of data-key rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataKeyKind {
+    /// Scheduled (kind 2): a new primary; old keys kept for reading, or
+    /// their rows re-sealed and the keys retired.
+    Scheduled,
+    /// Compromise (kind 3): every row under the key re-sealed, then the key
+    /// destroyed.
+    Compromise,
+}
+
+/// Where a data-key job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Step {
+    /// The new key is stored as `Active`.
+    Added,
+    /// The new key is the primary.
+    Promoted,
+    /// Every row under the old keys was re-sealed.
+    Resealed,
+    /// (Compromise) the key is marked compromised.
+    Marked,
+    /// (Compromise) a first check a window after marking found no row.
+    CheckedOnce,
+}
+
+/// The checkpoint of a data-key job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KeyJob {
+    kind: DataKeyKind,
+    /// Keys whose rows are re-sealed.
+    old: Vec<u32>,
+    /// The new primary.
+    new: u32,
+    step: Step,
+    /// When the keyset last changed, Unix ms: waits count from here.
+    changed_ms: u64,
+    /// Position in [`SEALED`] × `old`, and the last row done there.
+    target: usize,
+    cursor: Option<String>,
+    /// Passes over everything done.
+    pass: u32,
+    /// Rows re-sealed in the current pass.
+    pass_rows: u64,
+    /// Rows re-sealed, by collection.
+    rows: BTreeMap<String, u64>,
+    /// Touched-row pages written.
+    pages: u64,
+}
+
+/// What a data-key rotation did (or, in a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DataKeyReport {
+    /// Which kind.
+    pub kind: DataKeyKind,
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// The job resumed one that an earlier run left unfinished.
+    pub resumed: bool,
+    /// The keys whose rows were re-sealed (compromise: the one key).
+    pub old_keys: Vec<u32>,
+    /// The new primary (0 in a dry run).
+    pub new_key: u32,
+    /// Keys retired (scheduled) or destroyed (compromise) at the end.
+    pub retired: Vec<u32>,
+    /// Keys destroyed at the end.
+    pub destroyed: Vec<u32>,
+    /// Rows re-sealed (in a dry run: under the old keys), by collection.
+    pub rows: BTreeMap<String, u64>,
+    /// Every row re-sealed, as `collection/row-id`.
+    pub touched: Vec<String>,
+    /// Audit entries chained under a destroyed key, now covered by a
+    /// checkpoint under the new one (their sealed reasons no longer open).
+    pub audit_entries_sealed_off: u64,
+}
+
+impl DataKeyReport {
+    /// Rows re-sealed (or to re-seal), all collections.
+    pub fn total_rows(&self) -> u64 {
+        self.rows.values().sum()
+    }
+}
+
+fn key_job_id() -> Result<RowId, CoreError> {
+    Ok(RowId::new(KEY_JOB)?)
+}
+
+fn touched() -> Result<Collection, CoreError> {
+    Ok(Collection::new(TOUCHED_COLLECTION)?)
+}
+
+fn key_id(raw: u32) -> Result<KeyId, CoreError> {
+    KeyId::new(raw).ok_or(CoreError::Corrupt("rotation job row"))
+}
+
+impl Inner {
+    /// The stored clinic keyset: its version and keyring.
+    async fn clinic_keyset(&self) -> Result<(u64, Keyring), CoreError> {
+        let (version, sealed) = self.keystore.load(CLINIC_KEYSET).await?;
+        let ring = Keyring::open_keyset(
+            self.kms.as_ref(),
+            &TrustedKeys::from(self.clinic_kms_key()),
+            &sealed,
+        )
+        .await?;
+        Ok((version, ring))
+    }
+
+    /// Applies `change` to the stored clinic keyset (compare-and-swap,
+    /// re-read on a concurrent change) and installs the result here.
+    async fn change_keyset<T>(
+        &self,
+        change: impl Fn(&mut Keyring) -> Result<T, CoreError>,
+    ) -> Result<(Keyring, T), CoreError> {
+        for _ in 0..super::RETRIES {
+            let (version, mut ring) = self.clinic_keyset().await?;
+            let out = change(&mut ring)?;
+            let sealed = ring
+                .seal_keyset(self.kms.as_ref(), self.clinic_kms_key())
+                .await?;
+            match self
+                .keystore
+                .store(CLINIC_KEYSET, Some(version), sealed)
+                .await
+            {
+                Ok(v) => {
+                    self.install_keys(v, ring.clone());
+                    return Ok((ring, out));
+                }
+                Err(StorageError::VersionConflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict("the clinic keyset kept changing"))
+    }
+
+    async fn key_job(&self) -> Result<Option<(Row, KeyJob)>, CoreError> {
+        let coll = jobs()?;
+        let Some(row) = self.get(&coll, &key_job_id()?).await? else {
+            return Ok(None);
+        };
+        let job = rows::open::<KeyJob>(&self.keys.current(), &coll, &row)
+            .ok_or(CoreError::Corrupt("rotation job row"))?;
+        Ok(Some((row, job)))
+    }
+
+    /// The job row's update, for a commit of its own or with a page.
+    fn key_job_write(&self, row: &Row, job: &KeyJob) -> Result<Write, CoreError> {
+        self.resealed(&jobs()?, row, job)
+    }
+
+    async fn save_key_job(&self, row: &mut Row, job: &KeyJob) -> Result<(), CoreError> {
+        let write = self.key_job_write(row, job)?;
+        let versions = self.store.commit(&[write]).await.map_err(conflict)?;
+        row.version = versions.first().copied().unwrap_or(row.version + 1);
+        Ok(())
+    }
+
+    /// Rows of `coll` under `key` after `after`, up to `limit`.
+    async fn under_key(
+        &self,
+        coll: &Collection,
+        key: u32,
+        after: Option<&RowId>,
+        limit: usize,
+    ) -> Result<careconnect_storage::Page, CoreError> {
+        Ok(self.store.scan_key(coll, key, after, limit).await?)
+    }
+
+    /// `row` sealed again under the current primary, same plaintext, same
+    /// place; `None` when it is no longer under one of `old`.
+    fn resealed_raw(
+        &self,
+        keys: &Keyring,
+        binding: Binding,
+        coll: &Collection,
+        row: &Row,
+        old: &[u32],
+    ) -> Result<Option<Write>, CoreError> {
+        if !old.contains(&row.key_id) {
+            return Ok(None);
+        }
+        let ctx = context(binding, coll, &row.id);
+        // Fail closed: a row under the key that does not open is forged or
+        // damaged, and re-sealing it would launder it.
+        let opened = keys
+            .open(&row.envelope, &ctx)
+            .map_err(|_| CoreError::Corrupt("a row under the rotated key does not open"))?;
+        let plaintext = zeroize::Zeroizing::new(opened.plaintext);
+        Ok(Some(Write::Update {
+            coll: coll.clone(),
+            id: row.id.clone(),
+            expected: row.version,
+            data: RowData {
+                key_id: keys.primary().get(),
+                envelope: keys.seal(&ctx, &plaintext)?,
+                indexes: row.indexes.clone(),
+            },
+        }))
+    }
+
+    /// Re-seals one row, re-reading it while it keeps changing; `false`
+    /// when it went or is no longer under an old key.
+    async fn reseal_alone(
+        &self,
+        binding: Binding,
+        coll: &Collection,
+        id: &RowId,
+        old: &[u32],
+    ) -> Result<bool, CoreError> {
+        for _ in 0..super::RETRIES {
+            let Some(row) = self.get(coll, id).await? else {
+                return Ok(false);
+            };
+            let Some(write) = self.resealed_raw(&self.keys.current(), binding, coll, &row, old)?
+            else {
+                return Ok(false);
+            };
+            match self.store.commit(&[write]).await {
+                Ok(_) => return Ok(true),
+                Err(StorageError::VersionConflict { .. }) => {}
+                Err(StorageError::NotFound) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict("a row kept changing"))
+    }
+
+    /// Rows under any of `keys` in every sealed collection, by collection.
+    async fn count_under(&self, keys: &[u32]) -> Result<BTreeMap<String, u64>, CoreError> {
+        let mut counts = BTreeMap::new();
+        for (name, _) in SEALED {
+            let coll = Collection::new(*name)?;
+            for key in keys {
+                let mut after: Option<RowId> = None;
+                loop {
+                    let page = self.under_key(&coll, *key, after.as_ref(), 1000).await?;
+                    let n = page
+                        .rows
+                        .iter()
+                        .filter(|r| !is_job_row(&coll, &r.id))
+                        .count() as u64;
+                    if n > 0 {
+                        *counts.entry((*name).to_owned()).or_insert(0) += n;
+                    }
+                    match page.next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// The data-key job's own row is re-sealed by each checkpoint, never by a page.
+fn is_job_row(coll: &Collection, id: &RowId) -> bool {
+    coll.as_str() == super::JOBS_COLLECTION && id.as_str() == KEY_JOB
+}
+
+fn conflict(e: StorageError) -> CoreError {
+    match e {
+        StorageError::VersionConflict { .. } | StorageError::NotFound => {
+            CoreError::Conflict("another run of this rotation is in progress")
+        }
+        e => e.into(),
+    }
+}
+
+/// The ids a page re-sealed, sealed under the clinic keyring.
+#[derive(Serialize, Deserialize)]
+struct TouchedPage {
+    coll: String,
+    ids: Vec<String>,
+}
+
+impl Rotation<'_> {
+    /// Scheduled data-key rotation (kind 2): a fresh data key becomes the
+    /// clinic keyring's primary, announced to every node before anything is
+    /// sealed under it. With `reencrypt`, every row under an older key is
+    /// then re-sealed under it and the older keys are retired (they still
+    /// open, as the audit log's older entries need them). With `dry_run`,
+    /// reports what would be re-sealed and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`Rotation::data_key_compromised`].
+    pub async fn rotate_data_key(
+        &self,
+        admin: &Principal,
+        reencrypt: bool,
+        dry_run: bool,
+        progress: OnProgress<'_>,
+    ) -> Result<DataKeyReport, CoreError> {
+        let c = &self.clinic.inner;
+        let what = if dry_run {
+            "keys:data-key dry-run"
+        } else {
+            "keys:data-key"
+        };
+        c.decide_system(admin, Action::RotateKeys, what.into())
+            .await?;
+        let ring = c.clinic_keyset().await?.1;
+        let old: Vec<u32> = if reencrypt {
+            ring.keys()
+                .filter(|k| matches!(k.state, KeyState::Primary | KeyState::Active))
+                .map(|k| k.id.get())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.run_key_job(admin, DataKeyKind::Scheduled, old, dry_run, progress)
+            .await
+    }
+
+    /// Compromise of data key `key` of the clinic keyring (kind 3): every
+    /// row sealed under it is re-sealed under a fresh primary, the key is
+    /// marked compromised, two checks a reload window apart must find no
+    /// row under it, the audit chain is checkpointed under the new key,
+    /// and the key is destroyed. The report lists every row re-sealed. Run
+    /// again after a crash or an error: the job resumes where it stopped.
+    ///
+    /// Rows under the key keep opening until it is destroyed, as the job
+    /// re-seals them anyway: it cannot tell a row forged with the stolen key
+    /// from a genuine one. Compare the touched rows with a backup taken
+    /// before the compromise.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited) for anyone but an administrator;
+    /// [`CoreError::Invalid`] for a key the keyring does not hold or that
+    /// is already destroyed; [`CoreError::Conflict`] when another data-key
+    /// job (of another key or kind) is unfinished, or another run of this
+    /// one is progressing; [`CoreError::Corrupt`] for a row under the key
+    /// that does not open (the job stops there, nothing is destroyed);
+    /// [`CoreError::AuditTampered`] when the audit chain does not verify
+    /// (nothing is destroyed); storage and KMS errors (run again).
+    pub async fn data_key_compromised(
+        &self,
+        admin: &Principal,
+        key: u32,
+        dry_run: bool,
+        progress: OnProgress<'_>,
+    ) -> Result<DataKeyReport, CoreError> {
+        let c = &self.clinic.inner;
+        let what = format!(
+            "keys:data-key:{key} compromised{}",
+            if dry_run { " dry-run" } else { "" }
+        );
+        c.decide_system(admin, Action::RotateKeys, what).await?;
+        self.run_key_job(admin, DataKeyKind::Compromise, vec![key], dry_run, progress)
+            .await
+    }
+
+    async fn run_key_job(
+        &self,
+        admin: &Principal,
+        kind: DataKeyKind,
+        old: Vec<u32>,
+        dry_run: bool,
+        progress: OnProgress<'_>,
+    ) -> Result<DataKeyReport, CoreError> {
+        let c = &self.clinic.inner;
+        let existing = c.key_job().await?;
+        if let Some((_, job)) = &existing
+            && (job.kind != kind || (kind == DataKeyKind::Compromise && job.old != old))
+        {
+            return Err(CoreError::Conflict(
+                "another data-key rotation is unfinished: run it again first",
+            ));
+        }
+        if existing.is_none() && kind == DataKeyKind::Compromise {
+            let ring = c.clinic_keyset().await?.1;
+            let known = old
+                .first()
+                .and_then(|k| KeyId::new(*k))
+                .and_then(|k| ring.key(k));
+            if known.is_none_or(|k| k.state == KeyState::Destroyed) {
+                return Err(CoreError::Invalid(
+                    "data key id: not in the clinic keyring, or already destroyed",
+                ));
+            }
+        }
+        let mut report = DataKeyReport {
+            kind,
+            dry_run,
+            resumed: existing.is_some(),
+            old_keys: existing
+                .as_ref()
+                .map_or(old.clone(), |(_, j)| j.old.clone()),
+            new_key: existing.as_ref().map_or(0, |(_, j)| j.new),
+            retired: Vec::new(),
+            destroyed: Vec::new(),
+            rows: BTreeMap::new(),
+            touched: Vec::new(),
+            audit_entries_sealed_off: 0,
+        };
+        if dry_run {
+            progress(Progress {
+                phase: Phase::Counting,
+                done: 0,
+                total: 1,
+            });
+            report.rows = c.count_under(&report.old_keys).await?;
+            return Ok(report);
+        }
+        let (mut row, mut job) = match existing {
+            Some(found) => found,
+            None => self.start_key_job(kind, old).await?,
+        };
+        report.new_key = job.new;
+        let new = key_id(job.new)?;
+        let window = self.clinic.reload_window();
+
+        if job.step == Step::Added {
+            wait(Phase::AnnounceKey, job.changed_ms, window, progress).await;
+            c.change_keyset(|ring| Ok(ring.promote(new)?)).await?;
+            job.step = Step::Promoted;
+            job.changed_ms = now_ms();
+            c.save_key_job(&mut row, &job).await?;
+        }
+        if job.step == Step::Promoted {
+            if !job.old.is_empty() {
+                wait(Phase::PromoteKey, job.changed_ms, window, progress).await;
+                self.reseal_all(&mut row, &mut job, progress).await?;
+            }
+            job.step = Step::Resealed;
+            c.save_key_job(&mut row, &job).await?;
+        }
+        let old_ids = job
+            .old
+            .iter()
+            .map(|k| key_id(*k))
+            .collect::<Result<Vec<_>, _>>()?;
+        match kind {
+            DataKeyKind::Scheduled => {
+                let (retired, ()) = c
+                    .change_keyset(|ring| {
+                        for k in &old_ids {
+                            if ring.key(*k).is_some_and(|i| i.state == KeyState::Active) {
+                                ring.retire(*k)?;
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                report.retired = old_ids
+                    .iter()
+                    .filter(|k| {
+                        retired
+                            .key(**k)
+                            .is_some_and(|i| i.state == KeyState::Retired)
+                    })
+                    .map(|k| k.get())
+                    .collect();
+            }
+            DataKeyKind::Compromise => {
+                loop {
+                    match job.step {
+                        Step::Resealed => {
+                            c.change_keyset(|ring| {
+                                for k in &old_ids {
+                                    if ring
+                                        .key(*k)
+                                        .is_some_and(|i| i.state != KeyState::Compromised)
+                                    {
+                                        ring.mark_compromised(*k)?;
+                                    }
+                                }
+                                Ok(())
+                            })
+                            .await?;
+                            job.step = Step::Marked;
+                        }
+                        // Two checks a window apart must find nothing: a row
+                        // sealed under the key by a node that had not
+                        // reloaded yet shows in one of them, and is re-sealed.
+                        Step::Marked | Step::CheckedOnce => {
+                            wait(Phase::VerifyRows, job.changed_ms, window, progress).await;
+                            if self.none_under(&job.old).await? {
+                                if job.step == Step::CheckedOnce {
+                                    break;
+                                }
+                                job.step = Step::CheckedOnce;
+                            } else {
+                                job.pass = 0;
+                                job.pass_rows = 0;
+                                job.target = 0;
+                                job.cursor = None;
+                                self.reseal_all(&mut row, &mut job, progress).await?;
+                                job.step = Step::Marked;
+                            }
+                        }
+                        Step::Added | Step::Promoted => {
+                            return Err(CoreError::Corrupt("rotation job row"));
+                        }
+                    }
+                    job.changed_ms = now_ms();
+                    c.save_key_job(&mut row, &job).await?;
+                }
+                report.audit_entries_sealed_off = c.audit.checkpoint(&old_ids).await?;
+                let (destroyed, ()) = c
+                    .change_keyset(|ring| {
+                        for k in &old_ids {
+                            if ring.key(*k).is_some_and(|i| i.state != KeyState::Destroyed) {
+                                ring.destroy(*k)?;
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                report.destroyed = old_ids
+                    .iter()
+                    .filter(|k| {
+                        destroyed
+                            .key(**k)
+                            .is_some_and(|i| i.state == KeyState::Destroyed)
+                    })
+                    .map(|k| k.get())
+                    .collect();
+            }
+        }
+        report.rows = job.rows.clone();
+        self.finish_key_job(admin, &mut report, row).await?;
+        Ok(report)
+    }
+
+    async fn none_under(&self, keys: &[u32]) -> Result<bool, CoreError> {
+        Ok(self.clinic.inner.count_under(keys).await?.is_empty())
+    }
+
+    async fn start_key_job(
+        &self,
+        kind: DataKeyKind,
+        old: Vec<u32>,
+    ) -> Result<(Row, KeyJob), CoreError> {
+        let c = &self.clinic.inner;
+        let (_, new) = c.change_keyset(|ring| Ok(ring.add_key()?)).await?;
+        let job = KeyJob {
+            kind,
+            old,
+            new: new.get(),
+            step: Step::Added,
+            changed_ms: now_ms(),
+            target: 0,
+            cursor: None,
+            pass: 0,
+            pass_rows: 0,
+            rows: BTreeMap::new(),
+            pages: 0,
+        };
+        let coll = jobs()?;
+        let id = key_job_id()?;
+        let data = rows::seal(&c.keys.current(), &coll, &id, &job)?;
+        match c.store.insert(&coll, &id, data).await {
+            Ok(_) => {}
+            Err(StorageError::DuplicateId) => {
+                return Err(CoreError::Conflict(
+                    "another run of this rotation is in progress",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let row = c.get(&coll, &id).await?.ok_or(CoreError::NotFound)?;
+        Ok((row, job))
+    }
+
+    /// Passes over every (collection, old key) until one finds nothing.
+    async fn reseal_all(
+        &self,
+        row: &mut Row,
+        job: &mut KeyJob,
+        progress: OnProgress<'_>,
+    ) -> Result<(), CoreError> {
+        let c = &self.clinic.inner;
+        let targets: Vec<(Collection, Binding, u32)> = SEALED
+            .iter()
+            .flat_map(|(name, b)| job.old.iter().map(move |k| (*name, *b, *k)))
+            .map(|(name, b, k)| Ok((Collection::new(name)?, b, k)))
+            .collect::<Result<_, CoreError>>()?;
+        let total = c.count_under(&job.old).await?.values().sum::<u64>();
+        let mut done = 0u64;
+        loop {
+            while let Some((coll, binding, key)) = targets.get(job.target) {
+                progress(Progress {
+                    phase: Phase::ResealRows,
+                    done,
+                    total: total.max(done),
+                });
+                let after = job.cursor.as_deref().map(RowId::new).transpose()?;
+                let page = c.under_key(coll, *key, after.as_ref(), PAGE).await?;
+                let keys = c.keys.current();
+                let mut writes = Vec::with_capacity(page.rows.len() + 2);
+                let mut ids = Vec::new();
+                for r in page.rows.iter().filter(|r| !is_job_row(coll, &r.id)) {
+                    if let Some(w) = c.resealed_raw(&keys, *binding, coll, r, &job.old)? {
+                        writes.push(w);
+                        ids.push(r.id.as_str().to_owned());
+                    }
+                }
+                let next = page.next.clone();
+                match next {
+                    Some(n) => job.cursor = Some(n.as_str().to_owned()),
+                    None => {
+                        job.target += 1;
+                        job.cursor = None;
+                    }
+                }
+                if ids.is_empty() {
+                    c.save_key_job(row, job).await?;
+                    continue;
+                }
+                let mut ids_done = ids.clone();
+                let n = ids.len() as u64;
+                let page_row = self.touched_write(job.pages, coll, &ids)?;
+                let mut next_job = job.clone();
+                next_job.pages += 1;
+                next_job.pass_rows += n;
+                *next_job.rows.entry(coll.as_str().to_owned()).or_insert(0) += n;
+                writes.push(page_row);
+                writes.push(c.key_job_write(row, &next_job)?);
+                match c.store.commit(&writes).await {
+                    Ok(versions) => {
+                        row.version = versions.last().copied().unwrap_or(row.version + 1);
+                        *job = next_job;
+                    }
+                    // A row changed or went meanwhile: one at a time, then
+                    // the page and the checkpoint.
+                    Err(StorageError::VersionConflict { .. } | StorageError::NotFound) => {
+                        ids_done.clear();
+                        for r in page.rows.iter().filter(|r| !is_job_row(coll, &r.id)) {
+                            if c.reseal_alone(*binding, coll, &r.id, &job.old).await? {
+                                ids_done.push(r.id.as_str().to_owned());
+                            }
+                        }
+                        let n = ids_done.len() as u64;
+                        let mut writes = Vec::with_capacity(2);
+                        if n > 0 {
+                            writes.push(self.touched_write(job.pages, coll, &ids_done)?);
+                            job.pages += 1;
+                            job.pass_rows += n;
+                            *job.rows.entry(coll.as_str().to_owned()).or_insert(0) += n;
+                        }
+                        writes.push(c.key_job_write(row, job)?);
+                        let versions = c.store.commit(&writes).await.map_err(conflict)?;
+                        row.version = versions.last().copied().unwrap_or(row.version + 1);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                done += ids_done.len() as u64;
+            }
+            // A pass that found nothing ends it; otherwise once more, for
+            // rows a slower writer committed under an old key meanwhile.
+            if job.pass_rows == 0 || job.pass >= MAX_PASSES {
+                break;
+            }
+            job.pass += 1;
+            job.pass_rows = 0;
+            job.target = 0;
+            job.cursor = None;
+            c.save_key_job(row, job).await?;
+        }
+        Ok(())
+    }
+
+    fn touched_write(
+        &self,
+        page: u64,
+        coll: &Collection,
+        ids: &[String],
+    ) -> Result<Write, CoreError> {
+        let c = &self.clinic.inner;
+        let touched = touched()?;
+        let id = RowId::new(format!("page-{page:012}"))?;
+        let data = rows::seal(
+            &c.keys.current(),
+            &touched,
+            &id,
+            &TouchedPage {
+                coll: coll.as_str().to_owned(),
+                ids: ids.to_vec(),
+            },
+        )?;
+        Ok(Write::Insert {
+            coll: touched,
+            id,
+            data,
+        })
+    }
+
+    /// Reads the touched rows into the report, audits the end, deletes the
+    /// touched rows and the job row (the audit first: a failure leaves a
+    /// job to resume, not one to start again).
+    async fn finish_key_job(
+        &self,
+        admin: &Principal,
+        report: &mut DataKeyReport,
+        row: Row,
+    ) -> Result<(), CoreError> {
+        let c = &self.clinic.inner;
+        let coll = touched()?;
+        let mut pages = c.pages(&coll, 1000);
+        let mut stored = Vec::new();
+        while let Some(page) = pages.next().await? {
+            for r in page {
+                let p = rows::open::<TouchedPage>(&c.keys.current(), &coll, &r)
+                    .ok_or(CoreError::Corrupt("rotation touched-rows page"))?;
+                report
+                    .touched
+                    .extend(p.ids.iter().map(|id| format!("{}/{id}", p.coll)));
+                stored.push(r);
+            }
+        }
+        c.audit
+            .record(AuditEvent::by(
+                admin,
+                "RotateKeys",
+                format!(
+                    "keys:data-key {} done new={} rows={} retired={:?} destroyed={:?}",
+                    match report.kind {
+                        DataKeyKind::Scheduled => "scheduled",
+                        DataKeyKind::Compromise => "compromise",
+                    },
+                    report.new_key,
+                    report.total_rows(),
+                    report.retired,
+                    report.destroyed
+                ),
+                Outcome::Allowed,
+            ))
+            .await?;
+        for chunk in stored.chunks(careconnect_storage::MAX_WRITES) {
+            let writes: Vec<Write> = chunk
+                .iter()
+                .map(|r| Write::Delete {
+                    coll: coll.clone(),
+                    id: r.id.clone(),
+                    expected: r.version,
+                })
+                .collect();
+            c.store.commit(&writes).await?;
+        }
+        c.store.delete(&jobs()?, &row.id, row.version).await?;
+        tracing::info!(
+            rows = report.total_rows(),
+            new = report.new_key,
+            "clinic data-key rotation done"
+        );
+        Ok(())
+    }
+}
+
+/// Waits until `window` after `since_ms`, reporting the wait as `phase`.
+async fn wait(phase: Phase, since_ms: u64, window: Duration, progress: OnProgress<'_>) {
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    let until = since_ms.saturating_add(window_ms);
+    loop {
+        let now = now_ms();
+        progress(Progress {
+            phase,
+            done: window_ms.saturating_sub(until.saturating_sub(now)),
+            total: window_ms,
+        });
+        if now >= until {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis((until - now).min(250))).await;
+    }
+}
