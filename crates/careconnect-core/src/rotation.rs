@@ -207,6 +207,24 @@ impl Inner {
         })
     }
 
+    /// Inserts job row `id` holding `job`; a second run of the same job
+    /// meets it there and stops.
+    async fn insert_job<T: Serialize>(&self, id: &str, job: &T) -> Result<Row, CoreError> {
+        let coll = jobs()?;
+        let id = RowId::new(id)?;
+        let data = rows::seal(&self.keys.current(), &coll, &id, job)?;
+        match self.store.insert(&coll, &id, data).await {
+            Ok(_) => {}
+            Err(StorageError::DuplicateId) => {
+                return Err(CoreError::Conflict(
+                    "another run of this rotation is in progress",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.get(&coll, &id).await?.ok_or(CoreError::NotFound)
+    }
+
     async fn kek_job(&self) -> Result<Option<(Row, KekJob)>, CoreError> {
         let coll = jobs()?;
         let Some(row) = self.get(&coll, &RowId::new(KEK_JOB)?).await? else {
@@ -533,19 +551,7 @@ impl Rotation<'_> {
             documents: 0,
             documents_gone: 0,
         };
-        let coll = jobs()?;
-        let id = RowId::new(KEK_JOB)?;
-        let data = rows::seal(&c.keys.current(), &coll, &id, &job)?;
-        match c.store.insert(&coll, &id, data).await {
-            Ok(_) => {}
-            Err(StorageError::DuplicateId) => {
-                return Err(CoreError::Conflict(
-                    "another run of this rotation is in progress",
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let row = c.get(&coll, &id).await?.ok_or(CoreError::NotFound)?;
+        let row = c.insert_job(KEK_JOB, &job).await?;
         Ok((row, job))
     }
 

@@ -635,19 +635,7 @@ impl Rotation<'_> {
             rows: BTreeMap::new(),
             pages: 0,
         };
-        let coll = jobs()?;
-        let id = key_job_id()?;
-        let data = rows::seal(&c.keys.current(), &coll, &id, &job)?;
-        match c.store.insert(&coll, &id, data).await {
-            Ok(_) => {}
-            Err(StorageError::DuplicateId) => {
-                return Err(CoreError::Conflict(
-                    "another run of this rotation is in progress",
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let row = c.get(&coll, &id).await?.ok_or(CoreError::NotFound)?;
+        let row = c.insert_job(KEY_JOB, &job).await?;
         Ok((row, job))
     }
 
