@@ -25,7 +25,6 @@ use careconnect::authz::session::SystemClock;
 use careconnect::authz::{Principal, Role, UserId};
 use careconnect::core::{Clinic, ClinicConfig};
 use careconnect::crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
-use careconnect::crypto::provider::all_providers;
 use careconnect::crypto::{CryptoProvider, DataKey, EncryptionContext, KmsKeyId, WrappedKey};
 use careconnect::storage::{BlobStore, FsBlobStore};
 use sha2::{Digest, Sha256};
@@ -101,14 +100,8 @@ fn mib_s(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs
 }
 
-/// `ring` when compiled in, else the default.
 fn provider() -> &'static dyn CryptoProvider {
-    let all = all_providers();
-    all.iter()
-        .find(|p| p.name() == "ring")
-        .or(all.first())
-        .copied()
-        .unwrap_or(careconnect::crypto::default_provider())
+    support::ring_or_default()
 }
 
 async fn bench() -> Option<()> {

@@ -26,3 +26,14 @@ pub(crate) fn run_async(name: &str, bench: impl Future<Output = Option<()>>) {
         std::process::exit(1);
     }
 }
+
+/// `ring` when compiled in, else the default provider.
+#[allow(dead_code)] // not every bench seals
+pub(crate) fn ring_or_default() -> &'static dyn careconnect::crypto::CryptoProvider {
+    let all = careconnect::crypto::provider::all_providers();
+    all.iter()
+        .find(|p| p.name() == "ring")
+        .or(all.first())
+        .copied()
+        .unwrap_or(careconnect::crypto::default_provider())
+}

@@ -70,13 +70,83 @@ impl Admin<'_> {
             format!("roles:{}", user.subject()),
         )
         .await?;
+        self.write_person(user, &name, roles).await
+    }
+
+    /// A directory import: [`Admin::set_person`] for each of `people`, up
+    /// to 49 of them per storage commit, audited as one event. Every name
+    /// is checked first: one bad name or a person named twice changes
+    /// nothing. Returns how many were written.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited); [`CoreError::Invalid`] for a bad
+    /// name or a duplicate; storage errors (people in earlier batches stay
+    /// written: run the import again).
+    pub async fn import_people(
+        &self,
+        admin: &Principal,
+        people: &[(UserId, String, RoleSet)],
+    ) -> Result<usize, CoreError> {
+        let mut checked = Vec::with_capacity(people.len());
+        let mut seen = std::collections::HashSet::with_capacity(people.len());
+        for (user, name, roles) in people {
+            if !seen.insert(user) {
+                return Err(CoreError::Invalid("import: a person named twice"));
+            }
+            checked.push((user, text(name, MAX_NAME_CHARS, "name", false)?, *roles));
+        }
+        self.system(
+            admin,
+            Action::AssignRoles,
+            format!("roles:import people={}", checked.len()),
+        )
+        .await?;
+        let c = &self.clinic.inner;
+        // A person is two rows: directory entry and stored roles.
+        for chunk in checked.chunks(careconnect_storage::MAX_WRITES / 2) {
+            let mut writes = Vec::with_capacity(chunk.len() * 2);
+            for (user, name, roles) in chunk {
+                let (_, role_write) = c.assignments.write(user, |_| *roles).await?;
+                writes.push(
+                    self.clinic
+                        .directory_write(user, Some(name.clone()), *roles)
+                        .await?,
+                );
+                writes.extend(role_write);
+            }
+            match c.store.commit(&writes).await {
+                Ok(_) => {}
+                // Someone changed one of them meanwhile: one at a time.
+                Err(
+                    careconnect_storage::StorageError::VersionConflict { .. }
+                    | careconnect_storage::StorageError::DuplicateId,
+                ) => {
+                    for (user, name, roles) in chunk {
+                        self.write_person(user, name, *roles).await?;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(checked.len())
+    }
+
+    /// Writes one person's directory entry and stored roles together,
+    /// re-reading while they keep changing.
+    async fn write_person(
+        &self,
+        user: &UserId,
+        name: &str,
+        roles: RoleSet,
+    ) -> Result<(), CoreError> {
         let c = &self.clinic.inner;
         for _ in 0..8 {
             // Directory and stored roles change together, or not at all.
             let (_, role_write) = c.assignments.write(user, |_| roles).await?;
             let mut writes = vec![
                 self.clinic
-                    .directory_write(user, Some(name.clone()), roles)
+                    .directory_write(user, Some(name.to_owned()), roles)
                     .await?,
             ];
             writes.extend(role_write);

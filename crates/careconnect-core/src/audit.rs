@@ -466,17 +466,24 @@ impl AuditTrail {
     /// every entry so far. Entries chained under a destroyed key can no
     /// longer be checked on their own; [`AuditTrail::verify`] accepts them
     /// when a later checkpoint it can check covers them. Their sealed
-    /// reasons no longer open. Returns how many entries are chained under
-    /// `keys`.
+    /// reasons no longer open. Entries under `keys` must all come at or
+    /// before sequence number `not_after` (the point from which every node
+    /// chains under another key): one after it was forged with a stolen key
+    /// or written by a node that stopped reloading, and sealing it into the
+    /// checkpoint would make it look genuine. Returns how many entries are
+    /// chained under `keys`.
     ///
     /// # Errors
     ///
-    /// [`CoreError::AuditTampered`] when the chain does not verify now, or
-    /// would not once `keys` are destroyed (nothing was destroyed; run
-    /// again); storage failures.
-    pub async fn checkpoint(&self, keys: &[KeyId]) -> Result<u64, CoreError> {
+    /// [`CoreError::AuditTampered`] when the chain does not verify now, has
+    /// an entry under `keys` after `not_after`, or would not verify once
+    /// `keys` are destroyed (in each case nothing was destroyed; find out
+    /// why, then run again); storage failures.
+    pub async fn checkpoint(&self, keys: &[KeyId], not_after: u64) -> Result<u64, CoreError> {
         let before = self.walk(&[], keys).await?;
-        if !matches!(before.verification, Verification::Intact { .. }) {
+        if !matches!(before.verification, Verification::Intact { .. })
+            || before.last_under > not_after
+        {
             return Err(CoreError::AuditTampered);
         }
         let mut event = AuditEvent::system(
@@ -512,6 +519,7 @@ impl AuditTrail {
             through: 0,
             digest: [0; 32],
             under: 0,
+            last_under: 0,
             unproven: None,
         };
         let mut head = Head::EMPTY;
@@ -535,6 +543,7 @@ impl AuditTrail {
                 walk.digest = history_step(&walk.digest, *seq, entry);
                 if count.iter().any(|k| k.get() == raw.key_id) {
                     walk.under += 1;
+                    walk.last_under = *seq;
                 }
                 if gone(raw.key_id) {
                     // Checked only by a later checkpoint.
@@ -608,6 +617,8 @@ struct Walk {
     digest: [u8; 32],
     /// Entries chained under the keys counted.
     under: u64,
+    /// The last of them.
+    last_under: u64,
     /// Entries under a destroyed key that no checkpoint covers yet: the
     /// first and the last.
     unproven: Option<(u64, u64)>,

@@ -591,6 +591,27 @@ async fn stored_keyring(
     }
 }
 
+/// How far a key is in its life: a keyset may only move keys forward.
+fn life(state: careconnect_crypto::KeyState) -> u8 {
+    use careconnect_crypto::KeyState;
+    match state {
+        KeyState::Primary | KeyState::Active => 0,
+        KeyState::Retired => 1,
+        KeyState::Compromised => 2,
+        _ => 3,
+    }
+}
+
+/// Whether `next` drops a key `loaded` holds or moves one back in its life
+/// (a destroyed key alive again, a compromised one active again): what an
+/// old copy of the keyset put back in the database would do, undoing a
+/// compromise rotation. Such a keyset is never loaded over `loaded`.
+pub(crate) fn rolls_back(loaded: &Keyring, next: &Keyring) -> bool {
+    loaded
+        .keys()
+        .any(|k| next.key(k.id).is_none_or(|n| life(n.state) < life(k.state)))
+}
+
 /// Re-reads the clinic keyset every [`ClinicConfig::keyring_recheck`] while
 /// the clinic is open, so a data-key rotation stored by another process
 /// reaches this one.
@@ -632,16 +653,25 @@ impl Inner {
     }
 
     /// Makes `ring`, stored as version `version` of the clinic keyset, the
-    /// keyring every service uses, unless a later version is in already.
+    /// keyring every service uses, unless a later version is in already or
+    /// it would take a key back in its life (see [`rolls_back`]).
     pub(crate) fn install_keys(&self, version: u64, ring: Keyring) {
         let mut loaded = self
             .keys_version
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if version > *loaded {
-            *loaded = version;
-            self.keys.replace(ring.with_provider(self.provider));
+        if version <= *loaded {
+            return;
         }
+        if rolls_back(&self.keys.current(), &ring) {
+            tracing::error!(
+                version,
+                "stored clinic keyset takes a key back in its life (an old copy put back?): not loaded"
+            );
+            return;
+        }
+        *loaded = version;
+        self.keys.replace(ring.with_provider(self.provider));
     }
 
     /// The KMS key wrapping the clinic keyset.

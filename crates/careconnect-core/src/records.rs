@@ -505,9 +505,10 @@ impl Clinic {
         let current = c.get(&c.people, &id).await?;
         let name = match (name, &current) {
             (Some(n), _) => n,
+            // An entry that does not open is not overwritten with no name.
             (None, Some(row)) => rows::open::<Person>(&c.keys.current(), &c.people, row)
                 .map(|p| p.name)
-                .unwrap_or_default(),
+                .ok_or(CoreError::Corrupt("directory entry"))?,
             (None, None) => String::new(),
         };
         let data = rows::seal(

@@ -81,6 +81,8 @@ pub enum Phase {
     /// Waiting a reload window, then checking that no row is under the
     /// compromised key (milliseconds).
     VerifyRows,
+    /// Opening every row the clinic keyring seals.
+    OpenRows,
 }
 
 /// A progress report: `done` of `total` in `phase`.
@@ -135,7 +137,13 @@ pub struct VerifyReport {
     /// Documents whose data key is in their metadata (re-wrapped by a
     /// rotation) rather than only in the blob's header.
     pub documents_rewrapped: u64,
-    /// What failed: `keyset NAME: why` or `document ID: why`.
+    /// Rows the clinic keyring seals that open (every collection it seals;
+    /// patient data under subject keys is not counted here).
+    pub rows_ok: u64,
+    /// Those rows by the data key that sealed them.
+    pub rows_by_key: BTreeMap<u32, u64>,
+    /// What failed: `keyset NAME: why`, `document ID: why` or
+    /// `row COLLECTION/ID: why`.
     pub failures: Vec<String>,
 }
 
@@ -732,6 +740,7 @@ impl Rotation<'_> {
                 }
             }
         }
+        c.verify_rows(&mut report, progress).await?;
         Ok(report)
     }
 }

@@ -1,7 +1,8 @@
 //! The clinic's services end to end, one suite on SQLite and on a
 //! PostgreSQL database of its own: main flows, abuse (each a typed refusal
-//! that changes nothing in storage), races, break-glass, and no plaintext
-//! patient data in the SQLite file.
+//! that changes nothing in storage), races, break-glass, a directory
+//! import, the compromise of a clinic data key, and no plaintext patient
+//! data in the SQLite file.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
 
@@ -126,6 +127,8 @@ async fn fixture(store: Arc<dyn Store>, dir: tempfile::TempDir) -> Fixture {
     let clock = Arc::new(ManualClock::new(START));
     let mut config = ClinicConfig::embedded(dir.path()).unwrap();
     config.subject_buckets = 4;
+    // Data-key rotations wait twice this between their steps.
+    config.keyring_recheck = Duration::from_millis(50);
     let clinic = Clinic::open_with(config, store.clone(), clock.clone())
         .await
         .unwrap();
@@ -205,6 +208,8 @@ both_backends!(main_flows);
 both_backends!(abuse_changes_nothing);
 both_backends!(races_have_one_winner);
 both_backends!(break_glass);
+both_backends!(directory_import);
+both_backends!(data_key_compromise);
 
 async fn main_flows(f: Fixture) {
     let c = &f.clinic;
@@ -980,4 +985,97 @@ async fn notes_written_on_one_node_reach_the_other_within_the_read_cache() {
             .len(),
         2
     );
+}
+
+async fn directory_import(f: Fixture) {
+    let c = &f.clinic;
+    let doctor: RoleSet = [Role::Doctor].into_iter().collect();
+    let people: Vec<(UserId, String, RoleSet)> = (0..120)
+        .map(|i| (user(&format!("doctor-{i:03}")), format!("Dr {i}"), doctor))
+        .collect();
+    // Refusals change nothing: another role, one bad name, a duplicate.
+    let before = snapshot(f.store.as_ref()).await;
+    denied(c.admin().import_people(&grey(), &people).await);
+    let mut bad = people.clone();
+    bad[77].1 = "line\u{7}bell".into();
+    assert!(matches!(
+        c.admin().import_people(&admin(), &bad).await,
+        Err(CoreError::Invalid(_))
+    ));
+    let mut twice = people.clone();
+    twice[100].0 = user("doctor-003");
+    assert!(matches!(
+        c.admin().import_people(&admin(), &twice).await,
+        Err(CoreError::Invalid(_))
+    ));
+    assert_eq!(snapshot(f.store.as_ref()).await, before);
+
+    assert_eq!(
+        c.admin().import_people(&admin(), &people).await.unwrap(),
+        120
+    );
+    let doctors = c.doctors().await.unwrap();
+    for (u, name, _) in &people {
+        assert!(doctors.iter().any(|d| &d.user == u && &d.name == name));
+    }
+    // Imported again with other names: updates, as set_person would.
+    let renamed: Vec<_> = people
+        .iter()
+        .map(|(u, n, r)| (u.clone(), format!("{n} (renamed)"), *r))
+        .collect();
+    c.admin().import_people(&admin(), &renamed).await.unwrap();
+    assert_eq!(
+        c.doctors()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|d| d.name.ends_with("(renamed)"))
+            .count(),
+        120
+    );
+}
+
+async fn data_key_compromise(f: Fixture) {
+    use careconnect_crypto::KeyState;
+    let c = &f.clinic;
+    let view = || async {
+        format!(
+            "{:?} {:?} {:?} {:?}",
+            c.doctors().await.unwrap(),
+            c.records().patients(&admin()).await.unwrap(),
+            c.patients().record(&alice()).await.unwrap(),
+            c.records().patients(&grey()).await.unwrap(),
+        )
+    };
+    c.admin()
+        .assign_care(&admin(), &user("doctor-grey"), &user("patient-alice"))
+        .await
+        .unwrap();
+    let before = view().await;
+    let primary = |keys: &[careconnect_crypto::KeyInfo]| {
+        keys.iter()
+            .find(|k| k.state == KeyState::Primary)
+            .unwrap()
+            .id
+            .get()
+    };
+    let k = primary(&c.admin().key_status(&admin()).await.unwrap().clinic_keys);
+    let report = c
+        .rotation()
+        .data_key_compromised(&admin(), k, false, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.destroyed, vec![k]);
+    assert!(report.total_rows() >= 8, "{report:?}");
+    let keys = c.admin().key_status(&admin()).await.unwrap().clinic_keys;
+    assert!(
+        keys.iter()
+            .any(|i| i.id.get() == k && i.state == KeyState::Destroyed)
+    );
+    assert_ne!(primary(&keys), k);
+    assert_eq!(view().await, before);
+    assert!(matches!(
+        c.audit().verify().await.unwrap(),
+        Verification::Intact { .. }
+    ));
 }

@@ -175,6 +175,15 @@ fn primary(states: &BTreeMap<u32, KeyState>) -> u32 {
         .0
 }
 
+async fn compromise(
+    c: &Clinic,
+    k: u32,
+) -> Result<careconnect_core::rotation::DataKeyReport, CoreError> {
+    c.rotation()
+        .data_key_compromised(&admin(), k, false, &mut |_| {})
+        .await
+}
+
 async fn intact(c: &Clinic) {
     let v = c.audit().verify().await.unwrap();
     assert!(matches!(v, Verification::Intact { .. }), "{v:?}");
@@ -286,9 +295,7 @@ async fn a_compromised_data_key_is_replaced_destroyed_and_the_audit_still_verifi
     .await
     .unwrap();
     assert!(matches!(
-        a.rotation()
-            .data_key_compromised(&admin(), k, false, &mut |_| {})
-            .await,
+        compromise(&a, k).await,
         Err(CoreError::Corrupt(_))
     ));
     assert_ne!(key_states(&a).await.get(&k), Some(&KeyState::Destroyed));
@@ -300,8 +307,38 @@ async fn a_compromised_data_key_is_replaced_destroyed_and_the_audit_still_verifi
             .await,
         Err(CoreError::Conflict(_))
     ));
+    // Verification names the forged row.
+    let verified = a.rotation().verify(&admin(), &mut |_| {}).await.unwrap();
+    assert!(!verified.passed());
+    assert!(
+        verified
+            .failures
+            .iter()
+            .any(|f| f.starts_with("row core_people/forged-row")),
+        "{verified:?}"
+    );
     let row = s.get(&people, &forged).await.unwrap();
     s.delete(&people, &forged, row.version).await.unwrap();
+
+    // A row under the key whose key-id column names another key: the scans
+    // miss it, the check by envelope does not, and nothing is destroyed.
+    let victim = s.list(&people, None, 1).await.unwrap().rows.remove(0);
+    let lie = |key_id| RowData {
+        key_id,
+        envelope: victim.envelope.clone(),
+        indexes: victim.indexes.clone(),
+    };
+    let v = s
+        .update(&people, &victim.id, victim.version, lie(unknown))
+        .await
+        .unwrap();
+    assert!(matches!(
+        compromise(&a, k).await,
+        Err(CoreError::Corrupt(_))
+    ));
+    assert_eq!(key_states(&a).await.get(&k), Some(&KeyState::Compromised));
+    s.update(&people, &victim.id, v, lie(k)).await.unwrap();
+    let old_keyset = s.load("clinic-keyring").await.unwrap().1;
 
     let report = a
         .rotation()
@@ -325,15 +362,37 @@ async fn a_compromised_data_key_is_replaced_destroyed_and_the_audit_still_verifi
     assert_eq!(manifest(&a).await, before);
     tokio::time::sleep(RECHECK * 3).await;
     assert_eq!(manifest(&b).await, before);
+    // Every row opens, none under the destroyed key.
+    let verified = b.rotation().verify(&admin(), &mut |_| {}).await.unwrap();
+    assert!(verified.passed(), "{verified:?}");
+    assert!(verified.rows_ok as usize >= report.touched.len());
+    assert!(!verified.rows_by_key.contains_key(&k));
     // The chain verifies on both nodes, old entries through the checkpoint.
     intact(&a).await;
     intact(&b).await;
     // The key is gone: naming it again is a clear error.
     assert!(matches!(
-        a.rotation()
-            .data_key_compromised(&admin(), k, false, &mut |_| {})
-            .await,
+        compromise(&a, k).await,
         Err(CoreError::Invalid(_))
+    ));
+    // An old copy of the keyset put back (K alive again) is loaded by no
+    // node, and a rotation refuses to build on it.
+    let (version, _) = s.load("clinic-keyring").await.unwrap();
+    s.store("clinic-keyring", Some(version), old_keyset)
+        .await
+        .unwrap();
+    tokio::time::sleep(RECHECK * 3).await;
+    for n in [&a, &b] {
+        let states = key_states(n).await;
+        assert_eq!(states.get(&k), Some(&KeyState::Destroyed));
+        assert_eq!(primary(&states), report.new_key);
+    }
+    assert_eq!(manifest(&b).await, before);
+    assert!(matches!(
+        a.rotation()
+            .rotate_data_key(&admin(), false, false, &mut |_| {})
+            .await,
+        Err(CoreError::Corrupt(_))
     ));
     // A checkpoint cannot be recorded by hand.
     let fake = careconnect_core::audit::AuditEvent::system(
@@ -412,4 +471,39 @@ async fn a_writer_updating_rows_during_a_compromise_loses_nothing() {
     // Nothing is left under the destroyed key: every row opens.
     assert_eq!(names.len(), doctors.len() + 2);
     intact(&a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_entry_under_the_key_after_its_replacement_stops_the_destruction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _b, kms) = seeded(dir.path()).await;
+    let k = primary(&key_states(&a).await);
+    // A node that stopped re-reading the keyset (or a forger holding K):
+    // it keeps chaining audit entries under K.
+    let stale = {
+        let mut config = ClinicConfig::embedded(dir.path()).unwrap();
+        config.subject_buckets = 2;
+        config.kms = KmsConfig::Provided(kms);
+        config.keyring_recheck = Duration::from_secs(3600);
+        Clinic::open_with(config, store(dir.path()).await, Arc::new(SystemClock))
+            .await
+            .unwrap()
+    };
+    let job = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.rotation()
+                .data_key_compromised(&admin(), k, false, &mut |_| {})
+                .await
+        })
+    };
+    // Once the new key is primary and a window has passed, the stale node
+    // writes an audited event under K.
+    while primary(&key_states(&a).await) == k {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(RECHECK * 3).await;
+    stale.admin().key_status(&admin()).await.unwrap();
+    assert!(matches!(job.await.unwrap(), Err(CoreError::AuditTampered)));
+    assert_eq!(key_states(&a).await.get(&k), Some(&KeyState::Compromised));
 }

@@ -213,6 +213,7 @@ fn phase_name(p: Phase) -> &'static str {
         Phase::PromoteKey => "promoting new key",
         Phase::ResealRows => "re-sealing rows",
         Phase::VerifyRows => "checking no rows",
+        Phase::OpenRows => "opening rows",
         _ => "working",
     }
 }
@@ -385,12 +386,16 @@ async fn run(args: Args) -> Result<bool> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!(
-                    "{} keysets and {} documents open ({} with re-wrapped keys); {} failures",
+                    "{} keysets, {} documents ({} with re-wrapped keys) and {} rows open; {} failures",
                     report.keysets_ok,
                     report.documents_ok,
                     report.documents_rewrapped,
+                    report.rows_ok,
                     report.failures.len()
                 );
+                for (key, n) in &report.rows_by_key {
+                    println!("  rows under data key {key:>10}: {n}");
+                }
                 for f in &report.failures {
                     println!("FAILED {f}");
                 }

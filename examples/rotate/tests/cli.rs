@@ -121,7 +121,13 @@ async fn status_dry_run_rotation_and_verify() {
     // Plain output, without a terminal: lines, not bars.
     let plain = rotate(dir.path(), &["verify"]);
     assert!(plain.status.success());
-    assert!(String::from_utf8_lossy(&plain.stdout).contains("5 documents open"));
+    let text = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        text.contains("5 documents (5 with re-wrapped keys)"),
+        "{text}"
+    );
+    assert!(text.contains("rows under data key"), "{text}");
+    assert!(verified["rows_ok"].as_u64().unwrap() > 10, "{verified}");
     assert_eq!(manifest(&open(dir.path()).await).await, before);
 
     let id = before.keys().next().unwrap().clone();
@@ -327,9 +333,9 @@ async fn sigkill_during_a_data_key_compromise_then_a_rerun_finishes_it() {
     );
     let full = t.elapsed();
 
-    let kills = 10u32;
-    let mut cut = 0;
-    for n in 0..kills {
+    // One run of the tool, SIGKILLed after `after` unless it ended first;
+    // whether it was cut.
+    let run_killed = |after: std::time::Duration| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rotate"))
             .arg("--data-dir")
             .arg(dir.path())
@@ -339,26 +345,39 @@ async fn sigkill_during_a_data_key_compromise_then_a_rerun_finishes_it() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Each run is cut early (a few % to 13 % of a whole run): every rerun resumes and
-        // gets further, and none is left to finish on its own.
-        std::thread::sleep(full * (n % 4 + 1) / 30);
+        std::thread::sleep(after);
         let finished = child.try_wait().unwrap().is_some();
         child.kill().ok();
         child.wait().unwrap();
-        if !finished {
+        !finished
+    };
+    // Ten runs cut early (3 to 13 % of a whole run), so that none is left
+    // to finish on its own; every row opens after each.
+    let kills = 10u32;
+    let mut cut = 0;
+    for n in 0..kills {
+        if run_killed(full * (n % 4 + 1) / 30) {
             cut += 1;
         }
+        assert_eq!(rows_manifest(dir.path()).await, before, "kill {n}");
     }
     assert!(cut >= 10, "only {cut} of {kills} runs were cut part-way");
-    // Every row opened whatever instant it died at; a last run finishes.
-    let report = json(&rotate(
-        dir.path(),
-        &[&fast[..], &["--json", "compromised", &k]].concat(),
-    ));
-    assert_eq!(
-        report["destroyed"],
-        serde_json::json!([k.parse::<u64>().unwrap()])
-    );
+    // Then later cuts, into marking, checking, checkpoint and destruction.
+    for tenths in [3, 5, 7] {
+        if !run_killed(full * tenths / 10) {
+            break;
+        }
+        assert_eq!(rows_manifest(dir.path()).await, before, "late kill");
+    }
+    // A last run finishes (or finds it finished).
+    let destroyed = k.parse::<u64>().unwrap();
+    if data_keys(dir.path()).get(&destroyed).map(String::as_str) != Some("Destroyed") {
+        let report = json(&rotate(
+            dir.path(),
+            &[&fast[..], &["--json", "compromised", &k]].concat(),
+        ));
+        assert_eq!(report["destroyed"], serde_json::json!([destroyed]));
+    }
     assert_eq!(
         data_keys(dir.path())
             .get(&k.parse().unwrap())

@@ -131,6 +131,19 @@ struct KeyJob {
     rows: BTreeMap<String, u64>,
     /// Touched-row pages written.
     pages: u64,
+    /// The audit entry recorded once every node chains under the new key:
+    /// no entry after it may be under an old one.
+    #[serde(default)]
+    audit_after: u64,
+}
+
+impl KeyJob {
+    /// Counts `n` rows of `coll` re-sealed, on one more touched page.
+    fn record(&mut self, coll: &Collection, n: u64) {
+        self.pages += 1;
+        self.pass_rows += n;
+        *self.rows.entry(coll.as_str().to_owned()).or_insert(0) += n;
+    }
 }
 
 /// What a data-key rotation did (or, in a dry run, would do).
@@ -179,7 +192,8 @@ fn key_id(raw: u32) -> Result<KeyId, CoreError> {
 }
 
 impl Inner {
-    /// The stored clinic keyset: its version and keyring.
+    /// The stored clinic keyset: its version and keyring, refused when it
+    /// takes a key back in its life against the one loaded here.
     async fn clinic_keyset(&self) -> Result<(u64, Keyring), CoreError> {
         let (version, sealed) = self.keystore.load(CLINIC_KEYSET).await?;
         let ring = Keyring::open_keyset(
@@ -188,6 +202,11 @@ impl Inner {
             &sealed,
         )
         .await?;
+        if crate::clinic::rolls_back(&self.keys.current(), &ring) {
+            return Err(CoreError::Corrupt(
+                "clinic keyset (it takes a key back in its life: an old copy put back?)",
+            ));
+        }
         Ok((version, ring))
     }
 
@@ -284,33 +303,6 @@ impl Inner {
         }))
     }
 
-    /// Re-seals one row, re-reading it while it keeps changing; `false`
-    /// when it went or is no longer under an old key.
-    async fn reseal_alone(
-        &self,
-        binding: Binding,
-        coll: &Collection,
-        id: &RowId,
-        old: &[u32],
-    ) -> Result<bool, CoreError> {
-        for _ in 0..super::RETRIES {
-            let Some(row) = self.get(coll, id).await? else {
-                return Ok(false);
-            };
-            let Some(write) = self.resealed_raw(&self.keys.current(), binding, coll, &row, old)?
-            else {
-                return Ok(false);
-            };
-            match self.store.commit(&[write]).await {
-                Ok(_) => return Ok(true),
-                Err(StorageError::VersionConflict { .. }) => {}
-                Err(StorageError::NotFound) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(CoreError::Conflict("a row kept changing"))
-    }
-
     /// Rows under any of `keys` in every sealed collection, by collection.
     async fn count_under(&self, keys: &[u32]) -> Result<BTreeMap<String, u64>, CoreError> {
         let mut counts = BTreeMap::new();
@@ -336,6 +328,47 @@ impl Inner {
             }
         }
         Ok(counts)
+    }
+}
+
+impl Inner {
+    /// Opens every row of every collection the clinic keyring seals into
+    /// `report`: counts by data key, and a failure for each that does not
+    /// open (forged, damaged, under a destroyed key).
+    pub(super) async fn verify_rows(
+        &self,
+        report: &mut super::VerifyReport,
+        progress: OnProgress<'_>,
+    ) -> Result<(), CoreError> {
+        let keys = self.keys.current();
+        for (i, (name, binding)) in SEALED.iter().enumerate() {
+            progress(Progress {
+                phase: Phase::OpenRows,
+                done: i as u64,
+                total: SEALED.len() as u64,
+            });
+            let coll = Collection::new(*name)?;
+            let mut pages = self.pages(&coll, 1000);
+            while let Some(page) = pages.next().await? {
+                for row in page {
+                    let ctx = context(*binding, &coll, &row.id);
+                    match keys.open(&row.envelope, &ctx) {
+                        Ok(o) if o.key_id.get() == row.key_id => {
+                            report.rows_ok += 1;
+                            *report.rows_by_key.entry(row.key_id).or_insert(0) += 1;
+                        }
+                        Ok(_) => report.failures.push(format!(
+                            "row {name}/{}: its key id column names another key",
+                            row.id.as_str()
+                        )),
+                        Err(e) => report
+                            .failures
+                            .push(format!("row {name}/{}: {e}", row.id.as_str())),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -508,6 +541,21 @@ impl Rotation<'_> {
         if job.step == Step::Promoted {
             if !job.old.is_empty() {
                 wait(Phase::PromoteKey, job.changed_ms, window, progress).await;
+                if job.audit_after == 0 {
+                    // From here every node chains audit entries under the
+                    // new key: one under an old key after this is forged
+                    // (or from a node that stopped reloading).
+                    job.audit_after = c
+                        .audit
+                        .record(AuditEvent::by(
+                            admin,
+                            "RotateKeys",
+                            format!("keys:data-key promoted new={}", job.new),
+                            Outcome::Allowed,
+                        ))
+                        .await?;
+                    c.save_key_job(&mut row, &job).await?;
+                }
                 self.reseal_all(&mut row, &mut job, progress).await?;
             }
             job.step = Step::Resealed;
@@ -584,7 +632,8 @@ impl Rotation<'_> {
                     job.changed_ms = now_ms();
                     c.save_key_job(&mut row, &job).await?;
                 }
-                report.audit_entries_sealed_off = c.audit.checkpoint(&old_ids).await?;
+                report.audit_entries_sealed_off =
+                    c.audit.checkpoint(&old_ids, job.audit_after).await?;
                 let (destroyed, ()) = c
                     .change_keyset(|ring| {
                         for k in &old_ids {
@@ -611,8 +660,32 @@ impl Rotation<'_> {
         Ok(report)
     }
 
+    /// Whether no row of the sealed collections is under any of `keys`,
+    /// judged by every row's envelope rather than its key-id column (a
+    /// column that lies would hide a row from the scans and lose it to the
+    /// destruction: such a row stops the job).
     async fn none_under(&self, keys: &[u32]) -> Result<bool, CoreError> {
-        Ok(self.clinic.inner.count_under(keys).await?.is_empty())
+        let c = &self.clinic.inner;
+        for (name, _) in SEALED {
+            let coll = Collection::new(*name)?;
+            let mut pages = c.pages(&coll, 1000);
+            while let Some(page) = pages.next().await? {
+                for r in &page {
+                    let Ok(id) = Keyring::key_id_of(&r.envelope) else {
+                        continue; // opens under no key: not under these
+                    };
+                    if id.get() != r.key_id {
+                        return Err(CoreError::Corrupt(
+                            "a row's key id column does not match its envelope",
+                        ));
+                    }
+                    if keys.contains(&id.get()) {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(true)
     }
 
     async fn start_key_job(
@@ -634,6 +707,7 @@ impl Rotation<'_> {
             pass_rows: 0,
             rows: BTreeMap::new(),
             pages: 0,
+            audit_after: 0,
         };
         let row = c.insert_job(KEY_JOB, &job).await?;
         Ok((row, job))
@@ -663,65 +737,59 @@ impl Rotation<'_> {
                 });
                 let after = job.cursor.as_deref().map(RowId::new).transpose()?;
                 let page = c.under_key(coll, *key, after.as_ref(), PAGE).await?;
+                let rows: Vec<&Row> = page
+                    .rows
+                    .iter()
+                    .filter(|r| !is_job_row(coll, &r.id))
+                    .collect();
+                // Where the job goes once this page is done.
+                let (next_target, next_cursor) = match &page.next {
+                    Some(n) => (job.target, Some(n.as_str().to_owned())),
+                    None => (job.target + 1, None),
+                };
                 let keys = c.keys.current();
-                let mut writes = Vec::with_capacity(page.rows.len() + 2);
+                let mut writes = Vec::with_capacity(rows.len() + 2);
                 let mut ids = Vec::new();
-                for r in page.rows.iter().filter(|r| !is_job_row(coll, &r.id)) {
+                for r in &rows {
                     if let Some(w) = c.resealed_raw(&keys, *binding, coll, r, &job.old)? {
                         writes.push(w);
                         ids.push(r.id.as_str().to_owned());
                     }
                 }
-                let next = page.next.clone();
-                match next {
-                    Some(n) => job.cursor = Some(n.as_str().to_owned()),
-                    None => {
-                        job.target += 1;
-                        job.cursor = None;
-                    }
+                let mut next = job.clone();
+                next.target = next_target;
+                next.cursor = next_cursor;
+                if !ids.is_empty() {
+                    next.record(coll, ids.len() as u64);
+                    writes.push(self.touched_write(job.pages, coll, &ids)?);
                 }
-                if ids.is_empty() {
-                    c.save_key_job(row, job).await?;
-                    continue;
-                }
-                let mut ids_done = ids.clone();
-                let n = ids.len() as u64;
-                let page_row = self.touched_write(job.pages, coll, &ids)?;
-                let mut next_job = job.clone();
-                next_job.pages += 1;
-                next_job.pass_rows += n;
-                *next_job.rows.entry(coll.as_str().to_owned()).or_insert(0) += n;
-                writes.push(page_row);
-                writes.push(c.key_job_write(row, &next_job)?);
+                writes.push(c.key_job_write(row, &next)?);
                 match c.store.commit(&writes).await {
                     Ok(versions) => {
                         row.version = versions.last().copied().unwrap_or(row.version + 1);
-                        *job = next_job;
+                        *job = next;
+                        done += ids.len() as u64;
                     }
-                    // A row changed or went meanwhile: one at a time, then
-                    // the page and the checkpoint.
-                    Err(StorageError::VersionConflict { .. } | StorageError::NotFound) => {
-                        ids_done.clear();
-                        for r in page.rows.iter().filter(|r| !is_job_row(coll, &r.id)) {
-                            if c.reseal_alone(*binding, coll, &r.id, &job.old).await? {
-                                ids_done.push(r.id.as_str().to_owned());
+                    // A row changed or went meanwhile: one at a time, each
+                    // with its own touched entry and checkpoint, then the
+                    // cursor moves on.
+                    Err(StorageError::VersionConflict { .. } | StorageError::NotFound)
+                        if !ids.is_empty() =>
+                    {
+                        for r in &rows {
+                            if self
+                                .reseal_recorded(row, job, *binding, coll, &r.id)
+                                .await?
+                            {
+                                done += 1;
                             }
                         }
-                        let n = ids_done.len() as u64;
-                        let mut writes = Vec::with_capacity(2);
-                        if n > 0 {
-                            writes.push(self.touched_write(job.pages, coll, &ids_done)?);
-                            job.pages += 1;
-                            job.pass_rows += n;
-                            *job.rows.entry(coll.as_str().to_owned()).or_insert(0) += n;
-                        }
-                        writes.push(c.key_job_write(row, job)?);
-                        let versions = c.store.commit(&writes).await.map_err(conflict)?;
-                        row.version = versions.last().copied().unwrap_or(row.version + 1);
+                        job.target = next_target;
+                        job.cursor = next.cursor;
+                        c.save_key_job(row, job).await?;
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(conflict(e)),
                 }
-                done += ids_done.len() as u64;
             }
             // A pass that found nothing ends it; otherwise once more, for
             // rows a slower writer committed under an old key meanwhile.
@@ -735,6 +803,55 @@ impl Rotation<'_> {
             c.save_key_job(row, job).await?;
         }
         Ok(())
+    }
+
+    /// Re-seals one row in a commit with its touched entry and the job's
+    /// checkpoint, re-reading it while it keeps changing; `false` when it
+    /// went or is no longer under an old key.
+    async fn reseal_recorded(
+        &self,
+        row: &mut Row,
+        job: &mut KeyJob,
+        binding: Binding,
+        coll: &Collection,
+        id: &RowId,
+    ) -> Result<bool, CoreError> {
+        let c = &self.clinic.inner;
+        for _ in 0..super::RETRIES {
+            let Some(current) = c.get(coll, id).await? else {
+                return Ok(false);
+            };
+            let Some(write) =
+                c.resealed_raw(&c.keys.current(), binding, coll, &current, &job.old)?
+            else {
+                return Ok(false);
+            };
+            let mut next = job.clone();
+            next.record(coll, 1);
+            let writes = [
+                write,
+                self.touched_write(job.pages, coll, &[id.as_str().to_owned()])?,
+                c.key_job_write(row, &next)?,
+            ];
+            match c.store.commit(&writes).await {
+                Ok(versions) => {
+                    row.version = versions.last().copied().unwrap_or(row.version + 1);
+                    *job = next;
+                    return Ok(true);
+                }
+                Err(StorageError::VersionConflict { .. }) => {
+                    // The job row itself moved: another run.
+                    if c.get(&jobs()?, &row.id).await?.map(|r| r.version) != Some(row.version) {
+                        return Err(CoreError::Conflict(
+                            "another run of this rotation is in progress",
+                        ));
+                    }
+                }
+                Err(StorageError::NotFound) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict("a row kept changing"))
     }
 
     fn touched_write(
