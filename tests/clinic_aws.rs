@@ -286,3 +286,70 @@ async fn medicloud_runs_on_aws_kms_and_s3_blobs() {
     let still = monthly.medicloud().rotation_status(&admin).await.unwrap();
     assert_eq!(still.kms_schedule, after.kms_schedule);
 }
+
+/// A compromised clinic data key on AWS KMS (the keyset re-wrapped at each
+/// step) with documents in S3: every row re-sealed, the key destroyed,
+/// everything as before, the audit chain and `verify` intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_key_compromise_runs_on_aws_kms_and_s3_blobs() {
+    use careconnect::crypto::KeyState;
+    let (keys, dir) = (aws_keys().await, tempfile::tempdir().unwrap());
+    let mut config = aws_config(&keys, dir.path()).await;
+    config.blobs = BlobConfig::Provided(Arc::new(common::s3_store("data-key")));
+    config.keyring_recheck = std::time::Duration::from_millis(50);
+    let store = careconnect::storage::connect("memory:").await.unwrap();
+    let clinic = Clinic::open_with(config, store, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    careconnect::core::seed::demo(&clinic, "https://idp.test")
+        .await
+        .unwrap();
+    let (admin, grey) = (
+        who("admin-adam", Role::Admin),
+        who("doctor-grey", Role::Doctor),
+    );
+    let body = b"%PDF-1.7 on S3".to_vec();
+    let doc = clinic
+        .medicloud()
+        .upload(&grey, "scan.pdf", "application/pdf", body.as_slice())
+        .await
+        .unwrap();
+    let view = || async {
+        format!(
+            "{:?} {:?} {:?}",
+            clinic.doctors().await.unwrap(),
+            clinic.records().patients(&admin).await.unwrap(),
+            clinic.medicloud().list(&grey).await.unwrap(),
+        )
+    };
+    let before = view().await;
+    let status = clinic.admin().key_status(&admin).await.unwrap();
+    let k = status
+        .clinic_keys
+        .iter()
+        .find(|k| k.state == KeyState::Primary)
+        .unwrap()
+        .id
+        .get();
+    let report = clinic
+        .rotation()
+        .data_key_compromised(&admin, k, false, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.destroyed, vec![k]);
+    assert!(
+        report
+            .touched
+            .iter()
+            .any(|t| t == &format!("core_documents/{}", doc.id))
+    );
+    assert_eq!(view().await, before);
+    assert_eq!(download(&clinic, &grey, &doc.id).await.unwrap(), body);
+    let verified = clinic.rotation().verify(&admin, &mut |_| {}).await.unwrap();
+    assert!(verified.passed(), "{verified:?}");
+    assert!(!verified.rows_by_key.contains_key(&k));
+    assert!(matches!(
+        clinic.audit().verify().await.unwrap(),
+        Verification::Intact { .. }
+    ));
+}
