@@ -48,6 +48,10 @@ pub enum CoreError {
     /// cannot be hidden under new entries. Nothing more may be done either.
     #[error("audit log tampered with: appends refused")]
     AuditTampered,
+    /// A settings file that does not parse or says something impossible
+    /// (the reason names the field; settings files hold no secrets).
+    #[error("configuration: {0}")]
+    Config(String),
     /// Reading or writing a local file (the audit anchor) failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -73,6 +73,7 @@ pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod clinic;
+pub mod config;
 pub mod eps;
 mod error;
 pub mod finance;

@@ -17,15 +17,16 @@
 //! Exit status: 0 done, 1 failed (verification included), 2 bad usage.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use careconnect::authz::session::SystemClock;
 use careconnect::authz::{Principal, Role, UserId};
+use careconnect::core::config::{ClinicFile, KmsFile};
 use careconnect::core::rotation::{DataKeyReport, Phase, Progress};
-use careconnect::core::{Clinic, ClinicConfig, KmsConfig};
+use careconnect::core::{Clinic, KmsConfig};
 use careconnect::crypto::KmsKeyId;
 use careconnect::crypto::kms::{Kms, LocalKms, RootSecret};
 use clap::{Parser, Subcommand};
@@ -38,12 +39,16 @@ struct Args {
     /// The clinic's data directory (SQLite file, local KMS, blobs).
     #[arg(long, env = "CARECONNECT_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
+    /// A clinic settings file (TOML: `careconnect_core::config::ClinicFile`)
+    /// naming its database, blob store and KMS; replaces `--data-dir`.
+    #[arg(long, env = "CARECONNECT_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Print the report as JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
     /// How often the clinic's nodes re-read the clinic keyset, in
     /// milliseconds: must be the value they run with (data-key rotations
-    /// wait twice this between steps).
+    /// wait twice this between steps). A settings file's value wins.
     #[arg(long, env = "CARECONNECT_KEYRING_RECHECK_MS", default_value_t = 5000)]
     keyring_recheck_ms: u64,
     #[command(subcommand)]
@@ -103,46 +108,96 @@ fn operator() -> Result<Principal> {
     ))
 }
 
-/// Opens the clinic in `dir`, changing nothing there: every file of it must
-/// exist already, and the number of subject buckets is read off its KMS.
-async fn open(dir: &Path, keyring_recheck: Duration) -> Result<Clinic> {
-    for file in ["clinic.db", "kms.bin", "kms-root.key"] {
-        if !dir.join(file).is_file() {
-            bail!(
-                "no clinic in {}: {file} is missing (start the web demo once, or pass --data-dir)",
-                dir.display()
-            );
+/// The KMS a settings file names, opened without creating anything.
+async fn kms_of(file: &ClinicFile) -> Result<Arc<dyn Kms>> {
+    let dir = &file.data_dir;
+    match &file.kms {
+        KmsFile::Local => {
+            for name in ["kms.bin", "kms-root.key"] {
+                if !dir.join(name).is_file() {
+                    bail!(
+                        "no clinic in {}: {name} is missing (start the web demo once, or pass --data-dir)",
+                        dir.display()
+                    );
+                }
+            }
+            let root = RootSecret::from_file(&dir.join("kms-root.key"))
+                .context("reading the KMS root secret")?;
+            Ok(Arc::new(
+                LocalKms::open(dir.join("kms.bin"), root).context("opening the local KMS")?,
+            ))
         }
+        #[cfg(feature = "aws")]
+        KmsFile::Aws { region, endpoint } => {
+            use careconnect::crypto::kms::{AwsKms, AwsKmsConfig};
+            Ok(Arc::new(
+                AwsKms::connect(&AwsKmsConfig {
+                    region: region.clone(),
+                    endpoint: endpoint.clone(),
+                    ..AwsKmsConfig::default()
+                })
+                .await,
+            ))
+        }
+        #[allow(unreachable_patterns)] // with every feature, nothing is left
+        _ => bail!("this build has no such KMS: build with `--features aws` for AWS KMS"),
     }
-    let root =
-        RootSecret::from_file(&dir.join("kms-root.key")).context("reading the KMS root secret")?;
-    let kms = Arc::new(LocalKms::open(dir.join("kms.bin"), root).context("opening the local KMS")?);
-    let mut config = ClinicConfig::embedded(dir)?;
-    // The buckets are the subject keys the KMS holds: 0000, 0001, ...
-    let mut buckets = 0u16;
-    while buckets < u16::MAX
-        && kms
-            .describe(&KmsKeyId::new(format!(
-                "{}{buckets:04}",
-                config.subject_key_prefix
-            ))?)
-            .await
-            .is_ok()
-    {
-        buckets += 1;
+}
+
+/// Opens the clinic a settings file (or the data directory) describes,
+/// changing nothing: its KMS and database must exist already, and unless
+/// the file says, the number of subject buckets is read off the KMS.
+async fn open(args: &Args) -> Result<Clinic> {
+    let file = match &args.config {
+        Some(path) => ClinicFile::from_toml(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )?,
+        None => ClinicFile::at(&args.data_dir),
+    };
+    let dir = file.data_dir.clone();
+    if file.storage_url.is_none() && !dir.join("clinic.db").is_file() {
+        bail!(
+            "no clinic in {}: clinic.db is missing (start the web demo once, or pass --data-dir)",
+            dir.display()
+        );
     }
+    let kms = kms_of(&file).await?;
+    let buckets = match file.subject_buckets {
+        Some(n) => n,
+        None => {
+            // The buckets are the subject keys the KMS holds: 0000, 0001, ...
+            let prefix = file
+                .subject_key_prefix
+                .clone()
+                .unwrap_or_else(|| careconnect::core::subjects::DEFAULT_KEY_PREFIX.into());
+            let mut n = 0u16;
+            while n < u16::MAX
+                && kms
+                    .describe(&KmsKeyId::new(format!("{prefix}{n:04}"))?)
+                    .await
+                    .is_ok()
+            {
+                n += 1;
+            }
+            n
+        }
+    };
     if buckets == 0 {
         bail!(
             "no subject keys in the KMS of {}: not a clinic",
             dir.display()
         );
     }
+    let recheck = file.keyring_recheck_ms;
+    let mut config = file.into_config(Some(KmsConfig::Provided(kms)))?;
     config.subject_buckets = buckets;
-    config.kms = KmsConfig::Provided(kms);
-    config.keyring_recheck = keyring_recheck;
+    if recheck.is_none() {
+        config.keyring_recheck = Duration::from_millis(args.keyring_recheck_ms);
+    }
     let store = careconnect::storage::connect(&config.storage_url)
         .await
-        .with_context(|| format!("opening the database in {}", dir.display()))?;
+        .with_context(|| format!("opening the database of the clinic in {}", dir.display()))?;
     Clinic::open_with(config, store, Arc::new(SystemClock))
         .await
         .context("opening the clinic (its keys, its KMS)")
@@ -236,11 +291,7 @@ async fn run(args: Args) -> Result<bool> {
     if args.keyring_recheck_ms == 0 {
         bail!("--keyring-recheck-ms must be above 0");
     }
-    let clinic = open(
-        &args.data_dir,
-        Duration::from_millis(args.keyring_recheck_ms),
-    )
-    .await?;
+    let clinic = open(&args).await?;
     let operator = operator()?;
     let mut shown = Shown::new();
     match args.command {

@@ -397,3 +397,55 @@ async fn sigkill_during_a_data_key_compromise_then_a_rerun_finishes_it() {
         "{verified}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_file_names_the_clinic_and_a_bad_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = clinic_with(dir.path(), 3).await;
+    let settings = dir.path().join("clinic.toml");
+    // A bad file: a clear error, nothing opened or changed.
+    std::fs::write(&settings, "data_dir = \"/nowhere\"\ndatabase = \"x\"\n").unwrap();
+    let keys = data_keys(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_rotate"))
+        .arg("--config")
+        .arg(&settings)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("configuration: unknown field `database`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The clinic by its settings: the database named explicitly, a short
+    // recheck interval for every node.
+    std::fs::write(
+        &settings,
+        format!(
+            "data_dir = {:?}\nstorage_url = \"sqlite://{}\"\nkeyring_recheck_ms = 50\n",
+            dir.path(),
+            dir.path().join("clinic.db").display()
+        ),
+    )
+    .unwrap();
+    let with_file = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rotate"))
+            .arg("--config")
+            .arg(&settings)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let (k, _) = keys.iter().find(|(_, s)| *s == "Primary").unwrap();
+    let report = json(&with_file(&["--json", "compromised", &k.to_string()]));
+    assert_eq!(report["destroyed"], serde_json::json!([k]));
+    assert_eq!(
+        json(&with_file(&["--json", "verify"]))["failures"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(manifest(&open(dir.path()).await).await, before);
+}
