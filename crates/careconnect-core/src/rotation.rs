@@ -16,8 +16,9 @@
 //!    ([`Rotation::document_key_compromised`]: re-encrypted under a fresh
 //!    key into a new blob, the old blob deleted); of a clinic-keyring data
 //!    key ([`Rotation::data_key_compromised`]: every row under it re-sealed,
-//!    checked twice, the audit chain checkpointed, the key destroyed). Of a
-//!    KMS key version: not built yet.
+//!    checked twice, the audit chain checkpointed, the key destroyed); of a
+//!    KMS key version ([`Rotation::kek_version_compromised`]: kind 1, a
+//!    check of every wrapped key's version, the version destroyed).
 //!
 //! A job is **online**: the clinic keeps serving (keysets are stored with
 //! compare-and-swap on their version, document rows with compare-and-swap
@@ -29,8 +30,6 @@
 use std::collections::BTreeMap;
 
 use careconnect_authz::{Action, Principal};
-use careconnect_crypto::document::{DocumentHeader, OpenOptions};
-use careconnect_crypto::format::MAX_HEADER_LEN;
 use careconnect_crypto::{Keyring, KmsKeyId, TrustedKeys};
 use careconnect_storage::{BlobId, Collection, Row, RowId, StorageError, Write};
 use serde::{Deserialize, Serialize};
@@ -43,7 +42,9 @@ use crate::medicloud::{DocRow, doc_context, docs};
 use crate::rows;
 
 mod data_key;
+mod kek_version;
 pub use data_key::{DataKeyKind, DataKeyReport};
+pub use kek_version::KekVersionReport;
 
 /// Where rotation jobs keep their progress.
 const JOBS_COLLECTION: &str = "core_rotation_jobs";
@@ -294,24 +295,11 @@ impl Inner {
             .ok_or(CoreError::Corrupt("a document's metadata does not open"))?;
         let key = self.documents_key()?;
         let ctx = doc_context(&doc.info.id);
-        let wrapped = match doc.rewrapped_key()? {
-            Some(wrapped) => self.kms.re_encrypt(&key, &wrapped, &ctx, &key).await?,
-            None => {
-                // Only the header: the time must not depend on the size.
-                let head = match self
-                    .blobs
-                    .get_head(&BlobId::parse(&doc.blob)?, MAX_HEADER_LEN)
-                    .await
-                {
-                    Ok(b) => b,
-                    Err(StorageError::NotFound) => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                };
-                let header =
-                    DocumentHeader::read_from(&mut head.as_slice(), &OpenOptions::trusting(&key))?;
-                header.rewrap_key(self.kms.as_ref(), &ctx, &key).await?
-            }
+        // Only the header is read: the time must not depend on the size.
+        let Some(wrapped) = self.doc_wrapped_key(&doc, &key).await? else {
+            return Ok(None);
         };
+        let wrapped = self.kms.re_encrypt(&key, &wrapped, &ctx, &key).await?;
         doc.rewrapped = Some(hex::encode(wrapped.as_bytes()));
         Ok(Some(self.resealed(coll, row, &doc)?))
     }

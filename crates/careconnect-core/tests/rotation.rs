@@ -414,3 +414,87 @@ fn blob_names(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compromised_kms_key_version_is_moved_off_checked_and_destroyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, kms) = seeded(dir.path(), 8).await;
+    let before = manifest(&c).await;
+    let documents = KmsKeyId::new("careconnect-documents").unwrap();
+    let v = Kms::describe(kms.as_ref(), &documents)
+        .await
+        .unwrap()
+        .current_version;
+
+    // Refusals change nothing: another role, a key the clinic does not
+    // use, a version that is not enabled.
+    let nothing = |_: Progress| {};
+    assert!(matches!(
+        c.rotation()
+            .kek_version_compromised(&doctor(), documents.as_str(), v, false, &mut { nothing })
+            .await,
+        Err(CoreError::Denied(_))
+    ));
+    assert!(matches!(
+        c.rotation()
+            .kek_version_compromised(&admin(), "someone-elses-key", 1, false, &mut { nothing })
+            .await,
+        Err(CoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        c.rotation()
+            .kek_version_compromised(&admin(), documents.as_str(), v + 5, false, &mut { nothing })
+            .await,
+        Err(CoreError::Invalid(_))
+    ));
+    // A dry run lists every document wrapped under it, and changes nothing.
+    let dry = c
+        .rotation()
+        .kek_version_compromised(&admin(), documents.as_str(), v, true, &mut { nothing })
+        .await
+        .unwrap();
+    assert_eq!(dry.wrapped_under.len(), 8, "{dry:?}");
+    assert!(!dry.destroyed);
+    assert_eq!(versions(&kms).await.iter().sum::<u32>(), 4);
+
+    let report = c
+        .rotation()
+        .kek_version_compromised(&admin(), documents.as_str(), v, false, &mut { nothing })
+        .await
+        .unwrap();
+    assert!(report.destroyed && report.wrapped_under.is_empty());
+    assert_eq!(report.rotation.unwrap().documents, 8);
+    let d = Kms::describe(kms.as_ref(), &documents).await.unwrap();
+    assert!(d.destroyed_versions.contains(&v));
+    assert_eq!(manifest(&c).await, before);
+    assert!(
+        c.rotation()
+            .verify(&admin(), &mut { nothing })
+            .await
+            .unwrap()
+            .passed()
+    );
+    // The clinic keyset's version too (no document: keysets only).
+    let clinic_key = KmsKeyId::new("careconnect-clinic").unwrap();
+    let cv = Kms::describe(kms.as_ref(), &clinic_key)
+        .await
+        .unwrap()
+        .current_version;
+    let dry = c
+        .rotation()
+        .kek_version_compromised(&admin(), clinic_key.as_str(), cv, true, &mut { nothing })
+        .await
+        .unwrap();
+    assert_eq!(
+        dry.wrapped_under,
+        vec!["keyset clinic-keyring", "keyset clinic-index-keyring"]
+    );
+    c.rotation()
+        .kek_version_compromised(&admin(), clinic_key.as_str(), cv, false, &mut { nothing })
+        .await
+        .unwrap();
+    // A clinic opened afresh (keysets read from the store) still opens it all.
+    drop(c);
+    let again = open(dir.path(), kms.clone()).await;
+    assert_eq!(manifest(&again).await, before);
+}

@@ -310,4 +310,14 @@ pub trait Kms: Send + Sync + fmt::Debug {
     fn can_destroy_versions(&self) -> bool {
         false
     }
+
+    /// The version of the KMS key that wrapped `wrapped`, where the KMS's
+    /// wrapped form says (the local KMS's does; AWS KMS keeps it inside
+    /// its opaque ciphertext). A caller about to destroy a version checks
+    /// with this that nothing it keeps is still wrapped under it. Default
+    /// `None`: unknown.
+    fn version_of(&self, wrapped: &WrappedKey) -> Option<u32> {
+        let _ = wrapped;
+        None
+    }
 }

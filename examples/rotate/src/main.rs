@@ -10,6 +10,7 @@
 //! rotate --data-dir data compromised-document <document-id>
 //! rotate --data-dir data rotate-data-key [--no-reencrypt] [--dry-run]
 //! rotate --data-dir data compromised <data-key-id> [--dry-run]
+//! rotate --data-dir data compromised-kek <kms-key> <version> [--dry-run]
 //! ```
 //!
 //! Progress goes to stderr: bars with rate and ETA on a terminal, plain
@@ -86,6 +87,18 @@ enum Command {
         #[arg(long)]
         no_reencrypt: bool,
         /// Report what would be re-sealed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// A version of one of the clinic's KMS keys is compromised: rotate
+    /// the KMS keys and re-wrap everything (as `rotate-kek`), check that
+    /// nothing is still wrapped under that version, destroy it.
+    CompromisedKek {
+        /// The KMS key's name (as `status` lists it).
+        key: String,
+        /// The compromised version.
+        version: u32,
+        /// List what is wrapped under the version; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -416,6 +429,31 @@ async fn run(args: Args) -> Result<bool> {
                 .await?;
             shown.finish();
             print_data_key(&report, args.json)?;
+            Ok(true)
+        }
+        Command::CompromisedKek {
+            key,
+            version,
+            dry_run,
+        } => {
+            let report = clinic
+                .rotation()
+                .kek_version_compromised(&operator, &key, version, dry_run, &mut |p| shown.show(p))
+                .await?;
+            shown.finish();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if dry_run {
+                println!(
+                    "{} things wrapped under {key} version {version}",
+                    report.wrapped_under.len()
+                );
+                for w in &report.wrapped_under {
+                    println!("  {w}");
+                }
+            } else {
+                println!("{key} version {version}: everything re-wrapped off it; destroyed");
+            }
             Ok(true)
         }
         Command::Compromised { key, dry_run } => {

@@ -440,6 +440,19 @@ async fn a_settings_file_names_the_clinic_and_a_bad_one_changes_nothing() {
     let (k, _) = keys.iter().find(|(_, s)| *s == "Primary").unwrap();
     let report = json(&with_file(&["--json", "compromised", &k.to_string()]));
     assert_eq!(report["destroyed"], serde_json::json!([k]));
+    // A KMS key version: a wrong one is a clear error, the current one is
+    // moved off and destroyed.
+    let out = with_file(&["compromised-kek", "careconnect-documents", "9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an enabled version"));
+    let kek = json(&with_file(&[
+        "--json",
+        "compromised-kek",
+        "careconnect-documents",
+        "1",
+    ]));
+    assert_eq!(kek["destroyed"], true);
+    assert_eq!(kek["rotation"]["documents"], 3);
     assert_eq!(
         json(&with_file(&["--json", "verify"]))["failures"]
             .as_array()

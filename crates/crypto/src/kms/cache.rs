@@ -281,6 +281,10 @@ impl<K: Kms> Kms for CachingKms<K> {
         self.inner.can_destroy_versions()
     }
 
+    fn version_of(&self, wrapped: &WrappedKey) -> Option<u32> {
+        self.inner.version_of(wrapped)
+    }
+
     async fn rotation_schedule(&self, key: &KmsKeyId) -> Result<Option<RotationSchedule>, Error> {
         self.lock().stats.kms_calls += 1;
         self.inner.rotation_schedule(key).await

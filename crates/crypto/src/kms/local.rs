@@ -749,6 +749,14 @@ impl Kms for LocalKms {
     fn can_destroy_versions(&self) -> bool {
         true
     }
+
+    fn version_of(&self, wrapped: &WrappedKey) -> Option<u32> {
+        let bytes = wrapped.as_bytes();
+        if bytes.len() != WRAPPED_LEN || bytes.first() != Some(&WRAP_VERSION) {
+            return None;
+        }
+        Some(u32::from_be_bytes(bytes.get(1..5)?.try_into().ok()?))
+    }
 }
 
 #[cfg(test)]
@@ -840,6 +848,44 @@ mod tests {
             .to_string();
         assert!(!err.contains("aaaa"), "secret echoed: {err}");
         assert_eq!(format!("{a:?}"), "RootSecret { .. }");
+    }
+
+    #[test]
+    fn version_of_names_the_version_that_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let kms = LocalKms::open_or_create(
+            dir.path().join("kms"),
+            RootSecret::from_hex(&"33".repeat(32)).unwrap(),
+        )
+        .unwrap();
+        let key = KmsKeyId::new("k").unwrap();
+        kms.ensure_key(&key).unwrap();
+        let ctx = EncryptionContext::new();
+        rt().block_on(async {
+            let (_, first) = kms.generate_data_key(&key, &ctx).await.unwrap();
+            Kms::rotate(&kms, &key).await.unwrap();
+            let (_, second) = kms.generate_data_key(&key, &ctx).await.unwrap();
+            assert_eq!(Kms::version_of(&kms, &first), Some(1));
+            assert_eq!(Kms::version_of(&kms, &second), Some(2));
+            let again = kms.re_encrypt(&key, &first, &ctx, &key).await.unwrap();
+            assert_eq!(Kms::version_of(&kms, &again), Some(2));
+        });
+        let mut other = first_bytes();
+        other[0] ^= 0xff;
+        assert_eq!(
+            Kms::version_of(&kms, &WrappedKey::new(other).unwrap()),
+            None
+        );
+        assert_eq!(
+            Kms::version_of(&kms, &WrappedKey::new(vec![WRAP_VERSION; 9]).unwrap()),
+            None
+        );
+    }
+
+    fn first_bytes() -> Vec<u8> {
+        let mut v = vec![WRAP_VERSION];
+        v.resize(WRAPPED_LEN, 7);
+        v
     }
 
     #[test]
