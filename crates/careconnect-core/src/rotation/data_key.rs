@@ -238,6 +238,33 @@ impl Inner {
         Err(CoreError::Conflict("the clinic keyset kept changing"))
     }
 
+    /// Moves each of `keys` on to `to` (retired, compromised or
+    /// destroyed) in the stored clinic keyset, skipping those already there
+    /// (and, for retiring, any not `Active`); returns the keys now in `to`.
+    async fn move_keys(&self, keys: &[KeyId], to: KeyState) -> Result<Vec<u32>, CoreError> {
+        let (ring, ()) = self
+            .change_keyset(|ring| {
+                for k in keys {
+                    let Some(state) = ring.key(*k).map(|i| i.state) else {
+                        continue;
+                    };
+                    match to {
+                        KeyState::Retired if state == KeyState::Active => ring.retire(*k)?,
+                        KeyState::Compromised if state != to => ring.mark_compromised(*k)?,
+                        KeyState::Destroyed if state != to => ring.destroy(*k)?,
+                        _ => {}
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(keys
+            .iter()
+            .filter(|k| ring.key(**k).is_some_and(|i| i.state == to))
+            .map(|k| k.get())
+            .collect())
+    }
+
     async fn key_job(&self) -> Result<Option<(Row, KeyJob)>, CoreError> {
         let coll = jobs()?;
         let Some(row) = self.get(&coll, &key_job_id()?).await? else {
@@ -258,17 +285,6 @@ impl Inner {
         let versions = self.store.commit(&[write]).await.map_err(conflict)?;
         row.version = versions.first().copied().unwrap_or(row.version + 1);
         Ok(())
-    }
-
-    /// Rows of `coll` under `key` after `after`, up to `limit`.
-    async fn under_key(
-        &self,
-        coll: &Collection,
-        key: u32,
-        after: Option<&RowId>,
-        limit: usize,
-    ) -> Result<careconnect_storage::Page, CoreError> {
-        Ok(self.store.scan_key(coll, key, after, limit).await?)
     }
 
     /// `row` sealed again under the current primary, same plaintext, same
@@ -311,7 +327,10 @@ impl Inner {
             for key in keys {
                 let mut after: Option<RowId> = None;
                 loop {
-                    let page = self.under_key(&coll, *key, after.as_ref(), 1000).await?;
+                    let page = self
+                        .store
+                        .scan_key(&coll, *key, after.as_ref(), 1000)
+                        .await?;
                     let n = page
                         .rows
                         .iter()
@@ -568,42 +587,13 @@ impl Rotation<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         match kind {
             DataKeyKind::Scheduled => {
-                let (retired, ()) = c
-                    .change_keyset(|ring| {
-                        for k in &old_ids {
-                            if ring.key(*k).is_some_and(|i| i.state == KeyState::Active) {
-                                ring.retire(*k)?;
-                            }
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                report.retired = old_ids
-                    .iter()
-                    .filter(|k| {
-                        retired
-                            .key(**k)
-                            .is_some_and(|i| i.state == KeyState::Retired)
-                    })
-                    .map(|k| k.get())
-                    .collect();
+                report.retired = c.move_keys(&old_ids, KeyState::Retired).await?;
             }
             DataKeyKind::Compromise => {
                 loop {
                     match job.step {
                         Step::Resealed => {
-                            c.change_keyset(|ring| {
-                                for k in &old_ids {
-                                    if ring
-                                        .key(*k)
-                                        .is_some_and(|i| i.state != KeyState::Compromised)
-                                    {
-                                        ring.mark_compromised(*k)?;
-                                    }
-                                }
-                                Ok(())
-                            })
-                            .await?;
+                            c.move_keys(&old_ids, KeyState::Compromised).await?;
                             job.step = Step::Marked;
                         }
                         // Two checks a window apart must find nothing: a row
@@ -634,25 +624,7 @@ impl Rotation<'_> {
                 }
                 report.audit_entries_sealed_off =
                     c.audit.checkpoint(&old_ids, job.audit_after).await?;
-                let (destroyed, ()) = c
-                    .change_keyset(|ring| {
-                        for k in &old_ids {
-                            if ring.key(*k).is_some_and(|i| i.state != KeyState::Destroyed) {
-                                ring.destroy(*k)?;
-                            }
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                report.destroyed = old_ids
-                    .iter()
-                    .filter(|k| {
-                        destroyed
-                            .key(**k)
-                            .is_some_and(|i| i.state == KeyState::Destroyed)
-                    })
-                    .map(|k| k.get())
-                    .collect();
+                report.destroyed = c.move_keys(&old_ids, KeyState::Destroyed).await?;
             }
         }
         report.rows = job.rows.clone();
@@ -736,7 +708,7 @@ impl Rotation<'_> {
                     total: total.max(done),
                 });
                 let after = job.cursor.as_deref().map(RowId::new).transpose()?;
-                let page = c.under_key(coll, *key, after.as_ref(), PAGE).await?;
+                let page = c.store.scan_key(coll, *key, after.as_ref(), PAGE).await?;
                 let rows: Vec<&Row> = page
                     .rows
                     .iter()
