@@ -32,6 +32,9 @@ pub struct AuditView {
 pub struct KeyStatus {
     /// The clinic keyring's keys.
     pub clinic_keys: Vec<KeyInfo>,
+    /// Each subject bucket's keyring's keys (buckets not used yet are
+    /// left out). They seal patients' keyrings, never data.
+    pub bucket_keys: Vec<(u16, Vec<KeyInfo>)>,
     /// The KMS keys the clinic uses, as the KMS describes them.
     pub kms_keys: Vec<KeyDescription>,
 }
@@ -244,8 +247,16 @@ impl Admin<'_> {
         for k in &c.kms_keys {
             kms_keys.push(c.kms.describe(k).await?);
         }
+        let bucket_keys = c
+            .subjects
+            .bucket_keyrings()
+            .await?
+            .into_iter()
+            .map(|(b, ring)| (b, ring.keys().collect()))
+            .collect();
         Ok(KeyStatus {
             clinic_keys: c.keys.current().keys().collect(),
+            bucket_keys,
             kms_keys,
         })
     }

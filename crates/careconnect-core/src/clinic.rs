@@ -158,7 +158,8 @@ pub struct ClinicConfig {
     /// with AES instructions). The bytes are the same whichever it is.
     pub provider: &'static dyn CryptoProvider,
     /// How often a node re-reads the clinic keyset to pick up a data-key
-    /// rotation stored by another process (default 5 s). Every node and the
+    /// rotation stored by another process (default 5 s), and how long it
+    /// keeps a patient's subject keyring before reading it again. Every node and the
     /// rotation tool sharing a database must use the same value: a rotation
     /// waits [`Clinic::reload_window`] (twice this) between its steps.
     pub keyring_recheck: Duration,
@@ -426,7 +427,8 @@ impl Clinic {
         )?
         .with_handle_key(mac(SUBJECT_HANDLE_PURPOSE)?)
         .with_key_prefix(config.subject_key_prefix.clone())
-        .with_provider(config.provider);
+        .with_provider(config.provider)
+        .with_cache_ttl(config.keyring_recheck);
         let hours = config.hours;
         if hours.opens >= hours.closes
             || hours.closes > 24
@@ -489,7 +491,8 @@ impl Clinic {
     }
 
     /// How long a data-key rotation waits between storing a change to the
-    /// clinic keyset and relying on every node having it (twice
+    /// clinic keyset (or a subject keyring) and relying on every node having
+    /// it (twice
     /// [`ClinicConfig::keyring_recheck`]).
     pub fn reload_window(&self) -> Duration {
         self.inner.keyring_recheck * 2

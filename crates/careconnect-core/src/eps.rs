@@ -37,6 +37,8 @@ use crate::rows;
 pub const PRESCRIPTIONS_COLLECTION: &str = "core_prescriptions";
 /// The collection of prescribers' signing keys.
 pub const SIGNING_KEYS_COLLECTION: &str = "core_signing_keys";
+/// The field a prescription body is sealed as, under the patient's keys.
+pub(crate) const PRESCRIPTION_FIELD: &str = "prescription";
 const SIGNED_LABEL: &[u8] = b"careconnect/prescription/v1";
 const PATIENT_INDEX: &str = "patient";
 const PRESCRIBER_INDEX: &str = "prescriber";
@@ -152,10 +154,12 @@ impl Body {
     }
 }
 
+/// A prescription row's clinic-sealed part: the patient's subject handle
+/// and the body sealed under the patient's keys (hex).
 #[derive(Serialize, Deserialize)]
-struct Locator {
-    handle: String,
-    body: String,
+pub(crate) struct Locator {
+    pub(crate) handle: String,
+    pub(crate) body: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -223,7 +227,7 @@ impl Inner {
         body: &Body,
     ) -> Result<RowData, CoreError> {
         let coll = self.prescriptions()?;
-        let inner = Self::seal_for(keys, &coll, id, "prescription", body)?;
+        let inner = Self::seal_for(keys, &coll, id, PRESCRIPTION_FIELD, body)?;
         let locator = Locator {
             handle: self.subjects.handle(&body.patient)?.as_str().to_owned(),
             body: hex::encode(inner),
@@ -256,8 +260,8 @@ impl Inner {
         let Ok(inner) = hex::decode(locator.body) else {
             return Ok(None);
         };
-        let body =
-            Self::open_for::<Body>(&keys, &coll, &row.id, "prescription", &inner).filter(|b| {
+        let body = Self::open_for::<Body>(&keys, &coll, &row.id, PRESCRIPTION_FIELD, &inner)
+            .filter(|b| {
                 b.id == row.id.as_str()
                     && self.subjects.handle(&b.patient).is_ok_and(|h| h == handle)
             });

@@ -26,6 +26,8 @@ use crate::rows;
 pub const APPOINTMENTS_COLLECTION: &str = "core_appointments";
 /// The collection of booked slots.
 pub const SLOTS_COLLECTION: &str = "core_slots";
+/// The field an appointment is sealed as, under the patient's keys.
+pub(crate) const APPOINTMENT_FIELD: &str = "appointment";
 const PATIENT_INDEX: &str = "patient";
 
 /// An appointment.
@@ -182,7 +184,7 @@ impl CareConnect<'_> {
                         &keys,
                         &appts,
                         &id,
-                        "appointment",
+                        APPOINTMENT_FIELD,
                         &appointment,
                         vec![c.index(PATIENT_INDEX, patient)?],
                     )?,
@@ -239,7 +241,7 @@ impl CareConnect<'_> {
         let mut out: Vec<Appointment> = rows
             .iter()
             .filter_map(|r| {
-                Inner::open_for::<Appointment>(&keys, &coll, &r.id, "appointment", &r.envelope)
+                Inner::open_for::<Appointment>(&keys, &coll, &r.id, APPOINTMENT_FIELD, &r.envelope)
             })
             .filter(|a| a.patient == *patient)
             .collect();
@@ -259,9 +261,15 @@ impl CareConnect<'_> {
         let coll = appointments()?;
         let found = match (RowId::new(appointment), c.existing_keys(&who.user).await) {
             (Ok(id), Ok(keys)) => c.get(&coll, &id).await?.and_then(|row| {
-                Inner::open_for::<Appointment>(&keys, &coll, &row.id, "appointment", &row.envelope)
-                    .filter(|a| a.id == row.id.as_str())
-                    .map(|a| (row, keys.clone(), a))
+                Inner::open_for::<Appointment>(
+                    &keys,
+                    &coll,
+                    &row.id,
+                    APPOINTMENT_FIELD,
+                    &row.envelope,
+                )
+                .filter(|a| a.id == row.id.as_str())
+                .map(|a| (row, keys.clone(), a))
             }),
             _ => None,
         };
@@ -291,7 +299,7 @@ impl CareConnect<'_> {
                 &keys,
                 &coll,
                 &row.id,
-                "appointment",
+                APPOINTMENT_FIELD,
                 &appt,
                 vec![c.index(PATIENT_INDEX, &appt.patient)?],
             )?,
@@ -315,7 +323,7 @@ impl CareConnect<'_> {
             .into_iter()
             .filter(|r| r.id != row.id)
             .find_map(|r| {
-                Inner::open_for::<Appointment>(&keys, &coll, &r.id, "appointment", &r.envelope)
+                Inner::open_for::<Appointment>(&keys, &coll, &r.id, APPOINTMENT_FIELD, &r.envelope)
                     .filter(|a| {
                         a.doctor == appt.doctor
                             && a.patient == appt.patient

@@ -26,6 +26,10 @@ use crate::subjects::SUBJECT_CACHE_TTL;
 pub const RECORDS_COLLECTION: &str = "core_records";
 /// The collection of clinical notes.
 pub const NOTES_COLLECTION: &str = "core_notes";
+/// The field a patient's record is sealed as, under the patient's keys.
+pub(crate) const RECORD_FIELD: &str = "details";
+/// The field a clinical note is sealed as, under the patient's keys.
+pub(crate) const NOTE_FIELD: &str = "note";
 /// Longest clinical note, in characters.
 pub const MAX_NOTE_CHARS: usize = 10_000;
 const PATIENT_INDEX: &str = "patient";
@@ -185,7 +189,7 @@ impl Inner {
         let coll = self.records()?;
         let id = self.keyed_id(&[b"record", &crate::clinic::identity_bytes(patient)])?;
         let found = self.get(&coll, &id).await?.and_then(|row| {
-            Self::open_for::<RecordRow>(keys, &coll, &id, "details", &row.envelope)
+            Self::open_for::<RecordRow>(keys, &coll, &id, RECORD_FIELD, &row.envelope)
                 .filter(|r| r.patient == *patient)
                 .map(|r| r.details)
         });
@@ -256,7 +260,7 @@ impl Inner {
             .await?;
         let mut notes: Vec<Note> = rows
             .iter()
-            .filter_map(|r| Self::open_for::<Note>(keys, &coll, &r.id, "note", &r.envelope))
+            .filter_map(|r| Self::open_for::<Note>(keys, &coll, &r.id, NOTE_FIELD, &r.envelope))
             .filter(|n| n.patient == *patient)
             .collect();
         notes.sort_by_key(|n| n.seq);
@@ -296,7 +300,7 @@ impl MedRecords<'_> {
             details,
             registered_at: c.now(),
         };
-        let data = Inner::patient_row(&keys, &coll, &id, "details", &row, vec![])?;
+        let data = Inner::patient_row(&keys, &coll, &id, RECORD_FIELD, &row, vec![])?;
         // The record, the directory entry and the stored patient role in
         // one atomic batch; a concurrent change of either of the last two
         // makes it fail, and it is built again from what is stored then.
@@ -451,7 +455,7 @@ impl MedRecords<'_> {
                 &keys,
                 &coll,
                 &id,
-                "note",
+                NOTE_FIELD,
                 &n,
                 vec![c.index(PATIENT_INDEX, patient)?],
             )?;

@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use careconnect_authz::{Action, Principal};
 use careconnect_crypto::{Keyring, KmsKeyId, TrustedKeys};
 use careconnect_storage::{BlobId, Collection, Row, RowId, StorageError, Write};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -43,8 +44,10 @@ use crate::rows;
 
 mod data_key;
 mod kek_version;
+mod subject_key;
 pub use data_key::{DataKeyKind, DataKeyReport};
 pub use kek_version::KekVersionReport;
+pub use subject_key::{BucketKeyReport, CompromiseReport, SubjectKeyReport};
 
 /// Where rotation jobs keep their progress.
 const JOBS_COLLECTION: &str = "core_rotation_jobs";
@@ -84,6 +87,8 @@ pub enum Phase {
     VerifyRows,
     /// Opening every row the clinic keyring seals.
     OpenRows,
+    /// Opening every patient row under its patient's subject keyring.
+    OpenPatientRows,
 }
 
 /// A progress report: `done` of `total` in `phase`.
@@ -143,6 +148,15 @@ pub struct VerifyReport {
     pub rows_ok: u64,
     /// Those rows by the data key that sealed them.
     pub rows_by_key: BTreeMap<u32, u64>,
+    /// Patients' subject keyrings that open (erased patients' are not
+    /// counted; one that does not open, and is not erased, is a failure).
+    pub subjects_ok: u64,
+    /// Patient data (records, notes, appointments, prescription bodies)
+    /// that opens under its patient's keyring.
+    pub patient_rows_ok: u64,
+    /// Patient data under a key no live patient's keyring holds: an erased
+    /// patient's (crypto-shredded), or forged. It opens for no one.
+    pub patient_rows_unattributed: u64,
     /// What failed: `keyset NAME: why`, `document ID: why` or
     /// `row COLLECTION/ID: why`.
     pub failures: Vec<String>,
@@ -197,6 +211,16 @@ fn jobs() -> Result<Collection, CoreError> {
     Ok(Collection::new(JOBS_COLLECTION)?)
 }
 
+/// A job row's compare-and-swap lost: another run moved it (or ended it).
+fn job_conflict(e: StorageError) -> CoreError {
+    match e {
+        StorageError::VersionConflict { .. } | StorageError::NotFound => {
+            CoreError::Conflict("another run of this rotation is in progress")
+        }
+        e => e.into(),
+    }
+}
+
 impl Inner {
     /// `row` sealed again holding `value`, as a compare-and-swap on the
     /// version read, its index entries kept.
@@ -234,26 +258,45 @@ impl Inner {
         self.get(&coll, &id).await?.ok_or(CoreError::NotFound)
     }
 
-    async fn kek_job(&self) -> Result<Option<(Row, KekJob)>, CoreError> {
+    /// Asks the policy whether `admin` may have key `key` of `keyring`
+    /// replaced as compromised (audited as `keys:{keyring}:{key}
+    /// compromised`, with ` dry-run` for a dry run).
+    async fn decide_compromise(
+        &self,
+        admin: &Principal,
+        keyring: &str,
+        key: u32,
+        dry_run: bool,
+    ) -> Result<(), CoreError> {
+        let what = format!(
+            "keys:{keyring}:{key} compromised{}",
+            if dry_run { " dry-run" } else { "" }
+        );
+        self.decide_system(admin, Action::RotateKeys, what).await
+    }
+
+    /// The unfinished job `name`: its row and checkpoint.
+    async fn job<T: DeserializeOwned>(&self, name: &str) -> Result<Option<(Row, T)>, CoreError> {
         let coll = jobs()?;
-        let Some(row) = self.get(&coll, &RowId::new(KEK_JOB)?).await? else {
+        let Some(row) = self.get(&coll, &RowId::new(name)?).await? else {
             return Ok(None);
         };
-        let job = rows::open::<KekJob>(&self.keys.current(), &coll, &row)
+        let job = rows::open::<T>(&self.keys.current(), &coll, &row)
             .ok_or(CoreError::Corrupt("rotation job row"))?;
         Ok(Some((row, job)))
     }
 
+    /// The job row's update to `job`, for a commit of its own or with a
+    /// page of work.
+    fn job_write<T: Serialize>(&self, row: &Row, job: &T) -> Result<Write, CoreError> {
+        self.resealed(&jobs()?, row, job)
+    }
+
     /// Saves the job's progress (compare-and-swap on the row's version:
     /// two runs of one job at once stop one of them here).
-    async fn save_kek_job(&self, row: &mut Row, job: &KekJob) -> Result<(), CoreError> {
-        let write = self.resealed(&jobs()?, row, job)?;
-        let versions = self.store.commit(&[write]).await.map_err(|e| match e {
-            StorageError::VersionConflict { .. } | StorageError::NotFound => {
-                CoreError::Conflict("another run of this rotation is in progress")
-            }
-            e => e.into(),
-        })?;
+    async fn save_job<T: Serialize>(&self, row: &mut Row, job: &T) -> Result<(), CoreError> {
+        let write = self.job_write(row, job)?;
+        let versions = self.store.commit(&[write]).await.map_err(job_conflict)?;
         row.version = versions.first().copied().unwrap_or(row.version + 1);
         Ok(())
     }
@@ -381,7 +424,7 @@ impl Rotation<'_> {
             dry_run,
             ..KekReport::default()
         };
-        let existing = c.kek_job().await?;
+        let existing = c.job::<KekJob>(KEK_JOB).await?;
         if dry_run {
             for k in &c.kms_keys {
                 let d = c.kms.describe(k).await?;
@@ -443,7 +486,7 @@ impl Rotation<'_> {
                 }
             }
             job.keysets_done = true;
-            c.save_kek_job(&mut row, &job).await?;
+            c.save_job(&mut row, &job).await?;
         }
 
         // 3. The documents, a batch at a time, checkpointed after each.
@@ -489,7 +532,7 @@ impl Rotation<'_> {
                 Err(e) => return Err(e.into()),
             }
             job.cursor = Some(last.as_str().to_owned());
-            c.save_kek_job(&mut row, &job).await?;
+            c.save_job(&mut row, &job).await?;
         }
         // 4. What appeared meanwhile: a keyset made during the job (a new
         // bucket) and documents whose metadata came after the job passed
@@ -652,7 +695,7 @@ impl Rotation<'_> {
         let c = &self.clinic.inner;
         c.decide_system(admin, Action::RotateKeys, "keys:status".into())
             .await?;
-        Ok(c.kek_job().await?.is_some())
+        Ok(c.job::<KekJob>(KEK_JOB).await?.is_some())
     }
 
     /// Opens every sealed keyset and every document (whole, verified chunk
@@ -729,6 +772,7 @@ impl Rotation<'_> {
             }
         }
         c.verify_rows(&mut report, progress).await?;
+        c.verify_patient_rows(&mut report, progress).await?;
         Ok(report)
     }
 }

@@ -98,6 +98,7 @@ pub struct SubjectKeys {
     cache: Arc<std::sync::Mutex<HashMap<RowId, (Instant, Keyring)>>>,
     handle_key: Option<Arc<careconnect_crypto::mac::MacKey>>,
     prefix: String,
+    ttl: Duration,
     provider: &'static dyn CryptoProvider,
 }
 
@@ -109,9 +110,11 @@ pub(crate) fn bucket_keyset_name(b: usize) -> String {
 /// The default prefix of the bucket KMS keys' names.
 pub const DEFAULT_KEY_PREFIX: &str = "careconnect-subjects-";
 
-/// How long an opened subject keyring is kept in memory. An erasure on this
-/// node drops it at once; another node sharing the database stops opening
-/// the subject's data at most this long after an erasure.
+/// How long an opened subject keyring is kept in memory by default
+/// ([`SubjectKeys::with_cache_ttl`]; a clinic uses its
+/// `keyring_recheck`). An erasure on this node drops it at once; another
+/// node sharing the database stops opening the subject's data at most this
+/// long after an erasure, and picks up a rotated subject key as late.
 pub const SUBJECT_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Most subject keyrings kept in memory (the cache is emptied when full).
 const SUBJECT_CACHE_MAX: usize = 10_000;
@@ -160,6 +163,7 @@ impl SubjectKeys {
             cache: Arc::default(),
             handle_key: None,
             prefix: DEFAULT_KEY_PREFIX.into(),
+            ttl: SUBJECT_CACHE_TTL,
             provider: default_provider(),
         })
     }
@@ -181,6 +185,21 @@ impl SubjectKeys {
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
+    }
+
+    /// Keeps an opened subject keyring in memory for `ttl` (default
+    /// [`SUBJECT_CACHE_TTL`]): the longest another node goes on using a
+    /// subject keyring after a change, so a rotation of subject keys waits
+    /// at least this long between its steps.
+    #[must_use]
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long an opened subject keyring is kept in memory.
+    pub fn cache_ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// Seals and opens subjects' data with `provider` (default: the crypto
@@ -254,7 +273,7 @@ impl SubjectKeys {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         cache
             .get(id)
-            .filter(|(at, _)| at.elapsed() < SUBJECT_CACHE_TTL)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
             .map(|(_, k)| k.clone())
     }
 
@@ -559,7 +578,7 @@ impl SubjectKeys {
 
     /// Every subject row of bucket `b` but `except`, read from the row ids
     /// (never from the bucket index: index rows are not authenticated).
-    async fn bucket_rows(&self, b: u16, except: &RowId) -> Result<Vec<Row>, CoreError> {
+    async fn bucket_rows(&self, b: u16, except: Option<&RowId>) -> Result<Vec<Row>, CoreError> {
         let mut out = Vec::new();
         let mut after = None;
         loop {
@@ -567,13 +586,248 @@ impl SubjectKeys {
             out.extend(
                 page.rows
                     .into_iter()
-                    .filter(|r| r.id != *except && self.bucket_of(&r.id) == b),
+                    .filter(|r| Some(&r.id) != except && self.bucket_of(&r.id) == b),
             );
             match page.next {
                 Some(n) => after = Some(n),
                 None => return Ok(out),
             }
         }
+    }
+
+    /// The keyring of the subject with `handle` as stored now, past this
+    /// node's cache.
+    ///
+    /// # Errors
+    ///
+    /// As [`SubjectKeys::keys_of_handle`].
+    pub(crate) async fn stored_keys(&self, handle: &RowId) -> Result<Keyring, CoreError> {
+        self.open_existing(handle)
+            .await?
+            .ok_or(CoreError::Corrupt("subject handle"))
+    }
+
+    /// Applies `change` to the stored keyring of the subject with `handle`
+    /// (compare-and-swap, read again on a concurrent change) and returns
+    /// the result. Other nodes see it once their cached copy expires
+    /// ([`SubjectKeys::cache_ttl`]); this one at once.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Erased`] for an erased subject, [`CoreError::Corrupt`]
+    /// for a handle with no keyring; errors of `change`; KMS and storage
+    /// failures.
+    pub(crate) async fn change<T>(
+        &self,
+        handle: &RowId,
+        change: impl Fn(&mut Keyring) -> Result<T, CoreError>,
+    ) -> Result<(Keyring, T), CoreError> {
+        let b = self.bucket_of(handle);
+        for _ in 0..MAX_TRIES {
+            let Some(row) = self.row(handle).await? else {
+                return Err(CoreError::Corrupt("subject handle"));
+            };
+            if is_tombstone(&row) {
+                return Err(self.dead(handle).await?);
+            }
+            let (version, ring) = self.bucket(b).await?;
+            let mut s = match Keyring::open_under(&ring, &row.envelope, &subject_context(handle)) {
+                Ok((s, _, _)) => s.with_provider(self.provider),
+                // Re-sealed by an erasure meanwhile: read it again.
+                Err(careconnect_crypto::Error::KeyDestroyed(_)) if !self.erased(handle).await? => {
+                    continue;
+                }
+                Err(careconnect_crypto::Error::KeyDestroyed(_)) => return Err(CoreError::Erased),
+                Err(e) => return Err(e.into()),
+            };
+            let out = change(&mut s)?;
+            match self
+                .store
+                .update(
+                    &self.coll,
+                    handle,
+                    row.version,
+                    Self::data(handle, &s, b, &ring)?,
+                )
+                .await
+            {
+                Ok(_) => {
+                    // As in `keys`: an erasure in this bucket may have
+                    // re-sealed it under a new key meanwhile.
+                    let (latest, current) = self.bucket(b).await?;
+                    if latest != version {
+                        self.reseal(handle, &s, b, &current).await?;
+                    }
+                    self.forget(handle);
+                    return Ok((s, out));
+                }
+                Err(StorageError::VersionConflict { .. }) => {}
+                Err(StorageError::NotFound) => return Err(CoreError::Corrupt("subject handle")),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(kept_changing())
+    }
+
+    /// Every subject row: its handle and its keyring, or why it does not
+    /// open. Erased subjects are left out.
+    ///
+    /// # Errors
+    ///
+    /// KMS and storage failures.
+    pub(crate) async fn all(&self) -> Result<Vec<(RowId, Result<Keyring, CoreError>)>, CoreError> {
+        let mut rings = HashMap::new();
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.store.list(&self.coll, after.as_ref(), 1000).await?;
+            for row in page.rows {
+                let b = self.bucket_of(&row.id);
+                if let std::collections::hash_map::Entry::Vacant(e) = rings.entry(b) {
+                    e.insert(self.bucket(b).await?.1);
+                }
+                let opened = match rings.get(&b) {
+                    Some(ring) if !is_tombstone(&row) => {
+                        Keyring::open_under(ring, &row.envelope, &subject_context(&row.id))
+                            .map(|(s, _, _)| s.with_provider(self.provider))
+                            .map_err(CoreError::from)
+                    }
+                    _ => Err(CoreError::Erased),
+                };
+                let opened = match opened {
+                    Ok(s) => Ok(s),
+                    Err(_) if self.erased(&row.id).await? => continue,
+                    Err(CoreError::Erased) => Err(self.dead(&row.id).await?),
+                    Err(e) => Err(e),
+                };
+                out.push((row.id, opened));
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Gives bucket `b` a new key and destroys every older one: 1. a new
+    /// primary; 2. every subject row of the bucket but `except` re-sealed
+    /// under it; 3. checked again (a subject written meanwhile); 4. every
+    /// older key destroyed. Returns the bucket keyset's version and
+    /// keyring, the rows re-sealed and the keys destroyed. Each step leaves
+    /// every live subject readable, so running it again after a crash
+    /// finishes it.
+    async fn replace_bucket_key(
+        &self,
+        b: u16,
+        except: Option<&RowId>,
+    ) -> Result<(u64, Keyring, usize, Vec<u32>), CoreError> {
+        let (mut version, mut ring) = self.bucket(b).await?;
+        // 1. A new primary key for the bucket; older ones still open.
+        ring.rotate()?;
+        version = self.store_bucket(b, version, &ring).await?;
+        // 2. Every other live subject of the bucket under the new key.
+        // 3. Checked again before anything is destroyed: every other live
+        //    subject of the bucket opens under the new key.
+        let mut resealed = 0;
+        for _ in 0..2 {
+            for other in self.bucket_rows(b, except).await? {
+                if self.reseal_to_primary(other, b, &ring).await? {
+                    resealed += 1;
+                }
+            }
+        }
+        // 4. Every older key destroyed.
+        let older: Vec<KeyId> = ring
+            .keys()
+            .filter(|k| k.id != ring.primary() && k.state != KeyState::Destroyed)
+            .map(|k| k.id)
+            .collect();
+        for k in &older {
+            if ring
+                .key(*k)
+                .is_some_and(|i| i.state != KeyState::Compromised)
+            {
+                ring.mark_compromised(*k)?;
+            }
+            ring.destroy(*k)?;
+        }
+        version = self.store_bucket(b, version, &ring).await?;
+        Ok((
+            version,
+            ring,
+            resealed,
+            older.iter().map(|k| k.get()).collect(),
+        ))
+    }
+
+    /// How many subject rows bucket `b` holds (erased ones included).
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub(crate) async fn bucket_size(&self, b: u16) -> Result<usize, CoreError> {
+        Ok(self.bucket_rows(b, None).await?.len())
+    }
+
+    /// The bucket whose keyring holds `key`, not destroyed.
+    ///
+    /// # Errors
+    ///
+    /// KMS and storage failures.
+    pub(crate) async fn bucket_holding(&self, key: u32) -> Result<Option<u16>, CoreError> {
+        let Some(key) = KeyId::new(key) else {
+            return Ok(None);
+        };
+        Ok(self
+            .bucket_keyrings()
+            .await?
+            .into_iter()
+            .find(|(_, ring)| {
+                ring.key(key)
+                    .is_some_and(|k| k.state != KeyState::Destroyed)
+            })
+            .map(|(b, _)| b))
+    }
+
+    /// Every bucket keyring made so far, by bucket.
+    ///
+    /// # Errors
+    ///
+    /// KMS and storage failures.
+    pub(crate) async fn bucket_keyrings(&self) -> Result<Vec<(u16, Keyring)>, CoreError> {
+        let mut out = Vec::new();
+        for b in 0..self.buckets {
+            let name = bucket_keyset_name(usize::from(b));
+            match self.keystore.load(&name).await {
+                Ok(_) => out.push((b, self.bucket(b).await?.1)),
+                Err(StorageError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A bucket keyring's key is compromised: bucket `b` gets a new key,
+    /// every subject of the bucket is re-sealed under it, and every older
+    /// key of the bucket is destroyed. Returns the subject rows re-sealed
+    /// and the keys destroyed. Safe to run again after a crash.
+    ///
+    /// The bucket key seals subject keyrings, never data: a copy of the
+    /// database taken while the key was exposed still yields those
+    /// keyrings to whoever holds both (see `docs/key-rotation.md`).
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Corrupt`] for a subject row of the bucket that does
+    /// not open and is not erased (nothing is destroyed); KMS and storage
+    /// failures.
+    pub(crate) async fn replace_compromised_bucket_key(
+        &self,
+        b: u16,
+    ) -> Result<(usize, Vec<u32>), CoreError> {
+        let _one = self.erasing.lock().await;
+        let (_, _, resealed, destroyed) = self.replace_bucket_key(b, None).await?;
+        Ok((resealed, destroyed))
     }
 
     /// Erases `subject`: after it, nothing the clinic holds opens the
@@ -629,40 +883,9 @@ impl SubjectKeys {
             Ok(_) | Err(StorageError::DuplicateId) => {}
             Err(e) => return Err(e.into()),
         }
-        let (mut version, mut ring) = self.bucket(b).await?;
-        // 1. A new primary key for the bucket; older ones still open.
-        ring.rotate()?;
-        version = self.store_bucket(b, version, &ring).await?;
-        // 2. Every other live subject of the bucket under the new key.
-        let mut resealed = 0;
-        for other in self.bucket_rows(b, &id).await? {
-            if self.reseal_to_primary(other, b, &ring).await? {
-                resealed += 1;
-            }
-        }
-        // 3. Checked again before anything is destroyed: every other live
-        //    subject of the bucket opens under the new key.
-        for other in self.bucket_rows(b, &id).await? {
-            if self.reseal_to_primary(other, b, &ring).await? {
-                resealed += 1;
-            }
-        }
-        // 4. Every older key destroyed (the erased subject's goes with them).
-        let older: Vec<KeyId> = ring
-            .keys()
-            .filter(|k| k.id != ring.primary() && k.state != KeyState::Destroyed)
-            .map(|k| k.id)
-            .collect();
-        for k in older {
-            if ring
-                .key(k)
-                .is_some_and(|i| i.state != KeyState::Compromised)
-            {
-                ring.mark_compromised(k)?;
-            }
-            ring.destroy(k)?;
-        }
-        version = self.store_bucket(b, version, &ring).await?;
+        // 1-4. A new bucket key; every other subject under it; the older
+        //      keys destroyed (the erased subject's keyring goes with them).
+        let (version, ring, resealed, _) = self.replace_bucket_key(b, Some(&id)).await?;
         // 5. The keyring under a fresh KMS version, every older one destroyed:
         //    copies of the database hold the old keys under those.
         let kms_key = self.kms_key(b)?;

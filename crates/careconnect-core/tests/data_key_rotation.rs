@@ -507,3 +507,304 @@ async fn an_audit_entry_under_the_key_after_its_replacement_stops_the_destructio
     assert!(matches!(job.await.unwrap(), Err(CoreError::AuditTampered)));
     assert_eq!(key_states(&a).await.get(&k), Some(&KeyState::Compromised));
 }
+
+/// The key id of the first row of `coll` (a patient's subject key for a
+/// patient collection).
+async fn first_key(dir: &Path, coll: &str) -> (RowId, u32) {
+    let s = store(dir).await;
+    let row = s
+        .list(&Collection::new(coll).unwrap(), None, 1)
+        .await
+        .unwrap()
+        .rows
+        .remove(0);
+    (row.id, row.key_id)
+}
+
+async fn notes_of_every_patient(c: &Clinic) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for u in DEMO_USERS.iter().filter(|u| u.role == Role::Patient) {
+        let p = who(u.subject, Role::Patient);
+        let record = c.patients().record(&p).await.unwrap();
+        out.insert(
+            u.subject.to_owned(),
+            record.notes.into_iter().map(|n| n.text).collect(),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compromised_patient_key_is_replaced_destroyed_and_nothing_else_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _kms) = seeded(dir.path()).await;
+    let before = manifest(&a).await;
+    let clinic_keys = key_states(&a).await;
+    let (note_id, k) = first_key(dir.path(), "core_notes").await;
+    let verified = a.rotation().verify(&admin(), &mut |_| {}).await.unwrap();
+    assert!(verified.passed(), "{verified:?}");
+    assert!(
+        verified.subjects_ok >= 3 && verified.patient_rows_ok >= 12,
+        "{verified:?}"
+    );
+
+    // Refusals: another role; a clinic key; a key no one holds.
+    let doctor = who("doctor-grey", Role::Doctor);
+    let subject_compromise = |c: &Clinic, who: Principal, key: u32, dry: bool| {
+        let c = c.clone();
+        async move {
+            c.rotation()
+                .subject_key_compromised(&who, key, dry, &mut |_| {})
+                .await
+        }
+    };
+    assert!(matches!(
+        subject_compromise(&a, doctor.clone(), k, false).await,
+        Err(CoreError::Denied(_))
+    ));
+    for other in [primary(&clinic_keys), 7] {
+        assert!(matches!(
+            subject_compromise(&a, admin(), other, false).await,
+            Err(CoreError::Invalid(_))
+        ));
+    }
+    // A dry run counts the patient's record, note, appointment and
+    // prescription, and changes nothing.
+    let dry = subject_compromise(&a, admin(), k, true).await.unwrap();
+    assert!(dry.dry_run);
+    assert_eq!(dry.total_rows(), 4, "{dry:?}");
+    assert_eq!(dry.rows.len(), 4, "{dry:?}");
+    assert_eq!(first_key(dir.path(), "core_notes").await.1, k);
+
+    let s = store(dir.path()).await;
+    let notes = Collection::new("core_notes").unwrap();
+    // A forged row under the key's id: not the patient's, left alone.
+    s.insert(
+        &notes,
+        &RowId::new("forged-note").unwrap(),
+        RowData {
+            key_id: k,
+            envelope: vec![1; 80],
+            indexes: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    // The patient's note with a key-id column that lies: the scans miss
+    // it, the check by envelope stops the job before the key is destroyed.
+    let victim = s.get(&notes, &note_id).await.unwrap();
+    let lie = |key_id| RowData {
+        key_id,
+        envelope: victim.envelope.clone(),
+        indexes: victim.indexes.clone(),
+    };
+    let v = s
+        .update(&notes, &note_id, victim.version, lie(k ^ 1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        subject_compromise(&a, admin(), k, false).await,
+        Err(CoreError::Corrupt(_))
+    ));
+    // Another patient key's job while this one is unfinished is refused.
+    let (_, other) = first_key(dir.path(), "core_records").await;
+    if other != k {
+        assert!(matches!(
+            subject_compromise(&a, admin(), other, false).await,
+            Err(CoreError::Conflict(_))
+        ));
+    }
+    s.update(&notes, &note_id, v, lie(k)).await.unwrap();
+
+    // A doctor writes notes through node b meanwhile.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (b, stop) = (b.clone(), stop.clone());
+        tokio::spawn(async move {
+            let grey = who("doctor-grey", Role::Doctor);
+            let mut written = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) || n < 10 {
+                n += 1;
+                for p in ["patient-alice", "patient-bob"] {
+                    let text = format!("note {n} for {p}");
+                    let patient = UserId::new(ISSUER, p).unwrap();
+                    b.records()
+                        .add_note(&grey, &patient, &text, None)
+                        .await
+                        .unwrap();
+                    written.push((p.to_owned(), text));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            written
+        })
+    };
+    let report = subject_compromise(&a, admin(), k, false).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    assert!(report.resumed && report.destroyed, "{report:?}");
+    assert_eq!(report.old_key, k);
+    assert!(report.total_rows() >= 4, "{report:?}");
+    assert_eq!(report.touched.len() as u64, report.total_rows());
+    assert!(
+        report
+            .touched
+            .iter()
+            .any(|t| t.starts_with("core_prescriptions/"))
+    );
+    assert_eq!(report.foreign_rows, 1, "the forged row");
+    // Clinic keys untouched; every patient reads as before on both nodes,
+    // plus every note the writer wrote.
+    assert_eq!(key_states(&a).await, clinic_keys);
+    tokio::time::sleep(RECHECK * 3).await;
+    for n in [&a, &b] {
+        let notes = notes_of_every_patient(n).await;
+        for (p, text) in &written {
+            assert!(notes[p].contains(text), "{p}: {text} lost");
+        }
+    }
+    let forged = s
+        .get(&notes, &RowId::new("forged-note").unwrap())
+        .await
+        .unwrap();
+    s.delete(&notes, &forged.id, forged.version).await.unwrap();
+    // Nothing of the patient is under the key; it is gone from the
+    // keyring, so naming it again is a clear error.
+    let verified = b.rotation().verify(&admin(), &mut |_| {}).await.unwrap();
+    assert!(verified.passed(), "{verified:?}");
+    assert_eq!(verified.patient_rows_unattributed, 0);
+    assert!(matches!(
+        subject_compromise(&a, admin(), k, true).await,
+        Err(CoreError::Invalid(_))
+    ));
+    let raw = s.list(&notes, None, 1000).await.unwrap();
+    assert!(raw.rows.iter().all(|r| r.key_id != k));
+    // Only notes were added: records, appointments and prescriptions read
+    // as before.
+    let after = manifest(&a).await;
+    for (what, seen) in &before {
+        if !what.starts_with("patient ") {
+            assert_eq!(after.get(what), Some(seen), "{what}");
+        }
+    }
+    intact(&a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compromised_bucket_key_is_replaced_and_every_patient_still_opens() {
+    use careconnect_core::records::PatientDetails;
+    use careconnect_core::rotation::CompromiseReport;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _kms) = seeded(dir.path()).await;
+    let before = manifest(&a).await;
+    let status = a.admin().key_status(&admin()).await.unwrap();
+    let (bucket, keys) = status.bucket_keys.first().cloned().unwrap();
+    let k = keys
+        .iter()
+        .find(|i| i.state == KeyState::Primary)
+        .unwrap()
+        .id
+        .get();
+    let compromise = |c: &Clinic, who: Principal, dry: bool| {
+        let c = c.clone();
+        async move {
+            c.rotation()
+                .key_compromised(&who, k, dry, &mut |_| {})
+                .await
+        }
+    };
+    assert!(matches!(
+        compromise(&a, who("doctor-grey", Role::Doctor), false).await,
+        Err(CoreError::Denied(_))
+    ));
+    let Ok(CompromiseReport::Bucket(dry)) = compromise(&a, admin(), true).await else {
+        panic!("a bucket key");
+    };
+    assert!(dry.dry_run && dry.bucket == bucket && dry.subjects_resealed >= 1);
+    assert!(dry.destroyed.is_empty());
+
+    // A subject row of the bucket that opens under nothing, and is not
+    // erased: destroying the key could lose it, so nothing is destroyed.
+    let s = store(dir.path()).await;
+    let subjects = Collection::new("core_subjects").unwrap();
+    let forged = RowId::new(format!("{:04x}{}", bucket, "ab".repeat(18))).unwrap();
+    s.insert(
+        &subjects,
+        &forged,
+        RowData {
+            key_id: k,
+            envelope: vec![3; 90],
+            indexes: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        compromise(&a, admin(), false).await,
+        Err(CoreError::Corrupt(_))
+    ));
+    let held = a.admin().key_status(&admin()).await.unwrap().bucket_keys;
+    assert!(held.iter().any(|(n, ks)| {
+        *n == bucket
+            && ks
+                .iter()
+                .any(|i| i.id.get() == k && i.state != KeyState::Destroyed)
+    }));
+    let row = s.get(&subjects, &forged).await.unwrap();
+    s.delete(&subjects, &forged, row.version).await.unwrap();
+
+    // New patients registered through the other node meanwhile.
+    let writer = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let mut made = Vec::new();
+            for i in 0..12 {
+                let p = UserId::new(ISSUER, format!("patient-new-{i}")).unwrap();
+                let details = PatientDetails {
+                    name: format!("New Patient {i}"),
+                    date_of_birth: "1990-01-01".into(),
+                    blood_type: "unknown".into(),
+                    allergies: vec![],
+                };
+                b.records().register(&admin(), &p, &details).await.unwrap();
+                made.push(p);
+            }
+            made
+        })
+    };
+    let Ok(CompromiseReport::Bucket(report)) = compromise(&a, admin(), false).await else {
+        panic!("a bucket key");
+    };
+    let made = writer.await.unwrap();
+    assert!(report.destroyed.contains(&k), "{report:?}");
+    assert!(
+        report.subjects_resealed >= dry.subjects_resealed,
+        "{report:?}"
+    );
+    // Every patient opens, old and new, on both nodes (the list of
+    // patients grew by the new ones).
+    let mut before = before;
+    before.remove("patients");
+    for n in [&a, &b] {
+        let mut now = manifest(n).await;
+        let listed = now.remove("patients").unwrap();
+        assert_eq!(now, before);
+        assert!(made.iter().all(|p| listed.contains(p.subject())));
+    }
+    for p in &made {
+        let p = Principal::new(p.clone(), [Role::Patient].into_iter().collect());
+        for n in [&a, &b] {
+            n.patients().record(&p).await.unwrap();
+        }
+    }
+    let verified = a.rotation().verify(&admin(), &mut |_| {}).await.unwrap();
+    assert!(verified.passed(), "{verified:?}");
+    assert!(verified.subjects_ok >= 3 + made.len() as u64);
+    // The key is gone: naming it again is a clear error.
+    assert!(matches!(
+        compromise(&a, admin(), false).await,
+        Err(CoreError::Invalid(_))
+    ));
+    intact(&a).await;
+}

@@ -26,10 +26,12 @@ use anyhow::{Context, Result, bail};
 use careconnect::authz::session::SystemClock;
 use careconnect::authz::{Principal, Role, UserId};
 use careconnect::core::config::{ClinicFile, KmsFile};
-use careconnect::core::rotation::{DataKeyReport, Phase, Progress};
+use careconnect::core::rotation::{
+    BucketKeyReport, CompromiseReport, DataKeyReport, Phase, Progress, SubjectKeyReport,
+};
 use careconnect::core::{Clinic, KmsConfig};
-use careconnect::crypto::KmsKeyId;
 use careconnect::crypto::kms::{Kms, LocalKms, RootSecret};
+use careconnect::crypto::{KeyInfo, KmsKeyId};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -102,11 +104,12 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// A data key of the clinic keyring is compromised: re-seal every row
-    /// under it under a fresh key, check twice that none is left, destroy
-    /// it. Resumes an unfinished run.
+    /// A data key is compromised: re-seal every row under it under a fresh
+    /// key, check twice that none is left, destroy it. A key of the clinic
+    /// keyring, or else of a patient's own keyring (then that patient's
+    /// rows). Resumes an unfinished run.
     Compromised {
-        /// The data key's id (as `status` lists it).
+        /// The data key's id (as `status` or `verify` lists it).
         key: u32,
         /// Report what would be re-sealed; change nothing.
         #[arg(long)]
@@ -282,6 +285,7 @@ fn phase_name(p: Phase) -> &'static str {
         Phase::ResealRows => "re-sealing rows",
         Phase::VerifyRows => "checking no rows",
         Phase::OpenRows => "opening rows",
+        Phase::OpenPatientRows => "opening patient rows",
         _ => "working",
     }
 }
@@ -324,14 +328,16 @@ async fn run(args: Args) -> Result<bool> {
                         })
                     })
                     .collect();
-                let clinic_keys: Vec<_> = keys
-                    .clinic_keys
+                let key = |k: &KeyInfo| serde_json::json!({"id": k.id.get(), "state": format!("{:?}", k.state)});
+                let clinic_keys: Vec<_> = keys.clinic_keys.iter().map(key).collect();
+                let bucket_keys: Vec<_> = keys
+                    .bucket_keys
                     .iter()
-                    .map(|k| serde_json::json!({"id": k.id.get(), "state": format!("{:?}", k.state)}))
+                    .map(|(b, ks)| serde_json::json!({"bucket": b, "keys": ks.iter().map(key).collect::<Vec<_>>()}))
                     .collect();
                 println!(
                     "{}",
-                    serde_json::json!({"kms_keys": kms, "clinic_keys": clinic_keys, "kek_rotation_unfinished": pending})
+                    serde_json::json!({"kms_keys": kms, "clinic_keys": clinic_keys, "bucket_keys": bucket_keys, "kek_rotation_unfinished": pending})
                 );
             } else {
                 for k in &keys.kms_keys {
@@ -345,6 +351,11 @@ async fn run(args: Args) -> Result<bool> {
                 }
                 for k in &keys.clinic_keys {
                     println!("clinic data key {:>10}  {:?}", k.id.get(), k.state);
+                }
+                for (b, ks) in &keys.bucket_keys {
+                    for k in ks {
+                        println!("bucket {b:04} key   {:>10}  {:?}", k.id.get(), k.state);
+                    }
                 }
                 if pending {
                     println!(
@@ -459,10 +470,15 @@ async fn run(args: Args) -> Result<bool> {
         Command::Compromised { key, dry_run } => {
             let report = clinic
                 .rotation()
-                .data_key_compromised(&operator, key, dry_run, &mut |p| shown.show(p))
+                .key_compromised(&operator, key, dry_run, &mut |p| shown.show(p))
                 .await?;
             shown.finish();
-            print_data_key(&report, args.json)?;
+            match &report {
+                _ if args.json => println!("{}", serde_json::to_string_pretty(&report)?),
+                CompromiseReport::Clinic(r) => print_data_key(r, false)?,
+                CompromiseReport::Subject(r) => print_subject_key(r),
+                CompromiseReport::Bucket(r) => print_bucket_key(r),
+            }
             Ok(true)
         }
         Command::Verify => {
@@ -485,6 +501,10 @@ async fn run(args: Args) -> Result<bool> {
                 for (key, n) in &report.rows_by_key {
                     println!("  rows under data key {key:>10}: {n}");
                 }
+                println!(
+                    "{} patients' keyrings open; {} patient rows open under them; {} under no live patient's key (erased or forged)",
+                    report.subjects_ok, report.patient_rows_ok, report.patient_rows_unattributed
+                );
                 for f in &report.failures {
                     println!("FAILED {f}");
                 }
@@ -530,4 +550,54 @@ fn print_data_key(report: &DataKeyReport, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn print_subject_key(report: &SubjectKeyReport) {
+    println!(
+        "{} {} rows of patient {} under data key {}{}",
+        if report.dry_run {
+            "would re-seal"
+        } else {
+            "re-sealed"
+        },
+        report.total_rows(),
+        report.subject,
+        report.old_key,
+        if report.resumed {
+            "; resumed an unfinished run"
+        } else {
+            ""
+        }
+    );
+    for (coll, n) in &report.rows {
+        println!("  {coll:28} {n}");
+    }
+    if report.foreign_rows > 0 {
+        println!(
+            "{} rows under the same key id do not open under this patient's keyring (another's, an erased patient's, or forged): left alone",
+            report.foreign_rows
+        );
+    }
+    if !report.dry_run {
+        println!("new primary key of the patient {}", report.new_key);
+    }
+    if report.destroyed {
+        println!("destroyed data key {}", report.old_key);
+    }
+}
+
+fn print_bucket_key(report: &BucketKeyReport) {
+    println!(
+        "{} {} patients' keyrings of bucket {} under a new bucket key",
+        if report.dry_run {
+            "would re-seal"
+        } else {
+            "re-sealed"
+        },
+        report.subjects_resealed,
+        report.bucket
+    );
+    if !report.destroyed.is_empty() {
+        println!("destroyed bucket keys {:?}", report.destroyed);
+    }
 }

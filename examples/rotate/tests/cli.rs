@@ -140,6 +140,79 @@ async fn status_dry_run_rotation_and_verify() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("not found"));
     assert_eq!(manifest(&open(dir.path()).await).await, before);
+
+    // A patient's own key: the clinic keyring does not hold it, so the
+    // tool replaces it in that patient's keyring.
+    let store =
+        careconnect::storage::connect(&ClinicConfig::embedded(dir.path()).unwrap().storage_url)
+            .await
+            .unwrap();
+    let notes = careconnect::storage::Collection::new("core_notes").unwrap();
+    let key = store.list(&notes, None, 1).await.unwrap().rows[0]
+        .key_id
+        .to_string();
+    let fast = ["--keyring-recheck-ms", "50", "compromised"];
+    let dry = json(&rotate(
+        dir.path(),
+        &[&fast[..], &[&key, "--dry-run", "--json"]].concat(),
+    ));
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["rows"]["core_notes"], 1, "{dry}");
+    let done = json(&rotate(
+        dir.path(),
+        &[&fast[..], &[&key, "--json"]].concat(),
+    ));
+    assert_eq!(done["keyring"], "subject", "{done}");
+    assert_eq!(done["destroyed"], true, "{done}");
+    assert_eq!(done["rows"], dry["rows"]);
+    assert_eq!(done["touched"].as_array().unwrap().len(), 4, "{done}");
+    let verified = json(&rotate(dir.path(), &["verify", "--json"]));
+    assert_eq!(
+        verified["failures"].as_array().unwrap().len(),
+        0,
+        "{verified}"
+    );
+    assert!(
+        verified["patient_rows_ok"].as_u64().unwrap() >= 12,
+        "{verified}"
+    );
+    // Destroyed now, and a key no one holds: clear errors.
+    for k in [key.as_str(), "7"] {
+        let refused = rotate(dir.path(), &[&fast[..], &[k]].concat());
+        assert_eq!(refused.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("data key id"),
+            "{}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+    }
+    // A bucket keyring's key, as `status` lists it.
+    let status = json(&rotate(dir.path(), &["--json", "status"]));
+    let bucket = &status["bucket_keys"][0];
+    let key = bucket["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["state"] == "Primary")
+        .unwrap()["id"]
+        .to_string();
+    let done = json(&rotate(dir.path(), &["compromised", &key, "--json"]));
+    assert_eq!(done["keyring"], "bucket", "{done}");
+    assert_eq!(done["bucket"], bucket["bucket"]);
+    assert!(
+        done["destroyed"].as_array().unwrap().iter().any(|k| k
+            .as_u64()
+            .map(|n| n.to_string())
+            .as_deref()
+            == Some(key.as_str()))
+    );
+    let verified = json(&rotate(dir.path(), &["verify", "--json"]));
+    assert_eq!(
+        verified["failures"].as_array().unwrap().len(),
+        0,
+        "{verified}"
+    );
+    assert_eq!(manifest(&open(dir.path()).await).await, before);
 }
 
 #[test]

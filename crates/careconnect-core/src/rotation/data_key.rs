@@ -24,7 +24,7 @@ use careconnect_crypto::{EncryptionContext, KeyId, KeyState, Keyring, TrustedKey
 use careconnect_storage::{Collection, Row, RowData, RowId, StorageError, Write};
 use serde::{Deserialize, Serialize};
 
-use super::{OnProgress, Phase, Progress, Rotation, jobs};
+use super::{OnProgress, Phase, Progress, Rotation, job_conflict, jobs};
 use crate::audit::now_ms;
 use crate::audit::{AuditEvent, Outcome};
 use crate::clinic::{CLINIC_KEYSET, Inner};
@@ -96,7 +96,7 @@ pub enum DataKeyKind {
 /// Where a data-key job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-enum Step {
+pub(super) enum Step {
     /// The new key is stored as `Active`.
     Added,
     /// The new key is the primary.
@@ -120,29 +120,60 @@ struct KeyJob {
     step: Step,
     /// When the keyset last changed, Unix ms: waits count from here.
     changed_ms: u64,
-    /// Position in [`SEALED`] × `old`, and the last row done there.
-    target: usize,
-    cursor: Option<String>,
-    /// Passes over everything done.
-    pass: u32,
-    /// Rows re-sealed in the current pass.
-    pass_rows: u64,
-    /// Rows re-sealed, by collection.
-    rows: BTreeMap<String, u64>,
-    /// Touched-row pages written.
-    pages: u64,
+    /// Position in [`SEALED`] × `old`, and what the passes did.
+    #[serde(flatten)]
+    passes: Passes,
     /// The audit entry recorded once every node chains under the new key:
     /// no entry after it may be under an old one.
     #[serde(default)]
     audit_after: u64,
 }
 
-impl KeyJob {
+/// Where a job's passes over the rows it re-seals are, and what they did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct Passes {
+    /// The job's current target (a collection, or a collection and key),
+    /// and the last row done there.
+    pub(super) target: usize,
+    pub(super) cursor: Option<String>,
+    /// Passes over everything done.
+    pub(super) pass: u32,
+    /// Rows re-sealed in the current pass.
+    pub(super) pass_rows: u64,
+    /// Rows re-sealed, by collection.
+    pub(super) rows: BTreeMap<String, u64>,
+    /// Touched-row pages written.
+    pub(super) pages: u64,
+}
+
+impl Passes {
     /// Counts `n` rows of `coll` re-sealed, on one more touched page.
-    fn record(&mut self, coll: &Collection, n: u64) {
+    pub(super) fn record(&mut self, coll: &Collection, n: u64) {
         self.pages += 1;
         self.pass_rows += n;
         *self.rows.entry(coll.as_str().to_owned()).or_insert(0) += n;
+    }
+
+    /// Passes again from the first target, as after a check found rows.
+    pub(super) fn restart(&mut self) {
+        self.pass = 0;
+        self.pass_rows = 0;
+        self.target = 0;
+        self.cursor = None;
+    }
+
+    /// At the end of a pass: `true` and back to the first target when
+    /// another pass is due (this one re-sealed something, and fewer than
+    /// [`MAX_PASSES`] followed the first).
+    pub(super) fn again(&mut self) -> bool {
+        if self.pass_rows == 0 || self.pass >= MAX_PASSES {
+            return false;
+        }
+        self.pass += 1;
+        self.pass_rows = 0;
+        self.target = 0;
+        self.cursor = None;
+        true
     }
 }
 
@@ -177,10 +208,6 @@ impl DataKeyReport {
     pub fn total_rows(&self) -> u64 {
         self.rows.values().sum()
     }
-}
-
-fn key_job_id() -> Result<RowId, CoreError> {
-    Ok(RowId::new(KEY_JOB)?)
 }
 
 fn touched() -> Result<Collection, CoreError> {
@@ -263,28 +290,6 @@ impl Inner {
             .filter(|k| ring.key(**k).is_some_and(|i| i.state == to))
             .map(|k| k.get())
             .collect())
-    }
-
-    async fn key_job(&self) -> Result<Option<(Row, KeyJob)>, CoreError> {
-        let coll = jobs()?;
-        let Some(row) = self.get(&coll, &key_job_id()?).await? else {
-            return Ok(None);
-        };
-        let job = rows::open::<KeyJob>(&self.keys.current(), &coll, &row)
-            .ok_or(CoreError::Corrupt("rotation job row"))?;
-        Ok(Some((row, job)))
-    }
-
-    /// The job row's update, for a commit of its own or with a page.
-    fn key_job_write(&self, row: &Row, job: &KeyJob) -> Result<Write, CoreError> {
-        self.resealed(&jobs()?, row, job)
-    }
-
-    async fn save_key_job(&self, row: &mut Row, job: &KeyJob) -> Result<(), CoreError> {
-        let write = self.key_job_write(row, job)?;
-        let versions = self.store.commit(&[write]).await.map_err(conflict)?;
-        row.version = versions.first().copied().unwrap_or(row.version + 1);
-        Ok(())
     }
 
     /// `row` sealed again under the current primary, same plaintext, same
@@ -396,15 +401,6 @@ fn is_job_row(coll: &Collection, id: &RowId) -> bool {
     coll.as_str() == super::JOBS_COLLECTION && id.as_str() == KEY_JOB
 }
 
-fn conflict(e: StorageError) -> CoreError {
-    match e {
-        StorageError::VersionConflict { .. } | StorageError::NotFound => {
-            CoreError::Conflict("another run of this rotation is in progress")
-        }
-        e => e.into(),
-    }
-}
-
 /// The ids a page re-sealed, sealed under the clinic keyring.
 #[derive(Serialize, Deserialize)]
 struct TouchedPage {
@@ -481,11 +477,7 @@ impl Rotation<'_> {
         progress: OnProgress<'_>,
     ) -> Result<DataKeyReport, CoreError> {
         let c = &self.clinic.inner;
-        let what = format!(
-            "keys:data-key:{key} compromised{}",
-            if dry_run { " dry-run" } else { "" }
-        );
-        c.decide_system(admin, Action::RotateKeys, what).await?;
+        c.decide_compromise(admin, "data-key", key, dry_run).await?;
         self.run_key_job(admin, DataKeyKind::Compromise, vec![key], dry_run, progress)
             .await
     }
@@ -499,7 +491,7 @@ impl Rotation<'_> {
         progress: OnProgress<'_>,
     ) -> Result<DataKeyReport, CoreError> {
         let c = &self.clinic.inner;
-        let existing = c.key_job().await?;
+        let existing = c.job::<KeyJob>(KEY_JOB).await?;
         if let Some((_, job)) = &existing
             && (job.kind != kind || (kind == DataKeyKind::Compromise && job.old != old))
         {
@@ -555,7 +547,7 @@ impl Rotation<'_> {
             c.change_keyset(|ring| Ok(ring.promote(new)?)).await?;
             job.step = Step::Promoted;
             job.changed_ms = now_ms();
-            c.save_key_job(&mut row, &job).await?;
+            c.save_job(&mut row, &job).await?;
         }
         if job.step == Step::Promoted {
             if !job.old.is_empty() {
@@ -573,12 +565,12 @@ impl Rotation<'_> {
                             Outcome::Allowed,
                         ))
                         .await?;
-                    c.save_key_job(&mut row, &job).await?;
+                    c.save_job(&mut row, &job).await?;
                 }
                 self.reseal_all(&mut row, &mut job, progress).await?;
             }
             job.step = Step::Resealed;
-            c.save_key_job(&mut row, &job).await?;
+            c.save_job(&mut row, &job).await?;
         }
         let old_ids = job
             .old
@@ -607,10 +599,7 @@ impl Rotation<'_> {
                                 }
                                 job.step = Step::CheckedOnce;
                             } else {
-                                job.pass = 0;
-                                job.pass_rows = 0;
-                                job.target = 0;
-                                job.cursor = None;
+                                job.passes.restart();
                                 self.reseal_all(&mut row, &mut job, progress).await?;
                                 job.step = Step::Marked;
                             }
@@ -620,14 +609,14 @@ impl Rotation<'_> {
                         }
                     }
                     job.changed_ms = now_ms();
-                    c.save_key_job(&mut row, &job).await?;
+                    c.save_job(&mut row, &job).await?;
                 }
                 report.audit_entries_sealed_off =
                     c.audit.checkpoint(&old_ids, job.audit_after).await?;
                 report.destroyed = c.move_keys(&old_ids, KeyState::Destroyed).await?;
             }
         }
-        report.rows = job.rows.clone();
+        report.rows = job.passes.rows.clone();
         self.finish_key_job(admin, &mut report, row).await?;
         Ok(report)
     }
@@ -673,12 +662,7 @@ impl Rotation<'_> {
             new: new.get(),
             step: Step::Added,
             changed_ms: now_ms(),
-            target: 0,
-            cursor: None,
-            pass: 0,
-            pass_rows: 0,
-            rows: BTreeMap::new(),
-            pages: 0,
+            passes: Passes::default(),
             audit_after: 0,
         };
         let row = c.insert_job(KEY_JOB, &job).await?;
@@ -701,13 +685,13 @@ impl Rotation<'_> {
         let total = c.count_under(&job.old).await?.values().sum::<u64>();
         let mut done = 0u64;
         loop {
-            while let Some((coll, binding, key)) = targets.get(job.target) {
+            while let Some((coll, binding, key)) = targets.get(job.passes.target) {
                 progress(Progress {
                     phase: Phase::ResealRows,
                     done,
                     total: total.max(done),
                 });
-                let after = job.cursor.as_deref().map(RowId::new).transpose()?;
+                let after = job.passes.cursor.as_deref().map(RowId::new).transpose()?;
                 let page = c.store.scan_key(coll, *key, after.as_ref(), PAGE).await?;
                 let rows: Vec<&Row> = page
                     .rows
@@ -716,8 +700,8 @@ impl Rotation<'_> {
                     .collect();
                 // Where the job goes once this page is done.
                 let (next_target, next_cursor) = match &page.next {
-                    Some(n) => (job.target, Some(n.as_str().to_owned())),
-                    None => (job.target + 1, None),
+                    Some(n) => (job.passes.target, Some(n.as_str().to_owned())),
+                    None => (job.passes.target + 1, None),
                 };
                 let keys = c.keys.current();
                 let mut writes = Vec::with_capacity(rows.len() + 2);
@@ -729,13 +713,13 @@ impl Rotation<'_> {
                     }
                 }
                 let mut next = job.clone();
-                next.target = next_target;
-                next.cursor = next_cursor;
+                next.passes.target = next_target;
+                next.passes.cursor = next_cursor;
                 if !ids.is_empty() {
-                    next.record(coll, ids.len() as u64);
-                    writes.push(self.touched_write(job.pages, coll, &ids)?);
+                    next.passes.record(coll, ids.len() as u64);
+                    writes.push(self.touched_write(job.passes.pages, coll, &ids)?);
                 }
-                writes.push(c.key_job_write(row, &next)?);
+                writes.push(c.job_write(row, &next)?);
                 match c.store.commit(&writes).await {
                     Ok(versions) => {
                         row.version = versions.last().copied().unwrap_or(row.version + 1);
@@ -756,23 +740,19 @@ impl Rotation<'_> {
                                 done += 1;
                             }
                         }
-                        job.target = next_target;
-                        job.cursor = next.cursor;
-                        c.save_key_job(row, job).await?;
+                        job.passes.target = next_target;
+                        job.passes.cursor = next.passes.cursor;
+                        c.save_job(row, job).await?;
                     }
-                    Err(e) => return Err(conflict(e)),
+                    Err(e) => return Err(job_conflict(e)),
                 }
             }
             // A pass that found nothing ends it; otherwise once more, for
             // rows a slower writer committed under an old key meanwhile.
-            if job.pass_rows == 0 || job.pass >= MAX_PASSES {
+            if !job.passes.again() {
                 break;
             }
-            job.pass += 1;
-            job.pass_rows = 0;
-            job.target = 0;
-            job.cursor = None;
-            c.save_key_job(row, job).await?;
+            c.save_job(row, job).await?;
         }
         Ok(())
     }
@@ -799,11 +779,11 @@ impl Rotation<'_> {
                 return Ok(false);
             };
             let mut next = job.clone();
-            next.record(coll, 1);
+            next.passes.record(coll, 1);
             let writes = [
                 write,
-                self.touched_write(job.pages, coll, &[id.as_str().to_owned()])?,
-                c.key_job_write(row, &next)?,
+                self.touched_write(job.passes.pages, coll, &[id.as_str().to_owned()])?,
+                c.job_write(row, &next)?,
             ];
             match c.store.commit(&writes).await {
                 Ok(versions) => {
@@ -832,23 +812,7 @@ impl Rotation<'_> {
         coll: &Collection,
         ids: &[String],
     ) -> Result<Write, CoreError> {
-        let c = &self.clinic.inner;
-        let touched = touched()?;
-        let id = RowId::new(format!("page-{page:012}"))?;
-        let data = rows::seal(
-            &c.keys.current(),
-            &touched,
-            &id,
-            &TouchedPage {
-                coll: coll.as_str().to_owned(),
-                ids: ids.to_vec(),
-            },
-        )?;
-        Ok(Write::Insert {
-            coll: touched,
-            id,
-            data,
-        })
+        touched_write(&self.clinic.inner, DATA_KEY_PAGES, page, coll, ids)
     }
 
     /// Reads the touched rows into the report, audits the end, deletes the
@@ -861,19 +825,8 @@ impl Rotation<'_> {
         row: Row,
     ) -> Result<(), CoreError> {
         let c = &self.clinic.inner;
-        let coll = touched()?;
-        let mut pages = c.pages(&coll, 1000);
-        let mut stored = Vec::new();
-        while let Some(page) = pages.next().await? {
-            for r in page {
-                let p = rows::open::<TouchedPage>(&c.keys.current(), &coll, &r)
-                    .ok_or(CoreError::Corrupt("rotation touched-rows page"))?;
-                report
-                    .touched
-                    .extend(p.ids.iter().map(|id| format!("{}/{id}", p.coll)));
-                stored.push(r);
-            }
-        }
+        let (touched, stored) = read_touched(c, DATA_KEY_PAGES).await?;
+        report.touched = touched;
         c.audit
             .record(AuditEvent::by(
                 admin,
@@ -892,17 +845,7 @@ impl Rotation<'_> {
                 Outcome::Allowed,
             ))
             .await?;
-        for chunk in stored.chunks(careconnect_storage::MAX_WRITES) {
-            let writes: Vec<Write> = chunk
-                .iter()
-                .map(|r| Write::Delete {
-                    coll: coll.clone(),
-                    id: r.id.clone(),
-                    expected: r.version,
-                })
-                .collect();
-            c.store.commit(&writes).await?;
-        }
+        delete_touched(c, &stored).await?;
         c.store.delete(&jobs()?, &row.id, row.version).await?;
         tracing::info!(
             rows = report.total_rows(),
@@ -913,8 +856,80 @@ impl Rotation<'_> {
     }
 }
 
+/// Touched-row pages of the data-key job: `page-NNN…`.
+const DATA_KEY_PAGES: &str = "page-";
+
+/// The insert of touched-row page number `page` of the job whose pages
+/// are named `{prefix}{page}`: the ids of rows of `coll` it re-sealed.
+pub(super) fn touched_write(
+    c: &Inner,
+    prefix: &str,
+    page: u64,
+    coll: &Collection,
+    ids: &[String],
+) -> Result<Write, CoreError> {
+    let touched = touched()?;
+    let id = RowId::new(format!("{prefix}{page:012}"))?;
+    let data = rows::seal(
+        &c.keys.current(),
+        &touched,
+        &id,
+        &TouchedPage {
+            coll: coll.as_str().to_owned(),
+            ids: ids.to_vec(),
+        },
+    )?;
+    Ok(Write::Insert {
+        coll: touched,
+        id,
+        data,
+    })
+}
+
+/// Every row listed on the touched-row pages named `{prefix}…`, as
+/// `collection/row-id`, and the pages themselves.
+pub(super) async fn read_touched(
+    c: &Inner,
+    prefix: &str,
+) -> Result<(Vec<String>, Vec<Row>), CoreError> {
+    let coll = touched()?;
+    let mut pages = c.pages(&coll, 1000);
+    let mut listed = Vec::new();
+    let mut stored = Vec::new();
+    while let Some(page) = pages.next().await? {
+        for r in page {
+            let rest = r.id.as_str().strip_prefix(prefix);
+            if rest.is_none_or(|n| !n.bytes().all(|b| b.is_ascii_digit())) {
+                continue;
+            }
+            let p = rows::open::<TouchedPage>(&c.keys.current(), &coll, &r)
+                .ok_or(CoreError::Corrupt("rotation touched-rows page"))?;
+            listed.extend(p.ids.iter().map(|id| format!("{}/{id}", p.coll)));
+            stored.push(r);
+        }
+    }
+    Ok((listed, stored))
+}
+
+/// Deletes the touched-row pages `stored`.
+pub(super) async fn delete_touched(c: &Inner, stored: &[Row]) -> Result<(), CoreError> {
+    let coll = touched()?;
+    for chunk in stored.chunks(careconnect_storage::MAX_WRITES) {
+        let writes: Vec<Write> = chunk
+            .iter()
+            .map(|r| Write::Delete {
+                coll: coll.clone(),
+                id: r.id.clone(),
+                expected: r.version,
+            })
+            .collect();
+        c.store.commit(&writes).await?;
+    }
+    Ok(())
+}
+
 /// Waits until `window` after `since_ms`, reporting the wait as `phase`.
-async fn wait(phase: Phase, since_ms: u64, window: Duration, progress: OnProgress<'_>) {
+pub(super) async fn wait(phase: Phase, since_ms: u64, window: Duration, progress: OnProgress<'_>) {
     let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
     let until = since_ms.saturating_add(window_ms);
     loop {
