@@ -159,9 +159,12 @@ pub struct ClinicConfig {
     pub provider: &'static dyn CryptoProvider,
     /// How often a node re-reads the clinic keyset to pick up a data-key
     /// rotation stored by another process (default 5 s), and how long it
-    /// keeps a patient's subject keyring before reading it again. Every node and the
-    /// rotation tool sharing a database must use the same value: a rotation
-    /// waits [`Clinic::reload_window`] (twice this) between its steps.
+    /// keeps a patient's subject keyring before reading it again. A node
+    /// that has not confirmed its keyring for this and half of it again (at
+    /// least 500 ms) refuses requests ([`CoreError::KeyringStale`]) until it
+    /// has. Every node and the rotation tool sharing a database must use
+    /// the same value: a rotation waits [`Clinic::reload_window`] (that
+    /// lease plus this) between its steps.
     pub keyring_recheck: Duration,
 }
 
@@ -407,7 +410,8 @@ impl Clinic {
         let index_key = mac(INDEX_PURPOSE)?;
         let pseudonym_key = mac(FINANCE_PSEUDONYM_PURPOSE)?;
         let audit = AuditTrail::new(log, keys.clone(), Anchor::at(config.audit_anchor))
-            .with_pseudonyms(mac(PSEUDONYM_PURPOSE)?);
+            .with_pseudonyms(mac(PSEUDONYM_PURPOSE)?)
+            .with_lease(keyring_lease(config.keyring_recheck));
         let gate = Gate::new(
             records.clone(),
             keys.clone(),
@@ -492,10 +496,10 @@ impl Clinic {
 
     /// How long a data-key rotation waits between storing a change to the
     /// clinic keyset (or a subject keyring) and relying on every node having
-    /// it (twice
-    /// [`ClinicConfig::keyring_recheck`]).
+    /// it: a node's keyring lease ([`ClinicConfig::keyring_recheck`] and
+    /// half of it, at least 500 ms) plus the recheck interval.
     pub fn reload_window(&self) -> Duration {
-        self.inner.keyring_recheck * 2
+        keyring_lease(self.inner.keyring_recheck) + self.inner.keyring_recheck
     }
 
     /// The audit trail itself, for trusted code of the embedding
@@ -615,6 +619,17 @@ pub(crate) fn rolls_back(loaded: &Keyring, next: &Keyring) -> bool {
         .any(|k| next.key(k.id).is_none_or(|n| life(n.state) < life(k.state)))
 }
 
+/// How long a node goes on acting on its clinic keyring without having
+/// confirmed it against the stored keyset: `recheck` plus half of it (at
+/// least 500 ms) for the re-read itself. Past it, nothing is audited, so
+/// nothing is done ([`CoreError::KeyringStale`]). A rotation waits longer
+/// than this ([`Clinic::reload_window`]) after each change it stores, so a
+/// node that cannot re-read the keyset (database or KMS unreachable,
+/// process paused) has stopped before the rotation relies on it.
+pub(crate) fn keyring_lease(recheck: Duration) -> Duration {
+    recheck + (recheck / 2).max(Duration::from_millis(500))
+}
+
 /// Re-reads the clinic keyset every [`ClinicConfig::keyring_recheck`] while
 /// the clinic is open, so a data-key rotation stored by another process
 /// reaches this one.
@@ -634,24 +649,27 @@ async fn watch_keyring(inner: std::sync::Weak<Inner>) {
 }
 
 impl Inner {
-    /// Loads the clinic keyset again if its stored version moved.
+    /// Loads the clinic keyset again if its stored version moved; either
+    /// way the keyring is confirmed as of the read (it extends the lease,
+    /// [`keyring_lease`]). A stored keyset refused as a rollback confirms it
+    /// too: everything in it is older than what is loaded here.
     pub(crate) async fn reload_keys(&self) -> Result<(), CoreError> {
+        let started = std::time::Instant::now();
         let (version, sealed) = self.keystore.load(CLINIC_KEYSET).await?;
-        if version
-            <= *self
-                .keys_version
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-        {
-            return Ok(());
+        let loaded = *self
+            .keys_version
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if version > loaded {
+            let ring = Keyring::open_keyset(
+                self.kms.as_ref(),
+                &TrustedKeys::from(self.clinic_kms_key()),
+                &sealed,
+            )
+            .await?;
+            self.install_keys(version, ring);
         }
-        let ring = Keyring::open_keyset(
-            self.kms.as_ref(),
-            &TrustedKeys::from(self.clinic_kms_key()),
-            &sealed,
-        )
-        .await?;
-        self.install_keys(version, ring);
+        self.keys.confirm(started);
         Ok(())
     }
 

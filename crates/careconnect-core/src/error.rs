@@ -48,6 +48,12 @@ pub enum CoreError {
     /// cannot be hidden under new entries. Nothing more may be done either.
     #[error("audit log tampered with: appends refused")]
     AuditTampered,
+    /// This process has not confirmed its clinic keyring against the stored
+    /// keyset within its lease (the database or KMS unreachable, or the
+    /// process paused): nothing is audited, so nothing is done, until it
+    /// has. Another process may have replaced a key it would seal under.
+    #[error("clinic keyring not confirmed recently: try again shortly")]
+    KeyringStale,
     /// A settings file that does not parse or says something impossible
     /// (the reason names the field; settings files hold no secrets).
     #[error("configuration: {0}")]

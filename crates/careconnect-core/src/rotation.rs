@@ -275,6 +275,11 @@ impl Inner {
         self.decide_system(admin, Action::RotateKeys, what).await
     }
 
+    /// Whether job `name` is unfinished (its row exists).
+    async fn job_exists(&self, name: &str) -> Result<bool, CoreError> {
+        Ok(self.get(&jobs()?, &RowId::new(name)?).await?.is_some())
+    }
+
     /// The unfinished job `name`: its row and checkpoint.
     async fn job<T: DeserializeOwned>(&self, name: &str) -> Result<Option<(Row, T)>, CoreError> {
         let coll = jobs()?;

@@ -47,6 +47,10 @@ use crate::error::CoreError;
 pub const SUBJECTS_COLLECTION: &str = "core_subjects";
 /// Most attempts of a compare-and-swap that keeps losing to other writers.
 const MAX_TRIES: usize = 8;
+/// How long a bucket re-key waits before its second pass over the
+/// bucket's subjects, for writes in flight when it started (at most the
+/// subject cache's lifetime).
+const WRITE_GRACE: Duration = Duration::from_secs(1);
 
 fn kept_changing() -> CoreError {
     CoreError::Storage(StorageError::Unavailable(
@@ -477,34 +481,50 @@ impl SubjectKeys {
             // An erasure in this bucket may have rotated its keyring between
             // our read and our write, and re-sealed the bucket before our row
             // existed: seal ours again under the current keyring.
-            let (now, current) = self.bucket(b).await?;
-            if now != version {
-                self.reseal(&id, &s, b, &current).await?;
-            }
+            self.settle(&id, &s, b, version).await?;
             self.remember(&id, &s);
             return Ok(s);
         }
         Err(kept_changing())
     }
 
-    async fn reseal(
-        &self,
-        id: &RowId,
-        s: &Keyring,
-        b: u16,
-        ring: &Keyring,
-    ) -> Result<(), CoreError> {
+    /// After writing subject row `id` (holding `s`) under bucket `b`'s
+    /// keyring as of keyset version `seen`: if the bucket was re-keyed
+    /// meanwhile (an erasure, a bucket-key job), brings the row under the
+    /// current primary, until the bucket stays put. A row that still opens
+    /// is re-sealed as it is now (a later change is kept); one already
+    /// under a destroyed key holds our write, which is sealed again from
+    /// `s`. A row erased meanwhile is [`CoreError::Erased`].
+    async fn settle(&self, id: &RowId, s: &Keyring, b: u16, seen: u64) -> Result<(), CoreError> {
+        let mut seen = Some(seen);
         for _ in 0..MAX_TRIES {
+            let (now, ring) = self.bucket(b).await?;
+            if seen == Some(now) {
+                return Ok(());
+            }
+            seen = Some(now);
             let Some(row) = self.row(id).await? else {
                 return Ok(());
             };
-            match self
-                .store
-                .update(&self.coll, id, row.version, Self::data(id, s, b, ring)?)
-                .await
-            {
-                Ok(_) | Err(StorageError::NotFound) => return Ok(()),
-                Err(StorageError::VersionConflict { .. }) => {}
+            if is_tombstone(&row) {
+                return Err(self.dead(id).await?);
+            }
+            match Keyring::open_under(&ring, &row.envelope, &subject_context(id)) {
+                Ok(_) => {
+                    self.reseal_to_primary(row, b, &ring).await?;
+                }
+                Err(careconnect_crypto::Error::KeyDestroyed(_)) => {
+                    match self
+                        .store
+                        .update(&self.coll, id, row.version, Self::data(id, s, b, &ring)?)
+                        .await
+                    {
+                        Ok(_) | Err(StorageError::NotFound) => {}
+                        // Written meanwhile: read it again.
+                        Err(StorageError::VersionConflict { .. }) => seen = None,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -514,7 +534,9 @@ impl SubjectKeys {
     /// Brings a listed subject row (not the one being erased) under the
     /// bucket keyring's primary key, by compare-and-swap against the
     /// version listed (a row changed meanwhile is read again). Rows of
-    /// erased subjects are left alone. Fails closed: a row that does not
+    /// erased subjects (with a genuine erasure record, even if the row
+    /// still opens: an erasure cut short) are left alone, so the older
+    /// keys' destruction finishes their shredding. Fails closed: a row that does not
     /// open, and is not erased, stops the erasure before anything is
     /// destroyed, since destroying the keys would make it unrecoverable.
     async fn reseal_to_primary(
@@ -523,6 +545,9 @@ impl SubjectKeys {
         b: u16,
         ring: &Keyring,
     ) -> Result<bool, CoreError> {
+        if self.erased(&listed.id).await? {
+            return Ok(false);
+        }
         let mut row = listed;
         for _ in 0..MAX_TRIES {
             let opened = if is_tombstone(&row) {
@@ -654,10 +679,7 @@ impl SubjectKeys {
                 Ok(_) => {
                     // As in `keys`: an erasure in this bucket may have
                     // re-sealed it under a new key meanwhile.
-                    let (latest, current) = self.bucket(b).await?;
-                    if latest != version {
-                        self.reseal(handle, &s, b, &current).await?;
-                    }
+                    self.settle(handle, &s, b, version).await?;
                     self.forget(handle);
                     return Ok((s, out));
                 }
@@ -726,10 +748,15 @@ impl SubjectKeys {
         ring.rotate()?;
         version = self.store_bucket(b, version, &ring).await?;
         // 2. Every other live subject of the bucket under the new key.
-        // 3. Checked again before anything is destroyed: every other live
-        //    subject of the bucket opens under the new key.
+        // 3. Checked again a moment later, before anything is destroyed:
+        //    a subject written under the old key by a writer that read the
+        //    bucket before step 1 (and then stalled, or died before
+        //    settling its row) is caught here.
         let mut resealed = 0;
-        for _ in 0..2 {
+        for pass in 0..2 {
+            if pass == 1 {
+                tokio::time::sleep(self.ttl.min(WRITE_GRACE)).await;
+            }
             for other in self.bucket_rows(b, except).await? {
                 if self.reseal_to_primary(other, b, &ring).await? {
                     resealed += 1;

@@ -102,6 +102,32 @@ async fn seeded(dir: &Path) -> (Clinic, Clinic, Arc<LocalKms>) {
     (a, b, kms)
 }
 
+/// Writes a row straight into the database, as someone with write access
+/// to it (and no keys) could: `fill` bytes of garbage under `key_id`.
+async fn forge(dir: &Path, coll: &str, id: &str, key_id: u32, fill: u8) {
+    store(dir)
+        .await
+        .insert(
+            &Collection::new(coll).unwrap(),
+            &RowId::new(id).unwrap(),
+            RowData {
+                key_id,
+                envelope: vec![fill; 90],
+                indexes: vec![],
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// Deletes a row straight from the database.
+async fn unforge(dir: &Path, coll: &str, id: &str) {
+    let s = store(dir).await;
+    let (coll, id) = (Collection::new(coll).unwrap(), RowId::new(id).unwrap());
+    let row = s.get(&coll, &id).await.unwrap();
+    s.delete(&coll, &id, row.version).await.unwrap();
+}
+
 /// What every clinic-keyring collection holds, as the services show it.
 async fn manifest(c: &Clinic) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -283,17 +309,7 @@ async fn a_compromised_data_key_is_replaced_destroyed_and_the_audit_still_verifi
     let s = store(dir.path()).await;
     let people = Collection::new("core_people").unwrap();
     let forged = RowId::new("forged-row").unwrap();
-    s.insert(
-        &people,
-        &forged,
-        RowData {
-            key_id: k,
-            envelope: vec![1; 80],
-            indexes: vec![],
-        },
-    )
-    .await
-    .unwrap();
+    forge(dir.path(), "core_people", forged.as_str(), k, 1).await;
     assert!(matches!(
         compromise(&a, k).await,
         Err(CoreError::Corrupt(_))
@@ -317,8 +333,7 @@ async fn a_compromised_data_key_is_replaced_destroyed_and_the_audit_still_verifi
             .any(|f| f.starts_with("row core_people/forged-row")),
         "{verified:?}"
     );
-    let row = s.get(&people, &forged).await.unwrap();
-    s.delete(&people, &forged, row.version).await.unwrap();
+    unforge(dir.path(), "core_people", forged.as_str()).await;
 
     // A row under the key whose key-id column names another key: the scans
     // miss it, the check by envelope does not, and nothing is destroyed.
@@ -502,7 +517,7 @@ async fn an_audit_entry_under_the_key_after_its_replacement_stops_the_destructio
     while primary(&key_states(&a).await) == k {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(RECHECK * 3).await;
+    tokio::time::sleep(a.reload_window() + RECHECK * 2).await;
     stale.admin().key_status(&admin()).await.unwrap();
     assert!(matches!(job.await.unwrap(), Err(CoreError::AuditTampered)));
     assert_eq!(key_states(&a).await.get(&k), Some(&KeyState::Compromised));
@@ -579,17 +594,7 @@ async fn a_compromised_patient_key_is_replaced_destroyed_and_nothing_else_moves(
     let s = store(dir.path()).await;
     let notes = Collection::new("core_notes").unwrap();
     // A forged row under the key's id: not the patient's, left alone.
-    s.insert(
-        &notes,
-        &RowId::new("forged-note").unwrap(),
-        RowData {
-            key_id: k,
-            envelope: vec![1; 80],
-            indexes: vec![],
-        },
-    )
-    .await
-    .unwrap();
+    forge(dir.path(), "core_notes", "forged-note", k, 1).await;
     // The patient's note with a key-id column that lies: the scans miss
     // it, the check by envelope stops the job before the key is destroyed.
     let victim = s.get(&notes, &note_id).await.unwrap();
@@ -615,6 +620,22 @@ async fn a_compromised_patient_key_is_replaced_destroyed_and_nothing_else_moves(
         ));
     }
     s.update(&notes, &note_id, v, lie(k)).await.unwrap();
+    // A prescription row that opens under no clinic key: whose body it
+    // holds cannot be told, so the key is not destroyed while it is there.
+    let garbage = RowId::new("garbage-prescription").unwrap();
+    forge(
+        dir.path(),
+        "core_prescriptions",
+        garbage.as_str(),
+        primary(&clinic_keys),
+        2,
+    )
+    .await;
+    assert!(matches!(
+        subject_compromise(&a, admin(), k, false).await,
+        Err(CoreError::Corrupt(_))
+    ));
+    unforge(dir.path(), "core_prescriptions", garbage.as_str()).await;
 
     // A doctor writes notes through node b meanwhile.
     let stop = Arc::new(AtomicBool::new(false));
@@ -678,6 +699,19 @@ async fn a_compromised_patient_key_is_replaced_destroyed_and_nothing_else_moves(
         subject_compromise(&a, admin(), k, true).await,
         Err(CoreError::Invalid(_))
     ));
+    // A row of the patient still under the destroyed key is lost data, and
+    // verify says so (not "erased").
+    let lost = RowId::new("lost-note").unwrap();
+    s.insert(&notes, &lost, lie(k)).await.unwrap();
+    let verified = b.rotation().verify(&admin(), &mut |_| {}).await.unwrap();
+    assert!(
+        verified
+            .failures
+            .iter()
+            .any(|f| f.starts_with("row core_notes/lost-note: under a destroyed key")),
+        "{verified:?}"
+    );
+    unforge(dir.path(), "core_notes", lost.as_str()).await;
     let raw = s.list(&notes, None, 1000).await.unwrap();
     assert!(raw.rows.iter().all(|r| r.key_id != k));
     // Only notes were added: records, appointments and prescriptions read
@@ -726,20 +760,8 @@ async fn a_compromised_bucket_key_is_replaced_and_every_patient_still_opens() {
 
     // A subject row of the bucket that opens under nothing, and is not
     // erased: destroying the key could lose it, so nothing is destroyed.
-    let s = store(dir.path()).await;
-    let subjects = Collection::new("core_subjects").unwrap();
     let forged = RowId::new(format!("{:04x}{}", bucket, "ab".repeat(18))).unwrap();
-    s.insert(
-        &subjects,
-        &forged,
-        RowData {
-            key_id: k,
-            envelope: vec![3; 90],
-            indexes: vec![],
-        },
-    )
-    .await
-    .unwrap();
+    forge(dir.path(), "core_subjects", forged.as_str(), k, 3).await;
     assert!(matches!(
         compromise(&a, admin(), false).await,
         Err(CoreError::Corrupt(_))
@@ -751,8 +773,7 @@ async fn a_compromised_bucket_key_is_replaced_and_every_patient_still_opens() {
                 .iter()
                 .any(|i| i.id.get() == k && i.state != KeyState::Destroyed)
     }));
-    let row = s.get(&subjects, &forged).await.unwrap();
-    s.delete(&subjects, &forged, row.version).await.unwrap();
+    unforge(dir.path(), "core_subjects", forged.as_str()).await;
 
     // New patients registered through the other node meanwhile.
     let writer = {
@@ -807,4 +828,95 @@ async fn a_compromised_bucket_key_is_replaced_and_every_patient_still_opens() {
         Err(CoreError::Invalid(_))
     ));
     intact(&a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_reread_its_keyset_stops_at_the_end_of_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _b, _kms) = seeded(dir.path()).await;
+    let before = manifest(&a).await;
+    // The stored keyset stops opening (a KMS that cannot unwrap it, say).
+    let s = store(dir.path()).await;
+    let (version, good) = s.load("clinic-keyring").await.unwrap();
+    let broken = s
+        .store("clinic-keyring", Some(version), vec![0; 64])
+        .await
+        .unwrap();
+    // Within its lease the node serves; past it, it refuses every request
+    // (nothing audited, nothing done), and says why.
+    a.admin().key_status(&admin()).await.unwrap();
+    let lease = a.reload_window() - RECHECK;
+    tokio::time::sleep(lease + RECHECK * 2).await;
+    let entries = a.audit().verify().await.unwrap();
+    assert!(matches!(
+        a.admin().key_status(&admin()).await,
+        Err(CoreError::KeyringStale)
+    ));
+    let alice = who("patient-alice", Role::Patient);
+    assert!(matches!(
+        a.patients().record(&alice).await,
+        Err(CoreError::KeyringStale)
+    ));
+    assert_eq!(
+        a.audit().verify().await.unwrap(),
+        entries,
+        "nothing audited"
+    );
+    // The keyset opens again: the next re-read renews the lease.
+    s.store("clinic-keyring", Some(broken), good).await.unwrap();
+    tokio::time::sleep(RECHECK * 3).await;
+    assert_eq!(manifest(&a).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_jobs_run_one_at_a_time_and_an_erasure_ends_a_patient_key_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _b, _kms) = seeded(dir.path()).await;
+    let clinic_key = primary(&key_states(&a).await);
+    let (_, k) = first_key(dir.path(), "core_notes").await;
+    // A clinic compromise left unfinished (a forged row stops it): a
+    // patient's key job waits for it.
+    let forged = RowId::new("forged-row").unwrap();
+    forge(dir.path(), "core_people", forged.as_str(), clinic_key, 1).await;
+    assert!(matches!(
+        compromise(&a, clinic_key).await,
+        Err(CoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        a.rotation()
+            .key_compromised(&admin(), k, false, &mut |_| {})
+            .await,
+        Err(CoreError::Conflict(_))
+    ));
+    unforge(dir.path(), "core_people", forged.as_str()).await;
+    compromise(&a, clinic_key).await.unwrap();
+
+    // The patient is erased while the job for their key waits (every demo
+    // patient is: one of them holds the key): the job ends, nothing of
+    // theirs opens any more, and it leaves nothing behind.
+    let job = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.rotation()
+                .key_compromised(&admin(), k, false, &mut |_| {})
+                .await
+        })
+    };
+    tokio::time::sleep(a.reload_window() / 2).await;
+    for u in DEMO_USERS.iter().filter(|u| u.role == Role::Patient) {
+        let p = UserId::new(ISSUER, u.subject).unwrap();
+        a.admin()
+            .erase_patient(&admin(), &p, "test: erased during a key job")
+            .await
+            .unwrap();
+    }
+    let ended = job.await.unwrap();
+    assert!(matches!(ended, Err(CoreError::Erased)), "{ended:?}");
+    let (_, other) = first_key(dir.path(), "core_records").await;
+    let next = a
+        .rotation()
+        .key_compromised(&admin(), other, true, &mut |_| {})
+        .await;
+    // Every patient's key is gone with them: no job is left to resume.
+    assert!(matches!(next, Err(CoreError::Invalid(_))), "{next:?}");
 }

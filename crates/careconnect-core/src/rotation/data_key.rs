@@ -32,7 +32,7 @@ use crate::error::CoreError;
 use crate::rows;
 
 /// The row of the data-key job.
-const KEY_JOB: &str = "data-key";
+pub(super) const KEY_JOB: &str = "data-key";
 /// Where a job keeps the ids of the rows it re-sealed, one row per page.
 const TOUCHED_COLLECTION: &str = "core_rotation_touched";
 /// Rows re-sealed per commit: with the page's touched-row insert and the
@@ -221,7 +221,7 @@ fn key_id(raw: u32) -> Result<KeyId, CoreError> {
 impl Inner {
     /// The stored clinic keyset: its version and keyring, refused when it
     /// takes a key back in its life against the one loaded here.
-    async fn clinic_keyset(&self) -> Result<(u64, Keyring), CoreError> {
+    pub(super) async fn clinic_keyset(&self) -> Result<(u64, Keyring), CoreError> {
         let (version, sealed) = self.keystore.load(CLINIC_KEYSET).await?;
         let ring = Keyring::open_keyset(
             self.kms.as_ref(),
@@ -235,6 +235,19 @@ impl Inner {
             ));
         }
         Ok((version, ring))
+    }
+
+    /// Whether the clinic keyring is the one to handle a compromise of
+    /// `key`: it holds the key (not destroyed), or an unfinished
+    /// compromise job of the clinic keyring is about it.
+    pub(super) async fn clinic_holds(&self, key: u32) -> Result<bool, CoreError> {
+        if let Some((_, job)) = self.job::<KeyJob>(KEY_JOB).await? {
+            return Ok(job.kind == DataKeyKind::Compromise && job.old == [key]);
+        }
+        let ring = self.clinic_keyset().await?.1;
+        Ok(KeyId::new(key)
+            .and_then(|k| ring.key(k))
+            .is_some_and(|k| k.state != KeyState::Destroyed))
     }
 
     /// Applies `change` to the stored clinic keyset (compare-and-swap,
@@ -582,6 +595,7 @@ impl Rotation<'_> {
                 report.retired = c.move_keys(&old_ids, KeyState::Retired).await?;
             }
             DataKeyKind::Compromise => {
+                let mut late = 0;
                 loop {
                     match job.step {
                         Step::Resealed => {
@@ -599,6 +613,7 @@ impl Rotation<'_> {
                                 }
                                 job.step = Step::CheckedOnce;
                             } else {
+                                late_rows(&mut late)?;
                                 job.passes.restart();
                                 self.reseal_all(&mut row, &mut job, progress).await?;
                                 job.step = Step::Marked;
@@ -655,6 +670,13 @@ impl Rotation<'_> {
         old: Vec<u32>,
     ) -> Result<(Row, KeyJob), CoreError> {
         let c = &self.clinic.inner;
+        // One key job at a time (see the subject-key job).
+        if c.job_exists(super::subject_key::SUBJECT_JOB).await? {
+            return Err(CoreError::Conflict(
+                "a compromise of a patient's key is unfinished: run it again first",
+            ));
+        }
+        clear_touched(c, DATA_KEY_PAGES).await?;
         let (_, new) = c.change_keyset(|ring| Ok(ring.add_key()?)).await?;
         let job = KeyJob {
             kind,
@@ -909,6 +931,38 @@ pub(super) async fn read_touched(
         }
     }
     Ok((listed, stored))
+}
+
+/// Rounds of rows found under a compromised key after it was marked, in
+/// one run, before the job stops for the operator.
+const MAX_LATE_ROUNDS: u32 = 3;
+
+/// Counts one more round of rows found under the key after it was marked
+/// (from a node that does not reload, or a forger holding the key: they
+/// are re-sealed and listed); too many in one run stop it.
+pub(super) fn late_rows(rounds: &mut u32) -> Result<(), CoreError> {
+    *rounds += 1;
+    if *rounds > MAX_LATE_ROUNDS {
+        return Err(CoreError::Conflict(
+            "rows keep appearing under the compromised key (a node that does not reload, or a forger holding the key): find it, then run again",
+        ));
+    }
+    Ok(())
+}
+
+/// Deletes every touched-row page named `{prefix}…`, without opening them:
+/// what an earlier job of that kind left behind before a new one starts.
+pub(super) async fn clear_touched(c: &Inner, prefix: &str) -> Result<(), CoreError> {
+    let coll = touched()?;
+    let mut pages = c.pages(&coll, 1000);
+    let mut stale = Vec::new();
+    while let Some(page) = pages.next().await? {
+        stale.extend(
+            page.into_iter()
+                .filter(|r| r.id.as_str().starts_with(prefix)),
+        );
+    }
+    delete_touched(c, &stale).await
 }
 
 /// Deletes the touched-row pages `stored`.

@@ -22,7 +22,7 @@
 //! erased patient's) or is damaged: it is left alone and counted, as
 //! destroying the key takes nothing from it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use careconnect_authz::Principal;
 use careconnect_crypto::{KeyId, KeyState, Keyring};
@@ -30,7 +30,9 @@ use careconnect_storage::{Collection, Row, RowData, RowId, StorageError, Write};
 use serde::{Deserialize, Serialize};
 
 use super::DataKeyReport;
-use super::data_key::{Passes, Step, delete_touched, read_touched, touched_write, wait};
+use super::data_key::{
+    Passes, Step, clear_touched, delete_touched, late_rows, read_touched, touched_write, wait,
+};
 use super::{OnProgress, Phase, Progress, Rotation, VerifyReport, job_conflict, jobs};
 use crate::audit::{AuditEvent, Outcome, now_ms};
 use crate::clinic::{Inner, field_context};
@@ -39,7 +41,7 @@ use crate::error::CoreError;
 use crate::rows;
 
 /// The row of the subject-key job.
-const SUBJECT_JOB: &str = "subject-key";
+pub(super) const SUBJECT_JOB: &str = "subject-key";
 /// Its touched-row pages: `subject-page-NNN…`.
 const PAGES: &str = "subject-page-";
 /// Rows re-sealed per commit (with the touched page and the checkpoint).
@@ -163,6 +165,18 @@ enum Under {
 }
 
 impl Inner {
+    /// A prescription row's locator, under whatever clinic key still opens
+    /// it (a key another job marked compromised included: the body inside
+    /// must not be lost to this one).
+    fn prescription_locator(&self, coll: &Collection, row: &Row) -> Option<Locator> {
+        let opened = self
+            .keys
+            .current()
+            .open(&row.envelope, &rows::context(coll, &row.id))
+            .ok()?;
+        serde_json::from_slice(&opened.plaintext).ok()
+    }
+
     /// The opened data of `row` (target `field`, or a prescription when
     /// `None`) if it is the subject's and under key `old`.
     fn subject_data_under(
@@ -185,7 +199,7 @@ impl Inner {
                 (opened.key_id.get() == old).then(|| Under::Whole(opened.plaintext.into()))
             }
             None => {
-                let locator = rows::open::<Locator>(&self.keys.current(), coll, row)?;
+                let locator = self.prescription_locator(coll, row)?;
                 if locator.handle != subject.as_str() {
                     return None;
                 }
@@ -259,11 +273,14 @@ impl Inner {
 
     /// Rows of the subject under `old`, by collection; and rows under the
     /// key's id that it does not open.
+    /// With `strict`, a prescription row that does not open is an error:
+    /// whose body it holds cannot be told, so the key must not go.
     async fn subject_rows_under(
         &self,
         s: &Keyring,
         subject: &RowId,
         old: u32,
+        strict: bool,
     ) -> Result<(BTreeMap<String, u64>, u64), CoreError> {
         let mut counts = BTreeMap::new();
         let mut foreign = 0;
@@ -282,6 +299,10 @@ impl Inner {
                         *counts.entry(coll.as_str().to_owned()).or_insert(0) += 1;
                     } else if field.is_some() {
                         foreign += 1;
+                    } else if strict && self.prescription_locator(&coll, r).is_none() {
+                        return Err(CoreError::Corrupt(
+                            "a prescription row does not open: whose body it holds cannot be told",
+                        ));
                     }
                 }
                 match next {
@@ -341,7 +362,7 @@ impl Inner {
                 }
             }
         }
-        let (under, foreign) = self.subject_rows_under(s, subject, old).await?;
+        let (under, foreign) = self.subject_rows_under(s, subject, old, true).await?;
         Ok((under.is_empty(), foreign))
     }
 
@@ -356,13 +377,19 @@ impl Inner {
     ) -> Result<(), CoreError> {
         let mut rings = Vec::new();
         let mut by_key: HashMap<u32, Vec<usize>> = HashMap::new();
+        // Keys of live patients that are gone: a row under one is lost.
+        let mut destroyed: HashSet<u32> = HashSet::new();
         let mut by_handle: HashMap<String, usize> = HashMap::new();
         for (handle, opened) in self.subjects.all().await? {
             match opened {
                 Ok(s) => {
                     report.subjects_ok += 1;
-                    for k in s.keys().filter(|k| k.state != KeyState::Destroyed) {
-                        by_key.entry(k.id.get()).or_default().push(rings.len());
+                    for k in s.keys() {
+                        if k.state == KeyState::Destroyed {
+                            destroyed.insert(k.id.get());
+                        } else {
+                            by_key.entry(k.id.get()).or_default().push(rings.len());
+                        }
                     }
                     by_handle.insert(handle.as_str().to_owned(), rings.len());
                     rings.push(s);
@@ -422,7 +449,14 @@ impl Inner {
                         }
                     };
                     if candidates.is_empty() {
-                        report.patient_rows_unattributed += 1;
+                        match Keyring::key_id_of(&envelope) {
+                            Ok(k) if destroyed.contains(&k.get()) => {
+                                report.failures.push(format!(
+                                    "row {name}/{id}: under a destroyed key of a live patient"
+                                ));
+                            }
+                            _ => report.patient_rows_unattributed += 1,
+                        }
                         continue;
                     }
                     let ctx = field_context(&coll, &row.id, field);
@@ -463,23 +497,29 @@ impl Rotation<'_> {
         dry_run: bool,
         progress: OnProgress<'_>,
     ) -> Result<CompromiseReport, CoreError> {
-        match self
-            .data_key_compromised(admin, key, dry_run, progress)
-            .await
-        {
-            Err(CoreError::Invalid(_)) => {}
-            other => return other.map(CompromiseReport::Clinic),
+        let c = &self.clinic.inner;
+        // Which keyring holds it is found first, so the one call made is
+        // the one audited.
+        if c.clinic_holds(key).await? {
+            return self
+                .data_key_compromised(admin, key, dry_run, progress)
+                .await
+                .map(CompromiseReport::Clinic);
         }
-        match self
-            .subject_key_compromised(admin, key, dry_run, progress)
-            .await
-        {
-            Err(CoreError::Invalid(_)) => {}
-            other => return other.map(CompromiseReport::Subject),
+        let resuming = c
+            .job::<SubjectJob>(SUBJECT_JOB)
+            .await?
+            .is_some_and(|(_, j)| j.old == key);
+        if !resuming && c.subjects.bucket_holding(key).await?.is_some() {
+            return self
+                .bucket_key_compromised(admin, key, dry_run)
+                .await
+                .map(CompromiseReport::Bucket);
         }
-        self.bucket_key_compromised(admin, key, dry_run)
+        // A patient's key, or no one's (refused, audited, there).
+        self.subject_key_compromised(admin, key, dry_run, progress)
             .await
-            .map(CompromiseReport::Bucket)
+            .map(CompromiseReport::Subject)
     }
 
     /// Compromise of key `key` of a bucket keyring (which seals patients'
@@ -599,12 +639,22 @@ impl Rotation<'_> {
                 total: 1,
             });
             let s = c.subjects.stored_keys(&subject).await?;
-            (report.rows, report.foreign_rows) = c.subject_rows_under(&s, &subject, key).await?;
+            (report.rows, report.foreign_rows) =
+                c.subject_rows_under(&s, &subject, key, false).await?;
             return Ok(report);
         }
         let (row, job) = match existing {
             Some(found) => found,
             None => {
+                // One key job at a time: a clinic data-key job re-seals the
+                // job rows and may destroy the key the touched pages are
+                // sealed under.
+                if c.job_exists(super::data_key::KEY_JOB).await? {
+                    return Err(CoreError::Conflict(
+                        "a data-key rotation of the clinic keyring is unfinished: run it again first",
+                    ));
+                }
+                clear_touched(c, PAGES).await?;
                 let (_, new) = c.subjects.change(&subject, |s| Ok(s.add_key()?)).await?;
                 let job = SubjectJob {
                     subject: subject.as_str().to_owned(),
@@ -624,9 +674,18 @@ impl Rotation<'_> {
         {
             Err(CoreError::Erased) => {
                 // Nothing of the patient opens any more: nothing to do.
+                clear_touched(c, PAGES).await?;
                 if let Some((row, _)) = c.job::<SubjectJob>(SUBJECT_JOB).await? {
                     c.store.delete(&jobs()?, &row.id, row.version).await?;
                 }
+                c.audit
+                    .record(AuditEvent::by(
+                        admin,
+                        "RotateKeys",
+                        format!("keys:subject-key:{key} compromise ended: patient erased"),
+                        Outcome::Allowed,
+                    ))
+                    .await?;
                 Err(CoreError::Erased)
             }
             other => other.map(|()| report),
@@ -653,6 +712,7 @@ impl Rotation<'_> {
                 None => Err(CoreError::Corrupt("subject keyring lost the rotated key")),
             }
         };
+        let mut late = 0;
         loop {
             match job.step {
                 Step::Added => {
@@ -678,6 +738,7 @@ impl Rotation<'_> {
                     let (none, foreign) = c.subject_none_under(&s, subject, job.old).await?;
                     report.foreign_rows = foreign;
                     if !none {
+                        late_rows(&mut late)?;
                         job.passes.restart();
                         self.reseal_subject(subject, &mut row, &mut job, progress)
                             .await?;
@@ -692,13 +753,15 @@ impl Rotation<'_> {
             job.changed_ms = now_ms();
             c.save_job(&mut row, &job).await?;
         }
+        // The list of what was touched is read before the key goes, so a
+        // page that does not open stops the job with the key still there.
+        let (touched, stored) = read_touched(c, PAGES).await?;
+        report.touched = touched;
         c.subjects
             .change(subject, |s| step(s, KeyState::Destroyed))
             .await?;
         report.destroyed = true;
         report.rows = job.passes.rows.clone();
-        let (touched, stored) = read_touched(c, PAGES).await?;
-        report.touched = touched;
         c.audit
             .record(AuditEvent::by(
                 admin,

@@ -1,7 +1,8 @@
 //! A keyring shared by the parts of a process, replaceable while they run.
 
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use super::Keyring;
 
@@ -9,6 +10,11 @@ use super::Keyring;
 /// replace while the others keep working (a rotation stored by another
 /// process, reloaded here). Each use takes the current keyring with
 /// [`SharedKeyring::current`]; a replacement is seen by every clone at once.
+///
+/// It also remembers when its owner last confirmed that it holds the
+/// stored keyring ([`SharedKeyring::confirm`], [`SharedKeyring::age`]), so
+/// a process that cannot re-read the keyset can stop sealing under a key
+/// other processes may have replaced (a lease).
 ///
 /// ```
 /// use careconnect_crypto::{EncryptionContext, Keyring, SharedKeyring};
@@ -23,26 +29,59 @@ use super::Keyring;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct SharedKeyring(Arc<RwLock<Arc<Keyring>>>);
+pub struct SharedKeyring(Arc<Shared>);
+
+struct Shared {
+    keys: RwLock<Arc<Keyring>>,
+    confirmed: Mutex<Instant>,
+}
 
 impl SharedKeyring {
-    /// Shares `keys`.
+    /// Shares `keys`, confirmed now.
     pub fn new(keys: Keyring) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(keys))))
+        Self(Arc::new(Shared {
+            keys: RwLock::new(Arc::new(keys)),
+            confirmed: Mutex::new(Instant::now()),
+        }))
     }
 
     /// The keyring as it is now (a cheap handle: later replacements do not
     /// change it).
     pub fn current(&self) -> Arc<Keyring> {
         self.0
+            .keys
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    /// Replaces the keyring for every clone.
+    /// Replaces the keyring for every clone, confirmed now.
     pub fn replace(&self, keys: Keyring) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        *self.0.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        self.confirm(Instant::now());
+    }
+
+    /// Records that the keyring held here was still the stored one when a
+    /// read that started at `read_at` found it (a confirmation older than
+    /// the last one changes nothing).
+    pub fn confirm(&self, read_at: Instant) {
+        let mut confirmed = self
+            .0
+            .confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if read_at > *confirmed {
+            *confirmed = read_at;
+        }
+    }
+
+    /// How long ago the keyring was last confirmed (or replaced).
+    pub fn age(&self) -> Duration {
+        self.0
+            .confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
     }
 }
 
@@ -57,5 +96,29 @@ impl fmt::Debug for SharedKeyring {
         f.debug_tuple("SharedKeyring")
             .field(&self.current())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failing test panics
+
+    use super::*;
+
+    #[test]
+    fn confirmation_moves_forward_only_and_a_replacement_confirms() {
+        let shared = SharedKeyring::new(Keyring::generate());
+        let clone = shared.clone();
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(clone.age() >= Duration::from_millis(30));
+        // An older read confirms nothing.
+        shared.confirm(start - Duration::from_secs(1));
+        assert!(clone.age() >= Duration::from_millis(30));
+        shared.confirm(Instant::now());
+        assert!(clone.age() < Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(30));
+        shared.replace(Keyring::generate());
+        assert!(clone.age() < Duration::from_millis(30));
     }
 }
