@@ -19,42 +19,10 @@ use careconnect::crypto::{Error, KmsError};
 
 mod common;
 
+use careconnect_testkit::{kms_admin as admin_client, kms_key_with_alias as key_with_alias};
+
 fn endpoint() -> String {
-    std::env::var("CARECONNECT_MOTO_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5555".into())
-}
-
-async fn admin_client() -> aws_sdk_kms::Client {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_kms::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .endpoint_url(endpoint())
-        .load()
-        .await;
-    aws_sdk_kms::Client::new(&conf)
-}
-
-/// A new KMS key named by `alias`.
-async fn key_with_alias(admin: &aws_sdk_kms::Client, alias: &str) {
-    let k = admin
-        .create_key()
-        .description(alias)
-        .send()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "no KMS server at {} ({e:?}): run scripts/test.sh",
-                endpoint()
-            )
-        });
-    admin
-        .create_alias()
-        .alias_name(alias)
-        .target_key_id(k.key_metadata().unwrap().key_id())
-        .send()
-        .await
-        .unwrap();
+    careconnect_testkit::moto_endpoint()
 }
 
 fn who(s: &str, role: Role) -> Principal {

@@ -16,8 +16,7 @@ use careconnect_core::audit::{Anchor, AuditTrail, Flag, Outcome, Verification};
 use careconnect_crypto::Keyring;
 use careconnect_storage::{AuditLog, PgStore, RecordStore, SqliteStore};
 
-mod common;
-use common::OwnDb;
+use careconnect_testkit::OwnDb;
 
 const T0: u64 = 1_800_000_000;
 

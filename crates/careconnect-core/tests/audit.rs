@@ -17,8 +17,7 @@ use careconnect_crypto::Keyring;
 use careconnect_storage::{AuditLog, PgStore, SqliteStore};
 use sqlx::Connection;
 
-mod common;
-use common::OwnDb;
+use careconnect_testkit::OwnDb;
 
 fn doctor() -> Principal {
     Principal::new(

@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -195,7 +193,7 @@ macro_rules! both_backends {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                let db = super::common::OwnDb::create("cc_clinic").await;
+                let db = careconnect_testkit::OwnDb::create("cc_clinic").await;
                 let store = careconnect_storage::connect(&db.url).await.unwrap();
                 super::$name(super::fixture(store, tempfile::tempdir().unwrap()).await).await;
                 db.drop_db().await;

@@ -12,9 +12,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
 
-mod common;
-
-use common::copy_dir;
+use careconnect_testkit::copy_dir;
 
 use std::io::Read;
 use std::path::Path;

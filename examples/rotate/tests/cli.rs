@@ -75,14 +75,9 @@ fn rotate(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+mod common;
+use careconnect_testkit::copy_dir;
+use common::{json, primary_in};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_dry_run_rotation_and_verify() {
@@ -189,13 +184,7 @@ async fn status_dry_run_rotation_and_verify() {
     // A bucket keyring's key, as `status` lists it.
     let status = json(&rotate(dir.path(), &["--json", "status"]));
     let bucket = &status["bucket_keys"][0];
-    let key = bucket["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["state"] == "Primary")
-        .unwrap()["id"]
-        .to_string();
+    let key = primary_in(&bucket["keys"]);
     let done = json(&rotate(dir.path(), &["compromised", &key, "--json"]));
     assert_eq!(done["keyring"], "bucket", "{done}");
     assert_eq!(done["bucket"], bucket["bucket"]);
@@ -299,19 +288,6 @@ async fn sigkill_at_any_instant_of_a_rotation_then_a_rerun_finishes_it() {
     );
     assert_eq!(verified["documents_ok"], 300);
     assert_eq!(manifest(&open(dir.path()).await).await, before);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 /// The clinic keyring's data keys, id -> state, as `status --json` lists them.
