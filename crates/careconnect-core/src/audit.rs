@@ -493,16 +493,21 @@ impl AuditTrail {
     ///
     /// # Errors
     ///
-    /// [`CoreError::AuditTampered`] when the chain does not verify now, has
-    /// an entry under `keys` after `not_after`, or would not verify once
-    /// `keys` are destroyed (in each case nothing was destroyed; find out
-    /// why, then run again); storage failures.
+    /// [`CoreError::LateAuditEntries`] for an entry under `keys` after
+    /// `not_after`; [`CoreError::AuditTampered`] when the chain does not
+    /// verify now, or would not once `keys` are destroyed (in each case
+    /// nothing was destroyed; find out why, then run again); storage
+    /// failures.
     pub async fn checkpoint(&self, keys: &[KeyId], not_after: u64) -> Result<u64, CoreError> {
         let before = self.walk(&[], keys).await?;
-        if !matches!(before.verification, Verification::Intact { .. })
-            || before.last_under > not_after
-        {
+        if !matches!(before.verification, Verification::Intact { .. }) {
             return Err(CoreError::AuditTampered);
+        }
+        if before.last_under > not_after {
+            return Err(CoreError::LateAuditEntries {
+                after: not_after,
+                last: before.last_under,
+            });
         }
         let mut event = AuditEvent::system(
             CHECKPOINT_ACTION,

@@ -48,6 +48,21 @@ pub enum CoreError {
     /// cannot be hidden under new entries. Nothing more may be done either.
     #[error("audit log tampered with: appends refused")]
     AuditTampered,
+    /// A compromise rotation found audit entries chained under the
+    /// compromised key after entry `after`, from which every node chains
+    /// under the new one (the last such: `last`): forged with the stolen
+    /// key, or written by a node that did not reload. The key is not
+    /// destroyed. Review the entries, then accept them by number
+    /// ([`crate::rotation::Rotation::accept_late_audit_entries`]) to go on.
+    #[error(
+        "audit entries chained under the compromised key after entry {after} (the last: {last}): review them, then accept them to go on"
+    )]
+    LateAuditEntries {
+        /// Entries after this one should be under the new key.
+        after: u64,
+        /// The last entry under the compromised key.
+        last: u64,
+    },
     /// This process has not confirmed its clinic keyring against the stored
     /// keyset within its lease (the database or KMS unreachable, or the
     /// process paused): nothing is audited, so nothing is done, until it

@@ -29,7 +29,7 @@ use careconnect::core::config::{ClinicFile, KmsFile};
 use careconnect::core::rotation::{
     BucketKeyReport, CompromiseReport, DataKeyReport, Phase, Progress, SubjectKeyReport,
 };
-use careconnect::core::{Clinic, KmsConfig};
+use careconnect::core::{Clinic, CoreError, KmsConfig};
 use careconnect::crypto::kms::{Kms, LocalKms, RootSecret};
 use careconnect::crypto::{KeyInfo, KmsKeyId};
 use clap::{Parser, Subcommand};
@@ -114,6 +114,14 @@ enum Command {
         /// Report what would be re-sealed; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// After a run stopped at audit entries chained under the key after
+        /// the new key took over: accept them, through this entry number,
+        /// once reviewed (audited with --reason).
+        #[arg(long, value_name = "ENTRY", requires = "reason")]
+        accept_audit_through: Option<u64>,
+        /// Why the entries are accepted (at least ten characters).
+        #[arg(long, requires = "accept_audit_through")]
+        reason: Option<String>,
     },
 }
 
@@ -298,6 +306,11 @@ async fn main() -> std::process::ExitCode {
         Ok(false) => std::process::ExitCode::from(1),
         Err(e) => {
             eprintln!("rotate: {e:#}");
+            if let Some(CoreError::LateAuditEntries { last, .. }) = e.downcast_ref() {
+                eprintln!(
+                    "rotate: read them with the admin audit log; to go on: rotate compromised KEY --accept-audit-through {last} --reason \"...\""
+                );
+            }
             std::process::ExitCode::from(1)
         }
     }
@@ -467,7 +480,18 @@ async fn run(args: Args) -> Result<bool> {
             }
             Ok(true)
         }
-        Command::Compromised { key, dry_run } => {
+        Command::Compromised {
+            key,
+            dry_run,
+            accept_audit_through,
+            reason,
+        } => {
+            if let (Some(through), Some(reason)) = (accept_audit_through, reason) {
+                clinic
+                    .rotation()
+                    .accept_late_audit_entries(&operator, key, through, &reason)
+                    .await?;
+            }
             let report = clinic
                 .rotation()
                 .key_compromised(&operator, key, dry_run, &mut |p| shown.show(p))

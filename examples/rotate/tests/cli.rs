@@ -181,6 +181,26 @@ async fn status_dry_run_rotation_and_verify() {
             String::from_utf8_lossy(&refused.stderr)
         );
     }
+    // Accepting late audit entries needs a reason, and a job to accept
+    // them into.
+    let usage = rotate(
+        dir.path(),
+        &["compromised", "7", "--accept-audit-through", "5"],
+    );
+    assert_eq!(usage.status.code(), Some(2));
+    let none = rotate(
+        dir.path(),
+        &[
+            "compromised",
+            "7",
+            "--accept-audit-through",
+            "5",
+            "--reason",
+            "reviewed: from node-3",
+        ],
+    );
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("not found"));
     // A bucket keyring's key, as `status` lists it.
     let status = json(&rotate(dir.path(), &["--json", "status"]));
     let bucket = &status["bucket_keys"][0];

@@ -127,6 +127,10 @@ struct KeyJob {
     /// no entry after it may be under an old one.
     #[serde(default)]
     audit_after: u64,
+    /// Entries under the old keys up to this one an administrator reviewed
+    /// and accepted into the checkpoint (0: none).
+    #[serde(default)]
+    audit_accepted: u64,
 }
 
 /// Where a job's passes over the rows it re-seals are, and what they did.
@@ -495,6 +499,72 @@ impl Rotation<'_> {
             .await
     }
 
+    /// After a compromise of clinic data key `key` stopped at
+    /// [`CoreError::LateAuditEntries`]: an administrator who reviewed the
+    /// audit entries chained under the key after the new key took over
+    /// (through entry `through`) accepts them, stating `reason`, so the
+    /// next run checkpoints them and destroys the key. The entries stay in
+    /// the log as they are; the acceptance is audited with its reason.
+    /// Entries under the key after `through` still stop the job.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::ReasonRequired`] for a reason under ten characters;
+    /// [`CoreError::Denied`] (audited) for anyone but an administrator;
+    /// [`CoreError::NotFound`] when no compromise job of `key` is
+    /// unfinished; [`CoreError::Invalid`] for a `through` before the point
+    /// the job already accepts; storage failures.
+    pub async fn accept_late_audit_entries(
+        &self,
+        admin: &Principal,
+        key: u32,
+        through: u64,
+        reason: &str,
+    ) -> Result<(), CoreError> {
+        let c = &self.clinic.inner;
+        let reason = reason.trim();
+        if reason.chars().count() < crate::access::MIN_REASON_CHARS {
+            return Err(CoreError::ReasonRequired);
+        }
+        let what = format!("keys:data-key:{key} late audit entries accepted through={through}");
+        let decision = careconnect_authz::authorize(
+            admin,
+            Action::RotateKeys,
+            &careconnect_authz::Resource::System,
+        );
+        c.audit
+            .record(
+                AuditEvent::by(
+                    admin,
+                    "RotateKeys",
+                    what,
+                    if decision.is_allowed() {
+                        Outcome::Allowed
+                    } else {
+                        Outcome::Denied
+                    },
+                )
+                .because(reason),
+            )
+            .await?;
+        if let careconnect_authz::Decision::Deny(r) = decision {
+            return Err(CoreError::Denied(r));
+        }
+        let Some((mut row, mut job)) = c.job::<KeyJob>(KEY_JOB).await? else {
+            return Err(CoreError::NotFound);
+        };
+        if job.kind != DataKeyKind::Compromise || job.old != [key] {
+            return Err(CoreError::NotFound);
+        }
+        if through < job.audit_after.max(job.audit_accepted) {
+            return Err(CoreError::Invalid(
+                "audit entry number: before what the job accepts already",
+            ));
+        }
+        job.audit_accepted = through;
+        c.save_job(&mut row, &job).await
+    }
+
     async fn run_key_job(
         &self,
         admin: &Principal,
@@ -626,8 +696,10 @@ impl Rotation<'_> {
                     job.changed_ms = now_ms();
                     c.save_job(&mut row, &job).await?;
                 }
-                report.audit_entries_sealed_off =
-                    c.audit.checkpoint(&old_ids, job.audit_after).await?;
+                report.audit_entries_sealed_off = c
+                    .audit
+                    .checkpoint(&old_ids, job.audit_after.max(job.audit_accepted))
+                    .await?;
                 report.destroyed = c.move_keys(&old_ids, KeyState::Destroyed).await?;
             }
         }
@@ -686,6 +758,7 @@ impl Rotation<'_> {
             changed_ms: now_ms(),
             passes: Passes::default(),
             audit_after: 0,
+            audit_accepted: 0,
         };
         let row = c.insert_job(KEY_JOB, &job).await?;
         Ok((row, job))
