@@ -506,6 +506,27 @@ async fn a_settings_file_names_the_clinic_and_a_bad_one_changes_nothing() {
             .output()
             .unwrap()
     };
+    // A database that cannot be reached: a clear error, soon.
+    let unreachable = dir.path().join("unreachable.toml");
+    std::fs::write(
+        &unreachable,
+        format!(
+            "data_dir = {:?}\nstorage_url = \"postgres://postgres@127.0.0.1:1/clinic\"\n",
+            dir.path()
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_rotate"))
+        .arg("--config")
+        .arg(&unreachable)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("opening the database"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
     let (k, _) = keys.iter().find(|(_, s)| *s == "Primary").unwrap();
     let report = json(&with_file(&["--json", "compromised", &k.to_string()]));
     assert_eq!(report["destroyed"], serde_json::json!([k]));
