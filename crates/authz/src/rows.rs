@@ -72,7 +72,9 @@ impl SealedRows {
     pub(crate) fn seal<T: Serialize>(&self, id: &RowId, value: &T) -> Result<RowData, AuthzError> {
         let json =
             Zeroizing::new(serde_json::to_vec(value).map_err(|_| AuthzError::Corrupt("row"))?);
-        let ring = self.ring.current();
+        // Checked against the keyring's lease, if it has one: a process
+        // that cannot re-read the stored keyset stops sealing.
+        let ring = self.ring.sealing()?;
         Ok(RowData {
             key_id: ring.primary().get(),
             envelope: ring.seal(&self.context(id), &json)?,

@@ -340,7 +340,7 @@ impl Gate {
             at: self.clock.now(),
             appointment: appointment.map(str::to_owned),
         };
-        let mut data = rows::seal(&self.keys.current(), &self.care, id, &row)?;
+        let mut data = rows::seal(&self.keys, &self.care, id, &row)?;
         data.indexes.extend(self.doctor_token(doctor));
         Ok(data)
     }
@@ -553,7 +553,7 @@ impl Gate {
                     .because(reason),
             )
             .await?;
-        let data = rows::seal(&self.keys.current(), &self.glass, &id, &declaration)?;
+        let data = rows::seal(&self.keys, &self.glass, &id, &declaration)?;
         self.put(&self.glass, &id, data).await?;
         self.forget(&doctor.user, patient);
         Ok(declaration)

@@ -328,7 +328,6 @@ pub struct AuditTrail {
     anchor: Anchor,
     tx: mpsc::Sender<Pending>,
     pseudonyms: Option<Arc<MacKey>>,
-    lease: Option<std::time::Duration>,
 }
 
 /// The issuer under which patients acting on their own data are named in
@@ -369,19 +368,7 @@ impl AuditTrail {
             anchor,
             tx,
             pseudonyms: None,
-            lease: None,
         }
-    }
-
-    /// Refuses to record anything once the keyring has gone unconfirmed
-    /// for longer than `lease` ([`SharedKeyring::age`]): every service call
-    /// audits before it acts, so a process that cannot re-read the keyset
-    /// stops writing before a rotation relies on every process having
-    /// its change. Use less than the rotation's reload window.
-    #[must_use]
-    pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
-        self.lease = Some(lease);
-        self
     }
 
     /// Names principals who act only as patients by their pseudonym under
@@ -400,12 +387,15 @@ impl AuditTrail {
     ///
     /// Storage failures, or [`CoreError::AuditUnavailable`] if the writer
     /// stopped; [`CoreError::Invalid`] for the action checkpoints use;
-    /// [`CoreError::KeyringStale`] past the lease ([`AuditTrail::with_lease`]).
+    /// [`CoreError::KeyringStale`] past the keyring's lease
+    /// ([`SharedKeyring::set_lease`]): every service call audits before it
+    /// acts, so a process that cannot re-read the keyset stops at once
+    /// (and each seal under the clinic keyring checks the lease again).
     pub async fn record(&self, event: AuditEvent) -> Result<u64, CoreError> {
         if event.action == CHECKPOINT_ACTION {
             return Err(CoreError::Invalid("audit action (reserved)"));
         }
-        if self.lease.is_some_and(|l| self.keys.age() > l) {
+        if self.keys.fresh().is_err() {
             tracing::warn!("clinic keyring past its lease: request refused");
             return Err(CoreError::KeyringStale);
         }

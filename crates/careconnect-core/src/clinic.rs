@@ -401,17 +401,18 @@ impl Clinic {
         let records: Arc<dyn RecordStore> = store.clone();
         let keystore: Arc<dyn KeyStore> = store.clone();
         let log: Arc<dyn AuditLog> = store;
+        let read_at = std::time::Instant::now();
         let (keys_version, keys) =
             stored_keyring(kms.as_ref(), keystore.as_ref(), &clinic_key, CLINIC_KEYSET).await?;
-        let keys = SharedKeyring::new(keys.with_provider(config.provider));
+        let keys = SharedKeyring::new_as_of(keys.with_provider(config.provider), read_at);
+        keys.set_lease(keyring_lease(config.keyring_recheck));
         let (_, macs) =
             stored_keyring(kms.as_ref(), keystore.as_ref(), &clinic_key, INDEX_KEYSET).await?;
         let mac = |purpose| macs.mac_key_for(macs.primary(), purpose);
         let index_key = mac(INDEX_PURPOSE)?;
         let pseudonym_key = mac(FINANCE_PSEUDONYM_PURPOSE)?;
         let audit = AuditTrail::new(log, keys.clone(), Anchor::at(config.audit_anchor))
-            .with_pseudonyms(mac(PSEUDONYM_PURPOSE)?)
-            .with_lease(keyring_lease(config.keyring_recheck));
+            .with_pseudonyms(mac(PSEUDONYM_PURPOSE)?);
         let gate = Gate::new(
             records.clone(),
             keys.clone(),
@@ -633,18 +634,27 @@ pub(crate) fn keyring_lease(recheck: Duration) -> Duration {
 /// Re-reads the clinic keyset every [`ClinicConfig::keyring_recheck`] while
 /// the clinic is open, so a data-key rotation stored by another process
 /// reaches this one.
+/// Reads start every interval (however long the last one took), and a
+/// failed read is tried again after a quarter of it, so a passing blip does
+/// not outlast the lease.
 async fn watch_keyring(inner: std::sync::Weak<Inner>) {
+    let mut wait = None;
     loop {
         let Some(every) = inner.upgrade().map(|i| i.keyring_recheck) else {
             return;
         };
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(wait.unwrap_or(every)).await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        if let Err(e) = inner.reload_keys().await {
-            tracing::warn!(error = %e, "clinic keyset not re-read; keeping the keyring loaded");
-        }
+        let started = std::time::Instant::now();
+        wait = match inner.reload_keys().await {
+            Ok(()) => Some(every.saturating_sub(started.elapsed())),
+            Err(e) => {
+                tracing::warn!(error = %e, "clinic keyset not re-read; keeping the keyring loaded");
+                Some(every / 4)
+            }
+        };
     }
 }
 
@@ -667,7 +677,7 @@ impl Inner {
                 &sealed,
             )
             .await?;
-            self.install_keys(version, ring);
+            self.install_keys(version, ring, started);
         }
         self.keys.confirm(started);
         Ok(())
@@ -676,7 +686,7 @@ impl Inner {
     /// Makes `ring`, stored as version `version` of the clinic keyset, the
     /// keyring every service uses, unless a later version is in already or
     /// it would take a key back in its life (see [`rolls_back`]).
-    pub(crate) fn install_keys(&self, version: u64, ring: Keyring) {
+    pub(crate) fn install_keys(&self, version: u64, ring: Keyring, read_at: std::time::Instant) {
         let mut loaded = self
             .keys_version
             .lock()
@@ -692,7 +702,8 @@ impl Inner {
             return;
         }
         *loaded = version;
-        self.keys.replace(ring.with_provider(self.provider));
+        self.keys
+            .replace_as_of(ring.with_provider(self.provider), read_at);
     }
 
     /// The KMS key wrapping the clinic keyset.

@@ -234,7 +234,7 @@ impl Inner {
         };
         // The row's key id is the clinic keyring's (the outer envelope), as
         // a scan by key id for rotation expects.
-        let mut data = rows::seal(&self.keys.current(), &coll, id, &locator)?;
+        let mut data = rows::seal(&self.keys, &coll, id, &locator)?;
         data.indexes = vec![
             self.index(PATIENT_INDEX, &body.patient)?,
             self.index(PRESCRIBER_INDEX, &body.prescriber)?,
@@ -337,7 +337,7 @@ impl Inner {
                         .insert(
                             &coll,
                             &public_id,
-                            rows::seal(&self.keys.current(), &coll, &public_id, &row)?,
+                            rows::seal(&self.keys, &coll, &public_id, &row)?,
                         )
                         .await
                     {
@@ -365,12 +365,12 @@ impl Inner {
             let writes = [
                 Write::Insert {
                     coll: coll.clone(),
-                    data: rows::seal(&self.keys.current(), &coll, &id, &row)?,
+                    data: rows::seal(&self.keys, &coll, &id, &row)?,
                     id: id.clone(),
                 },
                 Write::Insert {
                     coll: coll.clone(),
-                    data: rows::seal(&self.keys.current(), &coll, &public_id, &public)?,
+                    data: rows::seal(&self.keys, &coll, &public_id, &public)?,
                     id: public_id,
                 },
             ];

@@ -617,7 +617,7 @@ impl Medicloud<'_> {
         };
         let coll = docs()?;
         let mut data = rows::seal(
-            &c.keys.current(),
+            &c.keys,
             &coll,
             &id,
             &DocRow {
@@ -752,7 +752,7 @@ impl Medicloud<'_> {
         let coll = shares()?;
         let share_id = c.share_id(id, user)?;
         let mut data = rows::seal(
-            &c.keys.current(),
+            &c.keys,
             &coll,
             &share_id,
             &ShareRow {
@@ -986,7 +986,7 @@ impl Medicloud<'_> {
         let coll = Collection::new(STATE_COLLECTION)?;
         let id = RowId::new("documents-key-rotation")?;
         let data = rows::seal(
-            &c.keys.current(),
+            &c.keys,
             &coll,
             &id,
             &Rotated {

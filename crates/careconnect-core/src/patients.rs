@@ -175,7 +175,7 @@ impl CareConnect<'_> {
             let mut writes = vec![
                 Write::Insert {
                     coll: slots.clone(),
-                    data: rows::seal(&c.keys.current(), &slots, &slot_id, &slot)?,
+                    data: rows::seal(&c.keys, &slots, &slot_id, &slot)?,
                     id: slot_id.clone(),
                 },
                 Write::Insert {
@@ -431,7 +431,7 @@ impl CareConnect<'_> {
                 },
                 Write::Insert {
                     coll: txs.clone(),
-                    data: rows::seal(&c.keys.current(), &txs, &tx_id, &tx)?,
+                    data: rows::seal(&c.keys, &txs, &tx_id, &tx)?,
                     id: tx_id,
                 },
             ];

@@ -516,7 +516,7 @@ impl Clinic {
             (None, None) => String::new(),
         };
         let data = rows::seal(
-            &c.keys.current(),
+            &c.keys,
             &c.people,
             &id,
             &Person {

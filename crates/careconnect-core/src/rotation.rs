@@ -230,7 +230,7 @@ impl Inner {
         row: &Row,
         value: &T,
     ) -> Result<Write, CoreError> {
-        let mut data = rows::seal(&self.keys.current(), coll, &row.id, value)?;
+        let mut data = rows::seal(&self.keys, coll, &row.id, value)?;
         data.indexes = row.indexes.clone();
         Ok(Write::Update {
             coll: coll.clone(),
@@ -245,7 +245,7 @@ impl Inner {
     async fn insert_job<T: Serialize>(&self, id: &str, job: &T) -> Result<Row, CoreError> {
         let coll = jobs()?;
         let id = RowId::new(id)?;
-        let data = rows::seal(&self.keys.current(), &coll, &id, job)?;
+        let data = rows::seal(&self.keys, &coll, &id, job)?;
         match self.store.insert(&coll, &id, data).await {
             Ok(_) => {}
             Err(StorageError::DuplicateId) => {

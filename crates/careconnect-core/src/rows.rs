@@ -4,7 +4,9 @@
 //! forged, altered or moved in the database reads as no row at all. Patient
 //! data uses the same two functions with its own context (`clinic.rs`).
 
-use careconnect_crypto::{EncryptionContext, KeyState, Keyring};
+use std::sync::Arc;
+
+use careconnect_crypto::{EncryptionContext, KeyState, Keyring, SharedKeyring};
 use careconnect_storage::{Collection, Row, RowData, RowId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -30,16 +32,28 @@ pub(crate) fn seal_json<T: Serialize>(
     Ok(keys.seal(ctx, &json)?)
 }
 
-/// `value` as JSON, sealed for row `id` of `coll`.
+/// The clinic keyring, to seal with: refused past its lease
+/// ([`CoreError::KeyringStale`]), so a node that cannot re-read the stored
+/// keyset stops sealing under a key a rotation may have moved past.
+pub(crate) fn sealing(keys: &SharedKeyring) -> Result<Arc<Keyring>, CoreError> {
+    keys.sealing().map_err(|e| match e {
+        careconnect_crypto::Error::KeyringStale => CoreError::KeyringStale,
+        e => e.into(),
+    })
+}
+
+/// `value` as JSON, sealed for row `id` of `coll` under the clinic
+/// keyring's primary (checked against its lease).
 pub(crate) fn seal<T: Serialize>(
-    keys: &Keyring,
+    keys: &SharedKeyring,
     coll: &Collection,
     id: &RowId,
     value: &T,
 ) -> Result<RowData, CoreError> {
+    let keys = sealing(keys)?;
     Ok(RowData {
         key_id: keys.primary().get(),
-        envelope: seal_json(keys, &context(coll, id), value)?,
+        envelope: seal_json(&keys, &context(coll, id), value)?,
         indexes: vec![],
     })
 }

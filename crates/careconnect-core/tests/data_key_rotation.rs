@@ -552,6 +552,15 @@ async fn an_audit_entry_under_the_key_after_its_replacement_stops_the_destructio
         accept(admin(), k ^ 1, "reviewed: stale node").await,
         Err(CoreError::NotFound)
     ));
+    // Exactly what was reported: not more (entries forged later), not less.
+    for wrong in [last + 1, u64::MAX, last - 1] {
+        assert!(matches!(
+            rotation
+                .accept_late_audit_entries(&admin(), k, wrong, "reviewed: stale node")
+                .await,
+            Err(CoreError::Invalid(_))
+        ));
+    }
     rotation
         .accept_late_audit_entries(&admin(), k, last, "reviewed: node-3 did not reload")
         .await

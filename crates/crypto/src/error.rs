@@ -44,6 +44,12 @@ pub enum Error {
         /// The reader's limit.
         max: usize,
     },
+    /// A shared keyring has gone unconfirmed against its stored keyset for
+    /// longer than its lease ([`crate::SharedKeyring::set_lease`]): nothing
+    /// is sealed with it until it is confirmed again, as another process
+    /// may have replaced the key it would seal under.
+    #[error("keyring not confirmed within its lease")]
+    KeyringStale,
     /// The API was used in a way that cannot be right (see the message).
     #[error("misuse: {0}")]
     Misuse(Misuse),

@@ -117,7 +117,12 @@ enum Command {
         /// After a run stopped at audit entries chained under the key after
         /// the new key took over: accept them, through this entry number,
         /// once reviewed (audited with --reason).
-        #[arg(long, value_name = "ENTRY", requires = "reason")]
+        #[arg(
+            long,
+            value_name = "ENTRY",
+            requires = "reason",
+            conflicts_with = "dry_run"
+        )]
         accept_audit_through: Option<u64>,
         /// Why the entries are accepted (at least ten characters).
         #[arg(long, requires = "accept_audit_through")]

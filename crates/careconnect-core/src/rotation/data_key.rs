@@ -131,6 +131,10 @@ struct KeyJob {
     /// and accepted into the checkpoint (0: none).
     #[serde(default)]
     audit_accepted: u64,
+    /// The last late entry the last run stopped at (0: none): what an
+    /// acceptance must name.
+    #[serde(default)]
+    audit_late_last: u64,
 }
 
 /// Where a job's passes over the rows it re-seals are, and what they did.
@@ -261,6 +265,7 @@ impl Inner {
         change: impl Fn(&mut Keyring) -> Result<T, CoreError>,
     ) -> Result<(Keyring, T), CoreError> {
         for _ in 0..super::RETRIES {
+            let read_at = std::time::Instant::now();
             let (version, mut ring) = self.clinic_keyset().await?;
             let out = change(&mut ring)?;
             let sealed = ring
@@ -272,7 +277,9 @@ impl Inner {
                 .await
             {
                 Ok(v) => {
-                    self.install_keys(v, ring.clone());
+                    // What was stored is what was read plus this change:
+                    // confirmed as of the read.
+                    self.install_keys(v, ring.clone(), read_at);
                     return Ok((ring, out));
                 }
                 Err(StorageError::VersionConflict { .. }) => {}
@@ -512,8 +519,9 @@ impl Rotation<'_> {
     /// [`CoreError::ReasonRequired`] for a reason under ten characters;
     /// [`CoreError::Denied`] (audited) for anyone but an administrator;
     /// [`CoreError::NotFound`] when no compromise job of `key` is
-    /// unfinished; [`CoreError::Invalid`] for a `through` before the point
-    /// the job already accepts; storage failures.
+    /// unfinished; [`CoreError::Invalid`] for a `through` other than the
+    /// last late entry the last run stopped at (exactly what was reviewed,
+    /// nothing later); storage failures. A refusal is audited too.
     pub async fn accept_late_audit_entries(
         &self,
         admin: &Principal,
@@ -532,35 +540,35 @@ impl Rotation<'_> {
             Action::RotateKeys,
             &careconnect_authz::Resource::System,
         );
+        // Checked before the audit, so the entry says what happened.
+        let found = if decision.is_allowed() {
+            match c.job::<KeyJob>(KEY_JOB).await? {
+                Some((_, job)) if job.kind != DataKeyKind::Compromise || job.old != [key] => {
+                    Err(CoreError::NotFound)
+                }
+                Some((_, job)) if job.audit_late_last == 0 || through != job.audit_late_last => {
+                    Err(CoreError::Invalid(
+                        "audit entry number: name the last late entry the last run stopped at",
+                    ))
+                }
+                Some(found) => Ok(found),
+                None => Err(CoreError::NotFound),
+            }
+        } else {
+            Err(CoreError::NotFound)
+        };
+        let outcome = match (&decision, &found) {
+            (careconnect_authz::Decision::Deny(_), _) => Outcome::Denied,
+            (_, Ok(_)) => Outcome::Allowed,
+            (_, Err(_)) => Outcome::Failed,
+        };
         c.audit
-            .record(
-                AuditEvent::by(
-                    admin,
-                    "RotateKeys",
-                    what,
-                    if decision.is_allowed() {
-                        Outcome::Allowed
-                    } else {
-                        Outcome::Denied
-                    },
-                )
-                .because(reason),
-            )
+            .record(AuditEvent::by(admin, "RotateKeys", what, outcome).because(reason))
             .await?;
         if let careconnect_authz::Decision::Deny(r) = decision {
             return Err(CoreError::Denied(r));
         }
-        let Some((mut row, mut job)) = c.job::<KeyJob>(KEY_JOB).await? else {
-            return Err(CoreError::NotFound);
-        };
-        if job.kind != DataKeyKind::Compromise || job.old != [key] {
-            return Err(CoreError::NotFound);
-        }
-        if through < job.audit_after.max(job.audit_accepted) {
-            return Err(CoreError::Invalid(
-                "audit entry number: before what the job accepts already",
-            ));
-        }
+        let (mut row, mut job) = found?;
         job.audit_accepted = through;
         c.save_job(&mut row, &job).await
     }
@@ -696,10 +704,20 @@ impl Rotation<'_> {
                     job.changed_ms = now_ms();
                     c.save_job(&mut row, &job).await?;
                 }
-                report.audit_entries_sealed_off = c
+                report.audit_entries_sealed_off = match c
                     .audit
                     .checkpoint(&old_ids, job.audit_after.max(job.audit_accepted))
-                    .await?;
+                    .await
+                {
+                    Ok(n) => n,
+                    Err(CoreError::LateAuditEntries { after, last }) => {
+                        // Remembered, so an acceptance names exactly these.
+                        job.audit_late_last = last;
+                        c.save_job(&mut row, &job).await?;
+                        return Err(CoreError::LateAuditEntries { after, last });
+                    }
+                    Err(e) => return Err(e),
+                };
                 report.destroyed = c.move_keys(&old_ids, KeyState::Destroyed).await?;
             }
         }
@@ -759,6 +777,7 @@ impl Rotation<'_> {
             passes: Passes::default(),
             audit_after: 0,
             audit_accepted: 0,
+            audit_late_last: 0,
         };
         let row = c.insert_job(KEY_JOB, &job).await?;
         Ok((row, job))
@@ -798,7 +817,7 @@ impl Rotation<'_> {
                     Some(n) => (job.passes.target, Some(n.as_str().to_owned())),
                     None => (job.passes.target + 1, None),
                 };
-                let keys = c.keys.current();
+                let keys = rows::sealing(&c.keys)?;
                 let mut writes = Vec::with_capacity(rows.len() + 2);
                 let mut ids = Vec::new();
                 for r in &rows {
@@ -869,7 +888,7 @@ impl Rotation<'_> {
                 return Ok(false);
             };
             let Some(write) =
-                c.resealed_raw(&c.keys.current(), binding, coll, &current, &job.old)?
+                c.resealed_raw(&*rows::sealing(&c.keys)?, binding, coll, &current, &job.old)?
             else {
                 return Ok(false);
             };
@@ -966,7 +985,7 @@ pub(super) fn touched_write(
     let touched = touched()?;
     let id = RowId::new(format!("{prefix}{page:012}"))?;
     let data = rows::seal(
-        &c.keys.current(),
+        &c.keys,
         &touched,
         &id,
         &TouchedPage {

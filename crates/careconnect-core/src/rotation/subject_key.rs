@@ -240,7 +240,7 @@ impl Inner {
                     handle,
                     body: hex::encode(inner),
                 };
-                let mut data = rows::seal(&self.keys.current(), coll, &row.id, &locator)?;
+                let mut data = rows::seal(&self.keys, coll, &row.id, &locator)?;
                 data.indexes.clone_from(&row.indexes);
                 data
             }
@@ -673,11 +673,8 @@ impl Rotation<'_> {
             .await
         {
             Err(CoreError::Erased) => {
-                // Nothing of the patient opens any more: nothing to do.
-                clear_touched(c, PAGES).await?;
-                if let Some((row, _)) = c.job::<SubjectJob>(SUBJECT_JOB).await? {
-                    c.store.delete(&jobs()?, &row.id, row.version).await?;
-                }
+                // Nothing of the patient opens any more: nothing to do. On
+                // record first; the job goes once that is done.
                 c.audit
                     .record(AuditEvent::by(
                         admin,
@@ -686,6 +683,10 @@ impl Rotation<'_> {
                         Outcome::Allowed,
                     ))
                     .await?;
+                clear_touched(c, PAGES).await?;
+                if let Some((row, _)) = c.job::<SubjectJob>(SUBJECT_JOB).await? {
+                    c.store.delete(&jobs()?, &row.id, row.version).await?;
+                }
                 Err(CoreError::Erased)
             }
             other => other.map(|()| report),

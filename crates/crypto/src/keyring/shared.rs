@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use super::Keyring;
+use crate::Error;
 
 /// A [`Keyring`] several parts of a process share, which one of them can
 /// replace while the others keep working (a rotation stored by another
@@ -34,15 +35,54 @@ pub struct SharedKeyring(Arc<Shared>);
 struct Shared {
     keys: RwLock<Arc<Keyring>>,
     confirmed: Mutex<Instant>,
+    lease: Mutex<Option<Duration>>,
 }
 
 impl SharedKeyring {
     /// Shares `keys`, confirmed now.
     pub fn new(keys: Keyring) -> Self {
+        Self::new_as_of(keys, Instant::now())
+    }
+
+    /// Shares `keys`, read from the stored keyset by a read that started at
+    /// `read_at`.
+    pub fn new_as_of(keys: Keyring, read_at: Instant) -> Self {
         Self(Arc::new(Shared {
             keys: RwLock::new(Arc::new(keys)),
-            confirmed: Mutex::new(Instant::now()),
+            confirmed: Mutex::new(read_at),
+            lease: Mutex::new(None),
         }))
+    }
+
+    /// Refuses to hand out the keyring for sealing
+    /// ([`SharedKeyring::sealing`]) once it has gone unconfirmed for longer
+    /// than `lease` (for every clone).
+    pub fn set_lease(&self, lease: Duration) {
+        *self.0.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some(lease);
+    }
+
+    /// Whether the keyring is within its lease (always, without one).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyringStale`] past the lease.
+    pub fn fresh(&self) -> Result<(), Error> {
+        let lease = *self.0.lease.lock().unwrap_or_else(PoisonError::into_inner);
+        match lease {
+            Some(l) if self.age() > l => Err(Error::KeyringStale),
+            _ => Ok(()),
+        }
+    }
+
+    /// The keyring, to seal with: as [`SharedKeyring::current`], checked
+    /// against the lease at the moment of sealing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyringStale`] past the lease.
+    pub fn sealing(&self) -> Result<Arc<Keyring>, Error> {
+        self.fresh()?;
+        Ok(self.current())
     }
 
     /// The keyring as it is now (a cheap handle: later replacements do not
@@ -57,8 +97,14 @@ impl SharedKeyring {
 
     /// Replaces the keyring for every clone, confirmed now.
     pub fn replace(&self, keys: Keyring) {
+        self.replace_as_of(keys, Instant::now());
+    }
+
+    /// Replaces the keyring for every clone with `keys`, read from the
+    /// stored keyset by a read that started at `read_at`.
+    pub fn replace_as_of(&self, keys: Keyring, read_at: Instant) {
         *self.0.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
-        self.confirm(Instant::now());
+        self.confirm(read_at);
     }
 
     /// Records that the keyring held here was still the stored one when a
@@ -120,5 +166,21 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         shared.replace(Keyring::generate());
         assert!(clone.age() < Duration::from_millis(30));
+    }
+
+    #[test]
+    fn past_its_lease_a_keyring_is_not_handed_out_for_sealing() {
+        let shared = SharedKeyring::new(Keyring::generate());
+        assert!(shared.sealing().is_ok(), "no lease, no limit");
+        shared.set_lease(Duration::from_millis(20));
+        let clone = shared.clone();
+        assert!(clone.sealing().is_ok());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(matches!(clone.sealing(), Err(Error::KeyringStale)));
+        assert!(matches!(clone.fresh(), Err(Error::KeyringStale)));
+        // Reading still works; sealing resumes once confirmed.
+        let _ = clone.current();
+        shared.confirm(Instant::now());
+        assert!(clone.sealing().is_ok());
     }
 }
