@@ -137,6 +137,53 @@ struct KeyJob {
     audit_late_last: u64,
 }
 
+/// A job that re-seals rows in passes, a page at a time.
+pub(super) trait PassesJob: Clone + Serialize {
+    /// Where its passes are.
+    fn passes(&self) -> &Passes;
+    /// The same, to move on.
+    fn passes_mut(&mut self) -> &mut Passes;
+}
+
+impl PassesJob for KeyJob {
+    fn passes(&self) -> &Passes {
+        &self.passes
+    }
+    fn passes_mut(&mut self) -> &mut Passes {
+        &mut self.passes
+    }
+}
+
+/// The job once a page of `coll` is done: at the page after it (`next`)
+/// or the next target, with the `ids` it re-sealed recorded (the page:
+/// `(coll, ids, next)`). Adds what
+/// commits with the page's rows to `writes`: the page's touched-row entry
+/// (pages named `{prefix}…`) and the job's checkpoint.
+pub(super) fn page_done<J: PassesJob>(
+    c: &Inner,
+    prefix: &str,
+    row: &Row,
+    job: &J,
+    (coll, ids, next): (&Collection, &[String], Option<&RowId>),
+    writes: &mut Vec<Write>,
+) -> Result<J, CoreError> {
+    let mut after = job.clone();
+    let passes = after.passes_mut();
+    match next {
+        Some(n) => passes.cursor = Some(n.as_str().to_owned()),
+        None => {
+            passes.target += 1;
+            passes.cursor = None;
+        }
+    }
+    if !ids.is_empty() {
+        passes.record(coll, ids.len() as u64);
+        writes.push(touched_write(c, prefix, job.passes().pages, coll, ids)?);
+    }
+    writes.push(c.job_write(row, &after)?);
+    Ok(after)
+}
+
 /// Where a job's passes over the rows it re-seals are, and what they did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct Passes {
@@ -812,11 +859,6 @@ impl Rotation<'_> {
                     .iter()
                     .filter(|r| !is_job_row(coll, &r.id))
                     .collect();
-                // Where the job goes once this page is done.
-                let (next_target, next_cursor) = match &page.next {
-                    Some(n) => (job.passes.target, Some(n.as_str().to_owned())),
-                    None => (job.passes.target + 1, None),
-                };
                 let keys = rows::sealing(&c.keys)?;
                 let mut writes = Vec::with_capacity(rows.len() + 2);
                 let mut ids = Vec::new();
@@ -826,14 +868,15 @@ impl Rotation<'_> {
                         ids.push(r.id.as_str().to_owned());
                     }
                 }
-                let mut next = job.clone();
-                next.passes.target = next_target;
-                next.passes.cursor = next_cursor;
-                if !ids.is_empty() {
-                    next.passes.record(coll, ids.len() as u64);
-                    writes.push(self.touched_write(job.passes.pages, coll, &ids)?);
-                }
-                writes.push(c.job_write(row, &next)?);
+                // Where the job goes once this page is done.
+                let next = page_done(
+                    c,
+                    DATA_KEY_PAGES,
+                    row,
+                    job,
+                    (coll, &ids, page.next.as_ref()),
+                    &mut writes,
+                )?;
                 match c.store.commit(&writes).await {
                     Ok(versions) => {
                         row.version = versions.last().copied().unwrap_or(row.version + 1);
@@ -854,7 +897,7 @@ impl Rotation<'_> {
                                 done += 1;
                             }
                         }
-                        job.passes.target = next_target;
+                        job.passes.target = next.passes.target;
                         job.passes.cursor = next.passes.cursor;
                         c.save_job(row, job).await?;
                     }
@@ -896,7 +939,13 @@ impl Rotation<'_> {
             next.passes.record(coll, 1);
             let writes = [
                 write,
-                self.touched_write(job.passes.pages, coll, &[id.as_str().to_owned()])?,
+                touched_write(
+                    c,
+                    DATA_KEY_PAGES,
+                    job.passes.pages,
+                    coll,
+                    &[id.as_str().to_owned()],
+                )?,
                 c.job_write(row, &next)?,
             ];
             match c.store.commit(&writes).await {
@@ -918,15 +967,6 @@ impl Rotation<'_> {
             }
         }
         Err(CoreError::Conflict("a row kept changing"))
-    }
-
-    fn touched_write(
-        &self,
-        page: u64,
-        coll: &Collection,
-        ids: &[String],
-    ) -> Result<Write, CoreError> {
-        touched_write(&self.clinic.inner, DATA_KEY_PAGES, page, coll, ids)
     }
 
     /// Reads the touched rows into the report, audits the end, deletes the
@@ -975,7 +1015,7 @@ const DATA_KEY_PAGES: &str = "page-";
 
 /// The insert of touched-row page number `page` of the job whose pages
 /// are named `{prefix}{page}`: the ids of rows of `coll` it re-sealed.
-pub(super) fn touched_write(
+fn touched_write(
     c: &Inner,
     prefix: &str,
     page: u64,

@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use super::DataKeyReport;
 use super::data_key::{
-    Passes, Step, clear_touched, delete_touched, late_rows, read_touched, touched_write, wait,
+    Passes, PassesJob, Step, clear_touched, delete_touched, late_rows, page_done, read_touched,
+    wait,
 };
 use super::{OnProgress, Phase, Progress, Rotation, VerifyReport, job_conflict, jobs};
 use crate::audit::{AuditEvent, Outcome, now_ms};
@@ -61,6 +62,15 @@ const PATIENT_ROWS: &[(&str, &str)] = &[
         crate::patients::APPOINTMENT_FIELD,
     ),
 ];
+
+impl PassesJob for SubjectJob {
+    fn passes(&self) -> &Passes {
+        &self.passes
+    }
+    fn passes_mut(&mut self) -> &mut Passes {
+        &mut self.passes
+    }
+}
 
 /// The checkpoint of a subject-key job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -806,10 +816,6 @@ impl Rotation<'_> {
                 let (rows, next) = c
                     .subject_page(&coll, field, job.old, after.as_ref(), PAGE)
                     .await?;
-                let (next_target, next_cursor) = match &next {
-                    Some(n) => (job.passes.target, Some(n.as_str().to_owned())),
-                    None => (job.passes.target + 1, None),
-                };
                 let mut writes = Vec::with_capacity(rows.len() + 2);
                 let mut ids = Vec::new();
                 for r in &rows {
@@ -818,18 +824,18 @@ impl Rotation<'_> {
                         ids.push(r.id.as_str().to_owned());
                     }
                 }
-                let mut next = job.clone();
-                next.passes.target = next_target;
-                next.passes.cursor = next_cursor;
-                if !ids.is_empty() {
-                    next.passes.record(&coll, ids.len() as u64);
-                    writes.push(touched_write(c, PAGES, job.passes.pages, &coll, &ids)?);
-                }
-                writes.push(c.job_write(row, &next)?);
+                let after = page_done(
+                    c,
+                    PAGES,
+                    row,
+                    job,
+                    (&coll, &ids, next.as_ref()),
+                    &mut writes,
+                )?;
                 match c.store.commit(&writes).await {
                     Ok(versions) => {
                         row.version = versions.last().copied().unwrap_or(row.version + 1);
-                        *job = next;
+                        *job = after;
                         done += ids.len() as u64;
                         tries = 0;
                     }
