@@ -415,7 +415,7 @@ pub struct RelyingParty {
     jwks: RwLock<Jwks>,
     /// One JWKS re-fetch at a time; others wait for its result.
     refetch: tokio::sync::Mutex<()>,
-    login_keys: Keyring,
+    login_keys: careconnect_crypto::SharedKeyring,
     consumed: ConsumedStates,
     clock: Arc<dyn Clock>,
 }
@@ -497,7 +497,7 @@ impl RelyingParty {
                 generation: 0,
             }),
             refetch: tokio::sync::Mutex::new(()),
-            login_keys: Keyring::generate(),
+            login_keys: Keyring::generate().into(),
             consumed: ConsumedStates::new(CONSUMED_STATES),
             clock,
         })
@@ -510,10 +510,12 @@ impl RelyingParty {
 
     /// Seals login cookies with `keys` instead of a keyring made for this
     /// process: give every web node the same keyring (e.g. the clinic's,
-    /// loaded from storage) so a callback may land on any of them.
+    /// loaded from storage) so a callback may land on any of them. A
+    /// [`SharedKeyring`](careconnect_crypto::SharedKeyring) is followed
+    /// through its replacements (a key rotation elsewhere).
     #[must_use]
-    pub fn with_login_keys(mut self, keys: Keyring) -> Self {
-        self.login_keys = keys;
+    pub fn with_login_keys(mut self, keys: impl Into<careconnect_crypto::SharedKeyring>) -> Self {
+        self.login_keys = keys.into();
         self
     }
 
@@ -544,7 +546,7 @@ impl RelyingParty {
         Ok(LoginStart {
             url,
             state: state.secret().clone(),
-            sealed: Zeroizing::new(pending::seal(&self.login_keys, &login)?),
+            sealed: Zeroizing::new(pending::seal(&self.login_keys.current(), &login)?),
             max_age_secs: self.config.login_timeout.as_secs(),
         })
     }
@@ -578,7 +580,8 @@ impl RelyingParty {
         let cookie = cookie_header
             .and_then(|h| cookie::find(h, LOGIN_COOKIE))
             .ok_or(OidcError::BrowserMismatch)?;
-        let pending = pending::open(&self.login_keys, cookie).ok_or(OidcError::UnknownState)?;
+        let pending =
+            pending::open(&self.login_keys.current(), cookie).ok_or(OidcError::UnknownState)?;
         let bound = pending.state.len() == cb.state.len()
             && bool::from(pending.state.as_bytes().ct_eq(cb.state.as_bytes()));
         if !bound {

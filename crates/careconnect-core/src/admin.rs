@@ -10,12 +10,22 @@ use crate::access::BreakGlass;
 use crate::audit::{AuditEvent, Flag, Outcome, Verification};
 use crate::clinic::{Clinic, MAX_NAME_CHARS, text};
 use crate::error::CoreError;
+use crate::rows;
 use crate::subjects::Erasure;
 
 /// Administration.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin<'a> {
     clinic: &'a Clinic,
+}
+
+/// A person in the directory ([`Admin::directory`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryEntry {
+    /// Who, their name and stored roles.
+    pub person: crate::clinic::Person,
+    /// For a doctor, the patients in their care.
+    pub in_care: Vec<UserId>,
 }
 
 /// A page of the audit log and the whole chain's verification.
@@ -74,6 +84,36 @@ impl Admin<'_> {
         )
         .await?;
         self.write_person(user, &name, roles).await
+    }
+
+    /// Everyone in the directory, by name, with their stored roles and, for
+    /// doctors, the patients in their care: what an administrator manages.
+    /// Audited as a look at role assignments.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Denied`] (audited); storage failures.
+    pub async fn directory(&self, admin: &Principal) -> Result<Vec<DirectoryEntry>, CoreError> {
+        self.system(admin, Action::AssignRoles, "roles:directory".into())
+            .await?;
+        let c = &self.clinic.inner;
+        let mut people: Vec<crate::clinic::Person> = c
+            .all(&c.people)
+            .await?
+            .iter()
+            .filter_map(|r| rows::open(&c.keys.current(), &c.people, r))
+            .collect();
+        people.sort_by(|a, b| a.name.cmp(&b.name).then(a.user.cmp(&b.user)));
+        let mut out = Vec::with_capacity(people.len());
+        for person in people {
+            let in_care = if person.roles.contains(careconnect_authz::Role::Doctor) {
+                c.gate.patients_in_care(&person.user).await?
+            } else {
+                Vec::new()
+            };
+            out.push(DirectoryEntry { person, in_care });
+        }
+        Ok(out)
     }
 
     /// A directory import: [`Admin::set_person`] for each of `people`, up

@@ -24,7 +24,8 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use careconnect_authz::mapper::{Claims, RoleAssignments, RoleMapper};
-use careconnect_authz::session::{Clock, SystemClock};
+use careconnect_authz::oidc::{OidcConfig, RelyingParty};
+use careconnect_authz::session::{Clock, SessionConfig, Sessions, SystemClock};
 use careconnect_authz::{Principal, RoleSet, UserId};
 use careconnect_crypto::mac::MacKey;
 use careconnect_crypto::{
@@ -509,6 +510,57 @@ impl Clinic {
     /// authorized and audited.
     pub fn audit(&self) -> &AuditTrail {
         &self.inner.audit
+    }
+
+    /// Server-side sessions in the clinic's store, sealed under the clinic
+    /// keyring (so every node sharing the store shares them, and a data-key
+    /// rotation re-seals them like every other clinic row), timed by the
+    /// clinic's clock.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Authz`] for an impossible [`SessionConfig`].
+    pub fn sessions(&self, config: SessionConfig) -> Result<Sessions, CoreError> {
+        Ok(Sessions::new(
+            self.inner.store.clone(),
+            self.inner.keys.clone(),
+            config,
+            self.inner.clock.clone(),
+        )?)
+    }
+
+    /// An OpenID Connect relying party for `config`'s provider, whose login
+    /// cookies are sealed under the clinic keyring: a login started on one
+    /// node finishes on any other sharing the store. Discovers the
+    /// provider.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Authz`]: the provider unreachable or misconfigured.
+    pub async fn relying_party(&self, config: OidcConfig) -> Result<RelyingParty, CoreError> {
+        Ok(
+            RelyingParty::discover_with_clock(config, self.inner.clock.clone())
+                .await?
+                .with_login_keys(self.inner.keys.clone()),
+        )
+    }
+
+    /// Whether this node can serve: its store answers, its KMS describes
+    /// the clinic key, and its clinic keyring is within its lease. For a
+    /// readiness probe; changes nothing and audits nothing.
+    ///
+    /// # Errors
+    ///
+    /// The first failure: [`CoreError::Storage`], [`CoreError::Crypto`] (the
+    /// KMS), [`CoreError::KeyringStale`].
+    pub async fn ready(&self) -> Result<(), CoreError> {
+        let probe = RowId::new("readiness-probe")?;
+        match self.inner.store.get(&self.inner.people, &probe).await {
+            Ok(_) | Err(StorageError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.inner.kms.describe(&self.inner.clinic_key).await?;
+        self.inner.keys.fresh().map_err(|_| CoreError::KeyringStale)
     }
 
     /// The principal for a signed-in user: roles from the claim rules and

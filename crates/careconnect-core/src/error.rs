@@ -28,6 +28,13 @@ pub enum CoreError {
     /// Input refused (what was wrong is named; nothing was changed).
     #[error("invalid {0}")]
     Invalid(&'static str),
+    /// An upload larger than the configured limit (in bytes); nothing was
+    /// stored.
+    #[error("larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
     /// No such thing, or nothing the principal may see by that id (the two
     /// are not told apart, so ids do not leak).
     #[error("not found")]

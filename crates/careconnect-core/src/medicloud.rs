@@ -256,6 +256,49 @@ pub struct DocumentInfo {
     pub created_at: u64,
 }
 
+/// A document its reader may download, access already checked and audited
+/// ([`Medicloud::open`]).
+pub struct Download {
+    clinic: Clinic,
+    id: String,
+    doc: DocRow,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Download {
+    /// What the document is (name, type, size, SHA-256 of its plaintext).
+    pub fn info(&self) -> &DocumentInfo {
+        &self.doc.info
+    }
+
+    /// Streams the document, opened and verified chunk by chunk, into
+    /// `out`; returns the bytes written. Only `Ok` means the whole file
+    /// was written; on an error, discard what `out` received (a web server
+    /// aborts the response).
+    ///
+    /// # Errors
+    ///
+    /// [`careconnect_crypto::Error::DecryptionFailed`] (as
+    /// [`CoreError::Crypto`]) for a tampered, truncated or swapped blob;
+    /// storage, KMS and I/O errors.
+    pub async fn write_to<W>(self, out: &mut W) -> Result<u64, CoreError>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        self.clinic
+            .inner
+            .stream_document(&self.id, &self.doc, out)
+            .await
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 pub(crate) struct DocRow {
     pub(crate) info: DocumentInfo,
@@ -352,7 +395,7 @@ async fn feed<R: AsyncRead + Unpin>(
             let _ = to_seal
                 .send(Err(std::io::Error::other("upload too large")))
                 .await;
-            return Err(CoreError::Invalid("file too large"));
+            return Err(CoreError::TooLarge { limit: max });
         }
         let piece = buf.freeze();
         // A closed end means the sealer or the hasher stopped: it reports why.
@@ -562,8 +605,9 @@ impl Medicloud<'_> {
     /// # Errors
     ///
     /// [`CoreError::Invalid`] for a name with nothing displayable, a type not
-    /// allowed (by its first bytes), an empty or oversized upload (nothing is
-    /// stored); [`CoreError::Denied`] (audited) for roles that may not
+    /// allowed (by its first bytes), an empty upload;
+    /// [`CoreError::TooLarge`] past the configured size (nothing is stored
+    /// either way); [`CoreError::Denied`] (audited) for roles that may not
     /// upload; KMS, storage and I/O errors.
     pub async fn upload<R>(
         &self,
@@ -697,9 +741,9 @@ impl Medicloud<'_> {
     ///
     /// # Errors
     ///
-    /// [`CoreError::NotFound`] for an unknown id or one `who` may not open
-    /// (the denial is audited); [`careconnect_crypto::Error::DecryptionFailed`]
-    /// (as [`CoreError::Crypto`]) for a tampered, truncated or swapped blob.
+    /// As [`Medicloud::open`], then
+    /// [`careconnect_crypto::Error::DecryptionFailed`] (as
+    /// [`CoreError::Crypto`]) for a tampered, truncated or swapped blob.
     pub async fn download<W>(
         &self,
         who: &Principal,
@@ -709,6 +753,21 @@ impl Medicloud<'_> {
     where
         W: AsyncWrite + Unpin + Send,
     {
+        let download = self.open(who, id).await?;
+        let info = download.info().clone();
+        download.write_to(out).await?;
+        Ok(info)
+    }
+
+    /// Checks (and audits) that `who` may download document `id`, and
+    /// returns it ready to stream: what it is comes before its first byte
+    /// (a web server sends the status and headers, then the body).
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::NotFound`] for an unknown id or one `who` may not open
+    /// (the denial is audited).
+    pub async fn open(&self, who: &Principal, id: &str) -> Result<Download, CoreError> {
         let c = &self.clinic.inner;
         let Some((_, doc, shared)) = c.document(id).await? else {
             c.refuse(who, Action::DownloadDocument, "document:?".into())
@@ -725,8 +784,11 @@ impl Medicloud<'_> {
             format!("document:{id}"),
         )
         .await?;
-        c.stream_document(id, &doc, out).await?;
-        Ok(doc.info)
+        Ok(Download {
+            clinic: self.clinic.clone(),
+            id: id.to_owned(),
+            doc,
+        })
     }
 
     /// The owner shares document `id` with `user`, read-only, until

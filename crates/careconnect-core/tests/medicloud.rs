@@ -208,11 +208,13 @@ async fn bad_uploads_store_nothing() {
         "zip",
     );
     // Over the limit: refused while streaming.
-    bad(
-        c.medicloud()
-            .upload(&grey, "big.pdf", "application/pdf", pdf(100_000).as_slice())
-            .await,
-        "oversized",
+    let r = c
+        .medicloud()
+        .upload(&grey, "big.pdf", "application/pdf", pdf(100_000).as_slice())
+        .await;
+    assert!(
+        matches!(r, Err(CoreError::TooLarge { limit: 65_536 })),
+        "oversized: {r:?}"
     );
     bad(
         c.medicloud()

@@ -1,0 +1,245 @@
+//! The routes: sign-in and sign-out, the start page, health probes and
+//! static assets here; each subsystem's pages in its own module.
+
+mod admin;
+mod fincare;
+mod medicloud;
+mod medrecords;
+mod patient;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use careconnect::authz::oidc::{Callback, LoginStart};
+use careconnect::authz::session::{SessionId, Sessions};
+use careconnect::core::CoreError;
+use serde::Serialize;
+
+use crate::web::{self, AppError, Empty, Post, User};
+
+const STYLE: &str = include_str!("../static/style.css");
+const TEMPLATES: [(&str, &str); 9] = [
+    ("base.html", include_str!("../templates/base.html")),
+    ("home.html", include_str!("../templates/home.html")),
+    (
+        "careconnect.html",
+        include_str!("../templates/careconnect.html"),
+    ),
+    ("fincare.html", include_str!("../templates/fincare.html")),
+    (
+        "medrecords.html",
+        include_str!("../templates/medrecords.html"),
+    ),
+    ("patient.html", include_str!("../templates/patient.html")),
+    ("eps.html", include_str!("../templates/eps.html")),
+    (
+        "medicloud.html",
+        include_str!("../templates/medicloud.html"),
+    ),
+    ("admin.html", include_str!("../templates/admin.html")),
+];
+
+/// The page templates (auto-escaped HTML), with the filters they use.
+///
+/// # Errors
+///
+/// A template that does not parse (a bug caught by every test).
+pub(crate) fn templates() -> anyhow::Result<minijinja::Environment<'static>> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    for (name, text) in TEMPLATES {
+        env.add_template(name, text)?;
+    }
+    env.add_filter("when", |secs: u64| when(secs));
+    env.add_filter("day", |secs: u64| day(secs));
+    env.add_filter("money", |pence: u32| {
+        format!("£{}.{:02}", pence / 100, pence % 100)
+    });
+    Ok(env)
+}
+
+/// `Tue 1 Dec 2026, 14:30 UTC`.
+pub(crate) fn when(secs: u64) -> String {
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short] [day padding:none] [month repr:short] [year], [hour]:[minute] UTC"
+    );
+    time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_default()
+}
+
+/// `2026-12-01`.
+pub(crate) fn day(secs: u64) -> String {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_default()
+}
+
+/// Every route but uploads (whose body limit is the upload limit).
+pub(crate) fn routes(app: web::State) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(login))
+        .route("/auth/callback", get(callback))
+        .route("/logout", post(logout))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/static/style.css", get(style))
+        .merge(patient::routes())
+        .merge(fincare::routes())
+        .merge(medrecords::routes())
+        .merge(medicloud::routes())
+        .merge(admin::routes())
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// The upload route, with its own body limit.
+pub(crate) fn upload_routes(app: web::State) -> Router {
+    medicloud::upload_routes(app)
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound
+}
+
+#[derive(Serialize)]
+struct HomeView {
+    me: Option<web::Me>,
+    issuer: String,
+}
+
+async fn home(State(app): State<web::State>, user: Option<User>) -> Result<Response, AppError> {
+    app.render(
+        "home.html",
+        HomeView {
+            me: user.map(|u| u.view()),
+            issuer: app.rp.issuer().to_owned(),
+        },
+    )
+}
+
+async fn login(State(app): State<web::State>) -> Result<Response, AppError> {
+    let start = app.rp.begin()?;
+    let location = HeaderValue::from_str(start.url.as_str())
+        .map_err(|_| AppError::Internal("authorization URL".into()))?;
+    let cookie = HeaderValue::from_str(&start.set_cookie())
+        .map_err(|_| AppError::Internal("login cookie".into()))?;
+    Ok((
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, location), (header::SET_COOKIE, cookie)],
+    )
+        .into_response())
+}
+
+async fn callback(
+    State(app): State<web::State>,
+    headers: HeaderMap,
+    Query(cb): Query<Callback>,
+) -> Result<Response, AppError> {
+    let cookies = cookie_header(&headers);
+    let clear_login = HeaderValue::from_str(&LoginStart::clear_cookie())
+        .map_err(|_| AppError::Internal("cookie".into()))?;
+    let claims = match app.rp.complete_in_browser(&cb, cookies.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(error = %e, "login refused");
+            let mut r = AppError::BadRequest(
+                "The sign-in could not be completed (expired, replayed or from another browser). Please sign in again.",
+            )
+            .into_response();
+            r.headers_mut().append(header::SET_COOKIE, clear_login);
+            return Ok(r);
+        }
+    };
+    let principal = app.clinic.sign_in(&claims).await?;
+    let previous = cookies.as_deref().and_then(SessionId::from_cookie_header);
+    let (id, _) = app.sessions.login(previous.as_ref(), principal).await?;
+    let session = HeaderValue::from_str(&app.sessions.set_cookie(&id))
+        .map_err(|_| AppError::Internal("cookie".into()))?;
+    let mut r = web::see_other("/");
+    r.headers_mut().append(header::SET_COOKIE, clear_login);
+    r.headers_mut().append(header::SET_COOKIE, session);
+    Ok(r)
+}
+
+/// Every `Cookie` header of a request, joined (HTTP/2 may split them).
+fn cookie_header(headers: &HeaderMap) -> Option<String> {
+    let parts: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+async fn logout(
+    State(app): State<web::State>,
+    headers: HeaderMap,
+    _: Post<Empty>,
+) -> Result<Response, AppError> {
+    if let Some(id) = cookie_header(&headers)
+        .as_deref()
+        .and_then(SessionId::from_cookie_header)
+    {
+        app.sessions.logout(&id).await?;
+    }
+    let mut r = web::see_other("/");
+    let clear = HeaderValue::from_str(&Sessions::clear_cookie())
+        .map_err(|_| AppError::Internal("cookie".into()))?;
+    r.headers_mut().append(header::SET_COOKIE, clear);
+    Ok(r)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// 200 when the store, the KMS and the OpenID provider answer; 503 naming
+/// which does not (no detail beyond that).
+async fn readyz(State(app): State<web::State>) -> Response {
+    let mut failed = Vec::new();
+    match app.clinic.ready().await {
+        Ok(()) => {}
+        Err(CoreError::Storage(_)) => failed.push("storage"),
+        Err(CoreError::Crypto(_)) => failed.push("kms"),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            failed.push("keys");
+        }
+    }
+    let issuer_ok = app
+        .http
+        .get(&app.discovery_url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    if !issuer_ok {
+        failed.push("issuer");
+    }
+    if failed.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", failed.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        STYLE,
+    )
+        .into_response()
+}

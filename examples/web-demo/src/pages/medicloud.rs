@@ -1,0 +1,279 @@
+//! Medicloud: documents, each sealed under a KMS data key of its own,
+//! streamed in and out (upload, list, download, share, revoke, delete).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::multipart::Multipart;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::web::{self, AppError, Empty, Post, User};
+
+/// Multipart framing and the CSRF field beside the file.
+const UPLOAD_OVERHEAD: u64 = 64 * 1024;
+
+pub(super) fn routes() -> Router<web::State> {
+    Router::new()
+        .route("/medicloud", get(page))
+        .route("/medicloud/documents/{id}", get(download))
+        .route("/medicloud/documents/{id}/share", post(share))
+        .route("/medicloud/documents/{id}/revoke", post(revoke))
+        .route("/medicloud/documents/{id}/delete", post(delete))
+}
+
+pub(super) fn upload_routes(app: web::State) -> Router {
+    let limit =
+        usize::try_from(app.upload_limit.saturating_add(UPLOAD_OVERHEAD)).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/medicloud/upload", post(upload))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+#[derive(Serialize)]
+struct DocumentView {
+    id: String,
+    name: String,
+    mime: &'static str,
+    size: u64,
+    sha256: String,
+    created_at: u64,
+    owner: String,
+    mine: bool,
+}
+
+#[derive(Serialize)]
+struct Page {
+    me: web::Me,
+    documents: Vec<DocumentView>,
+    limit_mib: u64,
+}
+
+async fn page(State(app): State<web::State>, user: User) -> Result<Response, AppError> {
+    let docs = app.clinic.medicloud().list(&user.principal).await?;
+    app.render(
+        "medicloud.html",
+        Page {
+            documents: docs
+                .into_iter()
+                .map(|d| DocumentView {
+                    mine: d.owner == user.principal.user,
+                    owner: d.owner.subject().to_owned(),
+                    mime: d.file_type.mime(),
+                    id: d.id,
+                    name: d.name,
+                    size: d.size,
+                    sha256: d.sha256,
+                    created_at: d.created_at,
+                })
+                .collect(),
+            me: user.view(),
+            limit_mib: app.upload_limit / (1024 * 1024),
+        },
+    )
+}
+
+/// `multipart/form-data` with `csrf` first, then `file`: the token is
+/// checked before a byte of the file is read; the file streams into the
+/// clinic (sealed chunk by chunk), never whole in memory.
+async fn upload(
+    State(app): State<web::State>,
+    user: User,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, AppError> {
+    web::same_origin(&headers, &app.public_url)?;
+    // Without a multipart body there is no token to check: refused as forged.
+    let mut multipart = multipart.map_err(|_| AppError::Forged)?;
+    let too_large =
+        |e: &axum::extract::multipart::MultipartError| e.status() == StatusCode::PAYLOAD_TOO_LARGE;
+    let csrf = match multipart.next_field().await {
+        Ok(Some(f)) if f.name() == Some("csrf") => f.text().await.map_err(|e| {
+            if too_large(&e) {
+                AppError::TooLarge
+            } else {
+                AppError::Forged
+            }
+        })?,
+        Ok(_) => return Err(AppError::Forged),
+        Err(e) if too_large(&e) => return Err(AppError::TooLarge),
+        Err(_) => return Err(AppError::Forged),
+    };
+    if !user.session.csrf_matches(&csrf) {
+        return Err(AppError::Forged);
+    }
+    let field = match multipart.next_field().await {
+        Ok(Some(f)) if f.name() == Some("file") => f,
+        Ok(_) => return Err(AppError::BadRequest("expected a file")),
+        Err(e) if too_large(&e) => return Err(AppError::TooLarge),
+        Err(_) => return Err(AppError::BadRequest("malformed upload")),
+    };
+    let name = field.file_name().unwrap_or_default().to_owned();
+    let declared = field.content_type().unwrap_or_default().to_owned();
+    let over = Arc::new(AtomicBool::new(false));
+    let seen = over.clone();
+    let body = StreamReader::new(field.map_err(move |e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            seen.store(true, Ordering::Relaxed);
+        }
+        std::io::Error::other("upload interrupted")
+    }));
+    match app
+        .clinic
+        .medicloud()
+        .upload(&user.principal, &name, &declared, body)
+        .await
+    {
+        Ok(_) => Ok(web::see_other("/medicloud")),
+        Err(_) if over.load(Ordering::Relaxed) => Err(AppError::TooLarge),
+        Err(careconnect::core::CoreError::Io(_)) => {
+            Err(AppError::BadRequest("the upload was interrupted"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `attachment` with the display name reduced to safe ASCII.
+fn disposition(name: &str) -> HeaderValue {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " ._-()".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&format!("attachment; filename=\"{safe}\""))
+        .unwrap_or(HeaderValue::from_static("attachment"))
+}
+
+/// Streams the document. Access is decided (and audited) before the
+/// status line; the body is opened and verified chunk by chunk. Should a
+/// chunk fail to verify, the response is cut short of its Content-Length
+/// and ends in an error, so no client takes it for the whole file.
+async fn download(
+    State(app): State<web::State>,
+    Path(id): Path<String>,
+    user: User,
+) -> Result<Response, AppError> {
+    let doc = app.clinic.medicloud().open(&user.principal, &id).await?;
+    let info = doc.info().clone();
+    let (mut writer, reader) = tokio::io::duplex(64 * 1024);
+    let task = tokio::spawn(async move { doc.write_to(&mut writer).await });
+    let tail = futures::stream::once(async move {
+        match task.await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "document failed to open part-way");
+                Some(Err(std::io::Error::other("document failed to verify")))
+            }
+            Err(_) => Some(Err(std::io::Error::other("download task failed"))),
+        }
+    })
+    .filter_map(futures::future::ready);
+    let body = Body::from_stream(ReaderStream::new(reader).chain(tail));
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(info.file_type.mime()),
+            ),
+            (header::CONTENT_DISPOSITION, disposition(&info.name)),
+            (header::CONTENT_LENGTH, HeaderValue::from(info.size)),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct Share {
+    user: String,
+    /// Days until the share ends (empty: until revoked).
+    #[serde(default)]
+    days: String,
+}
+
+async fn share(
+    State(app): State<web::State>,
+    Path(id): Path<String>,
+    post: Post<Share>,
+) -> Result<Response, AppError> {
+    let with = app
+        .user_id(post.form.user.trim())
+        .map_err(|_| AppError::BadRequest("user"))?;
+    let expires_at = match post.form.days.trim() {
+        "" => None,
+        d => {
+            let days: u64 = d.parse().map_err(|_| AppError::BadRequest("days"))?;
+            if !(1..=365).contains(&days) {
+                return Err(AppError::BadRequest("days: 1 to 365"));
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Some(now + days * 86_400)
+        }
+    };
+    app.clinic
+        .medicloud()
+        .share(&post.user.principal, &id, &with, expires_at)
+        .await?;
+    Ok(web::see_other("/medicloud"))
+}
+
+#[derive(Debug, Deserialize)]
+struct Revoke {
+    user: String,
+}
+
+async fn revoke(
+    State(app): State<web::State>,
+    Path(id): Path<String>,
+    post: Post<Revoke>,
+) -> Result<Response, AppError> {
+    let with = app
+        .user_id(post.form.user.trim())
+        .map_err(|_| AppError::BadRequest("user"))?;
+    app.clinic
+        .medicloud()
+        .revoke(&post.user.principal, &id, &with)
+        .await?;
+    Ok(web::see_other("/medicloud"))
+}
+
+async fn delete(
+    State(app): State<web::State>,
+    Path(id): Path<String>,
+    post: Post<Empty>,
+) -> Result<Response, AppError> {
+    app.clinic
+        .medicloud()
+        .delete(&post.user.principal, &id)
+        .await?;
+    Ok(web::see_other("/medicloud"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn download_names_cannot_break_out_of_the_header() {
+        let v = disposition("a\"; filename=evil.exe\r\n.pdf");
+        assert_eq!(
+            v.to_str().unwrap(),
+            "attachment; filename=\"a__ filename_evil.exe__.pdf\""
+        );
+    }
+}

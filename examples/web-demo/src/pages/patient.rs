@@ -1,0 +1,254 @@
+//! CareConnect: a patient's own record, appointments and prescriptions.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use careconnect::core::eps::{Prescription, SignatureStatus, Status};
+use careconnect::core::patients::Appointment;
+use careconnect::core::records::Note;
+use serde::{Deserialize, Serialize};
+
+use crate::web::{self, AppError, Empty, Post, User};
+
+pub(super) fn routes() -> Router<web::State> {
+    Router::new()
+        .route("/careconnect", get(page))
+        .route("/careconnect/appointments", post(book))
+        .route("/careconnect/appointments/{id}/cancel", post(cancel))
+        .route("/careconnect/prescriptions/{id}/pay", post(pay))
+}
+
+/// A note as pages show it.
+#[derive(Serialize)]
+pub(super) struct NoteView {
+    seq: u32,
+    author: String,
+    at: u64,
+    text: String,
+    amends: Option<u32>,
+}
+
+impl From<&Note> for NoteView {
+    fn from(n: &Note) -> Self {
+        Self {
+            seq: n.seq,
+            author: n.author.subject().to_owned(),
+            at: n.at,
+            text: n.text.clone(),
+            amends: n.amends,
+        }
+    }
+}
+
+/// A prescription as pages show it.
+#[derive(Serialize)]
+pub(super) struct PrescriptionView {
+    id: String,
+    patient: String,
+    prescriber: String,
+    drug: String,
+    dosage: String,
+    frequency: String,
+    notes: String,
+    issued_at: u64,
+    amount_pence: u32,
+    status: &'static str,
+    status_at: Option<u64>,
+    signature: &'static str,
+}
+
+impl From<&Prescription> for PrescriptionView {
+    fn from(p: &Prescription) -> Self {
+        let (status, status_at) = match p.status {
+            Status::Issued => ("issued", None),
+            Status::Paid { at } => ("paid", Some(at)),
+            Status::Cancelled { at } => ("cancelled", Some(at)),
+        };
+        Self {
+            id: p.id.clone(),
+            patient: p.patient.subject().to_owned(),
+            prescriber: p.prescriber.subject().to_owned(),
+            drug: p.drug.clone(),
+            dosage: p.dosage.clone(),
+            frequency: p.frequency.clone(),
+            notes: p.notes.clone(),
+            issued_at: p.issued_at,
+            amount_pence: p.amount_pence,
+            status,
+            status_at,
+            signature: match p.signature {
+                SignatureStatus::Valid => "valid",
+                SignatureStatus::Invalid => "INVALID",
+                SignatureStatus::UnknownKey => "unknown key",
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AppointmentView {
+    id: String,
+    doctor: String,
+    starts_at: u64,
+    minutes: u16,
+    reason: String,
+    cancelled: bool,
+    upcoming: bool,
+}
+
+#[derive(Serialize)]
+struct DoctorView {
+    subject: String,
+    name: String,
+}
+
+#[derive(Serialize)]
+struct Page {
+    me: web::Me,
+    name: String,
+    date_of_birth: String,
+    blood_type: String,
+    allergies: Vec<String>,
+    notes: Vec<NoteView>,
+    appointments: Vec<AppointmentView>,
+    prescriptions: Vec<PrescriptionView>,
+    doctors: Vec<DoctorView>,
+    today: String,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn page(State(app): State<web::State>, user: User) -> Result<Response, AppError> {
+    let who = &user.principal;
+    let patients = app.clinic.patients();
+    let record = patients.record(who).await?;
+    let appointments = patients.appointments(who, &who.user).await?;
+    let prescriptions = patients.prescriptions(who, &who.user).await?;
+    let doctors = app.clinic.doctors().await?;
+    let name_of = |a: &Appointment| {
+        doctors
+            .iter()
+            .find(|d| d.user == a.doctor)
+            .map_or_else(|| a.doctor.subject().to_owned(), |d| d.name.clone())
+    };
+    let t = now();
+    app.render(
+        "careconnect.html",
+        Page {
+            me: user.view(),
+            name: record.details.name.clone(),
+            date_of_birth: record.details.date_of_birth.clone(),
+            blood_type: record.details.blood_type.clone(),
+            allergies: record.details.allergies.clone(),
+            notes: record.notes.iter().map(NoteView::from).collect(),
+            appointments: appointments
+                .iter()
+                .map(|a| AppointmentView {
+                    id: a.id.clone(),
+                    doctor: name_of(a),
+                    starts_at: a.starts_at,
+                    minutes: a.minutes,
+                    reason: a.reason.clone(),
+                    cancelled: a.cancelled_at.is_some(),
+                    upcoming: a.cancelled_at.is_none() && a.starts_at > t,
+                })
+                .collect(),
+            prescriptions: prescriptions.iter().map(PrescriptionView::from).collect(),
+            doctors: doctors
+                .iter()
+                .map(|d| DoctorView {
+                    subject: d.user.subject().to_owned(),
+                    name: d.name.clone(),
+                })
+                .collect(),
+            today: super::day(t),
+        },
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct Booking {
+    doctor: String,
+    /// `YYYY-MM-DD`.
+    date: String,
+    /// `HH:MM`, UTC.
+    time: String,
+    reason: String,
+}
+
+/// Seconds since the epoch of a date and time of day in UTC.
+fn instant(date: &str, time_of_day: &str) -> Result<u64, AppError> {
+    let d = time::Date::parse(
+        date,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .map_err(|_| AppError::BadRequest("date"))?;
+    let t = time::Time::parse(
+        time_of_day,
+        time::macros::format_description!("[hour]:[minute]"),
+    )
+    .map_err(|_| AppError::BadRequest("time"))?;
+    u64::try_from(d.with_time(t).assume_utc().unix_timestamp())
+        .map_err(|_| AppError::BadRequest("date"))
+}
+
+async fn book(State(app): State<web::State>, post: Post<Booking>) -> Result<Response, AppError> {
+    let who = &post.user.principal;
+    let f = &post.form;
+    let doctor = app
+        .user_id(&f.doctor)
+        .map_err(|_| AppError::BadRequest("doctor"))?;
+    let at = instant(&f.date, &f.time)?;
+    app.clinic
+        .patients()
+        .book(who, &who.user, &doctor, at, &f.reason)
+        .await?;
+    Ok(web::see_other("/careconnect#appointments"))
+}
+
+async fn cancel(
+    State(app): State<web::State>,
+    Path(id): Path<String>,
+    post: Post<Empty>,
+) -> Result<Response, AppError> {
+    app.clinic
+        .patients()
+        .cancel(&post.user.principal, &id)
+        .await?;
+    Ok(web::see_other("/careconnect#appointments"))
+}
+
+async fn pay(
+    State(app): State<web::State>,
+    Path(id): Path<String>,
+    post: Post<Empty>,
+) -> Result<Response, AppError> {
+    app.clinic.patients().pay(&post.user.principal, &id).await?;
+    Ok(web::see_other("/careconnect#prescriptions"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_are_utc_and_malformed_input_is_a_400() {
+        assert_eq!(instant("2026-12-01", "09:30").unwrap(), 1_796_117_400);
+        for (d, t) in [
+            ("2026-13-01", "09:30"),
+            ("2026-12-01", "25:00"),
+            ("../x", "09:00"),
+            ("", ""),
+        ] {
+            assert!(
+                matches!(instant(d, t), Err(AppError::BadRequest(_))),
+                "{d} {t}"
+            );
+        }
+    }
+}

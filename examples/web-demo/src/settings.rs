@@ -1,0 +1,213 @@
+//! What the demo runs on: a TOML settings file, command-line flags and
+//! environment variables, over embedded defaults (SQLite, local KMS, the
+//! development OpenID issuer, a development certificate, all under one data
+//! directory).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use careconnect::core::config::ClinicFile;
+use serde::Deserialize;
+
+/// The settings file (`--config FILE`). Every table is optional.
+///
+/// ```toml
+/// listen = "0.0.0.0:8443"
+/// public_url = "https://clinic.example"
+/// role_rules = "/etc/careconnect/roles.toml"
+///
+/// [clinic]                      # careconnect_core::config::ClinicFile
+/// data_dir = "/var/lib/careconnect"
+/// storage_url = "postgres://careconnect@db.internal/careconnect"
+/// blobs_url = "s3://clinic-documents/medicloud"
+/// [clinic.kms]
+/// kind = "aws"
+/// region = "eu-west-2"
+///
+/// [tls]                         # default: a development certificate
+/// cert = "/etc/careconnect/tls/cert.pem"
+/// key = "/etc/careconnect/tls/key.pem"
+///
+/// [oidc]                        # default: the built-in development issuer
+/// issuer = "https://accounts.google.com"
+/// client_id = "1234.apps.googleusercontent.com"
+/// # the secret comes from CARECONNECT_OIDC_CLIENT_SECRET, never from this file
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsFile {
+    /// Where to listen.
+    pub listen: Option<SocketAddr>,
+    /// The URL browsers use (default `https://` and `listen`).
+    pub public_url: Option<String>,
+    /// Role rules (TOML, `careconnect_authz::mapper::RoleMapper`).
+    pub role_rules: Option<PathBuf>,
+    /// Seed the demo clinic's people and data (default: only with the
+    /// development issuer).
+    pub seed: Option<bool>,
+    /// Where the development issuer listens (default `127.0.0.1:8444`).
+    pub dev_issuer: Option<SocketAddr>,
+    /// The clinic's stores and KMS.
+    pub clinic: Option<ClinicFile>,
+    /// The server certificate.
+    pub tls: Option<TlsFile>,
+    /// A real OpenID provider.
+    pub oidc: Option<OidcFile>,
+}
+
+/// A certificate and key in PEM files (reloaded when they change).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// A real OpenID provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcFile {
+    /// The issuer URL, exactly as the provider names itself.
+    pub issuer: String,
+    /// This application's client id there.
+    pub client_id: String,
+    /// Extra trust anchors for a provider with a private CA.
+    pub ca_pem: Option<PathBuf>,
+}
+
+/// Everything the demo needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The origin browsers use, without a trailing slash.
+    pub public_url: String,
+    /// The clinic.
+    pub clinic: ClinicFile,
+    /// Role rules text.
+    pub role_rules: String,
+    /// Seed demo data.
+    pub seed: bool,
+    /// Where the development issuer listens (when `oidc` is `None`).
+    pub dev_issuer: SocketAddr,
+    /// The certificate (`None`: a development certificate under the data
+    /// directory).
+    pub tls: Option<TlsFile>,
+    /// A real provider and its client secret (`None`: the development
+    /// issuer).
+    pub oidc: Option<(OidcFile, Option<String>)>,
+}
+
+impl Settings {
+    /// The embedded defaults under `data_dir`, listening on `listen`.
+    pub fn embedded(data_dir: &Path, listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            public_url: format!("https://{listen}"),
+            clinic: ClinicFile::at(data_dir),
+            role_rules: String::new(),
+            seed: true,
+            dev_issuer: SocketAddr::from(([127, 0, 0, 1], 8444)),
+            tls: None,
+            oidc: None,
+        }
+    }
+
+    /// Settings from a file's text over the embedded defaults; `data_dir`
+    /// is used when the file names no clinic.
+    ///
+    /// # Errors
+    ///
+    /// A file that does not parse; unreadable role rules or CA files.
+    pub fn from_file(text: &str, data_dir: &Path) -> Result<Self> {
+        let file: SettingsFile = toml::from_str(text).context("settings file")?;
+        let listen = file
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
+        let mut s = Self::embedded(data_dir, listen);
+        if let Some(url) = file.public_url {
+            s.public_url = url;
+        }
+        if let Some(clinic) = file.clinic {
+            s.clinic = clinic;
+        }
+        if let Some(path) = file.role_rules {
+            s.role_rules = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading role rules {}", path.display()))?;
+        }
+        if let Some(addr) = file.dev_issuer {
+            s.dev_issuer = addr;
+        }
+        s.tls = file.tls;
+        s.seed = file.seed.unwrap_or(file.oidc.is_none());
+        s.oidc = file.oidc.map(|o| (o, None));
+        Ok(s)
+    }
+
+    /// Checks what cannot work, before anything starts.
+    ///
+    /// # Errors
+    ///
+    /// A public URL that is not an https origin.
+    pub fn validate(&self) -> Result<()> {
+        let ok = self.public_url.starts_with("https://")
+            && !self.public_url.ends_with('/')
+            && self.public_url[8..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+        if !ok {
+            bail!(
+                "public_url must be an https origin without a path (got {})",
+                self.public_url
+            );
+        }
+        Ok(())
+    }
+
+    /// Where the development certificate lives.
+    pub fn dev_tls_dir(&self) -> PathBuf {
+        self.clinic.data_dir.join("tls")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_overrides_the_defaults() {
+        let s = Settings::from_file(
+            r#"
+            listen = "127.0.0.1:9443"
+            [clinic]
+            data_dir = "/tmp/clinic"
+            storage_url = "postgres://x@127.0.0.1/test"
+            [oidc]
+            issuer = "https://accounts.google.com"
+            client_id = "abc"
+            "#,
+            Path::new("data"),
+        )
+        .unwrap();
+        assert_eq!(s.public_url, "https://127.0.0.1:9443");
+        assert_eq!(
+            s.clinic.storage_url.as_deref(),
+            Some("postgres://x@127.0.0.1/test")
+        );
+        assert!(!s.seed, "no demo data for a real issuer unless asked");
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_urls_are_refused() {
+        assert!(Settings::from_file("lisen = \"1\"", Path::new("d")).is_err());
+        let mut s = Settings::embedded(Path::new("d"), "127.0.0.1:1".parse().unwrap());
+        for bad in ["http://x", "https://x/", "https://x/path", "https://a\"b"] {
+            s.public_url = bad.into();
+            assert!(s.validate().is_err(), "{bad}");
+        }
+    }
+}

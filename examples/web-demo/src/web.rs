@@ -1,0 +1,391 @@
+//! What every page shares: the application state, the one error type and
+//! its mapping to HTTP, the signed-in user, CSRF-checked form posts,
+//! templates, security headers and request ids.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequestParts, Request};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::{StatusCode, request::Parts};
+use axum::response::{Html, IntoResponse, Response};
+use careconnect::authz::Principal;
+use careconnect::authz::oidc::RelyingParty;
+use careconnect::authz::session::{Session, SessionId, Sessions};
+use careconnect::authz::{Role, UserId};
+use careconnect::core::{Clinic, CoreError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Largest form body (every form but uploads).
+pub(crate) const FORM_LIMIT: usize = 16 * 1024;
+
+/// What every handler shares.
+pub(crate) struct App {
+    /// The clinic: every rule is there.
+    pub(crate) clinic: Clinic,
+    /// Server-side sessions in the clinic's store.
+    pub(crate) sessions: Sessions,
+    /// The OpenID provider.
+    pub(crate) rp: RelyingParty,
+    /// Page templates.
+    pub(crate) templates: minijinja::Environment<'static>,
+    /// The origin browsers use (`https://host:port`).
+    pub(crate) public_url: String,
+    /// Largest upload, in bytes.
+    pub(crate) upload_limit: u64,
+    /// For the readiness probe: the provider's discovery URL.
+    pub(crate) discovery_url: String,
+    /// An HTTP client for the readiness probe.
+    pub(crate) http: reqwest::Client,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state handlers receive.
+pub(crate) type State = Arc<App>;
+
+impl App {
+    /// The identity of subject `subject` at this clinic's provider, as a
+    /// path parameter or form names it (an impossible one is a 404).
+    /// Subjects that could be read as a path (`..`, slashes, control
+    /// characters) are refused here, whatever the provider allows.
+    pub(crate) fn user_id(&self, subject: &str) -> Result<UserId, AppError> {
+        let pathlike = subject == "."
+            || subject == ".."
+            || subject
+                .chars()
+                .any(|c| c == '/' || c == '\\' || c.is_control());
+        if pathlike {
+            return Err(AppError::NotFound);
+        }
+        UserId::new(self.rp.issuer(), subject).map_err(|_| AppError::NotFound)
+    }
+
+    /// Renders `template` with `ctx`.
+    pub(crate) fn render(&self, template: &str, ctx: impl Serialize) -> Result<Response, AppError> {
+        let page = self
+            .templates
+            .get_template(template)
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| AppError::Internal(format!("template {template}: {e}")))?;
+        Ok(Html(page).into_response())
+    }
+}
+
+/// Everything a request can fail with; mapped to a status and a generic
+/// page once, here. Causes go to the log, never into a response.
+#[derive(Debug)]
+pub(crate) enum AppError {
+    /// A refusal or failure of the domain layer.
+    Core(CoreError),
+    /// No session: 401.
+    SignedOut,
+    /// A form without this session's CSRF token, or from another origin:
+    /// 403.
+    Forged,
+    /// A malformed request: 400, naming what.
+    BadRequest(&'static str),
+    /// Unknown id or route: 404.
+    NotFound,
+    /// A body over its limit: 413.
+    TooLarge,
+    /// Something broke: 500, the cause logged.
+    Internal(String),
+}
+
+impl From<CoreError> for AppError {
+    fn from(e: CoreError) -> Self {
+        Self::Core(e)
+    }
+}
+
+impl From<careconnect::authz::AuthzError> for AppError {
+    fn from(e: careconnect::authz::AuthzError) -> Self {
+        Self::Core(CoreError::Authz(e))
+    }
+}
+
+impl AppError {
+    fn status_and_text(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::SignedOut => (
+                StatusCode::UNAUTHORIZED,
+                "Please sign in",
+                "This page needs you to be signed in.",
+            ),
+            Self::Forged => (
+                StatusCode::FORBIDDEN,
+                "Request refused",
+                "The form was stale or did not come from this site. Go back, reload the page and try again.",
+            ),
+            Self::BadRequest(what) => (StatusCode::BAD_REQUEST, "Bad request", what),
+            Self::NotFound => (
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "There is nothing here, or nothing you may see.",
+            ),
+            Self::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Too large",
+                "The upload is larger than the clinic accepts.",
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "The clinic could not do this just now. Nothing was changed. Please try again.",
+            ),
+            Self::Core(e) => match e {
+                CoreError::Denied(_) => (
+                    StatusCode::FORBIDDEN,
+                    "Not allowed",
+                    "Your role does not allow this. The attempt was recorded.",
+                ),
+                CoreError::NotFound | CoreError::Erased => (
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "There is nothing here, or nothing you may see.",
+                ),
+                CoreError::Invalid(what) => (StatusCode::BAD_REQUEST, "Not accepted", what),
+                CoreError::ReasonRequired => (
+                    StatusCode::BAD_REQUEST,
+                    "A reason is required",
+                    "State why you need access (at least ten characters).",
+                ),
+                CoreError::Conflict(what) => (StatusCode::CONFLICT, "Not possible now", what),
+                CoreError::TooLarge { .. } => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Too large",
+                    "The upload is larger than the clinic accepts.",
+                ),
+                CoreError::KeyringStale => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again shortly",
+                    "The clinic is refreshing its keys. Nothing was changed.",
+                ),
+                _ => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Something went wrong",
+                    "The clinic could not do this just now. Nothing was changed. Please try again.",
+                ),
+            },
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, title, detail) = self.status_and_text();
+        match &self {
+            Self::Internal(cause) => tracing::error!(%cause, "request failed"),
+            Self::Core(e) if status.is_server_error() => {
+                tracing::error!(error = %e, "request failed");
+            }
+            other => tracing::info!(status = status.as_u16(), kind = ?kind(other), "refused"),
+        }
+        let action = if status == StatusCode::UNAUTHORIZED {
+            r#"<p><a class="button" href="/login">Sign in</a></p>"#
+        } else {
+            r#"<p><a href="/">Back to the start page</a></p>"#
+        };
+        let body = format!(
+            r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>{title} — St John's Clinic</title><link rel="stylesheet" href="/static/style.css"></head><body><header class="top"><a class="brand" href="/">St John's Clinic</a></header><main><section class="card error"><h1>{title}</h1><p>{detail}</p>{action}<p class="meta">Error {code}</p></section></main></body></html>"#,
+            title = escape(title),
+            detail = escape(detail),
+            code = status.as_u16(),
+        );
+        (status, Html(body)).into_response()
+    }
+}
+
+/// The variant name only (no payload) for the log.
+fn kind(e: &AppError) -> &'static str {
+    match e {
+        AppError::Core(CoreError::Denied(_)) => "denied",
+        AppError::Core(CoreError::NotFound) => "not-found",
+        AppError::Core(CoreError::Invalid(_)) => "invalid",
+        AppError::Core(CoreError::Conflict(_)) => "conflict",
+        AppError::Core(_) => "core",
+        AppError::SignedOut => "signed-out",
+        AppError::Forged => "forged",
+        AppError::BadRequest(_) => "bad-request",
+        AppError::NotFound => "not-found",
+        AppError::TooLarge => "too-large",
+        AppError::Internal(_) => "internal",
+    }
+}
+
+/// HTML-escapes `s`.
+pub(crate) fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The signed-in user of a request.
+#[derive(Debug, Clone)]
+pub(crate) struct User {
+    /// Who they are and their roles.
+    pub(crate) principal: Principal,
+    /// Their session (for its CSRF token).
+    pub(crate) session: Session,
+}
+
+impl User {
+    /// What every page's header shows.
+    pub(crate) fn view(&self) -> Me {
+        let roles: Vec<&'static str> = self.principal.roles.iter().map(Role::as_str).collect();
+        let has = |r| self.principal.roles.contains(r);
+        let admin = has(Role::Admin);
+        Me {
+            subject: self.principal.user.subject().to_owned(),
+            roles,
+            csrf: self.session.csrf_token().to_owned(),
+            patient: has(Role::Patient),
+            doctor: has(Role::Doctor) || admin,
+            finance: has(Role::Finance) || admin,
+            medicloud: has(Role::Doctor) || has(Role::External) || admin,
+            admin,
+        }
+    }
+}
+
+/// The signed-in user as templates see them. The subsystem flags only
+/// choose which links to show; every request is still decided by the
+/// clinic.
+#[derive(Debug, Serialize)]
+pub(crate) struct Me {
+    subject: String,
+    roles: Vec<&'static str>,
+    csrf: String,
+    patient: bool,
+    doctor: bool,
+    finance: bool,
+    medicloud: bool,
+    admin: bool,
+}
+
+async fn session_of(parts: &Parts, app: &App) -> Result<Option<User>, AppError> {
+    let Some(id) = parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(SessionId::from_cookie_header)
+    else {
+        return Ok(None);
+    };
+    Ok(app.sessions.get(&id).await?.map(|session| User {
+        principal: session.principal(),
+        session,
+    }))
+}
+
+impl FromRequestParts<State> for User {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &State) -> Result<Self, AppError> {
+        session_of(parts, app).await?.ok_or(AppError::SignedOut)
+    }
+}
+
+impl OptionalFromRequestParts<State> for User {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &State) -> Result<Option<Self>, AppError> {
+        session_of(parts, app).await
+    }
+}
+
+/// Refuses a state-changing request that a browser says came from another
+/// site (`Origin` or `Sec-Fetch-Site`): defence in depth beside the CSRF
+/// token.
+pub(crate) fn same_origin(headers: &HeaderMap, public_url: &str) -> Result<(), AppError> {
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && origin.as_bytes() != public_url.as_bytes()
+    {
+        return Err(AppError::Forged);
+    }
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site")
+    {
+        return Err(AppError::Forged);
+    }
+    Ok(())
+}
+
+/// A form post by a signed-in user, its CSRF token checked before the form
+/// is read: 401 without a session, 403 for a missing or wrong token or a
+/// cross-site origin, 413 over [`FORM_LIMIT`], 400 for a malformed form.
+#[derive(Debug)]
+pub(crate) struct Post<T> {
+    /// Who posted.
+    pub(crate) user: User,
+    /// What.
+    pub(crate) form: T,
+}
+
+#[derive(Deserialize)]
+struct Token {
+    #[serde(default)]
+    csrf: String,
+}
+
+impl<T: DeserializeOwned> FromRequest<State> for Post<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, app: &State) -> Result<Self, AppError> {
+        let (mut parts, body) = req.into_parts();
+        let user = <User as FromRequestParts<State>>::from_request_parts(&mut parts, app).await?;
+        same_origin(&parts.headers, &app.public_url)?;
+        let bytes = axum::body::to_bytes(body, FORM_LIMIT)
+            .await
+            .map_err(|_| AppError::TooLarge)?;
+        let token: Token = serde_urlencoded::from_bytes(&bytes).map_err(|_| AppError::Forged)?;
+        if !user.session.csrf_matches(&token.csrf) {
+            return Err(AppError::Forged);
+        }
+        let is_form = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if !is_form {
+            return Err(AppError::BadRequest("expected a form"));
+        }
+        let form = serde_urlencoded::from_bytes(&bytes)
+            .map_err(|_| AppError::BadRequest("the form is incomplete or malformed"))?;
+        Ok(Self { user, form })
+    }
+}
+
+/// A redirect after a successful post (303: the browser follows with GET).
+pub(crate) fn see_other(to: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [(
+            header::LOCATION,
+            HeaderValue::from_str(to).unwrap_or(HeaderValue::from_static("/")),
+        )],
+    )
+        .into_response()
+}
+
+/// A form with nothing but its CSRF token.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Empty {}

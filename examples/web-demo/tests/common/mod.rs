@@ -1,0 +1,161 @@
+//! A demo on loopback (port 0, its own data directory and development
+//! issuer) and HTTP clients that sign in through the issuer as a browser
+//! would.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::path::PathBuf;
+
+use careconnect_web_demo::{Running, Settings, start};
+use reqwest::StatusCode;
+use reqwest::header::LOCATION;
+
+pub struct Demo {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Demo {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings::embedded(dir.path(), "127.0.0.1:0".parse().unwrap());
+        s.dev_issuer = "127.0.0.1:0".parse().unwrap();
+        let running = start(s).await.unwrap();
+        let url = running.url().to_owned();
+        Self {
+            running: Some(running),
+            dir,
+            url,
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("tls").join("ca.pem")
+    }
+
+    /// A client trusting the development CA, keeping cookies, following no
+    /// redirects.
+    pub fn client(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(self.ca()).unwrap()).unwrap();
+        reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// A client signed in as `subject` through the development issuer.
+    pub async fn login(&self, subject: &str) -> Session {
+        let client = self.client();
+        let r = client.get(self.at("/login")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let authorize = url::Url::parse(r.headers()[LOCATION].to_str().unwrap()).unwrap();
+        let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+        form.push(("user".into(), subject.into()));
+        let mut post = authorize.clone();
+        post.set_query(None);
+        let r = client.post(post).form(&form).send().await.unwrap();
+        assert!(r.status().is_redirection(), "issuer: {}", r.status());
+        let callback = r.headers()[LOCATION].to_str().unwrap().to_owned();
+        let r = client.get(&callback).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "callback for {subject}");
+        let home = client
+            .get(self.at("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let csrf = between(&home, "name=\"csrf\" value=\"", "\"")
+            .expect("a signed-in page has a CSRF token");
+        Session {
+            client,
+            csrf,
+            base: self.url.clone(),
+            callback,
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
+
+pub struct Session {
+    pub client: reqwest::Client,
+    pub csrf: String,
+    pub base: String,
+    /// The callback URL this login completed with (for replay tests).
+    pub callback: String,
+}
+
+impl Session {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn page(&self, path: &str) -> String {
+        let r = self.get(path).await;
+        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+        r.text().await.unwrap()
+    }
+
+    /// Posts `form` with this session's CSRF token.
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let mut f: Vec<(&str, &str)> = vec![("csrf", &self.csrf)];
+        f.extend_from_slice(form);
+        self.post_raw(path, &f).await
+    }
+
+    /// Posts `form` as it is (no token added).
+    pub async fn post_raw(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The text between `start` and the next `end` after it.
+pub fn between(s: &str, start: &str, end: &str) -> Option<String> {
+    let i = s.find(start)? + start.len();
+    let j = s[i..].find(end)? + i;
+    Some(s[i..j].to_owned())
+}
+
+/// Every id in form actions like `/prefix/{id}/suffix`.
+pub fn ids(page: &str, prefix: &str, suffix: &str) -> Vec<String> {
+    page.match_indices(prefix)
+        .filter_map(|(i, _)| {
+            let rest = &page[i + prefix.len()..];
+            let end = rest.find(suffix)?;
+            let id = &rest[..end];
+            (!id.is_empty()
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .then(|| id.to_owned())
+        })
+        .collect()
+}

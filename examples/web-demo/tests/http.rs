@@ -1,0 +1,240 @@
+//! The demo over real HTTPS: every route for every role, CSRF, methods,
+//! limits, traversal, other users' ids, replays, and the main flow of each
+//! subsystem.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Demo, ids};
+use reqwest::StatusCode;
+
+const USERS: [&str; 8] = [
+    "patient-alice",
+    "patient-bob",
+    "patient-carol",
+    "doctor-grey",
+    "doctor-shepherd",
+    "finance-fiona",
+    "partner-pat",
+    "admin-adam",
+];
+
+const PAGES: [&str; 7] = [
+    "/careconnect",
+    "/medrecords",
+    "/eps",
+    "/medicloud",
+    "/fincare",
+    "/fincare/transactions.csv",
+    "/admin",
+];
+
+/// The expected status of each page (in `PAGES` order) for each user.
+fn expected(user: &str) -> [u16; 7] {
+    match user.split('-').next().unwrap() {
+        //                 cc   mr   eps  mc   fin  csv  adm
+        "patient" => [200, 403, 403, 403, 403, 403, 403],
+        "doctor" => [403, 200, 200, 200, 403, 403, 403],
+        "finance" => [403, 403, 403, 403, 200, 200, 403],
+        "partner" => [403, 403, 403, 200, 403, 403, 403],
+        "admin" => [404, 200, 200, 200, 200, 200, 200],
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_for_every_role_and_without_a_session() {
+    let mut demo = Demo::start().await;
+    let anon = demo.client();
+    for page in PAGES {
+        let r = anon.get(demo.at(page)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "anonymous {page}");
+    }
+    let mut table = String::new();
+    for user in USERS {
+        let s = demo.login(user).await;
+        let got: Vec<u16> = {
+            let mut v = Vec::new();
+            for page in PAGES {
+                v.push(s.get(page).await.status().as_u16());
+            }
+            v
+        };
+        table.push_str(&format!("{user:<16} {got:?}\n"));
+        assert_eq!(got, expected(user), "{user}: {PAGES:?}\n{table}");
+    }
+    let r = anon.get(demo.at("/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_headers_and_the_session_cookie() {
+    let mut demo = Demo::start().await;
+    let r = demo.client().get(demo.at("/")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN h2");
+    let h = r.headers();
+    assert!(
+        h["strict-transport-security"]
+            .to_str()
+            .unwrap()
+            .starts_with("max-age=")
+    );
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    assert!(!csp.contains("unsafe-inline"));
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["x-request-id"].len(), 16);
+
+    // The login cookie and the session cookie: __Host-, Secure, HttpOnly, Lax.
+    let c = demo.client();
+    let r = c.get(demo.at("/login")).send().await.unwrap();
+    let login_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for want in [
+        "__Host-cc_login=",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/",
+    ] {
+        assert!(login_cookie.contains(want), "{want} in {login_cookie}");
+    }
+    demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_ends_the_session_and_a_replayed_callback_signs_no_one_in() {
+    let mut demo = Demo::start().await;
+    let alice = demo.login("patient-alice").await;
+    assert!(alice.page("/").await.contains("patient-alice"));
+    // The callback again, in the same browser and in another.
+    let r = alice.client.get(&alice.callback).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = demo.client().get(&alice.callback).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Sign-out needs the token too.
+    assert_eq!(
+        alice.post_raw("/logout", &[]).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let r = alice.post("/logout", &[]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        alice.get("/careconnect").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_posts_change_nothing() {
+    let mut demo = Demo::start().await;
+    let bob = demo.login("patient-bob").await;
+    let page = bob.page("/careconnect").await;
+    let unpaid = ids(&page, "/careconnect/prescriptions/", "/pay");
+    assert!(
+        !unpaid.is_empty(),
+        "the seed leaves Bob a prescription to pay"
+    );
+    let pay = format!("/careconnect/prescriptions/{}/pay", unpaid[0]);
+
+    // No token, a wrong token, another origin, a GET: nothing is paid.
+    assert_eq!(
+        bob.post_raw(&pay, &[]).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        bob.post_raw(&pay, &[("csrf", "00")]).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let alice = demo.login("patient-alice").await;
+    assert_eq!(
+        bob.post_raw(&pay, &[("csrf", &alice.csrf)]).await.status(),
+        StatusCode::FORBIDDEN,
+        "another session's token"
+    );
+    let r = bob
+        .client
+        .post(format!("{}{pay}", demo.url))
+        .header("origin", "https://evil.example")
+        .form(&[("csrf", bob.csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(bob.get(&pay).await.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // Another patient's prescription: not found, not paid.
+    assert_eq!(alice.post(&pay, &[]).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        ids(
+            &bob.page("/careconnect").await,
+            "/careconnect/prescriptions/",
+            "/pay"
+        ),
+        unpaid,
+        "nothing was paid"
+    );
+    // Now for real, then again: a conflict.
+    assert_eq!(bob.post(&pay, &[]).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(bob.post(&pay, &[]).await.status(), StatusCode::CONFLICT);
+    demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_post_route_refuses_get_and_a_missing_token() {
+    let mut demo = Demo::start().await;
+    let adam = demo.login("admin-adam").await;
+    for path in [
+        "/logout",
+        "/careconnect/appointments",
+        "/careconnect/appointments/x/cancel",
+        "/careconnect/prescriptions/x/pay",
+        "/medrecords/break-glass",
+        "/medrecords/patients/patient-alice/notes",
+        "/eps/prescriptions",
+        "/eps/prescriptions/x/cancel",
+        "/medicloud/upload",
+        "/medicloud/documents/x/share",
+        "/medicloud/documents/x/revoke",
+        "/medicloud/documents/x/delete",
+        "/admin/people",
+        "/admin/care",
+        "/admin/erase",
+    ] {
+        assert_eq!(
+            adam.get(path).await.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET {path}"
+        );
+        assert_eq!(
+            adam.post_raw(path, &[]).await.status(),
+            StatusCode::FORBIDDEN,
+            "POST {path} without a token"
+        );
+    }
+    demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traversal_in_any_parameter_reads_nothing() {
+    let mut demo = Demo::start().await;
+    let grey = demo.login("doctor-grey").await;
+    for path in [
+        "/medicloud/documents/..%2F..%2Fclinic.db",
+        "/medicloud/documents/....%2F%2Fkms-root.key",
+        "/medrecords/patients/..%2Fpatient-alice",
+        "/medrecords/patients/%2e%2e",
+        "/static/..%2FCargo.toml",
+        "/static/../../Cargo.toml",
+    ] {
+        let r = grey.get(path).await;
+        assert!(
+            matches!(r.status(), StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST),
+            "{path}: {}",
+            r.status()
+        );
+    }
+    demo.stop().await;
+}
