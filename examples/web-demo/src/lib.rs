@@ -181,6 +181,9 @@ pub async fn start(mut settings: Settings) -> Result<Running> {
     let kms = kms_of(&settings).await?;
     let mut config = settings.clinic.clone().into_config(kms)?;
     config.role_rules = settings.role_rules.clone();
+    if let Some(n) = settings.max_upload_bytes {
+        config.medicloud.max_bytes = n;
+    }
     let upload_limit = config.medicloud.max_bytes;
     let clinic = Clinic::open(config).await.context("opening the clinic")?;
     let redirect = format!("{}/auth/callback", settings.public_url);

@@ -48,6 +48,8 @@ pub struct SettingsFile {
     pub seed: Option<bool>,
     /// Where the development issuer listens (default `127.0.0.1:8444`).
     pub dev_issuer: Option<SocketAddr>,
+    /// Largest Medicloud upload in bytes (default 25 MiB).
+    pub max_upload_bytes: Option<u64>,
     /// The clinic's stores and KMS.
     pub clinic: Option<ClinicFile>,
     /// The server certificate.
@@ -93,6 +95,8 @@ pub struct Settings {
     pub seed: bool,
     /// Where the development issuer listens (when `oidc` is `None`).
     pub dev_issuer: SocketAddr,
+    /// Largest Medicloud upload in bytes (`None`: the clinic's default).
+    pub max_upload_bytes: Option<u64>,
     /// The certificate (`None`: a development certificate under the data
     /// directory).
     pub tls: Option<TlsFile>,
@@ -111,6 +115,7 @@ impl Settings {
             role_rules: String::new(),
             seed: true,
             dev_issuer: SocketAddr::from(([127, 0, 0, 1], 8444)),
+            max_upload_bytes: None,
             tls: None,
             oidc: None,
         }
@@ -141,6 +146,7 @@ impl Settings {
         if let Some(addr) = file.dev_issuer {
             s.dev_issuer = addr;
         }
+        s.max_upload_bytes = file.max_upload_bytes;
         s.tls = file.tls;
         s.seed = file.seed.unwrap_or(file.oidc.is_none());
         s.oidc = file.oidc.map(|o| (o, None));

@@ -24,9 +24,15 @@ pub struct Demo {
 
 impl Demo {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A demo with `change` made to its settings.
+    pub async fn start_with(change: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Settings::embedded(dir.path(), "127.0.0.1:0".parse().unwrap());
         s.dev_issuer = "127.0.0.1:0".parse().unwrap();
+        change(&mut s);
         let running = start(s).await.unwrap();
         let url = running.url().to_owned();
         Self {
@@ -126,6 +132,25 @@ impl Session {
         self.post_raw(path, &f).await
     }
 
+    /// Uploads `bytes` as `name` to Medicloud (token first, as the page does).
+    pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> reqwest::Response {
+        let form = reqwest::multipart::Form::new()
+            .text("csrf", self.csrf.clone())
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes)
+                    .file_name(name.to_owned())
+                    .mime_str("application/pdf")
+                    .unwrap(),
+            );
+        self.client
+            .post(format!("{}/medicloud/upload", self.base))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Posts `form` as it is (no token added).
     pub async fn post_raw(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
         self.client
@@ -158,4 +183,30 @@ pub fn ids(page: &str, prefix: &str, suffix: &str) -> Vec<String> {
             .then(|| id.to_owned())
         })
         .collect()
+}
+
+/// A PDF of about `n` bytes (random after the magic).
+pub fn pdf(n: usize) -> Vec<u8> {
+    let mut v = b"%PDF-1.7\n".to_vec();
+    let mut x: u32 = 0x9e37_79b9;
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        v.push(x as u8);
+    }
+    v
+}
+
+/// Files under `dir`, recursively.
+pub fn files_under(dir: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() { files_under(&p) } else { 1 }
+        })
+        .sum()
 }
