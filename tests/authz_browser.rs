@@ -16,19 +16,7 @@ use careconnect::authz::oidc::{OidcConfig, RelyingParty};
 use oidc_common::{REDIRECT, callback_of};
 
 fn driver_dir() -> PathBuf {
-    let dir = std::env::var("CARECONNECT_BROWSER_DIR").map_or_else(
-        |_| {
-            let home = std::env::var("HOME").unwrap_or_default();
-            PathBuf::from(home).join(".cache/careconnect/browser")
-        },
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir(),
-        "no browser driver in {}: run scripts/test.sh (or scripts/browser.sh)",
-        dir.display()
-    );
-    dir
+    careconnect_testkit::browser_dir()
 }
 
 #[derive(serde::Deserialize, Debug)]

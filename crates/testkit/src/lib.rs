@@ -1,7 +1,8 @@
 //! Helpers the integration tests of several crates share, to reach the real
 //! servers `scripts/test.sh` starts on loopback: a PostgreSQL database of a
 //! test's own (`CARECONNECT_PG_URL`), and KMS keys and S3 buckets on moto
-//! (`CARECONNECT_MOTO_ENDPOINT`). Test-only: they panic, naming the script
+//! (`CARECONNECT_MOTO_ENDPOINT`), and the headless browser's drivers
+//! (`CARECONNECT_BROWSER_DIR`). Test-only: they panic, naming the script
 //! to run, when a server is missing.
 //!
 //! ```no_run
@@ -17,6 +18,25 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::Connection;
+
+/// Where `scripts/browser.sh` put the browser drivers (`tests/browser/*.mjs`
+/// beside playwright-core): `CARECONNECT_BROWSER_DIR`, or its default under
+/// the user's cache.
+pub fn browser_dir() -> std::path::PathBuf {
+    let dir = std::env::var("CARECONNECT_BROWSER_DIR").map_or_else(
+        |_| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            std::path::PathBuf::from(home).join(".cache/careconnect/browser")
+        },
+        std::path::PathBuf::from,
+    );
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "no browser driver in {}: run scripts/test.sh (or scripts/browser.sh)",
+        dir.display()
+    );
+    dir
+}
 
 /// Copies a data directory (a database, its KMS file, blobs), skipping
 /// files that vanish meanwhile (SQLite's -wal and -shm as a closed clinic's

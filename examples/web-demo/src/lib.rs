@@ -51,7 +51,7 @@ pub const DEV_CLIENT_ID: &str = "careconnect-web-demo";
 
 /// The strict Content-Security-Policy of every response: nothing but this
 /// origin's stylesheet and images; no scripts at all; no framing.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// A running demo.
 #[derive(Debug)]
@@ -293,7 +293,9 @@ fn router(app: web::State) -> Router {
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: browsers would then send `Origin: null` with
+        // same-origin form posts, which the origin check refuses.
+        (header::REFERRER_POLICY, "same-origin"),
         (
             HeaderName::from_static("cross-origin-opener-policy"),
             "same-origin",

@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::web::{self, AppError, Empty, Post, User};
 
 const STYLE: &str = include_str!("../static/style.css");
+const ICON: &str = include_str!("../static/favicon.svg");
 const TEMPLATES: [(&str, &str); 9] = [
     ("base.html", include_str!("../templates/base.html")),
     ("home.html", include_str!("../templates/home.html")),
@@ -90,6 +91,8 @@ pub(crate) fn routes(app: web::State) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/static/style.css", get(style))
+        .route("/static/favicon.svg", get(icon))
+        .route("/favicon.ico", get(icon))
         .merge(patient::routes())
         .merge(fincare::routes())
         .merge(medrecords::routes())
@@ -233,13 +236,21 @@ async fn readyz(State(app): State<web::State>) -> Response {
     }
 }
 
-async fn style() -> Response {
+fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
-        STYLE,
+        body,
     )
         .into_response()
+}
+
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+async fn icon() -> Response {
+    asset("image/svg+xml", ICON)
 }

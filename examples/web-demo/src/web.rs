@@ -194,7 +194,7 @@ impl IntoResponse for AppError {
             r#"<p><a href="/">Back to the start page</a></p>"#
         };
         let body = format!(
-            r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>{title} — St John's Clinic</title><link rel="stylesheet" href="/static/style.css"></head><body><header class="top"><a class="brand" href="/">St John's Clinic</a></header><main><section class="card error"><h1>{title}</h1><p>{detail}</p>{action}<p class="meta">Error {code}</p></section></main></body></html>"#,
+            r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>{title} — St John's Clinic</title><link rel="stylesheet" href="/static/style.css"><link rel="icon" href="/static/favicon.svg" type="image/svg+xml"></head><body><header class="top"><a class="brand" href="/">St John's Clinic</a></header><main><section class="card error"><h1>{title}</h1><p>{detail}</p>{action}<p class="meta">Error {code}</p></section></main></body></html>"#,
             title = escape(title),
             detail = escape(detail),
             code = status.as_u16(),

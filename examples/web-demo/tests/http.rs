@@ -85,7 +85,7 @@ async fn security_headers_and_the_session_cookie() {
     assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
     assert!(!csp.contains("unsafe-inline"));
     assert_eq!(h["x-content-type-options"], "nosniff");
-    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["referrer-policy"], "same-origin");
     assert_eq!(h["x-request-id"].len(), 16);
 
     // The login cookie and the session cookie: __Host-, Secure, HttpOnly, Lax.
