@@ -61,6 +61,9 @@ pub enum Action {
     ShareDocument,
     /// Administration: assign or remove roles ([`Resource::System`]).
     AssignRoles,
+    /// Administration: see the people directory with stored roles and care
+    /// relationships ([`Resource::System`]).
+    ReadDirectory,
     /// Administration: read the audit log ([`Resource::System`]).
     ReadAuditLog,
     /// Administration: rotate or retire keys, see their status ([`Resource::System`]).
@@ -74,7 +77,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in the order of `docs/policy.md`.
-    pub const ALL: [Action; 23] = [
+    pub const ALL: [Action; 24] = [
         Action::ReadHealthRecord,
         Action::ListAppointments,
         Action::BookAppointment,
@@ -94,6 +97,7 @@ impl Action {
         Action::DeleteDocument,
         Action::ShareDocument,
         Action::AssignRoles,
+        Action::ReadDirectory,
         Action::ReadAuditLog,
         Action::RotateKeys,
         Action::ErasePatient,
@@ -118,6 +122,7 @@ impl Action {
             A::UploadDocument | A::ListDocuments => ResourceKind::DocumentStore,
             A::DownloadDocument | A::DeleteDocument | A::ShareDocument => ResourceKind::Document,
             A::AssignRoles
+            | A::ReadDirectory
             | A::ReadAuditLog
             | A::RotateKeys
             | A::ErasePatient
@@ -354,7 +359,12 @@ fn rule(role: Role, action: Action) -> Rule {
         // Admins: administration, and looking (not acting) everywhere.
         (
             R::Admin,
-            A::AssignRoles | A::ReadAuditLog | A::RotateKeys | A::ErasePatient | A::CollectOrphans,
+            A::AssignRoles
+            | A::ReadDirectory
+            | A::ReadAuditLog
+            | A::RotateKeys
+            | A::ErasePatient
+            | A::CollectOrphans,
         ) => Rule::Any,
         (R::Admin, a) if a.is_read() => Rule::Audited,
         _ => Rule::None,

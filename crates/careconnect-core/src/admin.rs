@@ -88,13 +88,13 @@ impl Admin<'_> {
 
     /// Everyone in the directory, by name, with their stored roles and, for
     /// doctors, the patients in their care: what an administrator manages.
-    /// Audited as a look at role assignments.
+    /// Audited ([`Action::ReadDirectory`]).
     ///
     /// # Errors
     ///
     /// [`CoreError::Denied`] (audited); storage failures.
     pub async fn directory(&self, admin: &Principal) -> Result<Vec<DirectoryEntry>, CoreError> {
-        self.system(admin, Action::AssignRoles, "roles:directory".into())
+        self.system(admin, Action::ReadDirectory, "directory".into())
             .await?;
         let c = &self.clinic.inner;
         let mut people: Vec<crate::clinic::Person> = c
@@ -158,7 +158,9 @@ impl Admin<'_> {
                 );
                 writes.extend(role_write);
             }
-            match c.store.commit(&writes).await {
+            let committed = c.store.commit(&writes).await;
+            c.forget_roles();
+            match committed {
                 Ok(_) => {}
                 // Someone changed one of them meanwhile: one at a time.
                 Err(
@@ -193,7 +195,9 @@ impl Admin<'_> {
                     .await?,
             ];
             writes.extend(role_write);
-            match c.store.commit(&writes).await {
+            let committed = c.store.commit(&writes).await;
+            c.forget_roles();
+            match committed {
                 Ok(_) => return Ok(()),
                 Err(
                     careconnect_storage::StorageError::VersionConflict { .. }

@@ -115,6 +115,13 @@ impl Default for ClinicHours {
     }
 }
 
+/// How long a node keeps a user's stored roles before reading them again
+/// ([`Clinic::principal`]).
+pub const ROLES_RECHECK: Duration = Duration::from_secs(2);
+
+/// Most users whose stored roles a node remembers at once.
+const ROLES_CACHE_ENTRIES: usize = 100_000;
+
 /// How often a node re-reads the clinic keyset by default.
 pub const DEFAULT_KEYRING_RECHECK: Duration = Duration::from_secs(5);
 
@@ -278,6 +285,10 @@ pub(crate) struct Inner {
     /// only an erasure (on this node at once, elsewhere within
     /// [`crate::subjects::SUBJECT_CACHE_TTL`]) makes an entry stale.
     pub(crate) details: PatientCache<crate::records::PatientDetails>,
+    /// Stored roles by user, for [`Clinic::principal`].
+    pub(crate) roles: PatientCache<RoleSet>,
+    /// Bumped by every change of stored roles on this node.
+    pub(crate) roles_generation: std::sync::atomic::AtomicU64,
     /// Opened notes by patient, for [`ClinicConfig::read_cache`].
     pub(crate) notes: PatientCache<Arc<Vec<crate::records::Note>>>,
     /// Bumped by every forget of notes: a read that started before one is
@@ -485,6 +496,8 @@ impl Clinic {
             charge_pence: config.prescription_charge_pence,
             people: Collection::new(PEOPLE_COLLECTION)?,
             details: std::sync::Mutex::default(),
+            roles: std::sync::Mutex::default(),
+            roles_generation: std::sync::atomic::AtomicU64::new(0),
             notes: std::sync::Mutex::default(),
             notes_generation: std::sync::atomic::AtomicU64::new(0),
             read_cache: config.read_cache,
@@ -563,6 +576,65 @@ impl Clinic {
         self.inner.keys.fresh().map_err(|_| CoreError::KeyringStale)
     }
 
+    /// The roles the claim rules alone give `claims`: what a session keeps
+    /// (stored roles are read again per request by [`Clinic::principal`], so
+    /// an administrator's change reaches live sessions).
+    pub fn claim_roles(&self, claims: &Claims) -> RoleSet {
+        self.inner.mapper.claim_roles(claims)
+    }
+
+    /// Who `user` is now: `claimed` (the roles their claims gave at sign-in,
+    /// [`Clinic::claim_roles`]) and the roles stored for them now. Stored
+    /// roles are read at most every [`ROLES_RECHECK`] per node (this node's
+    /// own changes show at once), so a role an administrator takes away
+    /// stops working on every node within that time, mid-session.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub async fn principal(&self, user: &UserId, claimed: RoleSet) -> Result<Principal, CoreError> {
+        let cached = self
+            .inner
+            .roles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(user)
+            .filter(|(at, _)| at.elapsed() < ROLES_RECHECK)
+            .map(|(_, r)| *r);
+        let stored = match cached {
+            Some(r) => r,
+            None => {
+                let generation = self
+                    .inner
+                    .roles_generation
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                let read_at = std::time::Instant::now();
+                let r = self.inner.assignments.get(user).await?;
+                let mut cache = self
+                    .inner
+                    .roles
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                // A change on this node since the read: do not keep the old roles.
+                if generation
+                    == self
+                        .inner
+                        .roles_generation
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    if cache.len() >= ROLES_CACHE_ENTRIES {
+                        cache.retain(|_, (at, _)| at.elapsed() < ROLES_RECHECK);
+                    }
+                    if cache.len() < ROLES_CACHE_ENTRIES {
+                        cache.insert(user.clone(), (read_at, r));
+                    }
+                }
+                r
+            }
+        };
+        Ok(Principal::new(user.clone(), claimed.union(stored)))
+    }
+
     /// The principal for a signed-in user: roles from the claim rules and
     /// the stored assignments. The login is audited.
     ///
@@ -618,6 +690,16 @@ impl Clinic {
 }
 
 impl Inner {
+    /// Forgets every remembered stored role (after this node changed some).
+    pub(crate) fn forget_roles(&self) {
+        self.roles_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.roles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     /// The directory row of `user`.
     pub(crate) fn person_id(&self, user: &UserId) -> Result<RowId, CoreError> {
         self.keyed_id(&[b"person", &identity_bytes(user)])

@@ -316,7 +316,9 @@ impl MedRecords<'_> {
             }];
             writes.push(self.clinic.directory_write(patient, None, roles).await?);
             writes.extend(role_write);
-            match c.store.commit(&writes).await {
+            let committed = c.store.commit(&writes).await;
+            c.forget_roles();
+            match committed {
                 Ok(_) => return Ok(()),
                 Err(StorageError::DuplicateId | StorageError::VersionConflict { .. }) => {
                     if c.get(&coll, &id).await?.is_some() {

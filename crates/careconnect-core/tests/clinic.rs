@@ -917,22 +917,28 @@ async fn erasure_reaches_a_copy_taken_before_it() {
 
 /// Two nodes on one database: a note written through one shows there at
 /// once, and on the other within its read cache's lifetime.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notes_written_on_one_node_reach_the_other_within_the_read_cache() {
-    let f = sqlite().await;
+/// A second node on the SQLite clinic of `f` (its own audit anchor), its
+/// configuration changed by `tweak`.
+async fn second_node(f: &Fixture, tweak: impl FnOnce(&mut ClinicConfig)) -> Clinic {
     let dir = f._dir.path();
     let url = format!("sqlite://{}", dir.join("clinic.db").display());
     let mut config = ClinicConfig::embedded(dir).unwrap();
     config.subject_buckets = 4;
-    config.read_cache = Duration::from_millis(300);
     config.audit_anchor = dir.join("node-b.anchor");
-    let b = Clinic::open_with(
+    tweak(&mut config);
+    Clinic::open_with(
         config,
         careconnect_storage::connect(&url).await.unwrap(),
         f.clock.clone(),
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notes_written_on_one_node_reach_the_other_within_the_read_cache() {
+    let f = sqlite().await;
+    let b = second_node(&f, |c| c.read_cache = Duration::from_millis(300)).await;
     let a = &f.clinic;
     a.admin()
         .assign_care(&admin(), &grey().user, &alice().user)
@@ -1076,4 +1082,65 @@ async fn data_key_compromise(f: Fixture) {
         c.audit().verify().await.unwrap(),
         Verification::Intact { .. }
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_taken_away_reaches_every_node_within_the_recheck() {
+    let f = sqlite().await;
+    let b = second_node(&f, |_| {}).await;
+    let a = &f.clinic;
+    let doctor: RoleSet = [Role::Doctor].into_iter().collect();
+    let grey_id = user("doctor-grey");
+    a.admin()
+        .set_person(&admin(), &grey_id, "Dr Meredith Grey", doctor)
+        .await
+        .unwrap();
+    // A session keeps the claims' roles (none here); stored ones are added.
+    for node in [a, &b] {
+        assert_eq!(
+            node.principal(&grey_id, RoleSet::EMPTY)
+                .await
+                .unwrap()
+                .roles,
+            doctor
+        );
+    }
+    a.admin()
+        .set_person(&admin(), &grey_id, "Dr Meredith Grey", RoleSet::EMPTY)
+        .await
+        .unwrap();
+    assert!(
+        a.principal(&grey_id, RoleSet::EMPTY)
+            .await
+            .unwrap()
+            .roles
+            .is_empty(),
+        "the node that changed it knows at once"
+    );
+    tokio::time::sleep(careconnect_core::clinic::ROLES_RECHECK + Duration::from_millis(100)).await;
+    assert!(
+        b.principal(&grey_id, RoleSet::EMPTY)
+            .await
+            .unwrap()
+            .roles
+            .is_empty(),
+        "the other node within the recheck"
+    );
+    // Roles the claims gave stay: they are configuration, not assignments.
+    let finance: RoleSet = [Role::Finance].into_iter().collect();
+    assert_eq!(b.principal(&grey_id, finance).await.unwrap().roles, finance);
+
+    // The directory is an administrator's alone, and looking is audited.
+    denied(b.admin().directory(&grey()).await);
+    let people = b.admin().directory(&admin()).await.unwrap();
+    assert!(
+        people
+            .iter()
+            .any(|e| e.person.user == grey_id && e.person.roles.is_empty())
+    );
+    let Verification::Intact { entries } = a.audit().verify().await.unwrap() else {
+        panic!("chain broken")
+    };
+    let tail = a.audit().read(entries.saturating_sub(3), 10).await.unwrap();
+    assert!(tail.iter().any(|(_, e)| e.action == "ReadDirectory"));
 }

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod maintain;
 mod pages;
 mod server;
 pub mod settings;
@@ -42,6 +43,7 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use settings::Settings;
@@ -52,6 +54,10 @@ pub const DEV_CLIENT_ID: &str = "careconnect-web-demo";
 /// The strict Content-Security-Policy of every response: nothing but this
 /// origin's stylesheet and images; no scripts at all; no framing.
 pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Uploads streaming at once (each holds a blob being written and a KMS
+/// data key); more get a 503.
+const MAX_UPLOADS: usize = 16;
 
 /// A running demo.
 #[derive(Debug)]
@@ -212,6 +218,7 @@ pub async fn start(mut settings: Settings) -> Result<Running> {
         }
     };
     let issuer_url = oidc.issuer.clone();
+    let extra_roots = oidc.extra_roots_pem.clone();
     if settings.seed {
         let seeded = careconnect::core::seed::demo(&clinic, &issuer_url)
             .await
@@ -240,25 +247,37 @@ pub async fn start(mut settings: Settings) -> Result<Running> {
         .context("TLS configuration")?;
     // Replaced certificate files are picked up without a restart.
     let _watcher = resolver.spawn_watcher(Duration::from_secs(5));
+    let mut http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = &extra_roots {
+        for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+            http = http.add_root_certificate(cert);
+        }
+    }
+    let discovery = format!(
+        "{}/.well-known/openid-configuration",
+        issuer_url.trim_end_matches('/')
+    );
     let app = Arc::new(web::App {
         templates,
-        discovery_url: format!(
-            "{}/.well-known/openid-configuration",
-            issuer_url.trim_end_matches('/')
-        ),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?,
         clinic,
         sessions,
         rp,
         public_url: settings.public_url.clone(),
         upload_limit,
+        readiness: std::sync::Mutex::default(),
+        uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
     });
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(maintain::run(
+        Arc::downgrade(&app),
+        http.build()?,
+        discovery,
+        stopped.clone(),
+    ));
     let router = router(app);
     let url = settings.public_url.clone();
-    let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(server::serve(listener, tls_config, router, stopped));
     Ok(Running {
         addr,
@@ -285,7 +304,7 @@ impl MakeRequestId for RandomId {
 
 fn router(app: web::State) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    let headers: [(HeaderName, &'static str); 7] = [
+    let headers: [(HeaderName, &'static str); 8] = [
         (
             header::STRICT_TRANSPORT_SECURITY,
             "max-age=63072000; includeSubDomains",
@@ -301,12 +320,22 @@ fn router(app: web::State) -> Router {
             "same-origin",
         ),
         (
+            HeaderName::from_static("cross-origin-resource-policy"),
+            "same-origin",
+        ),
+        (
             HeaderName::from_static("permissions-policy"),
             "camera=(), microphone=(), geolocation=()",
         ),
     ];
+    // Every response head within 30 s but uploads' (which stream as long as
+    // data keeps coming); bodies (downloads) stream on after it.
     let mut r = pages::routes(app.clone())
         .layer(DefaultBodyLimit::max(web::FORM_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
         .merge(pages::upload_routes(app));
     for (name, value) in headers {
         r = r.layer(SetResponseHeaderLayer::overriding(
@@ -335,4 +364,5 @@ fn router(app: web::State) -> Router {
         }),
     )
     .layer(SetRequestIdLayer::new(request_id, RandomId))
+    .layer(axum::middleware::from_fn(web::first_checks))
 }

@@ -12,9 +12,9 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use careconnect::authz::Principal;
 use careconnect::authz::oidc::{Callback, LoginStart};
 use careconnect::authz::session::{SessionId, Sessions};
-use careconnect::core::CoreError;
 use serde::Serialize;
 
 use crate::web::{self, AppError, Empty, Post, User};
@@ -160,9 +160,12 @@ async fn callback(
             return Ok(r);
         }
     };
+    // Audited with every role the user holds now; the session keeps only
+    // the roles the claims gave (stored roles are read again per request).
     let principal = app.clinic.sign_in(&claims).await?;
+    let claimed = Principal::new(principal.user, app.clinic.claim_roles(&claims));
     let previous = cookies.as_deref().and_then(SessionId::from_cookie_header);
-    let (id, _) = app.sessions.login(previous.as_ref(), principal).await?;
+    let (id, _) = app.sessions.login(previous.as_ref(), claimed).await?;
     let session = HeaderValue::from_str(&app.sessions.set_cookie(&id))
         .map_err(|_| AppError::Internal("cookie".into()))?;
     let mut r = web::see_other("/");
@@ -203,34 +206,22 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 when the store, the KMS and the OpenID provider answer; 503 naming
-/// which does not (no detail beyond that).
+/// 200 when the store, the KMS and the OpenID provider answered the last
+/// background check (every few seconds); 503 naming which did not.
 async fn readyz(State(app): State<web::State>) -> Response {
-    let mut failed = Vec::new();
-    match app.clinic.ready().await {
-        Ok(()) => {}
-        Err(CoreError::Storage(_)) => failed.push("storage"),
-        Err(CoreError::Crypto(_)) => failed.push("kms"),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready");
-            failed.push("keys");
-        }
-    }
-    let issuer_ok = app
-        .http
-        .get(&app.discovery_url)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success());
-    if !issuer_ok {
-        failed.push("issuer");
-    }
-    if failed.is_empty() {
+    let r = app
+        .readiness
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if r.checked && r.failing.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
+    } else if !r.checked {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n").into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", failed.join(", ")),
+            format!("not ready: {}\n", r.failing.join(", ")),
         )
             .into_response()
     }

@@ -10,6 +10,9 @@ use anyhow::{Context, Result, bail};
 use careconnect::core::config::ClinicFile;
 use serde::Deserialize;
 
+/// The largest upload limit accepted (1 GiB).
+pub const MAX_UPLOAD_LIMIT: u64 = 1 << 30;
+
 /// The settings file (`--config FILE`). Every table is optional.
 ///
 /// ```toml
@@ -48,8 +51,11 @@ pub struct SettingsFile {
     pub seed: Option<bool>,
     /// Where the development issuer listens (default `127.0.0.1:8444`).
     pub dev_issuer: Option<SocketAddr>,
-    /// Largest Medicloud upload in bytes (default 25 MiB).
+    /// Largest Medicloud upload in bytes (default 25 MiB, at most 1 GiB).
     pub max_upload_bytes: Option<u64>,
+    /// Allow the development issuer (which signs anyone in as anyone)
+    /// over a database or KMS that is not the embedded one.
+    pub dev_issuer_with_real_data: Option<bool>,
     /// The clinic's stores and KMS.
     pub clinic: Option<ClinicFile>,
     /// The server certificate.
@@ -80,8 +86,9 @@ pub struct OidcFile {
     pub ca_pem: Option<PathBuf>,
 }
 
-/// Everything the demo needs to start.
-#[derive(Debug, Clone)]
+/// Everything the demo needs to start. Its Debug output leaves the client
+/// secret out.
+#[derive(Clone)]
 pub struct Settings {
     /// Where to listen.
     pub listen: SocketAddr,
@@ -97,12 +104,28 @@ pub struct Settings {
     pub dev_issuer: SocketAddr,
     /// Largest Medicloud upload in bytes (`None`: the clinic's default).
     pub max_upload_bytes: Option<u64>,
+    /// See [`SettingsFile::dev_issuer_with_real_data`].
+    pub dev_issuer_with_real_data: bool,
     /// The certificate (`None`: a development certificate under the data
     /// directory).
     pub tls: Option<TlsFile>,
     /// A real provider and its client secret (`None`: the development
     /// issuer).
     pub oidc: Option<(OidcFile, Option<String>)>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url)
+            .field("clinic", &self.clinic)
+            .field("seed", &self.seed)
+            .field("dev_issuer", &self.dev_issuer)
+            .field("tls", &self.tls)
+            .field("oidc", &self.oidc.as_ref().map(|(o, _)| o))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Settings {
@@ -116,6 +139,7 @@ impl Settings {
             seed: true,
             dev_issuer: SocketAddr::from(([127, 0, 0, 1], 8444)),
             max_upload_bytes: None,
+            dev_issuer_with_real_data: false,
             tls: None,
             oidc: None,
         }
@@ -147,6 +171,7 @@ impl Settings {
             s.dev_issuer = addr;
         }
         s.max_upload_bytes = file.max_upload_bytes;
+        s.dev_issuer_with_real_data = file.dev_issuer_with_real_data.unwrap_or(false);
         s.tls = file.tls;
         s.seed = file.seed.unwrap_or(file.oidc.is_none());
         s.oidc = file.oidc.map(|o| (o, None));
@@ -168,6 +193,41 @@ impl Settings {
             bail!(
                 "public_url must be an https origin without a path (got {})",
                 self.public_url
+            );
+        }
+        if self.public_url != self.public_url.to_ascii_lowercase()
+            || self.public_url.ends_with(":443")
+            || self.public_url.starts_with("https://0.0.0.0")
+            || self.public_url.starts_with("https://[::]")
+        {
+            bail!(
+                "public_url must be the origin browsers send: lower case, no :443, not an unspecified address (got {}; set --public-url)",
+                self.public_url
+            );
+        }
+        if self
+            .max_upload_bytes
+            .is_some_and(|n| n == 0 || n > MAX_UPLOAD_LIMIT)
+        {
+            bail!("max_upload_bytes must be between 1 and {MAX_UPLOAD_LIMIT}");
+        }
+        let loopback_issuer = self.oidc.as_ref().is_none_or(|(o, _)| {
+            o.issuer.starts_with("http://127.0.0.1:") || o.issuer.starts_with("http://localhost:")
+        });
+        if self.seed && !loopback_issuer {
+            bail!(
+                "seed = true gives the demo users' subjects roles; only with a development issuer on loopback, never at a real provider"
+            );
+        }
+        let real_data = self
+            .clinic
+            .storage_url
+            .as_deref()
+            .is_some_and(|u| !u.starts_with("sqlite:"))
+            || !matches!(self.clinic.kms, careconnect::core::config::KmsFile::Local);
+        if self.oidc.is_none() && real_data && !self.dev_issuer_with_real_data {
+            bail!(
+                "the development issuer signs anyone in as anyone: configure [oidc] for a shared database or KMS (or set dev_issuer_with_real_data = true for a test)"
             );
         }
         Ok(())
@@ -211,9 +271,41 @@ mod tests {
     fn unknown_fields_and_bad_urls_are_refused() {
         assert!(Settings::from_file("lisen = \"1\"", Path::new("d")).is_err());
         let mut s = Settings::embedded(Path::new("d"), "127.0.0.1:1".parse().unwrap());
-        for bad in ["http://x", "https://x/", "https://x/path", "https://a\"b"] {
+        for bad in [
+            "http://x",
+            "https://x/",
+            "https://x/path",
+            "https://a\"b",
+            "https://Clinic.example",
+            "https://clinic.example:443",
+            "https://0.0.0.0:8443",
+        ] {
             s.public_url = bad.into();
             assert!(s.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn demo_users_and_the_dev_issuer_stay_away_from_real_data() {
+        let google = "[oidc]\nissuer = \"https://accounts.google.com\"\nclient_id = \"abc\"\n";
+        let s = Settings::from_file(&format!("seed = true\n{google}"), Path::new("d")).unwrap();
+        assert!(s.validate().is_err(), "demo roles at a real provider");
+        let s = Settings::from_file(
+            "[clinic]\ndata_dir = \"d\"\nstorage_url = \"postgres://x@db/clinic\"\n",
+            Path::new("d"),
+        )
+        .unwrap();
+        assert!(
+            s.validate().is_err(),
+            "the dev issuer over a shared database"
+        );
+        let s = Settings::from_file(
+            "dev_issuer_with_real_data = true\n[clinic]\ndata_dir = \"d\"\nstorage_url = \"postgres://x@db/clinic\"\n",
+            Path::new("d"),
+        )
+        .unwrap();
+        assert!(s.validate().is_ok());
+        let s = Settings::from_file("max_upload_bytes = 2000000000000", Path::new("d")).unwrap();
+        assert!(s.validate().is_err(), "an upload limit past 1 GiB");
     }
 }

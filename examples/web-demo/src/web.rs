@@ -33,10 +33,19 @@ pub(crate) struct App {
     pub(crate) public_url: String,
     /// Largest upload, in bytes.
     pub(crate) upload_limit: u64,
-    /// For the readiness probe: the provider's discovery URL.
-    pub(crate) discovery_url: String,
-    /// An HTTP client for the readiness probe.
-    pub(crate) http: reqwest::Client,
+    /// What the last readiness check found (`/readyz` only reads it).
+    pub(crate) readiness: std::sync::Mutex<Readiness>,
+    /// Uploads in progress at once.
+    pub(crate) uploads: Arc<tokio::sync::Semaphore>,
+}
+
+/// The outcome of the last readiness check: what did not answer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Readiness {
+    /// `storage`, `kms`, `keys`, `issuer`; empty when ready.
+    pub(crate) failing: Vec<&'static str>,
+    /// Whether a check has run yet.
+    pub(crate) checked: bool,
 }
 
 impl std::fmt::Debug for App {
@@ -95,6 +104,8 @@ pub(crate) enum AppError {
     NotFound,
     /// A body over its limit: 413.
     TooLarge,
+    /// Too many uploads at once: 503, try again.
+    Busy,
     /// Something broke: 500, the cause logged.
     Internal(String),
 }
@@ -134,6 +145,11 @@ impl AppError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Too large",
                 "The upload is larger than the clinic accepts.",
+            ),
+            Self::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Busy",
+                "The clinic is taking many uploads just now. Nothing was stored. Please try again in a moment.",
             ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -216,6 +232,7 @@ fn kind(e: &AppError) -> &'static str {
         AppError::BadRequest(_) => "bad-request",
         AppError::NotFound => "not-found",
         AppError::TooLarge => "too-large",
+        AppError::Busy => "busy",
         AppError::Internal(_) => "internal",
     }
 }
@@ -241,7 +258,8 @@ pub(crate) fn escape(s: &str) -> String {
 pub(crate) struct User {
     /// Who they are and their roles.
     pub(crate) principal: Principal,
-    /// Their session (for its CSRF token).
+    /// Their session (for its CSRF token; its roles are only those the
+    /// claims gave).
     pub(crate) session: Session,
 }
 
@@ -289,10 +307,13 @@ async fn session_of(parts: &Parts, app: &App) -> Result<Option<User>, AppError> 
     else {
         return Ok(None);
     };
-    Ok(app.sessions.get(&id).await?.map(|session| User {
-        principal: session.principal(),
-        session,
-    }))
+    let Some(session) = app.sessions.get(&id).await? else {
+        return Ok(None);
+    };
+    // The roles the claims gave at sign-in and those stored now: an
+    // administrator's change reaches this session within seconds.
+    let principal = app.clinic.principal(&session.user, session.roles).await?;
+    Ok(Some(User { principal, session }))
 }
 
 impl FromRequestParts<State> for User {
@@ -389,3 +410,29 @@ pub(crate) fn see_other(to: &str) -> Response {
 /// A form with nothing but its CSRF token.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Empty {}
+
+/// Paths another site may link to: the start page, sign-in and its
+/// callback (the provider sends the browser there), assets and probes.
+fn linkable(path: &str) -> bool {
+    matches!(
+        path,
+        "/" | "/login" | "/auth/callback" | "/healthz" | "/readyz" | "/favicon.ico"
+    ) || path.starts_with("/static/")
+}
+
+/// The first thing every request meets: request ids are ours alone (an
+/// incoming `X-Request-Id` is dropped), and a request a browser says came
+/// from another site reaches nothing but [`linkable`] paths: a link
+/// elsewhere cannot make a signed-in user open a record or download a
+/// document (each an audited access) without meaning to.
+pub(crate) async fn first_checks(mut req: Request, next: axum::middleware::Next) -> Response {
+    req.headers_mut().remove("x-request-id");
+    let cross_site = req
+        .headers()
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site");
+    if cross_site && !linkable(req.uri().path()) {
+        return AppError::Forged.into_response();
+    }
+    next.run(req).await
+}

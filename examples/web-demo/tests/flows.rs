@@ -514,3 +514,56 @@ async fn admin_roles_care_audit_and_erasure() {
     );
     demo.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_off_half_way_stores_nothing() {
+    let mut demo = Demo::start_with(|s| s.max_upload_bytes = Some(8 << 20)).await;
+    let grey = demo.login("doctor-grey").await;
+    let blobs = demo.dir.path().join("blobs");
+    let before = files_under(&blobs);
+    // A multipart body that sends its token and 2 MiB of a PDF, then fails.
+    let boundary = "XyZbOuNdArY";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut.pdf\"\r\nContent-Type: application/pdf\r\n\r\n",
+        grey.csrf
+    );
+    let mut chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(head.into_bytes())];
+    for c in pdf(2 << 20).chunks(64 * 1024) {
+        chunks.push(Ok(c.to_vec()));
+    }
+    chunks.push(Err(std::io::Error::other("the client goes away")));
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let r = grey
+        .client
+        .post(format!("{}/medicloud/upload", demo.url))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await;
+    assert!(
+        r.is_err() || !r.unwrap().status().is_redirection(),
+        "the cut upload was accepted"
+    );
+    // The upload task sees the feed end without its end marker and cleans up.
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        left = files_under(&blobs);
+        if left == before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, before, "a cut upload left a blob or a temporary file");
+    assert!(
+        ids(
+            &grey.page("/medicloud").await,
+            "/medicloud/documents/",
+            "/share"
+        )
+        .is_empty()
+    );
+    demo.stop().await;
+}

@@ -238,3 +238,105 @@ async fn traversal_in_any_parameter_reads_nothing() {
     }
     demo.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_taken_away_stops_working_in_the_live_session() {
+    let mut demo = Demo::start().await;
+    let grey = demo.login("doctor-grey").await;
+    assert_eq!(grey.get("/medrecords").await.status(), StatusCode::OK);
+    let adam = demo.login("admin-adam").await;
+    let demote = [
+        ("subject", "doctor-grey"),
+        ("name", "Dr Meredith Grey"),
+        ("roles", ""),
+    ];
+    assert_eq!(
+        adam.post("/admin/people", &demote).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    // The same session, no new login: the doctor role is gone.
+    assert_eq!(
+        grey.get("/medrecords").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert!(!grey.page("/").await.contains("MedRecords"));
+    let restore = [
+        ("subject", "doctor-grey"),
+        ("name", "Dr Meredith Grey"),
+        ("roles", "doctor"),
+    ];
+    assert_eq!(
+        adam.post("/admin/people", &restore).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(grey.get("/medrecords").await.status(), StatusCode::OK);
+    demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_from_other_sites_reach_only_the_start_page_and_sign_in() {
+    let mut demo = Demo::start().await;
+    let grey = demo.login("doctor-grey").await;
+    let cross = |path: &str| {
+        grey.client
+            .get(format!("{}{path}", demo.url))
+            .header("sec-fetch-site", "cross-site")
+            .send()
+    };
+    for path in [
+        "/medrecords/patients/patient-alice",
+        "/fincare/transactions.csv",
+        "/admin",
+        "/medicloud",
+    ] {
+        assert_eq!(
+            cross(path).await.unwrap().status(),
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
+    for path in ["/", "/static/style.css", "/healthz"] {
+        assert_eq!(
+            cross(path).await.unwrap().status(),
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    // Request ids are the server's own, whatever the client sends.
+    let r = grey
+        .client
+        .get(demo.at("/healthz"))
+        .header("x-request-id", "forged-by-the-client")
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap();
+    assert!(
+        id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+    demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes() {
+    let mut demo = Demo::start().await;
+    let c = demo.client();
+    assert_eq!(
+        c.get(demo.at("/healthz")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    // Ready once the first background check has run.
+    let mut ready = false;
+    for _ in 0..50 {
+        let r = c.get(demo.at("/readyz")).send().await.unwrap();
+        if r.status() == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(ready, "/readyz never turned ready");
+    demo.stop().await;
+}

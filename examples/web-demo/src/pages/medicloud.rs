@@ -1,17 +1,17 @@
 //! Medicloud: documents, each sealed under a KMS data key of its own,
 //! streamed in and out (upload, list, download, share, revoke, delete).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::multipart::Multipart;
+use axum::body::Bytes;
+use axum::extract::multipart::{Multipart, MultipartError};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::io::{ReaderStream, StreamReader};
 
@@ -81,9 +81,25 @@ async fn page(State(app): State<web::State>, user: User) -> Result<Response, App
     )
 }
 
+/// Longest CSRF field read before the token is judged.
+const TOKEN_FIELD_MAX: usize = 256;
+
+/// A file part that sends nothing for this long ends the upload.
+const UPLOAD_IDLE: Duration = Duration::from_secs(30);
+
+/// What the request handler feeds the upload task.
+enum Piece {
+    Data(Bytes),
+    End,
+}
+
 /// `multipart/form-data` with `csrf` first, then `file`: the token is
 /// checked before a byte of the file is read; the file streams into the
-/// clinic (sealed chunk by chunk), never whole in memory.
+/// clinic (sealed chunk by chunk), never whole in memory. The clinic's
+/// upload runs in a task of its own, fed piece by piece: a client that goes
+/// away (or stalls for [`UPLOAD_IDLE`]) ends the feed without its end
+/// marker, which the upload sees as an error, so it stores nothing and
+/// removes its partial blob.
 async fn upload(
     State(app): State<web::State>,
     user: User,
@@ -93,24 +109,29 @@ async fn upload(
     web::same_origin(&headers, &app.public_url)?;
     // Without a multipart body there is no token to check: refused as forged.
     let mut multipart = multipart.map_err(|_| AppError::Forged)?;
-    let too_large =
-        |e: &axum::extract::multipart::MultipartError| e.status() == StatusCode::PAYLOAD_TOO_LARGE;
-    let csrf = match multipart.next_field().await {
-        Ok(Some(f)) if f.name() == Some("csrf") => f.text().await.map_err(|e| {
-            if too_large(&e) {
-                AppError::TooLarge
-            } else {
-                AppError::Forged
-            }
-        })?,
+    let too_large = |e: &MultipartError| e.status() == StatusCode::PAYLOAD_TOO_LARGE;
+    let mut token_field = match multipart.next_field().await {
+        Ok(Some(f)) if f.name() == Some("csrf") => f,
         Ok(_) => return Err(AppError::Forged),
         Err(e) if too_large(&e) => return Err(AppError::TooLarge),
         Err(_) => return Err(AppError::Forged),
     };
-    if !user.session.csrf_matches(&csrf) {
+    let mut token = Vec::new();
+    while let Some(chunk) = token_field.chunk().await.map_err(|_| AppError::Forged)? {
+        token.extend_from_slice(&chunk);
+        if token.len() > TOKEN_FIELD_MAX {
+            return Err(AppError::Forged);
+        }
+    }
+    drop(token_field);
+    let token = std::str::from_utf8(&token).map_err(|_| AppError::Forged)?;
+    if !user.session.csrf_matches(token) {
         return Err(AppError::Forged);
     }
-    let field = match multipart.next_field().await {
+    let Ok(_permit) = app.uploads.clone().try_acquire_owned() else {
+        return Err(AppError::Busy);
+    };
+    let mut field = match multipart.next_field().await {
         Ok(Some(f)) if f.name() == Some("file") => f,
         Ok(_) => return Err(AppError::BadRequest("expected a file")),
         Err(e) if too_large(&e) => return Err(AppError::TooLarge),
@@ -118,26 +139,51 @@ async fn upload(
     };
     let name = field.file_name().unwrap_or_default().to_owned();
     let declared = field.content_type().unwrap_or_default().to_owned();
-    let over = Arc::new(AtomicBool::new(false));
-    let seen = over.clone();
-    let body = StreamReader::new(field.map_err(move |e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            seen.store(true, Ordering::Relaxed);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(4);
+    let body = futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Piece::Data(b)) => Some((Ok(b), Some(rx))),
+            Some(Piece::End) => None,
+            None => Some((Err(std::io::Error::other("upload interrupted")), None)),
         }
-        std::io::Error::other("upload interrupted")
-    }));
-    match app
-        .clinic
-        .medicloud()
-        .upload(&user.principal, &name, &declared, body)
-        .await
-    {
-        Ok(_) => Ok(web::see_other("/medicloud")),
-        Err(_) if over.load(Ordering::Relaxed) => Err(AppError::TooLarge),
-        Err(careconnect::core::CoreError::Io(_)) => {
+    });
+    let clinic = app.clinic.clone();
+    let who = user.principal.clone();
+    let task = tokio::spawn(async move {
+        clinic
+            .medicloud()
+            .upload(&who, &name, &declared, StreamReader::new(Box::pin(body)))
+            .await
+    });
+    let mut over = false;
+    loop {
+        match tokio::time::timeout(UPLOAD_IDLE, field.chunk()).await {
+            Ok(Ok(Some(b))) => {
+                if tx.send(Piece::Data(b)).await.is_err() {
+                    break; // the upload ended early (refused): its error says why
+                }
+            }
+            Ok(Ok(None)) => {
+                let _ = tx.send(Piece::End).await;
+                break;
+            }
+            Ok(Err(e)) => {
+                over = too_large(&e);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    drop(tx);
+    match task.await {
+        Ok(Ok(_)) => Ok(web::see_other("/medicloud")),
+        Ok(Err(_)) if over => Err(AppError::TooLarge),
+        Ok(Err(careconnect::core::CoreError::Io(_))) => {
             Err(AppError::BadRequest("the upload was interrupted"))
         }
-        Err(e) => Err(e.into()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(AppError::Internal("upload task failed".into())),
     }
 }
 
