@@ -18,8 +18,22 @@ use reqwest::header::LOCATION;
 
 pub struct Demo {
     pub running: Option<Running>,
+    /// The demo as a process of its own ([`Demo::spawn`]).
+    pub child: Option<std::process::Child>,
+    /// Its development issuer's port (identities are bound to the issuer's
+    /// URL, so a restart on the same data must reuse it).
+    pub issuer_port: u16,
     pub dir: tempfile::TempDir,
     pub url: String,
+}
+
+/// A port free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Demo {
@@ -37,9 +51,60 @@ impl Demo {
         let url = running.url().to_owned();
         Self {
             running: Some(running),
+            child: None,
+            issuer_port: 0,
             dir,
             url,
         }
+    }
+
+    /// The `web-demo` binary on loopback with a data directory of its own
+    /// (`dir`, or a new one) and `args`; returns once it says it is open.
+    pub fn spawn(again: Option<(tempfile::TempDir, u16)>, args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let (dir, issuer_port) =
+            again.unwrap_or_else(|| (tempfile::tempdir().unwrap(), free_port()));
+        let port = free_port();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_web-demo"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--dev-issuer", &format!("127.0.0.1:{issuer_port}")])
+            .args(args)
+            .env("CARECONNECT_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(out).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("web-demo ended before it opened")
+                .unwrap();
+            if let Some(u) = line.strip_prefix("St John's Clinic is open at ") {
+                break u.trim().to_owned();
+            }
+        };
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            running: None,
+            child: Some(child),
+            issuer_port,
+            dir,
+            url,
+        }
+    }
+
+    /// Sends SIGTERM to the spawned process.
+    pub fn terminate(&self) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
     }
 
     pub fn ca(&self) -> PathBuf {
@@ -98,6 +163,20 @@ impl Demo {
     pub async fn stop(&mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await;
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // A failed test must not leave the process behind.
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
