@@ -61,10 +61,21 @@ impl Demo {
     /// The `web-demo` binary on loopback with a data directory of its own
     /// (`dir`, or a new one) and `args`; returns once it says it is open.
     pub fn spawn(again: Option<(tempfile::TempDir, u16)>, args: &[&str]) -> Self {
+        Self::spawn_env(again, None, args, &[])
+    }
+
+    /// As [`Demo::spawn`], on `port` if given, with more environment
+    /// variables.
+    pub fn spawn_env(
+        again: Option<(tempfile::TempDir, u16)>,
+        port: Option<u16>,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Self {
         use std::io::BufRead;
         let (dir, issuer_port) =
             again.unwrap_or_else(|| (tempfile::tempdir().unwrap(), free_port()));
-        let port = free_port();
+        let port = port.unwrap_or_else(free_port);
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_web-demo"))
             .arg("--data-dir")
             .arg(dir.path())
@@ -72,6 +83,7 @@ impl Demo {
             .args(["--dev-issuer", &format!("127.0.0.1:{issuer_port}")])
             .args(args)
             .env("CARECONNECT_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
