@@ -544,13 +544,21 @@ impl Clinic {
 
     /// An OpenID Connect relying party for `config`'s provider, whose login
     /// cookies are sealed under the clinic keyring: a login started on one
-    /// node finishes on any other sharing the store. Discovers the
-    /// provider.
+    /// node finishes on any other sharing the store. It reads groups and
+    /// roles from the claims the role rules name, and the rules are checked
+    /// against this provider first
+    /// ([`RoleMapper::check_providers`](careconnect_authz::mapper::RoleMapper::check_providers)).
+    /// Discovers the provider.
     ///
     /// # Errors
     ///
-    /// [`CoreError::Authz`]: the provider unreachable or misconfigured.
+    /// [`CoreError::Authz`]: role rules that do not fit the provider; the
+    /// provider unreachable or misconfigured.
     pub async fn relying_party(&self, config: OidcConfig) -> Result<RelyingParty, CoreError> {
+        // Groups and roles come from the claims the role rules name, and
+        // the rules must fit this provider.
+        let config = config.with_claim_names(self.inner.mapper.claim_names().clone());
+        self.inner.mapper.check_providers([config.provider()])?;
         Ok(
             RelyingParty::discover_with_clock(config, self.inner.clock.clone())
                 .await?
