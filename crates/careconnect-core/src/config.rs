@@ -94,6 +94,38 @@ impl ClinicFile {
         }
     }
 
+    /// The KMS this file names, connected, for [`ClinicFile::into_config`]:
+    /// `None` for the local KMS (the clinic opens or makes it in the data
+    /// directory), the AWS KMS client for [`KmsFile::Aws`] (with the
+    /// `aws-kms` feature; credentials from the AWS environment).
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::Config`] for AWS KMS in a build without `aws-kms`.
+    pub async fn connect_kms(
+        &self,
+    ) -> Result<Option<std::sync::Arc<dyn careconnect_crypto::Kms>>, CoreError> {
+        match &self.kms {
+            KmsFile::Local => Ok(None),
+            #[cfg(feature = "aws-kms")]
+            KmsFile::Aws { region, endpoint } => {
+                use careconnect_crypto::kms::{AwsKms, AwsKmsConfig};
+                Ok(Some(std::sync::Arc::new(
+                    AwsKms::connect(&AwsKmsConfig {
+                        region: region.clone(),
+                        endpoint: endpoint.clone(),
+                        ..AwsKmsConfig::default()
+                    })
+                    .await,
+                )))
+            }
+            #[cfg(not(feature = "aws-kms"))]
+            KmsFile::Aws { .. } => Err(CoreError::Config(
+                "this build has no AWS KMS: build with the `aws` feature".into(),
+            )),
+        }
+    }
+
     /// Parses a settings file.
     ///
     /// # Errors

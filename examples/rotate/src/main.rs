@@ -156,20 +156,10 @@ async fn kms_of(file: &ClinicFile) -> Result<Arc<dyn Kms>> {
                 LocalKms::open(dir.join("kms.bin"), root).context("opening the local KMS")?,
             ))
         }
-        #[cfg(feature = "aws")]
-        KmsFile::Aws { region, endpoint } => {
-            use careconnect::crypto::kms::{AwsKms, AwsKmsConfig};
-            Ok(Arc::new(
-                AwsKms::connect(&AwsKmsConfig {
-                    region: region.clone(),
-                    endpoint: endpoint.clone(),
-                    ..AwsKmsConfig::default()
-                })
-                .await,
-            ))
-        }
-        #[allow(unreachable_patterns)] // with every feature, nothing is left
-        _ => bail!("this build has no such KMS: build with `--features aws` for AWS KMS"),
+        _ => file
+            .connect_kms()
+            .await?
+            .context("the settings name no KMS to connect to"),
     }
 }
 

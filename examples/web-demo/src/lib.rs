@@ -27,14 +27,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, HeaderValue, Request, header};
 use careconnect::authz::dev_issuer::{DevClient, DevIssuer, DevIssuerConfig, DevUser};
 use careconnect::authz::oidc::OidcConfig;
 use careconnect::authz::session::SessionConfig;
-use careconnect::core::config::KmsFile;
 use careconnect::core::seed::DEMO_USERS;
 use careconnect::core::{Clinic, KmsConfig};
 use careconnect::crypto::tls::{DevPki, ServerTls};
@@ -121,26 +120,6 @@ async fn wait_for_signal() {
     }
 }
 
-async fn kms_of(settings: &Settings) -> Result<Option<KmsConfig>> {
-    match &settings.clinic.kms {
-        KmsFile::Local => Ok(None),
-        #[cfg(feature = "aws")]
-        KmsFile::Aws { region, endpoint } => {
-            use careconnect::crypto::kms::{AwsKms, AwsKmsConfig};
-            Ok(Some(KmsConfig::Provided(Arc::new(
-                AwsKms::connect(&AwsKmsConfig {
-                    region: region.clone(),
-                    endpoint: endpoint.clone(),
-                    ..AwsKmsConfig::default()
-                })
-                .await,
-            ))))
-        }
-        #[allow(unreachable_patterns)] // with every feature, nothing is left
-        _ => bail!("this build has no such KMS: build with `--features aws` for AWS KMS"),
-    }
-}
-
 fn dev_users() -> Vec<DevUser> {
     DEMO_USERS
         .iter()
@@ -184,7 +163,11 @@ pub async fn start(mut settings: Settings) -> Result<Running> {
     }
     std::fs::create_dir_all(&settings.clinic.data_dir)
         .with_context(|| format!("creating {}", settings.clinic.data_dir.display()))?;
-    let kms = kms_of(&settings).await?;
+    let kms = settings
+        .clinic
+        .connect_kms()
+        .await?
+        .map(KmsConfig::Provided);
     let mut config = settings.clinic.clone().into_config(kms)?;
     config.role_rules = settings.role_rules.clone();
     if let Some(n) = settings.max_upload_bytes {
