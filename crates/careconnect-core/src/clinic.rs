@@ -287,6 +287,10 @@ pub(crate) struct Inner {
     pub(crate) details: PatientCache<crate::records::PatientDetails>,
     /// Stored roles by user, for [`Clinic::principal`].
     pub(crate) roles: PatientCache<RoleSet>,
+    /// The doctors in the directory, read at most every [`ROLES_RECHECK`].
+    pub(crate) doctors: std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<Person>>)>>,
+    /// Digests of prescription signatures verified on this node.
+    pub(crate) signatures: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
     /// Bumped by every change of stored roles on this node.
     pub(crate) roles_generation: std::sync::atomic::AtomicU64,
     /// Opened notes by patient, for [`ClinicConfig::read_cache`].
@@ -497,6 +501,8 @@ impl Clinic {
             people: Collection::new(PEOPLE_COLLECTION)?,
             details: std::sync::Mutex::default(),
             roles: std::sync::Mutex::default(),
+            doctors: std::sync::Mutex::default(),
+            signatures: std::sync::Mutex::default(),
             roles_generation: std::sync::atomic::AtomicU64::new(0),
             notes: std::sync::Mutex::default(),
             notes_generation: std::sync::atomic::AtomicU64::new(0),
@@ -678,12 +684,30 @@ impl Clinic {
             .filter(|p| p.user == *user))
     }
 
-    /// The doctors in the directory (whom a patient can book), by name.
+    /// The doctors in the directory (whom a patient can book), by name:
+    /// read at most every [`ROLES_RECHECK`] per node, at once after this
+    /// node changed the directory.
     ///
     /// # Errors
     ///
     /// Storage failures.
     pub async fn doctors(&self) -> Result<Vec<Person>, CoreError> {
+        let cached = self
+            .inner
+            .doctors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < ROLES_RECHECK)
+            .map(|(_, d)| d.clone());
+        if let Some(d) = cached {
+            return Ok(d.as_ref().clone());
+        }
+        let generation = self
+            .inner
+            .roles_generation
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let read_at = std::time::Instant::now();
         let mut out: Vec<Person> = self
             .inner
             .all(&self.inner.people)
@@ -693,6 +717,19 @@ impl Clinic {
             .filter(|p| p.roles.contains(careconnect_authz::Role::Doctor))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        // Not kept when this node changed the directory meanwhile.
+        if generation
+            == self
+                .inner
+                .roles_generation
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            *self
+                .inner
+                .doctors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some((read_at, Arc::new(out.clone())));
+        }
         Ok(out)
     }
 }
@@ -706,6 +743,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        *self.doctors.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// The directory row of `user`.

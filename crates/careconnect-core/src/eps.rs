@@ -43,6 +43,9 @@ const SIGNED_LABEL: &[u8] = b"careconnect/prescription/v1";
 const PATIENT_INDEX: &str = "patient";
 const PRESCRIBER_INDEX: &str = "prescriber";
 
+/// Verified signatures a node remembers (32 bytes each).
+const VERIFIED_SIGNATURES: usize = 100_000;
+
 /// What a doctor prescribes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrescriptionInput {
@@ -383,19 +386,55 @@ impl Inner {
         Err(CoreError::Conflict("signing key kept changing"))
     }
 
+    /// Whether a signature with this digest verified before on this node.
+    fn verified_signature(&self, digest: &[u8; 32]) -> bool {
+        self.signatures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(digest)
+    }
+
+    /// Remembers a verified signature (a bounded set, emptied when full).
+    fn remember_signature(&self, digest: [u8; 32]) {
+        let mut set = self
+            .signatures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if set.len() >= VERIFIED_SIGNATURES {
+            set.clear();
+        }
+        set.insert(digest);
+    }
+
     /// The prescription as shown, with its signature checked.
     pub(crate) async fn view(&self, body: &Body) -> Result<Prescription, CoreError> {
+        use sha2::Digest as _;
         let signature = match self.verifying_key(&body.prescriber, &body.signer).await? {
             None => SignatureStatus::UnknownKey,
             Some(k) => {
                 let sig = hex::decode(&body.signature)
                     .ok()
                     .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok());
-                match sig {
-                    Some(sig) if k.verify_strict(&body.signed_bytes(), &sig).is_ok() => {
-                        SignatureStatus::Valid
+                let signed = body.signed_bytes();
+                // A signature verified once stays verified for exactly these
+                // bytes under exactly this key: remembered by their digest.
+                let seen = sha2::Sha256::new()
+                    .chain_update(k.as_bytes())
+                    .chain_update((signed.len() as u64).to_be_bytes())
+                    .chain_update(&signed)
+                    .chain_update(body.signature.as_bytes())
+                    .finalize();
+                let seen: [u8; 32] = seen.into();
+                if self.verified_signature(&seen) {
+                    SignatureStatus::Valid
+                } else {
+                    match sig {
+                        Some(sig) if k.verify_strict(&signed, &sig).is_ok() => {
+                            self.remember_signature(seen);
+                            SignatureStatus::Valid
+                        }
+                        _ => SignatureStatus::Invalid,
                     }
-                    _ => SignatureStatus::Invalid,
                 }
             }
         };

@@ -106,6 +106,42 @@ impl Inner {
     }
 }
 
+/// A patient's own page ([`CareConnect::overview`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overview {
+    /// The health record with its notes.
+    pub record: HealthRecord,
+    /// Appointments, soonest first.
+    pub appointments: Vec<Appointment>,
+    /// Prescriptions, newest first, signatures checked.
+    pub prescriptions: Vec<Prescription>,
+}
+
+impl Inner {
+    /// `patient`'s appointments under their keyring `keys`, soonest first.
+    /// No access check: the caller's.
+    async fn appointments_of(
+        &self,
+        keys: &careconnect_crypto::Keyring,
+        patient: &UserId,
+    ) -> Result<Vec<Appointment>, CoreError> {
+        let coll = appointments()?;
+        let rows = self
+            .store
+            .find(&coll, &self.index(PATIENT_INDEX, patient)?)
+            .await?;
+        let mut out: Vec<Appointment> = rows
+            .iter()
+            .filter_map(|r| {
+                Inner::open_for::<Appointment>(keys, &coll, &r.id, APPOINTMENT_FIELD, &r.envelope)
+            })
+            .filter(|a| a.patient == *patient)
+            .collect();
+        out.sort_by_key(|a| a.starts_at);
+        Ok(out)
+    }
+}
+
 impl CareConnect<'_> {
     /// The patient's own health record (MedRecords' reader, same rules).
     ///
@@ -233,20 +269,49 @@ impl CareConnect<'_> {
             .patient(who, Action::ListAppointments, patient)
             .await?;
         let keys = c.existing_keys(patient).await?;
-        let coll = appointments()?;
-        let rows = c
-            .store
-            .find(&coll, &c.index(PATIENT_INDEX, patient)?)
+        c.appointments_of(&keys, patient).await
+    }
+
+    /// What the patient's own page shows, in one step: the health record,
+    /// appointments and prescriptions. Decided as reading one's own record
+    /// (the policy allows the other two for exactly the same principals,
+    /// checked too) and audited as that one access.
+    ///
+    /// # Errors
+    ///
+    /// As [`CareConnect::record`]: [`CoreError::Denied`] (audited),
+    /// [`CoreError::NotFound`] for someone with no record,
+    /// [`CoreError::Erased`].
+    pub async fn overview(&self, who: &Principal) -> Result<Overview, CoreError> {
+        let c = &self.clinic.inner;
+        let patient = &who.user;
+        let _access = c
+            .gate
+            .patient(who, Action::ReadHealthRecord, patient)
             .await?;
-        let mut out: Vec<Appointment> = rows
-            .iter()
-            .filter_map(|r| {
-                Inner::open_for::<Appointment>(&keys, &coll, &r.id, APPOINTMENT_FIELD, &r.envelope)
-            })
-            .filter(|a| a.patient == *patient)
-            .collect();
-        out.sort_by_key(|a| a.starts_at);
-        Ok(out)
+        for action in [Action::ListAppointments, Action::ListPrescriptions] {
+            if let careconnect_authz::Decision::Deny(reason) =
+                careconnect_authz::authorize(who, action, &Resource::patient(patient))
+            {
+                c.refuse(who, action, "overview".into()).await?;
+                return Err(CoreError::Denied(reason));
+            }
+        }
+        let keys = c.existing_keys(patient).await?;
+        let details = c
+            .record_of(&keys, patient)
+            .await?
+            .ok_or(CoreError::NotFound)?;
+        let notes = c.notes_cached(&keys, patient).await?;
+        Ok(Overview {
+            record: HealthRecord {
+                patient: patient.clone(),
+                details,
+                notes: notes.as_ref().clone(),
+            },
+            appointments: c.appointments_of(&keys, patient).await?,
+            prescriptions: c.prescriptions_of(patient).await?,
+        })
     }
 
     /// The patient cancels an own future appointment; the slot is freed.

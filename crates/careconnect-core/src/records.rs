@@ -214,7 +214,7 @@ impl Inner {
 
     /// The patient's notes, from memory when read within
     /// [`crate::ClinicConfig::read_cache`].
-    async fn notes_cached(
+    pub(crate) async fn notes_cached(
         &self,
         keys: &Keyring,
         patient: &UserId,

@@ -1144,3 +1144,38 @@ async fn a_role_taken_away_reaches_every_node_within_the_recheck() {
     let tail = a.audit().read(entries.saturating_sub(3), 10).await.unwrap();
     assert!(tail.iter().any(|(_, e)| e.action == "ReadDirectory"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_is_ones_own_and_one_audited_read() {
+    let f = sqlite().await;
+    let c = &f.clinic;
+    careconnect_core::seed::demo(c, ISSUER).await.unwrap();
+    let Verification::Intact { entries: before } = c.audit().verify().await.unwrap() else {
+        panic!("chain broken")
+    };
+    let o = c.patients().overview(&alice()).await.unwrap();
+    assert_eq!(o.record.details.name, "Alice Smith");
+    assert_eq!(o.appointments.len(), 1);
+    assert_eq!(o.prescriptions.len(), 1);
+    assert_eq!(o.prescriptions[0].signature, SignatureStatus::Valid);
+    // The same as the three separate reads.
+    assert_eq!(o.record, c.patients().record(&alice()).await.unwrap());
+    assert_eq!(
+        o.appointments,
+        c.patients()
+            .appointments(&alice(), &alice().user)
+            .await
+            .unwrap()
+    );
+    let Verification::Intact { entries: after } = c.audit().verify().await.unwrap() else {
+        panic!("chain broken")
+    };
+    let reads = c.audit().read(before, 10).await.unwrap();
+    let first_new = reads.iter().find(|(seq, _)| *seq > before).unwrap();
+    assert_eq!(first_new.1.action, "ReadHealthRecord");
+    // The overview, then record (1) and appointments (1): three in all.
+    assert_eq!(after - before, 3);
+    // Staff have no overview of their own; finance is refused, audited.
+    denied(c.patients().overview(&fiona()).await);
+    denied(c.patients().overview(&grey()).await);
+}

@@ -124,11 +124,12 @@ fn now() -> u64 {
 }
 
 async fn page(State(app): State<web::State>, user: User) -> Result<Response, AppError> {
-    let who = &user.principal;
-    let patients = app.clinic.patients();
-    let record = patients.record(who).await?;
-    let appointments = patients.appointments(who, &who.user).await?;
-    let prescriptions = patients.prescriptions(who, &who.user).await?;
+    let overview = app.clinic.patients().overview(&user.principal).await?;
+    let (record, appointments, prescriptions) = (
+        overview.record,
+        overview.appointments,
+        overview.prescriptions,
+    );
     let doctors = app.clinic.doctors().await?;
     let name_of = |a: &Appointment| {
         doctors
