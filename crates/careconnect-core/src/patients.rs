@@ -298,17 +298,8 @@ impl CareConnect<'_> {
             }
         }
         let keys = c.existing_keys(patient).await?;
-        let details = c
-            .record_of(&keys, patient)
-            .await?
-            .ok_or(CoreError::NotFound)?;
-        let notes = c.notes_cached(&keys, patient).await?;
         Ok(Overview {
-            record: HealthRecord {
-                patient: patient.clone(),
-                details,
-                notes: notes.as_ref().clone(),
-            },
+            record: c.health_record(&keys, patient).await?,
             appointments: c.appointments_of(&keys, patient).await?,
             prescriptions: c.prescriptions_of(patient).await?,
         })

@@ -212,6 +212,25 @@ impl Inner {
         self.forget_notes(patient);
     }
 
+    /// `patient`'s record and notes under their keyring `keys`. No access
+    /// check: the caller's.
+    pub(crate) async fn health_record(
+        &self,
+        keys: &Keyring,
+        patient: &UserId,
+    ) -> Result<HealthRecord, CoreError> {
+        let details = self
+            .record_of(keys, patient)
+            .await?
+            .ok_or(CoreError::NotFound)?;
+        let notes = self.notes_cached(keys, patient).await?;
+        Ok(HealthRecord {
+            patient: patient.clone(),
+            details,
+            notes: notes.as_ref().clone(),
+        })
+    }
+
     /// The patient's notes, from memory when read within
     /// [`crate::ClinicConfig::read_cache`].
     pub(crate) async fn notes_cached(
@@ -393,16 +412,7 @@ impl MedRecords<'_> {
             .patient(who, Action::ReadHealthRecord, patient)
             .await?;
         let keys = c.existing_keys(patient).await?;
-        let details = c
-            .record_of(&keys, patient)
-            .await?
-            .ok_or(CoreError::NotFound)?;
-        let notes = c.notes_cached(&keys, patient).await?;
-        Ok(HealthRecord {
-            patient: patient.clone(),
-            details,
-            notes: notes.as_ref().clone(),
-        })
+        c.health_record(&keys, patient).await
     }
 
     /// A doctor appends a note to `patient`'s record (`amends` names an
