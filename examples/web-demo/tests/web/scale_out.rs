@@ -8,11 +8,10 @@
 #![cfg(feature = "aws")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::common::{Demo, free_port, ids, pdf};
 use careconnect::authz::dev_issuer::{DevClient, DevIssuer, DevIssuerConfig, DevUser};
 use careconnect::authz::session::SystemClock;
 use careconnect::authz::{Principal, Role, UserId};
@@ -21,7 +20,6 @@ use careconnect::core::seed::DEMO_USERS;
 use careconnect::core::{BlobConfig, Clinic, KmsConfig};
 use careconnect::crypto::kms::{AwsKms, AwsKmsConfig};
 use careconnect::crypto::tls::DevPki;
-use common::{Demo, free_port, ids, pdf};
 use reqwest::StatusCode;
 
 const SECRET: &str = "scale-out-client-secret";
@@ -120,7 +118,7 @@ endpoint = "{endpoint}"
     assert_eq!(on_b("/medrecords").await.unwrap().status(), StatusCode::OK);
     // A document uploaded through B downloads through A, whole.
     let bytes = pdf(600_000);
-    let mut via_b = common::Session {
+    let mut via_b = super::common::Session {
         client: grey.client.clone(),
         csrf: grey.csrf.clone(),
         base: b.url.clone(),

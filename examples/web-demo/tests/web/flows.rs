@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::{Demo, files_under, ids, pdf};
+use super::common::{Demo, files_under, ids, pdf};
 use reqwest::StatusCode;
 
 fn day_after_tomorrow() -> String {
@@ -506,7 +504,7 @@ async fn admin_roles_care_audit_and_erasure() {
     );
     let page = adam.page("/admin").await;
     assert!(page.contains("Chain verified"));
-    let latest = common::between(&page, "data-testid=\"latest\" href=\"", "\"").unwrap();
+    let latest = super::common::between(&page, "data-testid=\"latest\" href=\"", "\"").unwrap();
     let tail = adam.page(&latest.replace("#audit", "")).await;
     assert!(
         tail.contains("ErasePatient"),

@@ -4,9 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::{Demo, ids};
+use super::common::{Demo, ids};
 use reqwest::StatusCode;
 
 const USERS: [&str; 8] = [

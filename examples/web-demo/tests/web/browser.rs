@@ -7,12 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::Demo;
+use super::common::Demo;
 
 #[derive(serde::Deserialize, Debug)]
 struct Outcome {

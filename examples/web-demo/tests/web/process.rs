@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Demo, ids, pdf};
+use super::common::{Demo, ids, pdf};
 use futures::StreamExt;
 use reqwest::StatusCode;
 

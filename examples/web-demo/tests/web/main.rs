@@ -1,0 +1,14 @@
+//! The web demo over real HTTPS, in one test binary (each test binary
+//! links the whole dependency graph): every route for every role
+//! (`http`), each subsystem's flows with their abuse (`flows`), a real
+//! browser (`browser`), the binary under SIGTERM (`process`), and two nodes
+//! as one clinic (`scale_out`, with `--features aws`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
+
+mod browser;
+mod common;
+mod flows;
+mod http;
+mod process;
+mod scale_out;
