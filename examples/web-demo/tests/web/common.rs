@@ -242,6 +242,27 @@ impl Session {
             .unwrap()
     }
 
+    /// The ids of the Medicloud documents this user may manage, as the
+    /// page lists them.
+    pub async fn documents(&self) -> Vec<String> {
+        ids(
+            &self.page("/medicloud").await,
+            "/medicloud/documents/",
+            "/share",
+        )
+    }
+
+    /// The start of a hand-made multipart upload of `name` (the token, then
+    /// the file part's headers) with `boundary`, for bodies that trickle
+    /// or fail part-way.
+    pub fn upload_head(&self, boundary: &str, name: &str) -> Vec<u8> {
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/pdf\r\n\r\n",
+            self.csrf
+        )
+        .into_bytes()
+    }
+
     /// Posts `form` as it is (no token added).
     pub async fn post_raw(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
         self.client

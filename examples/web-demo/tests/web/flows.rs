@@ -394,14 +394,7 @@ async fn medicloud_upload_download_share_revoke_delete() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(files_under(&blobs), before, "a refused upload left a blob");
-    assert_eq!(
-        ids(
-            &grey.page("/medicloud").await,
-            "/medicloud/documents/",
-            "/share"
-        ),
-        docs
-    );
+    assert_eq!(grey.documents().await, docs);
 
     assert_eq!(
         grey.post(&format!("/medicloud/documents/{doc}/delete"), &[])
@@ -521,11 +514,8 @@ async fn an_upload_cut_off_half_way_stores_nothing() {
     let before = files_under(&blobs);
     // A multipart body that sends its token and 2 MiB of a PDF, then fails.
     let boundary = "XyZbOuNdArY";
-    let head = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut.pdf\"\r\nContent-Type: application/pdf\r\n\r\n",
-        grey.csrf
-    );
-    let mut chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(head.into_bytes())];
+    let mut chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(grey.upload_head(boundary, "cut.pdf"))];
     for c in pdf(2 << 20).chunks(64 * 1024) {
         chunks.push(Ok(c.to_vec()));
     }
@@ -555,13 +545,6 @@ async fn an_upload_cut_off_half_way_stores_nothing() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(left, before, "a cut upload left a blob or a temporary file");
-    assert!(
-        ids(
-            &grey.page("/medicloud").await,
-            "/medicloud/documents/",
-            "/share"
-        )
-        .is_empty()
-    );
+    assert!(grey.documents().await.is_empty());
     demo.stop().await;
 }

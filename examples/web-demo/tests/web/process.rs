@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::common::{Demo, ids, pdf};
+use super::common::{Demo, pdf};
 use futures::StreamExt;
 use reqwest::StatusCode;
 
@@ -17,11 +17,7 @@ async fn sigterm_finishes_the_upload_in_flight_then_exits() {
     let bytes = pdf(1 << 20);
     // The upload trickles: 16 pieces, 150 ms apart (about 2.4 s).
     let boundary = "TrIcKlE";
-    let head = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.pdf\"\r\nContent-Type: application/pdf\r\n\r\n",
-        grey.csrf
-    );
-    let mut pieces = vec![head.into_bytes()];
+    let mut pieces = vec![grey.upload_head(boundary, "slow.pdf")];
     pieces.extend(bytes.chunks(bytes.len() / 16).map(<[u8]>::to_vec));
     pieces.push(format!("\r\n--{boundary}--\r\n").into_bytes());
     let body = futures::stream::iter(pieces).then(|p| async move {
@@ -76,11 +72,7 @@ async fn sigterm_finishes_the_upload_in_flight_then_exits() {
     let dir = std::mem::replace(&mut demo.dir, tempfile::tempdir().unwrap());
     let mut again = Demo::spawn(Some((dir, demo.issuer_port)), &[]);
     let grey = again.login("doctor-grey").await;
-    let docs = ids(
-        &grey.page("/medicloud").await,
-        "/medicloud/documents/",
-        "/share",
-    );
+    let docs = grey.documents().await;
     assert_eq!(docs.len(), 1);
     let r = grey.get(&format!("/medicloud/documents/{}", docs[0])).await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());

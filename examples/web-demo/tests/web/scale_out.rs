@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::common::{Demo, free_port, ids, pdf};
+use super::common::{Demo, free_port, pdf};
 use careconnect::authz::dev_issuer::{DevClient, DevIssuer, DevIssuerConfig, DevUser};
 use careconnect::authz::session::SystemClock;
 use careconnect::authz::{Principal, Role, UserId};
@@ -128,11 +128,7 @@ endpoint = "{endpoint}"
         via_b.upload("scan.pdf", bytes.clone()).await.status(),
         StatusCode::SEE_OTHER
     );
-    let docs = ids(
-        &grey.page("/medicloud").await,
-        "/medicloud/documents/",
-        "/share",
-    );
+    let docs = grey.documents().await;
     assert_eq!(docs.len(), 1);
     let r = grey.get(&format!("/medicloud/documents/{}", docs[0])).await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());
