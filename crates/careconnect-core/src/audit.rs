@@ -833,7 +833,11 @@ async fn append_once(
     let head = *head
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    anchor.advance(head)?;
+    // The anchor's fsync must not hold up a runtime thread.
+    let moving = anchor.clone();
+    tokio::task::spawn_blocking(move || moving.advance(head))
+        .await
+        .map_err(|_| CoreError::AuditUnavailable)??;
     *known = Some(head);
     Ok(Some(first))
 }
