@@ -156,10 +156,12 @@ pub struct ClinicConfig {
     pub blobs: BlobConfig,
     /// Medicloud: allowed types, size limit, documents' KMS key.
     pub medicloud: crate::medicloud::MedicloudConfig,
-    /// How long a node keeps a patient's opened notes in memory (default
-    /// 1 s; zero turns it off). Notes written through this node show at
-    /// once; notes written by another node sharing the database show within
-    /// this time.
+    /// How long a node keeps a patient's opened notes in memory, and the
+    /// sealed rows of a patient's own overview (appointments,
+    /// prescriptions, the prescribers' public keys) as read (default 1 s;
+    /// zero turns it off). What is written through this node shows at once;
+    /// what another node sharing the database writes shows within this
+    /// time.
     pub read_cache: Duration,
     /// The AEAD implementation for records and documents (default: the
     /// crypto crate's default; `ring`'s with its feature is faster on CPUs
@@ -257,6 +259,8 @@ impl Pages<'_> {
 /// What every service shares.
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn RecordStore>,
+    /// The same store, with recent reads kept for [`ClinicConfig::read_cache`].
+    pub(crate) recent: Arc<crate::recent::Recent>,
     pub(crate) kms: Arc<dyn Kms>,
     pub(crate) kms_keys: Vec<KmsKeyId>,
     /// Every sealed keyset in the key store, with the KMS key wrapping it.
@@ -414,7 +418,8 @@ impl Clinic {
             }
             KmsConfig::Provided(kms) => kms,
         };
-        let records: Arc<dyn RecordStore> = store.clone();
+        let recent = Arc::new(crate::recent::Recent::new(store.clone()));
+        let records: Arc<dyn RecordStore> = recent.clone();
         let keystore: Arc<dyn KeyStore> = store.clone();
         let log: Arc<dyn AuditLog> = store;
         let read_at = std::time::Instant::now();
@@ -481,6 +486,7 @@ impl Clinic {
             assignments: RoleAssignments::new(records.clone(), keys.clone())?,
             mapper: RoleMapper::from_toml(&config.role_rules)?,
             store: records,
+            recent,
             kms,
             kms_keys,
             keysets,

@@ -22,6 +22,8 @@
 //! keyring that names the patient's subject handle (never the patient), so
 //! the prescriber can find the key to open it.
 
+use std::time::Duration;
+
 use careconnect_authz::{Action, Principal, Resource, UserId};
 use careconnect_crypto::Keyring;
 use careconnect_storage::{Collection, Row, RowData, RowId, StorageError, Write};
@@ -290,8 +292,10 @@ impl Inner {
         public: &str,
     ) -> Result<Option<VerifyingKey>, CoreError> {
         let coll = Collection::new(SIGNING_KEYS_COLLECTION)?;
+        // Public key rows never change: read at most once per read cache.
         let Some(row) = self
-            .get(&coll, &self.public_key_id(doctor, public)?)
+            .recent
+            .get_recent(&coll, &self.public_key_id(doctor, public)?, self.read_cache)
             .await?
         else {
             return Ok(None);
@@ -458,14 +462,15 @@ impl Inner {
         &self,
         name: &str,
         user: &UserId,
+        max_age: Duration,
     ) -> Result<Vec<Prescription>, CoreError> {
         let rows = self
-            .store
-            .find(&self.prescriptions()?, &self.index(name, user)?)
+            .recent
+            .find_recent(&self.prescriptions()?, &self.index(name, user)?, max_age)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            if let Some(l) = self.open_prescription(row).await? {
+        for row in rows.iter() {
+            if let Some(l) = self.open_prescription(row.clone()).await? {
                 let who = if name == PATIENT_INDEX {
                     &l.body.patient
                 } else {
@@ -480,12 +485,14 @@ impl Inner {
         Ok(out)
     }
 
-    /// `patient`'s prescriptions (the caller has asked the gate).
+    /// `patient`'s prescriptions (the caller has asked the gate), from rows
+    /// read at most `max_age` ago ([`crate::recent`]).
     pub(crate) async fn prescriptions_of(
         &self,
         patient: &UserId,
+        max_age: Duration,
     ) -> Result<Vec<Prescription>, CoreError> {
-        self.prescriptions_by(PATIENT_INDEX, patient).await
+        self.prescriptions_by(PATIENT_INDEX, patient, max_age).await
     }
 }
 
@@ -564,7 +571,8 @@ impl Eps<'_> {
             "prescriptions:issued".into(),
         )
         .await?;
-        c.prescriptions_by(PRESCRIBER_INDEX, prescriber).await
+        c.prescriptions_by(PRESCRIBER_INDEX, prescriber, Duration::ZERO)
+            .await
     }
 
     /// The prescriber cancels an unpaid prescription.

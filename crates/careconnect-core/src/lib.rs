@@ -79,6 +79,7 @@ mod error;
 pub mod finance;
 pub mod medicloud;
 pub mod patients;
+mod recent;
 pub mod records;
 pub mod rotation;
 mod rows;

@@ -11,6 +11,8 @@
 //! keyed MAC of the prescription id) in one batch too: paying twice, or from
 //! two tasks at once, makes exactly one payment and one transaction.
 
+use std::time::Duration;
+
 use careconnect_authz::{Action, Principal, Resource, Role, UserId};
 use careconnect_storage::{Collection, RowId, StorageError, Write};
 use serde::{Deserialize, Serialize};
@@ -124,11 +126,12 @@ impl Inner {
         &self,
         keys: &careconnect_crypto::Keyring,
         patient: &UserId,
+        max_age: Duration,
     ) -> Result<Vec<Appointment>, CoreError> {
         let coll = appointments()?;
         let rows = self
-            .store
-            .find(&coll, &self.index(PATIENT_INDEX, patient)?)
+            .recent
+            .find_recent(&coll, &self.index(PATIENT_INDEX, patient)?, max_age)
             .await?;
         let mut out: Vec<Appointment> = rows
             .iter()
@@ -269,13 +272,16 @@ impl CareConnect<'_> {
             .patient(who, Action::ListAppointments, patient)
             .await?;
         let keys = c.existing_keys(patient).await?;
-        c.appointments_of(&keys, patient).await
+        c.appointments_of(&keys, patient, Duration::ZERO).await
     }
 
     /// What the patient's own page shows, in one step: the health record,
     /// appointments and prescriptions. Decided as reading one's own record
     /// (the policy allows the other two for exactly the same principals,
-    /// checked too) and audited as that one access.
+    /// checked too) and audited as that one access. Every call decides,
+    /// audits and opens (decrypts) afresh; the sealed rows may come from
+    /// this node's reads within [`crate::ClinicConfig::read_cache`] when
+    /// nothing was written to them through this node since.
     ///
     /// # Errors
     ///
@@ -300,8 +306,8 @@ impl CareConnect<'_> {
         let keys = c.existing_keys(patient).await?;
         Ok(Overview {
             record: c.health_record(&keys, patient).await?,
-            appointments: c.appointments_of(&keys, patient).await?,
-            prescriptions: c.prescriptions_of(patient).await?,
+            appointments: c.appointments_of(&keys, patient, c.read_cache).await?,
+            prescriptions: c.prescriptions_of(patient, c.read_cache).await?,
         })
     }
 
@@ -431,7 +437,7 @@ impl CareConnect<'_> {
             .gate
             .patient(who, Action::ListPrescriptions, patient)
             .await?;
-        c.prescriptions_of(patient).await
+        c.prescriptions_of(patient, Duration::ZERO).await
     }
 
     /// The patient pays an own, issued prescription: it is marked paid and

@@ -915,8 +915,6 @@ async fn erasure_reaches_a_copy_taken_before_it() {
     assert!(opened_elsewhere > 0);
 }
 
-/// Two nodes on one database: a note written through one shows there at
-/// once, and on the other within its read cache's lifetime.
 /// A second node on the SQLite clinic of `f` (its own audit anchor), its
 /// configuration changed by `tweak`.
 async fn second_node(f: &Fixture, tweak: impl FnOnce(&mut ClinicConfig)) -> Clinic {
@@ -935,6 +933,8 @@ async fn second_node(f: &Fixture, tweak: impl FnOnce(&mut ClinicConfig)) -> Clin
     .unwrap()
 }
 
+/// Two nodes on one database: a note written through one shows there at
+/// once, and on the other within its read cache's lifetime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notes_written_on_one_node_reach_the_other_within_the_read_cache() {
     let f = sqlite().await;
@@ -1178,4 +1178,102 @@ async fn the_overview_is_ones_own_and_one_audited_read() {
     // Staff have no overview of their own; finance is refused, audited.
     denied(c.patients().overview(&fiona()).await);
     denied(c.patients().overview(&grey()).await);
+}
+
+/// The overview's rows may be kept for the read cache's lifetime: a
+/// booking, a payment and a cancellation through one node show on its
+/// overview at once, and on another node's within that lifetime; a
+/// forged row never opens, kept or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_follows_writes_on_either_node() {
+    let f = sqlite().await;
+    let a = &f.clinic;
+    careconnect_core::seed::demo(a, ISSUER).await.unwrap();
+    let b = second_node(&f, |c| c.read_cache = Duration::from_millis(300)).await;
+    let before_b = b.patients().overview(&alice()).await.unwrap();
+    let before_a = a.patients().overview(&alice()).await.unwrap();
+    assert_eq!(before_a, before_b);
+
+    let booked = a
+        .patients()
+        .book(
+            &alice(),
+            &alice().user,
+            &grey().user,
+            tomorrow(11),
+            "follow-up",
+        )
+        .await
+        .unwrap();
+    let issued = a
+        .eps()
+        .prescribe(&grey(), &alice().user, &rx("Amoxicillin"))
+        .await
+        .unwrap();
+    a.patients().pay(&alice(), &issued.id).await.unwrap();
+    let on_a = a.patients().overview(&alice()).await.unwrap();
+    assert!(
+        on_a.appointments.iter().any(|x| x.id == booked.id),
+        "at once on A"
+    );
+    assert_eq!(on_a.prescriptions.len(), before_a.prescriptions.len() + 1);
+    assert!(
+        on_a.prescriptions
+            .iter()
+            .any(|p| p.id == issued.id && matches!(p.status, Status::Paid { .. }))
+    );
+
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let on_b = b.patients().overview(&alice()).await.unwrap();
+    assert_eq!(on_b, on_a, "on B within its read cache");
+
+    // B's own cancellation shows on B at once, and on A within its own.
+    b.patients().cancel(&alice(), &booked.id).await.unwrap();
+    let on_b = b.patients().overview(&alice()).await.unwrap();
+    let cancelled = |o: &careconnect_core::patients::Overview| {
+        o.appointments
+            .iter()
+            .any(|x| x.id == booked.id && x.cancelled_at.is_some())
+    };
+    assert!(cancelled(&on_b));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(cancelled(&a.patients().overview(&alice()).await.unwrap()));
+
+    // Every overview is decided and audited, kept rows or not.
+    let Verification::Intact { entries: before } = a.audit().verify().await.unwrap() else {
+        panic!("chain broken")
+    };
+    for _ in 0..3 {
+        a.patients().overview(&alice()).await.unwrap();
+    }
+    let Verification::Intact { entries: after } = a.audit().verify().await.unwrap() else {
+        panic!("chain broken")
+    };
+    assert_eq!(after - before, 3);
+
+    // A copy of one of Alice's rows under another id, written behind both
+    // nodes' backs: once read, it opens as nothing.
+    let coll = Collection::new("core_appointments").unwrap();
+    let hers = f
+        .store
+        .get(&coll, &RowId::new(&booked.id).unwrap())
+        .await
+        .unwrap();
+    f.store
+        .insert(
+            &coll,
+            &RowId::new("forged-appointment").unwrap(),
+            RowData {
+                key_id: hers.key_id,
+                envelope: hers.envelope.clone(),
+                indexes: hers.indexes.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for node in [a, &b] {
+        let o = node.patients().overview(&alice()).await.unwrap();
+        assert_eq!(o.appointments.len(), on_a.appointments.len());
+    }
 }
