@@ -742,9 +742,30 @@ pub async fn audit_chained<S: AuditLog + ?Sized + 'static>(s: Arc<S>) {
             );
         }
     }
+    // A large batch (stores may write it in several statements) lands
+    // whole, in order, numbered without gaps.
+    let big: Vec<Vec<u8>> = (0..1001u32)
+        .map(|i| [b"big".as_slice(), &i.to_be_bytes()].concat())
+        .collect();
+    let first = s.append_chained(&|_| big.clone()).await.unwrap();
+    let mut back = Vec::new();
+    while back.len() < big.len() {
+        let page = s.read(first + back.len() as u64, 1000).await.unwrap();
+        assert!(!page.is_empty(), "audit_chained: large batch cut short");
+        back.extend(page);
+    }
+    back.truncate(big.len());
+    for ((seq, entry), (k, want)) in back.iter().zip(big.iter().enumerate()) {
+        assert_eq!(
+            *seq,
+            first + k as u64,
+            "audit_chained: large batch numbering"
+        );
+        assert_eq!(entry, want, "audit_chained: large batch entry {k}");
+    }
     // An empty batch writes nothing.
     let next = s.append_chained(&|_| Vec::new()).await.unwrap();
-    assert!(next > hi, "audit_chained: empty batch");
+    assert!(next > first + 1000, "audit_chained: empty batch");
 }
 
 /// Versioned key material with compare-and-swap.

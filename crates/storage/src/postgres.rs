@@ -447,14 +447,16 @@ impl AuditLog for PgStore {
         let (first, entries) = numbered(last_u, entries)?;
         // At most 10,000 entries (checked by `numbered`).
         let n = i64::try_from(entries.len()).unwrap_or(i64::MAX);
-        for (seq, entry) in entries {
-            sqlx::query("INSERT INTO audit (seq, entry) VALUES ($1, $2)")
-                .bind(seq)
-                .bind(entry)
-                .execute(&mut *tx)
-                .await?;
-        }
         if n > 0 {
+            // One statement for the batch, not one round trip per entry.
+            let (seqs, entries): (Vec<i64>, Vec<Vec<u8>>) = entries.into_iter().unzip();
+            sqlx::query(
+                "INSERT INTO audit (seq, entry) SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
+            )
+            .bind(seqs)
+            .bind(entries)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("UPDATE audit_seq SET last = last + $1")
                 .bind(n)
                 .execute(&mut *tx)

@@ -19,6 +19,8 @@ use crate::types::{
 };
 
 const SCHEMA_VERSION: i64 = 3;
+/// Audit entries per `INSERT` statement.
+const AUDIT_ROWS_PER_INSERT: usize = 400;
 const SCHEMA_V1: &str = "
 CREATE TABLE records (
     collection TEXT NOT NULL,
@@ -431,12 +433,15 @@ impl AuditLog for SqliteStore {
         };
         let entries = build(tail.as_ref().map(|(_, e)| (last, e.as_slice())));
         let (first, entries) = numbered(last, entries)?;
-        for (seq, entry) in entries {
-            sqlx::query("INSERT INTO audit (seq, entry) VALUES (?1, ?2)")
-                .bind(seq)
-                .bind(entry)
-                .execute(&mut *tx)
-                .await?;
+        // One statement per chunk, not per entry: each statement is a round
+        // trip to the connection's thread. Two parameters per row, well
+        // under SQLite's limit.
+        for chunk in entries.chunks(AUDIT_ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::new("INSERT INTO audit (seq, entry) ");
+            insert.push_values(chunk, |mut row, (seq, entry)| {
+                row.push_bind(*seq).push_bind(entry.as_slice());
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(first)
