@@ -361,7 +361,15 @@ impl AuditTrail {
     pub fn new(log: Arc<dyn AuditLog>, keys: impl Into<SharedKeyring>, anchor: Anchor) -> Self {
         let keys = keys.into();
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer(log.clone(), keys.clone(), anchor.clone(), rx));
+        let (anchor_tx, anchor_rx) = mpsc::channel(ANCHOR_QUEUE);
+        tokio::spawn(anchorer(anchor.clone(), anchor_rx));
+        tokio::spawn(writer(
+            log.clone(),
+            keys.clone(),
+            anchor.clone(),
+            rx,
+            anchor_tx,
+        ));
         Self {
             log,
             keys,
@@ -679,13 +687,26 @@ impl MacCache {
     }
 }
 
+/// Committed batches waiting for the anchor to reach them.
+const ANCHOR_QUEUE: usize = 8;
+
+/// A committed batch: the head it left and its callers with their sequence
+/// numbers, answered once the anchor has reached that head.
+struct Committed {
+    head: Head,
+    callers: Vec<(u64, oneshot::Sender<Result<u64, CoreError>>)>,
+}
+
 /// The group-commit writer: takes what is queued (up to [`MAX_BATCH`]),
-/// appends it in one chained batch, answers each caller, repeats.
+/// appends it in one chained batch and hands its callers to the
+/// [`anchorer`], repeats. The next batch is appended while the anchor file
+/// is written for the last one; callers are answered only after both.
 async fn writer(
     log: Arc<dyn AuditLog>,
     keys: SharedKeyring,
     anchor: Anchor,
     mut rx: mpsc::Receiver<Pending>,
+    anchoring: mpsc::Sender<Committed>,
 ) {
     // The head this writer last appended: while the log's tail is still
     // that, nothing was cut or replaced since, and the anchored entry need
@@ -705,13 +726,19 @@ async fn writer(
             tokio::task::yield_now().await;
         }
         let result = append_batch(log.as_ref(), &keys.current(), &anchor, &batch, &mut known).await;
-        match result {
-            Ok(first_seq) => {
-                for (i, p) in batch.into_iter().enumerate() {
-                    let _ = p.done.send(Ok(first_seq + i as u64));
-                }
+        match (result, known) {
+            (Ok(first_seq), Some(head)) => {
+                let callers = batch
+                    .into_iter()
+                    .zip(first_seq..)
+                    .map(|(p, seq)| (seq, p.done))
+                    .collect();
+                // Should the anchorer be gone, the callers' senders drop
+                // with the message and they see the trail unavailable.
+                let _ = anchoring.send(Committed { head, callers }).await;
             }
-            Err(e) => {
+            (result, _) => {
+                let e = result.err().unwrap_or(CoreError::AuditUnavailable);
                 tracing::error!(error = %e, "audit append failed");
                 let tampered = matches!(e, CoreError::AuditTampered);
                 for p in batch {
@@ -722,6 +749,40 @@ async fn writer(
                     }));
                 }
             }
+        }
+    }
+}
+
+/// Moves the anchor file to the newest committed head (one write for all
+/// batches queued meanwhile), then answers their callers: with their
+/// sequence numbers, or with [`CoreError::AuditUnavailable`] if the anchor
+/// could not be written (their events are stored; the anchor catches up
+/// with the next batch that succeeds).
+async fn anchorer(anchor: Anchor, mut rx: mpsc::Receiver<Committed>) {
+    while let Some(first) = rx.recv().await {
+        let mut done = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            done.push(more);
+        }
+        let Some(head) = done.iter().map(|c| c.head).max_by_key(|h| h.seq) else {
+            continue;
+        };
+        // The fsync must not hold up a runtime thread.
+        let moving = anchor.clone();
+        let advanced = match tokio::task::spawn_blocking(move || moving.advance(head)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "audit anchor not written");
+                false
+            }
+            Err(_) => false,
+        };
+        for (seq, caller) in done.into_iter().flat_map(|c| c.callers) {
+            let _ = caller.send(if advanced {
+                Ok(seq)
+            } else {
+                Err(CoreError::AuditUnavailable)
+            });
         }
     }
 }
@@ -763,7 +824,6 @@ async fn append_batch(
             batch,
             floor,
             trusted.then_some(*known).flatten(),
-            anchor,
             known,
         )
         .await?
@@ -776,7 +836,6 @@ async fn append_batch(
 
 /// One chained append; `None` when the tail was not `expect` (another
 /// writer appended since, or something changed: check again).
-#[allow(clippy::too_many_arguments)]
 async fn append_once(
     log: &dyn AuditLog,
     key: &MacKey,
@@ -784,7 +843,6 @@ async fn append_once(
     batch: &[Pending],
     floor: u64,
     expect: Option<Head>,
-    anchor: &Anchor,
     known: &mut Option<Head>,
 ) -> Result<Option<u64>, CoreError> {
     let below_anchor = std::sync::atomic::AtomicBool::new(false);
@@ -833,11 +891,6 @@ async fn append_once(
     let head = *head
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // The anchor's fsync must not hold up a runtime thread.
-    let moving = anchor.clone();
-    tokio::task::spawn_blocking(move || moving.advance(head))
-        .await
-        .map_err(|_| CoreError::AuditUnavailable)??;
     *known = Some(head);
     Ok(Some(first))
 }

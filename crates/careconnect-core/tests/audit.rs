@@ -332,3 +332,39 @@ async fn two_nodes_on_postgres_extend_one_chain_and_edits_are_found() {
     drop((node_a, node_b));
     db.drop_db().await;
 }
+
+/// A call returns only once its event is stored and the anchor has reached
+/// it: while the anchor cannot be written every call fails (its event is
+/// stored all the same), and the next call that can write it anchors them
+/// all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_returns_before_the_anchor_reaches_its_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("a.db")).await.unwrap();
+    let anchor_dir = dir.path().join("anchor");
+    let anchor = Anchor::at(anchor_dir.join("audit.anchor"));
+    let trail = AuditTrail::new(Arc::new(store.clone()), Keyring::generate(), anchor.clone());
+    // No directory for the anchor yet: it cannot be written.
+    for i in 0..3 {
+        assert!(matches!(
+            trail.record(event(i)).await,
+            Err(careconnect_core::CoreError::AuditUnavailable)
+        ));
+    }
+    assert_eq!(anchor.read().unwrap(), None);
+    assert_eq!(
+        store.read(1, 10).await.unwrap().len(),
+        3,
+        "stored all the same"
+    );
+
+    std::fs::create_dir(&anchor_dir).unwrap();
+    let seqs = record_concurrently(&trail, 40).await;
+    assert_eq!(seqs, (4..=43).collect::<Vec<u64>>());
+    // Every call that returned is under the anchor.
+    assert_eq!(anchor.read().unwrap().unwrap().seq, 43);
+    assert_eq!(
+        trail.verify().await.unwrap(),
+        Verification::Intact { entries: 43 }
+    );
+}
