@@ -157,8 +157,8 @@ pub struct ClinicConfig {
     /// Medicloud: allowed types, size limit, documents' KMS key.
     pub medicloud: crate::medicloud::MedicloudConfig,
     /// How long a node keeps a patient's opened notes in memory, and the
-    /// sealed rows of a patient's own overview (appointments,
-    /// prescriptions, the prescribers' public keys) as read (default 1 s;
+    /// sealed rows of a patient's own overview (appointments and
+    /// prescriptions) as read (default 1 s;
     /// zero turns it off). What is written through this node shows at once;
     /// what another node sharing the database writes shows within this
     /// time.
@@ -295,6 +295,10 @@ pub(crate) struct Inner {
     pub(crate) doctors: std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<Person>>)>>,
     /// Digests of prescription signatures verified on this node.
     pub(crate) signatures: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    /// Prescribers' public keys found in storage, by row id: those rows
+    /// never change, so a key found once stays found.
+    pub(crate) public_keys:
+        std::sync::Mutex<std::collections::HashMap<RowId, ed25519_dalek::VerifyingKey>>,
     /// Bumped by every change of stored roles on this node.
     pub(crate) roles_generation: std::sync::atomic::AtomicU64,
     /// Opened notes by patient, for [`ClinicConfig::read_cache`].
@@ -509,6 +513,7 @@ impl Clinic {
             roles: std::sync::Mutex::default(),
             doctors: std::sync::Mutex::default(),
             signatures: std::sync::Mutex::default(),
+            public_keys: std::sync::Mutex::default(),
             roles_generation: std::sync::atomic::AtomicU64::new(0),
             notes: std::sync::Mutex::default(),
             notes_generation: std::sync::atomic::AtomicU64::new(0),

@@ -47,6 +47,8 @@ const PRESCRIBER_INDEX: &str = "prescriber";
 
 /// Verified signatures a node remembers (32 bytes each).
 const VERIFIED_SIGNATURES: usize = 100_000;
+/// How many prescribers' public keys a node keeps at most.
+const PUBLIC_KEYS_KEPT: usize = 10_000;
 
 /// What a doctor prescribes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,21 +294,35 @@ impl Inner {
         public: &str,
     ) -> Result<Option<VerifyingKey>, CoreError> {
         let coll = Collection::new(SIGNING_KEYS_COLLECTION)?;
-        // Public key rows never change: read at most once per read cache.
-        let Some(row) = self
-            .recent
-            .get_recent(&coll, &self.public_key_id(doctor, public)?, self.read_cache)
-            .await?
-        else {
+        let id = self.public_key_id(doctor, public)?;
+        // Public key rows are written once and never changed or removed.
+        if let Some(k) = self
+            .public_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+        {
+            return Ok(Some(*k));
+        }
+        let Some(row) = self.get(&coll, &id).await? else {
             return Ok(None);
         };
-        Ok(
-            rows::open::<PublicKeyRow>(&self.keys.current(), &coll, &row)
-                .filter(|k| k.doctor == *doctor && k.public == public)
-                .and_then(|k| hex::decode(&k.public).ok())
-                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                .and_then(|b| VerifyingKey::from_bytes(&b).ok()),
-        )
+        let key = rows::open::<PublicKeyRow>(&self.keys.current(), &coll, &row)
+            .filter(|k| k.doctor == *doctor && k.public == public)
+            .and_then(|k| hex::decode(&k.public).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok());
+        if let Some(k) = key {
+            let mut known = self
+                .public_keys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if known.len() >= PUBLIC_KEYS_KEPT {
+                known.clear();
+            }
+            known.insert(id, k);
+        }
+        Ok(key)
     }
 
     /// The doctor's signing key, made and stored on first use.

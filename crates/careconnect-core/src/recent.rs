@@ -20,12 +20,6 @@ use careconnect_storage::{
 /// At most this many results are kept; the next one past it starts afresh.
 const MAX_KEPT: usize = 10_000;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Query {
-    Get(RowId),
-    Find(String, Vec<u8>),
-}
-
 #[derive(Debug)]
 struct Kept {
     at: Instant,
@@ -34,8 +28,8 @@ struct Kept {
 }
 
 /// A [`RecordStore`] that forwards everything and counts writes per
-/// collection, and keeps recent `get` and `find` results for the callers
-/// that ask for them ([`Recent::get_recent`], [`Recent::find_recent`]).
+/// collection, and keeps recent `find` results for the callers that ask
+/// for them ([`Recent::find_recent`]).
 /// Plain [`RecordStore`] reads are never answered from what it keeps: a
 /// read before a compare-and-swap sees the stored row.
 #[derive(Debug)]
@@ -43,7 +37,7 @@ pub(crate) struct Recent {
     store: Arc<dyn RecordStore>,
     /// Writes through this node, by collection.
     generations: Mutex<HashMap<Collection, u64>>,
-    kept: Mutex<HashMap<(Collection, Query), Kept>>,
+    kept: Mutex<HashMap<(Collection, IndexEntry), Kept>>,
 }
 
 impl Recent {
@@ -74,71 +68,6 @@ impl Recent {
         }
     }
 
-    async fn recent(
-        &self,
-        coll: &Collection,
-        query: Query,
-        max_age: Duration,
-    ) -> Result<Arc<Vec<Row>>> {
-        let key = (coll.clone(), query);
-        // The generation is read before the kept entry: a write landing in
-        // between makes the entry look older than it is, never newer.
-        let generation = self.generation(coll);
-        if !max_age.is_zero()
-            && let Some(kept) = self
-                .kept
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&key)
-            && kept.generation == generation
-            && kept.at.elapsed() < max_age
-        {
-            return Ok(kept.rows.clone());
-        }
-        let at = Instant::now();
-        let rows = Arc::new(match &key.1 {
-            Query::Get(id) => match self.store.get(coll, id).await {
-                Ok(row) => vec![row],
-                Err(careconnect_storage::StorageError::NotFound) => Vec::new(),
-                Err(e) => return Err(e),
-            },
-            Query::Find(name, token) => {
-                let entry = IndexEntry {
-                    name: name.clone(),
-                    token: token.clone(),
-                };
-                self.store.find(coll, &entry).await?
-            }
-        });
-        if !max_age.is_zero() {
-            let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-            if kept.len() >= MAX_KEPT {
-                kept.clear();
-            }
-            kept.insert(
-                key,
-                Kept {
-                    at,
-                    generation,
-                    rows: rows.clone(),
-                },
-            );
-        }
-        Ok(rows)
-    }
-
-    /// The row `id`, as read at most `max_age` ago and unchanged by this
-    /// node since (`None` when there is none). A zero age always reads.
-    pub(crate) async fn get_recent(
-        &self,
-        coll: &Collection,
-        id: &RowId,
-        max_age: Duration,
-    ) -> Result<Option<Row>> {
-        let rows = self.recent(coll, Query::Get(id.clone()), max_age).await?;
-        Ok(rows.first().cloned())
-    }
-
     /// As [`RecordStore::find`], as read at most `max_age` ago and
     /// unchanged by this node since. A zero age always reads.
     pub(crate) async fn find_recent(
@@ -147,8 +76,38 @@ impl Recent {
         entry: &IndexEntry,
         max_age: Duration,
     ) -> Result<Arc<Vec<Row>>> {
-        let query = Query::Find(entry.name.clone(), entry.token.clone());
-        self.recent(coll, query, max_age).await
+        if max_age.is_zero() {
+            return Ok(Arc::new(self.store.find(coll, entry).await?));
+        }
+        let key = (coll.clone(), entry.clone());
+        // The generation is read before the kept entry: a write landing in
+        // between makes the entry look older than it is, never newer.
+        let generation = self.generation(coll);
+        if let Some(kept) = self
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            && kept.generation == generation
+            && kept.at.elapsed() < max_age
+        {
+            return Ok(kept.rows.clone());
+        }
+        let at = Instant::now();
+        let rows = Arc::new(self.store.find(coll, entry).await?);
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() >= MAX_KEPT {
+            kept.clear();
+        }
+        kept.insert(
+            key,
+            Kept {
+                at,
+                generation,
+                rows: rows.clone(),
+            },
+        );
+        Ok(rows)
     }
 }
 
@@ -241,8 +200,6 @@ mod tests {
             .unwrap();
         let kept = recent.find_recent(&coll, &by, long).await.unwrap();
         assert_eq!(kept[0].envelope, vec![1; 4]);
-        let kept = recent.get_recent(&coll, &id, long).await.unwrap().unwrap();
-        assert_eq!(kept.envelope, vec![2; 4], "first get reads");
         // ...but never for a plain read, nor past its age.
         assert_eq!(recent.get(&coll, &id).await.unwrap().version, 2);
         let fresh = recent
@@ -273,6 +230,32 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        assert!(recent.get_recent(&coll, &id, long).await.unwrap().is_none());
+
+        // Past its age, a kept result is read again.
+        let short = Duration::from_millis(20);
+        assert!(
+            recent
+                .find_recent(&coll, &by, short)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        recent
+            .store
+            .insert(&coll, &id, data(4, b"t"))
+            .await
+            .unwrap();
+        assert!(
+            recent
+                .find_recent(&coll, &by, short)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        tokio::time::sleep(short * 2).await;
+        assert_eq!(
+            recent.find_recent(&coll, &by, short).await.unwrap().len(),
+            1
+        );
     }
 }

@@ -89,7 +89,7 @@ impl fmt::Display for RowId {
 
 /// A blind-index entry: the index's name and the opaque token the caller
 /// computed (a keyed HMAC of the lookup value; storage never sees the value).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IndexEntry {
     /// Index name, same rules as a [`Collection`].
     pub name: String,
