@@ -229,11 +229,56 @@ impl Head {
     };
 }
 
-/// Where the head is anchored outside the database: a small file, replaced
-/// atomically, that only ever moves forward.
+/// Where the head is anchored outside the database: a small file that only
+/// ever moves forward.
+///
+/// It holds two slots of `seq (u64 BE) || mac (32) || check (8)`, where
+/// `check` is the first 8 bytes of SHA-256 over a label, `seq` and `mac`.
+/// An advance overwrites, in place, the slot not holding the newest head and
+/// syncs its data, so a write torn by a crash leaves the other slot whole;
+/// the newest slot whose check holds is the anchor. (A 40-byte file of
+/// `seq || mac` alone, as earlier versions wrote, is read too and replaced
+/// by the two-slot form on the next advance.)
 #[derive(Debug, Clone)]
 pub struct Anchor {
     path: PathBuf,
+}
+
+/// One slot of the anchor file.
+const SLOT_LEN: usize = 8 + MAC_LEN + 8;
+/// The size of an anchor file written before slots.
+const SINGLE_LEN: usize = 8 + MAC_LEN;
+
+fn slot_check(seq: u64, mac: &[u8; MAC_LEN]) -> [u8; 8] {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"careconnect/audit-anchor/v2")
+        .chain_update(seq.to_be_bytes())
+        .chain_update(mac)
+        .finalize();
+    let mut check = [0u8; 8];
+    check.copy_from_slice(&digest[..8]);
+    check
+}
+
+fn slot_bytes(head: Head) -> [u8; SLOT_LEN] {
+    let mut slot = [0u8; SLOT_LEN];
+    slot[..8].copy_from_slice(&head.seq.to_be_bytes());
+    slot[8..8 + MAC_LEN].copy_from_slice(&head.mac);
+    slot[8 + MAC_LEN..].copy_from_slice(&slot_check(head.seq, &head.mac));
+    slot
+}
+
+/// The head in `bytes` (`seq || mac`, then an optional check that must hold).
+fn head_of(bytes: &[u8]) -> Option<Head> {
+    let seq = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    let mac: [u8; MAC_LEN] = bytes.get(8..8 + MAC_LEN)?.try_into().ok()?;
+    match bytes.get(8 + MAC_LEN..) {
+        Some([]) => {}
+        Some(check) if bool::from(check.ct_eq(&slot_check(seq, &mac))) => {}
+        _ => return None,
+    }
+    Some(Head { seq, mac })
 }
 
 impl Anchor {
@@ -248,35 +293,49 @@ impl Anchor {
     ///
     /// I/O errors; [`CoreError::Corrupt`] for a file that is not an anchor.
     pub fn read(&self) -> Result<Option<Head>, CoreError> {
+        Ok(self.slots()?.map(|(head, _)| head))
+    }
+
+    /// The newest head and the slot it is in (`None` for a one-slot file).
+    fn slots(&self) -> Result<Option<(Head, Option<usize>)>, CoreError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let (Some(seq), Some(mac)) = (
-            bytes.get(..8).and_then(|b| b.try_into().ok()),
-            bytes.get(8..8 + MAC_LEN).and_then(|b| b.try_into().ok()),
-        ) else {
-            return Err(CoreError::Corrupt("audit anchor"));
-        };
-        if bytes.len() != 8 + MAC_LEN {
-            return Err(CoreError::Corrupt("audit anchor"));
+        match bytes.len() {
+            SINGLE_LEN => head_of(&bytes)
+                .map(|h| Some((h, None)))
+                .ok_or(CoreError::Corrupt("audit anchor")),
+            len if len == 2 * SLOT_LEN => bytes
+                .chunks(SLOT_LEN)
+                .enumerate()
+                .filter_map(|(i, slot)| head_of(slot).map(|h| (h, Some(i))))
+                .max_by_key(|(h, _)| h.seq)
+                .map(Some)
+                .ok_or(CoreError::Corrupt("audit anchor")),
+            _ => Err(CoreError::Corrupt("audit anchor")),
         }
-        Ok(Some(Head {
-            seq: u64::from_be_bytes(seq),
-            mac,
-        }))
     }
 
     /// Moves the anchor forward to `head` (never back).
     fn advance(&self, head: Head) -> Result<(), CoreError> {
-        if self.read()?.is_some_and(|h| h.seq >= head.seq) {
-            return Ok(());
-        }
-        let mut bytes = Vec::with_capacity(8 + MAC_LEN);
-        bytes.extend_from_slice(&head.seq.to_be_bytes());
-        bytes.extend_from_slice(&head.mac);
-        write_atomic(&self.path, &bytes)
+        use std::io::{Seek as _, SeekFrom, Write as _};
+        let slot = match self.slots()? {
+            Some((h, _)) if h.seq >= head.seq => return Ok(()),
+            Some((_, Some(newest))) => 1 - newest,
+            // New, or in the one-slot form: written whole, then renamed.
+            _ => {
+                let mut bytes = slot_bytes(head).to_vec();
+                bytes.extend_from_slice(&slot_bytes(head));
+                return write_atomic(&self.path, &bytes);
+            }
+        };
+        let mut file = std::fs::OpenOptions::new().write(true).open(&self.path)?;
+        file.seek(SeekFrom::Start((slot * SLOT_LEN) as u64))?;
+        file.write_all(&slot_bytes(head))?;
+        file.sync_data()?;
+        Ok(())
     }
 }
 
@@ -893,4 +952,64 @@ async fn append_once(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     *known = Some(head);
     Ok(Some(first))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn head(seq: u64) -> Head {
+        Head {
+            seq,
+            mac: [seq as u8; MAC_LEN],
+        }
+    }
+
+    #[test]
+    fn the_anchor_moves_forward_only_and_survives_a_torn_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.anchor");
+        let anchor = Anchor::at(&path);
+        assert_eq!(anchor.read().unwrap(), None);
+        for seq in [1, 2, 3, 2, 1] {
+            anchor.advance(head(seq)).unwrap();
+        }
+        assert_eq!(anchor.read().unwrap(), Some(head(3)));
+        assert_eq!(std::fs::read(&path).unwrap().len(), 2 * SLOT_LEN);
+
+        // A crash tearing the next write leaves the slot before it.
+        anchor.advance(head(4)).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let newest = bytes
+            .chunks(SLOT_LEN)
+            .position(|s| s[..8] == 4u64.to_be_bytes())
+            .unwrap();
+        bytes[newest * SLOT_LEN + 20] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(anchor.read().unwrap(), Some(head(3)));
+        // Both slots torn, or a file of another size: not an anchor.
+        bytes[(1 - newest) * SLOT_LEN + 20] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(anchor.read(), Err(CoreError::Corrupt(_))));
+        std::fs::write(&path, [0u8; 41]).unwrap();
+        assert!(matches!(anchor.read(), Err(CoreError::Corrupt(_))));
+        assert!(anchor.advance(head(5)).is_err(), "never written over");
+    }
+
+    #[test]
+    fn a_one_slot_anchor_is_read_and_replaced_by_two_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.anchor");
+        let mut old = 7u64.to_be_bytes().to_vec();
+        old.extend_from_slice(&[7; MAC_LEN]);
+        std::fs::write(&path, &old).unwrap();
+        let anchor = Anchor::at(&path);
+        assert_eq!(anchor.read().unwrap(), Some(head(7)));
+        anchor.advance(head(6)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), old, "never back");
+        anchor.advance(head(8)).unwrap();
+        assert_eq!(anchor.read().unwrap(), Some(head(8)));
+        assert_eq!(std::fs::read(&path).unwrap().len(), 2 * SLOT_LEN);
+    }
 }
