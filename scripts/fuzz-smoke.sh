@@ -30,6 +30,12 @@ import glob
 for f in glob.glob("fuzz/seeds/tls_pem/*"):
     put("tls_pem", os.path.basename(f), open(f, "rb").read())
 put("authz_config", "roles-example", open("docs/roles.example.toml", "rb").read())
+put("web_input", "booking", b"\x01csrf=x&doctor=doctor-grey&date=2027-01-04&time=09:30&reason=cough")
+put("web_input", "share", b"\x02user=partner-pat&days=30")
+readme = open("README.md").read()
+example = readme.split("```toml\nlisten", 1)[1].split("```", 1)[0]
+example = "listen" + "".join(l + "\n" for l in example.splitlines() if not l.startswith("role_rules"))
+put("web_input", "settings", b"\x0b" + example.encode())
 put("clinic_input", "alice", b"Alice Smith\x001984-03-12\x00A+\x00penicillin\x002027-01-01\x002027-01-31\x00=SUM(A1)")
 PY
 
@@ -43,7 +49,7 @@ fi
 log=$(mktemp); trap 'rm -f "$log"' EXIT
 echo "building fuzz targets (-s none)"
 cargo fuzz build -s none --debug-assertions --fuzz-dir fuzz >"$log" 2>&1 || { tail -40 "$log" >&2; exit 1; }
-for target in envelope_header open_any keyring_file tls_pem authz_config clinic_input; do
+for target in envelope_header open_any keyring_file tls_pem authz_config clinic_input web_input; do
   echo "fuzz $target for ${secs}s"
   status=0
   cargo fuzz run -s none --debug-assertions --fuzz-dir fuzz "$target" -- -max_total_time="$secs" -rss_limit_mb=2048 \

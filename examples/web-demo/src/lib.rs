@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod forms;
 mod maintain;
 mod pages;
 mod server;

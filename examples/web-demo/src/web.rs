@@ -14,7 +14,10 @@ use careconnect::authz::session::{Session, SessionId, Sessions};
 use careconnect::authz::{Role, UserId};
 use careconnect::core::{Clinic, CoreError};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+
+pub(crate) use crate::forms::Empty;
+use crate::forms::{self, Token};
+use serde::Serialize;
 
 /// Largest form body (every form but uploads).
 pub(crate) const FORM_LIMIT: usize = 16 * 1024;
@@ -108,6 +111,12 @@ pub(crate) enum AppError {
     Busy,
     /// Something broke: 500, the cause logged.
     Internal(String),
+}
+
+impl From<forms::FormError> for AppError {
+    fn from(e: forms::FormError) -> Self {
+        Self::BadRequest(e.0)
+    }
 }
 
 impl From<CoreError> for AppError {
@@ -361,12 +370,6 @@ pub(crate) struct Post<T> {
     pub(crate) form: T,
 }
 
-#[derive(Deserialize)]
-struct Token {
-    #[serde(default)]
-    csrf: String,
-}
-
 impl<T: DeserializeOwned> FromRequest<State> for Post<T> {
     type Rejection = AppError;
 
@@ -377,7 +380,7 @@ impl<T: DeserializeOwned> FromRequest<State> for Post<T> {
         let bytes = axum::body::to_bytes(body, FORM_LIMIT)
             .await
             .map_err(|_| AppError::TooLarge)?;
-        let token: Token = serde_urlencoded::from_bytes(&bytes).map_err(|_| AppError::Forged)?;
+        let token: Token = forms::decode(&bytes).map_err(|_| AppError::Forged)?;
         if !user.session.csrf_matches(&token.csrf) {
             return Err(AppError::Forged);
         }
@@ -389,8 +392,7 @@ impl<T: DeserializeOwned> FromRequest<State> for Post<T> {
         if !is_form {
             return Err(AppError::BadRequest("expected a form"));
         }
-        let form = serde_urlencoded::from_bytes(&bytes)
-            .map_err(|_| AppError::BadRequest("the form is incomplete or malformed"))?;
+        let form = forms::decode(&bytes)?;
         Ok(Self { user, form })
     }
 }
@@ -406,10 +408,6 @@ pub(crate) fn see_other(to: &str) -> Response {
     )
         .into_response()
 }
-
-/// A form with nothing but its CSRF token.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Empty {}
 
 /// Paths another site may link to: the start page, sign-in and its
 /// callback (the provider sends the browser there), assets and probes.

@@ -6,10 +6,10 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
-use careconnect::authz::mapper::parse_roles;
 use careconnect::core::audit::{Outcome, Verification};
 use serde::{Deserialize, Serialize};
 
+use crate::forms::{Care, Erase, SetPerson};
 use crate::web::{self, AppError, Post, User};
 
 /// Audit entries per page.
@@ -194,15 +194,6 @@ async fn page(
     )
 }
 
-#[derive(Debug, Deserialize)]
-struct SetPerson {
-    subject: String,
-    name: String,
-    /// Role names, comma separated.
-    #[serde(default)]
-    roles: String,
-}
-
 async fn set_person(
     State(app): State<web::State>,
     post: Post<SetPerson>,
@@ -210,27 +201,12 @@ async fn set_person(
     let user = app
         .user_id(post.form.subject.trim())
         .map_err(|_| AppError::BadRequest("subject"))?;
-    let roles = parse_roles(
-        post.form
-            .roles
-            .split(',')
-            .map(str::trim)
-            .filter(|r| !r.is_empty()),
-    )
-    .map_err(|_| AppError::BadRequest("roles: patient, doctor, finance, external, admin"))?;
+    let roles = post.form.role_set()?;
     app.clinic
         .admin()
         .set_person(&post.user.principal, &user, &post.form.name, roles)
         .await?;
     Ok(web::see_other("/admin#people"))
-}
-
-#[derive(Debug, Deserialize)]
-struct Care {
-    doctor: String,
-    patient: String,
-    /// `assign` or `revoke`.
-    op: String,
 }
 
 async fn care(State(app): State<web::State>, post: Post<Care>) -> Result<Response, AppError> {
@@ -241,36 +217,21 @@ async fn care(State(app): State<web::State>, post: Post<Care>) -> Result<Respons
         .user_id(post.form.patient.trim())
         .map_err(|_| AppError::BadRequest("patient"))?;
     let admin = app.clinic.admin();
-    match post.form.op.as_str() {
-        "assign" => {
-            admin
-                .assign_care(&post.user.principal, &doctor, &patient)
-                .await?
-        }
-        "revoke" => {
-            admin
-                .revoke_care(&post.user.principal, &doctor, &patient)
-                .await?
-        }
-        _ => return Err(AppError::BadRequest("op")),
+    if post.form.assigns()? {
+        admin
+            .assign_care(&post.user.principal, &doctor, &patient)
+            .await?;
+    } else {
+        admin
+            .revoke_care(&post.user.principal, &doctor, &patient)
+            .await?;
     }
     Ok(web::see_other("/admin#people"))
 }
 
-#[derive(Debug, Deserialize)]
-struct Erase {
-    patient: String,
-    reason: String,
-    /// The patient id typed again.
-    confirm: String,
-}
-
 async fn erase(State(app): State<web::State>, post: Post<Erase>) -> Result<Response, AppError> {
-    if post.form.patient.trim() != post.form.confirm.trim() {
-        return Err(AppError::BadRequest("type the patient id twice to confirm"));
-    }
     let patient = app
-        .user_id(post.form.patient.trim())
+        .user_id(post.form.confirmed()?)
         .map_err(|_| AppError::BadRequest("patient"))?;
     app.clinic
         .admin()

@@ -12,9 +12,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use crate::forms::{Revoke, Share};
 use crate::web::{self, AppError, Empty, Post, User};
 
 /// Multipart framing and the CSRF field beside the file.
@@ -242,14 +243,6 @@ async fn download(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct Share {
-    user: String,
-    /// Days until the share ends (empty: until revoked).
-    #[serde(default)]
-    days: String,
-}
-
 async fn share(
     State(app): State<web::State>,
     Path(id): Path<String>,
@@ -258,29 +251,15 @@ async fn share(
     let with = app
         .user_id(post.form.user.trim())
         .map_err(|_| AppError::BadRequest("user"))?;
-    let expires_at = match post.form.days.trim() {
-        "" => None,
-        d => {
-            let days: u64 = d.parse().map_err(|_| AppError::BadRequest("days"))?;
-            if !(1..=365).contains(&days) {
-                return Err(AppError::BadRequest("days: 1 to 365"));
-            }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            Some(now + days * 86_400)
-        }
-    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let expires_at = post.form.expires_at(now)?;
     app.clinic
         .medicloud()
         .share(&post.user.principal, &id, &with, expires_at)
         .await?;
     Ok(web::see_other("/medicloud"))
-}
-
-#[derive(Debug, Deserialize)]
-struct Revoke {
-    user: String,
 }
 
 async fn revoke(

@@ -7,9 +7,10 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use careconnect::core::eps::PrescriptionInput;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::patient::{NoteView, PrescriptionView};
+use crate::forms::{BreakGlass, NewNote, NewPrescription};
 use crate::web::{self, AppError, Empty, Post, User};
 
 pub(super) fn routes() -> Router<web::State> {
@@ -98,14 +99,6 @@ async fn record(
     )
 }
 
-#[derive(Debug, Deserialize)]
-struct NewNote {
-    text: String,
-    /// The note this one corrects (empty: none).
-    #[serde(default)]
-    amends: String,
-}
-
 async fn add_note(
     State(app): State<web::State>,
     Path(subject): Path<String>,
@@ -123,12 +116,6 @@ async fn add_note(
     Ok(web::see_other(&format!(
         "/medrecords/patients/{subject}#notes"
     )))
-}
-
-#[derive(Debug, Deserialize)]
-struct BreakGlass {
-    patient: String,
-    reason: String,
 }
 
 async fn break_glass(
@@ -168,16 +155,6 @@ async fn eps(State(app): State<web::State>, user: User) -> Result<Response, AppE
             prescriptions: issued.iter().map(PrescriptionView::from).collect(),
         },
     )
-}
-
-#[derive(Debug, Deserialize)]
-struct NewPrescription {
-    patient: String,
-    drug: String,
-    dosage: String,
-    frequency: String,
-    #[serde(default)]
-    notes: String,
 }
 
 async fn prescribe(

@@ -7,8 +7,9 @@ use axum::routing::{get, post};
 use careconnect::core::eps::{Prescription, SignatureStatus, Status};
 use careconnect::core::patients::Appointment;
 use careconnect::core::records::Note;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use crate::forms::Booking;
 use crate::web::{self, AppError, Empty, Post, User};
 
 pub(super) fn routes() -> Router<web::State> {
@@ -172,39 +173,13 @@ async fn page(State(app): State<web::State>, user: User) -> Result<Response, App
     )
 }
 
-#[derive(Debug, Deserialize)]
-struct Booking {
-    doctor: String,
-    /// `YYYY-MM-DD`.
-    date: String,
-    /// `HH:MM`, UTC.
-    time: String,
-    reason: String,
-}
-
-/// Seconds since the epoch of a date and time of day in UTC.
-fn instant(date: &str, time_of_day: &str) -> Result<u64, AppError> {
-    let d = time::Date::parse(
-        date,
-        time::macros::format_description!("[year]-[month]-[day]"),
-    )
-    .map_err(|_| AppError::BadRequest("date"))?;
-    let t = time::Time::parse(
-        time_of_day,
-        time::macros::format_description!("[hour]:[minute]"),
-    )
-    .map_err(|_| AppError::BadRequest("time"))?;
-    u64::try_from(d.with_time(t).assume_utc().unix_timestamp())
-        .map_err(|_| AppError::BadRequest("date"))
-}
-
 async fn book(State(app): State<web::State>, post: Post<Booking>) -> Result<Response, AppError> {
     let who = &post.user.principal;
     let f = &post.form;
     let doctor = app
         .user_id(&f.doctor)
         .map_err(|_| AppError::BadRequest("doctor"))?;
-    let at = instant(&f.date, &f.time)?;
+    let at = f.starts_at()?;
     app.clinic
         .patients()
         .book(who, &who.user, &doctor, at, &f.reason)
@@ -231,25 +206,4 @@ async fn pay(
 ) -> Result<Response, AppError> {
     app.clinic.patients().pay(&post.user.principal, &id).await?;
     Ok(web::see_other("/careconnect#prescriptions"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn instants_are_utc_and_malformed_input_is_a_400() {
-        assert_eq!(instant("2026-12-01", "09:30").unwrap(), 1_796_117_400);
-        for (d, t) in [
-            ("2026-13-01", "09:30"),
-            ("2026-12-01", "25:00"),
-            ("../x", "09:00"),
-            ("", ""),
-        ] {
-            assert!(
-                matches!(instant(d, t), Err(AppError::BadRequest(_))),
-                "{d} {t}"
-            );
-        }
-    }
 }
