@@ -7,7 +7,7 @@
 use super::common::{Demo, ids};
 use reqwest::StatusCode;
 
-const USERS: [&str; 8] = [
+pub(crate) const USERS: [&str; 8] = [
     "patient-alice",
     "patient-bob",
     "patient-carol",
@@ -18,7 +18,7 @@ const USERS: [&str; 8] = [
     "admin-adam",
 ];
 
-const PAGES: [&str; 7] = [
+pub(crate) const PAGES: [&str; 7] = [
     "/careconnect",
     "/medrecords",
     "/eps",
