@@ -1,15 +1,17 @@
 //! Full TLS 1.3 handshakes per second, in process (client and server in
-//! memory, no sockets), per suite: fresh each time, and resumed.
+//! memory, no sockets), per suite and key-exchange group: fresh each time,
+//! and resumed. X25519, and the post-quantum hybrid X25519MLKEM768 when the
+//! `aws-lc` feature provides it.
 //!
-//! `cargo bench --bench tls` (criterion prints the time per handshake;
-//! `scripts/bench-tls.sh` turns it into handshakes per second).
+//! `cargo bench --features aws-lc --bench tls` (criterion prints the time per
+//! handshake; `scripts/bench-tls.sh` turns it into handshakes per second).
 
 use std::sync::Arc;
 
-use careconnect::crypto::tls::{ClientTls, DevPki, SEED_SUITES, ServerTls};
+use careconnect::crypto::tls::{ClientTls, DEFAULT_GROUPS, DevPki, SEED_SUITES, ServerTls};
 use criterion::{Criterion, criterion_group, criterion_main};
 use rustls::client::Resumption;
-use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, NamedGroup, ServerConfig, ServerConnection};
 
 fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) -> bool {
     let (Ok(mut c), Ok(mut s)) = (
@@ -61,26 +63,31 @@ fn bench(c: &mut Criterion) {
         return;
     };
     let mut g = c.benchmark_group("tls13-handshake");
-    for suite in SEED_SUITES {
-        let Ok(base) = ClientTls::new()
-            .trust_pem(&pki.ca_cert)
-            .and_then(|b| b.suites(&[suite]).build())
-        else {
-            return;
-        };
-        let mut fresh = (*base).clone();
-        fresh.resumption = Resumption::disabled();
-        let fresh = Arc::new(fresh);
-        let name = format!("{suite:?}");
-        g.bench_function(format!("full/{name}"), |b| {
-            b.iter(|| handshake(&fresh, &server))
-        });
-        // Resumed: the client keeps a session cache; prime it once.
-        let resumed = base;
-        handshake(&resumed, &server);
-        g.bench_function(format!("resumed/{name}"), |b| {
-            b.iter(|| handshake(&resumed, &server))
-        });
+    let groups = [NamedGroup::X25519, NamedGroup::X25519MLKEM768]
+        .into_iter()
+        .filter(|g| DEFAULT_GROUPS.contains(g));
+    for group in groups {
+        for suite in SEED_SUITES {
+            let Ok(base) = ClientTls::new()
+                .trust_pem(&pki.ca_cert)
+                .and_then(|b| b.suites(&[suite]).key_exchange(&[group]).build())
+            else {
+                return;
+            };
+            let mut fresh = (*base).clone();
+            fresh.resumption = Resumption::disabled();
+            let fresh = Arc::new(fresh);
+            let name = format!("{suite:?}/{group:?}");
+            g.bench_function(format!("full/{name}"), |b| {
+                b.iter(|| handshake(&fresh, &server))
+            });
+            // Resumed: the client keeps a session cache; prime it once.
+            let resumed = base;
+            handshake(&resumed, &server);
+            g.bench_function(format!("resumed/{name}"), |b| {
+                b.iter(|| handshake(&resumed, &server))
+            });
+        }
     }
     g.finish();
 }

@@ -33,17 +33,17 @@ openssl_speed() { # tag
 
 echo "==> openssl speed (before)"; openssl_speed before
 aes_1mib=$(awk '$2 == "aes-256-gcm" && $3 == 1048576 { print $4 / 1e9 }' "$out/openssl.txt" | head -1)
-echo "==> interleaved ratios (cargo bench --features ring --bench ratios), about 1 minute"
-OPENSSL_AES_1MIB_GBS="$aes_1mib" cargo bench -q --features ring --bench ratios 2>/dev/null | tee "$out/ratios.txt"
-echo "==> criterion (cargo bench --features ring --bench envelope), about 5 minutes"
+echo "==> interleaved ratios (cargo bench --features ring,aws-lc --bench ratios), about 1 minute"
+OPENSSL_AES_1MIB_GBS="$aes_1mib" cargo bench -q --features ring,aws-lc --bench ratios 2>/dev/null | tee "$out/ratios.txt"
+echo "==> criterion (cargo bench --features ring,aws-lc --bench envelope), about 5 minutes"
 rm -rf "$crit"/record_* "$crit"/document_* "$crit"/kdf
-cargo bench -q --features ring --bench envelope -- ${BENCH_FILTER:+"$BENCH_FILTER"} > "$out/criterion.log" 2>&1 \
+cargo bench -q --features ring,aws-lc --bench envelope -- ${BENCH_FILTER:+"$BENCH_FILTER"} > "$out/criterion.log" 2>&1 \
   || { tail -30 "$out/criterion.log"; exit 1; }
 echo "==> openssl speed (after)"; openssl_speed after
 echo "==> streaming memory"
-for p in rustcrypto ring; do
+for p in rustcrypto ring aws-lc; do
   for mib in 64 512; do
-    cargo bench -q --features ring --bench stream_memory -- "$mib" "$p" aes-256-gcm 2>/dev/null | grep '^stream' >> "$out/stream.txt"
+    cargo bench -q --features ring,aws-lc --bench stream_memory -- "$mib" "$p" aes-256-gcm 2>/dev/null | grep '^stream' >> "$out/stream.txt"
   done
 done
 

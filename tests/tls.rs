@@ -10,12 +10,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use careconnect::crypto::tls::{
-    CertPaths, ClientAuth, ClientTls, DevPki, SEED_SUITES, ServerTls, TlsError, cert_info,
-    load_certified_key,
+    CertPaths, ClientAuth, ClientTls, DEFAULT_GROUPS, DevPki, Negotiated, SEED_SUITES, ServerTls,
+    TlsError, cert_info, load_certified_key,
 };
 use careconnect_tls_hello::Server;
 use rustls::{
-    CipherSuite, ClientConfig, ClientConnection, ProtocolVersion, ServerConfig, ServerConnection,
+    CipherSuite, ClientConfig, ClientConnection, NamedGroup, ProtocolVersion, ServerConfig,
+    ServerConnection,
 };
 
 fn new_pki() -> (tempfile::TempDir, DevPki) {
@@ -463,6 +464,13 @@ fn openssl_and_curl_against_the_server() {
 
     let (ok, out) = s_client(addr, &["-tls1_3", "-CAfile", ca]);
     assert!(ok && out.contains("TLSv1.3"), "{out}");
+    // OpenSSL 3.0 has no ML-KEM: a classical client still connects, with X25519.
+    assert!(out.contains("Server Temp Key: X25519"), "{out}");
+    let (ok, out) = s_client(addr, &["-tls1_3", "-groups", "P-256", "-CAfile", ca]);
+    assert!(
+        ok && out.contains("Server Temp Key: ECDH, prime256v1"),
+        "{out}"
+    );
     let (ok, out) = s_client(addr, &["-tls1_2", "-CAfile", ca]);
     assert!(!ok, "TLS 1.2 connected: {out}");
     let (ok, out) = s_client(
@@ -488,6 +496,7 @@ fn openssl_and_curl_against_the_server() {
     let url = format!("https://localhost:{}/", addr.port());
     let (ok, out) = curl(&url, &pki.ca_cert, &[]);
     assert!(ok && out.starts_with("ok TLSv1_3"), "{out}");
+    assert!(out.contains("group=X25519 "), "{out}");
     let (ok, out) = curl(
         &format!("https://127.0.0.1:{}/", addr.port()),
         &pki.ca_cert,
@@ -532,6 +541,133 @@ fn mtls_with_curl() {
         &["--cert", &theirs[0], "--key", &theirs[1]],
     );
     assert!(!ok, "foreign client certificate accepted: {out}");
+}
+
+#[test]
+fn groups_outside_the_list_are_refused() {
+    let (_d, pki) = new_pki();
+    for bad in [
+        NamedGroup::MLKEM768,
+        NamedGroup::FFDHE2048,
+        NamedGroup::secp521r1,
+    ] {
+        let err = ServerTls::new()
+            .key_exchange(&[bad])
+            .build_reloading(pki.server.clone())
+            .unwrap_err();
+        assert!(matches!(err, TlsError::UnsupportedGroup(_)), "{err}");
+        let err = client_for(&pki).key_exchange(&[bad]).build().unwrap_err();
+        assert!(matches!(err, TlsError::UnsupportedGroup(_)), "{err}");
+    }
+    assert!(matches!(
+        ServerTls::new().key_exchange(&[]).crypto_provider(),
+        Err(TlsError::UnsupportedGroup(_))
+    ));
+    // Without the aws-lc feature there is no ML-KEM to offer: naming the
+    // hybrid is an error, not a silent classical fallback.
+    if !DEFAULT_GROUPS.contains(&NamedGroup::X25519MLKEM768) {
+        assert!(matches!(
+            ServerTls::new()
+                .key_exchange(&[NamedGroup::X25519MLKEM768])
+                .crypto_provider(),
+            Err(TlsError::UnsupportedGroup(_))
+        ));
+    }
+}
+
+#[test]
+fn classical_groups_negotiate_and_are_reported() {
+    let (_d, pki) = new_pki();
+    let (server, _r) = ServerTls::new()
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    for g in [
+        NamedGroup::X25519,
+        NamedGroup::secp256r1,
+        NamedGroup::secp384r1,
+    ] {
+        let client = client_for(&pki).key_exchange(&[g]).build().unwrap();
+        let (c, s) = handshake(client, Arc::clone(&server)).unwrap();
+        let n = Negotiated::of(&s).unwrap();
+        assert_eq!(Negotiated::of(&c), Some(n));
+        assert_eq!(n.group, Some(g));
+        assert!(!n.is_post_quantum());
+        assert_eq!(
+            n.to_string(),
+            format!("TLS 1.3, {g:?}, TLS13_AES_256_GCM_SHA384")
+        );
+    }
+    // Not before the handshake.
+    let s = ServerConnection::new(server).unwrap();
+    assert_eq!(Negotiated::of(&s), None);
+}
+
+/// Issue 19: the hybrid X25519MLKEM768 is preferred, classical clients still connect.
+#[cfg(feature = "aws-lc")]
+#[test]
+fn post_quantum_hybrid_first_with_classical_fallback() {
+    let (_d, pki) = new_pki();
+    let (server, _r) = ServerTls::new()
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    // Our own client, defaults on both ends: the hybrid.
+    let (c, s) = handshake(client_for(&pki).build().unwrap(), Arc::clone(&server)).unwrap();
+    let n = Negotiated::of(&s).unwrap();
+    assert_eq!(n.group, Some(NamedGroup::X25519MLKEM768));
+    assert!(n.is_post_quantum());
+    assert_eq!(
+        n.to_string(),
+        "TLS 1.3, X25519MLKEM768, TLS13_AES_256_GCM_SHA384"
+    );
+    assert_eq!(Negotiated::of(&c), Some(n));
+
+    // A plain rustls client (not our builder) offering only the hybrid.
+    let mut only_pq = rustls::crypto::aws_lc_rs::default_provider();
+    only_pq.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768];
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in careconnect::crypto::tls::load_certs(&pki.ca_cert).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let plain = ClientConfig::builder_with_provider(Arc::new(only_pq))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let (c, s) = handshake(Arc::new(plain), Arc::clone(&server)).unwrap();
+    assert_eq!(
+        c.negotiated_key_exchange_group().unwrap().name(),
+        NamedGroup::X25519MLKEM768
+    );
+    assert!(Negotiated::of(&s).unwrap().is_post_quantum());
+
+    // A server that demands the hybrid refuses a classical-only client, and
+    // a hybrid-only client cannot talk to a classical-only server.
+    let (pq_only, _r2) = ServerTls::new()
+        .key_exchange(&[NamedGroup::X25519MLKEM768])
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    let classical = client_for(&pki)
+        .key_exchange(&[NamedGroup::X25519])
+        .build()
+        .unwrap();
+    assert!(handshake(Arc::clone(&classical), pq_only).is_err());
+    let (classical_server, _r3) = ServerTls::new()
+        .key_exchange(&[NamedGroup::X25519, NamedGroup::secp256r1])
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    let hybrid_only = client_for(&pki)
+        .key_exchange(&[NamedGroup::X25519MLKEM768])
+        .build()
+        .unwrap();
+    assert!(handshake(hybrid_only, classical_server).is_err());
+
+    // Resumption keeps the hybrid (psk_dhe_ke: a fresh key exchange each time).
+    let client = client_for(&pki).build().unwrap();
+    let (mut c, mut s) = handshake(Arc::clone(&client), Arc::clone(&server)).unwrap();
+    let _ = exchange(&mut c, &mut s, b"x");
+    let (c, s) = handshake(client, server).unwrap();
+    assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    assert!(Negotiated::of(&s).unwrap().is_post_quantum());
 }
 
 #[test]

@@ -48,6 +48,11 @@ async function as(who, name, flow, viewport = { width: 1200, height: 900 }) {
     await page.locator('button', { hasText: name }).click();
     await page.waitForURL(base + '/');
     check((await page.getByTestId('subject').textContent()) === who, `${who}: signed in`);
+    // The footer names what this connection negotiated: Chromium offers the
+    // post-quantum hybrid, and a demo built with aws-lc takes it.
+    const footer = await page.locator('footer').textContent();
+    const group = process.env.EXPECT_TLS_GROUP || 'X25519';
+    check(footer.startsWith(`TLS 1.3, ${group}, TLS13_`), `${who}: footer shows TLS 1.3 with ${group} (${footer})`);
     await flow(page);
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.waitForURL(base + '/');

@@ -4,7 +4,9 @@
 //! ever sees ciphertext bound to its place:
 //!
 //! - **Suites**: AES-256-GCM and ChaCha20-Poly1305, behind a small
-//!   [`CryptoProvider`] trait (RustCrypto by default, `ring` with the `ring` feature).
+//!   [`CryptoProvider`] trait: RustCrypto, `ring` (feature `ring`) and
+//!   `aws-lc-rs` (feature `aws-lc`); [`default_provider`] is the fastest of
+//!   those compiled in, measured once at first use.
 //! - **Per-message keys** from HKDF-SHA256 over the data key and a random
 //!   256-bit salt, with a **key commitment** checked in constant time first.
 //! - **Context binding**: an [`EncryptionContext`] (collection, record,
@@ -14,8 +16,9 @@
 //! - **Keys**: a [`Kms`] trait with the embedded [`LocalKms`], and a
 //!   [`Keyring`] of versioned data keys persisted sealed under a KMS key.
 //! - **TLS** (feature `tls`, default): rustls configurations that are TLS 1.3
-//!   only with the seed's suites, mTLS, PEM loading, reload without restart
-//!   and a development PKI; see the `tls` module.
+//!   only with the seed's suites, the post-quantum hybrid X25519MLKEM768 first
+//!   (feature `aws-lc`), mTLS, PEM loading, reload without restart and a
+//!   development PKI; see the `tls` module.
 //!
 //! # Example
 //!

@@ -93,12 +93,15 @@ fn serve(tcp: TcpStream, config: Arc<ServerConfig>) -> std::io::Result<()> {
     let suite = conn
         .negotiated_cipher_suite()
         .map_or("?".into(), |s| format!("{:?}", s.suite()));
+    let group = conn
+        .negotiated_key_exchange_group()
+        .map_or("?".into(), |g| format!("{:?}", g.name()));
     let client = conn
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| cert_info(c).ok())
         .map_or("none".into(), |i| i.subject);
-    let body = format!("ok {version} {suite} client={client}\n");
+    let body = format!("ok {version} {suite} group={group} client={client}\n");
     write!(
         tls,
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

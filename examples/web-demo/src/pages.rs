@@ -115,14 +115,20 @@ async fn not_found() -> AppError {
 struct HomeView {
     me: Option<web::Me>,
     issuer: String,
+    tls: Option<String>,
 }
 
-async fn home(State(app): State<web::State>, user: Option<User>) -> Result<Response, AppError> {
+async fn home(
+    State(app): State<web::State>,
+    tls: Option<axum::Extension<web::ConnTls>>,
+    user: Option<User>,
+) -> Result<Response, AppError> {
     app.render(
         "home.html",
         HomeView {
             me: user.map(|u| u.view()),
             issuer: app.rp.issuer().to_owned(),
+            tls: tls.map(|t| t.0.describe()),
         },
     )
 }

@@ -13,6 +13,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use careconnect::crypto::tls::Negotiated;
+
+use crate::web::ConnTls;
 
 /// ALPN protocols offered, preferred first.
 pub(crate) const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -111,6 +116,14 @@ pub(crate) async fn serve(
             } else {
                 h1
             };
+            // What the handshake settled on, for the pages to show.
+            let conn_tls = Negotiated::of(tls.get_ref().1).map(ConnTls);
+            let app = app.map_request(move |mut req: axum::extract::Request<_>| {
+                if let Some(t) = conn_tls {
+                    req.extensions_mut().insert(t);
+                }
+                req
+            });
             let service = TowerToHyperService::new(app);
             let conn = builder.serve_connection(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {

@@ -13,6 +13,7 @@ use careconnect::authz::oidc::RelyingParty;
 use careconnect::authz::session::{Session, SessionId, Sessions};
 use careconnect::authz::{Role, UserId};
 use careconnect::core::{Clinic, CoreError};
+use careconnect::crypto::tls::Negotiated;
 use serde::de::DeserializeOwned;
 
 pub(crate) use crate::forms::Empty;
@@ -262,6 +263,24 @@ pub(crate) fn escape(s: &str) -> String {
     out
 }
 
+/// What the request's TLS connection negotiated (version, key exchange,
+/// suite): put in every request's extensions by the server, shown in the
+/// page footer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnTls(pub(crate) Negotiated);
+
+impl ConnTls {
+    /// The footer's words, e.g. `TLS 1.3, X25519MLKEM768, TLS13_AES_256_GCM_SHA384
+    /// (post-quantum key exchange)`.
+    pub(crate) fn describe(&self) -> String {
+        if self.0.is_post_quantum() {
+            format!("{} (post-quantum key exchange)", self.0)
+        } else {
+            self.0.to_string()
+        }
+    }
+}
+
 /// The signed-in user of a request.
 #[derive(Debug, Clone)]
 pub(crate) struct User {
@@ -270,6 +289,8 @@ pub(crate) struct User {
     /// Their session (for its CSRF token; its roles are only those the
     /// claims gave).
     pub(crate) session: Session,
+    /// The connection this request came on.
+    pub(crate) tls: Option<ConnTls>,
 }
 
 impl User {
@@ -287,6 +308,7 @@ impl User {
             finance: has(Role::Finance) || admin,
             medicloud: has(Role::Doctor) || has(Role::External) || admin,
             admin,
+            tls: self.tls.map(|t| t.describe()),
         }
     }
 }
@@ -304,6 +326,7 @@ pub(crate) struct Me {
     finance: bool,
     medicloud: bool,
     admin: bool,
+    tls: Option<String>,
 }
 
 async fn session_of(parts: &Parts, app: &App) -> Result<Option<User>, AppError> {
@@ -322,7 +345,12 @@ async fn session_of(parts: &Parts, app: &App) -> Result<Option<User>, AppError> 
     // The roles the claims gave at sign-in and those stored now: an
     // administrator's change reaches this session within seconds.
     let principal = app.clinic.principal(&session.user, session.roles).await?;
-    Ok(Some(User { principal, session }))
+    let tls = parts.extensions.get::<ConnTls>().copied();
+    Ok(Some(User {
+        principal,
+        session,
+        tls,
+    }))
 }
 
 impl FromRequestParts<State> for User {

@@ -2,7 +2,7 @@
 
 use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, UnboundKey};
 
-use super::{Aead, AeadKey, CryptoProvider, Nonce, Tag};
+use super::{Aead, AeadKey, Nonce, Tag};
 use crate::Suite;
 use crate::error::{Error, Misuse};
 
@@ -11,38 +11,7 @@ use crate::error::{Error, Misuse};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ring;
 
-impl CryptoProvider for Ring {
-    fn name(&self) -> &'static str {
-        "ring"
-    }
-
-    fn aead(&self, suite: Suite, key: &AeadKey) -> Box<dyn Aead> {
-        Box::new(keyed(suite, key))
-    }
-
-    fn seal_once(
-        &self,
-        suite: Suite,
-        key: &AeadKey,
-        nonce: &Nonce,
-        aad: &[u8],
-        buf: &mut [u8],
-    ) -> Result<Tag, Error> {
-        keyed(suite, key).seal_in_place_detached(nonce, aad, buf)
-    }
-
-    fn open_once(
-        &self,
-        suite: Suite,
-        key: &AeadKey,
-        nonce: &Nonce,
-        aad: &[u8],
-        buf: &mut [u8],
-        tag: &Tag,
-    ) -> Result<(), Error> {
-        keyed(suite, key).open_in_place_detached(nonce, aad, buf, tag)
-    }
-}
+stack_keyed_provider!(Ring, "ring");
 
 fn keyed(suite: Suite, key: &AeadKey) -> Keyed {
     let alg = match suite {

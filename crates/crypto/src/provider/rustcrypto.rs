@@ -1,49 +1,19 @@
-//! The default provider, on the RustCrypto `aes-gcm` and `chacha20poly1305` crates.
+//! The always-compiled provider, on the RustCrypto `aes-gcm` and `chacha20poly1305` crates.
 
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit};
 use chacha20poly1305::ChaCha20Poly1305;
 
-use super::{Aead, AeadKey, CryptoProvider, Nonce, Tag};
+use super::{Aead, AeadKey, Nonce, Tag};
 use crate::Suite;
 use crate::error::{Error, Misuse};
 
-/// AEADs from the RustCrypto project. The default provider.
+/// AEADs from the RustCrypto project: pure Rust, always compiled in, and what
+/// [`super::default_provider`] uses when no faster provider is.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RustCrypto;
 
-impl CryptoProvider for RustCrypto {
-    fn name(&self) -> &'static str {
-        "rustcrypto"
-    }
-
-    fn aead(&self, suite: Suite, key: &AeadKey) -> Box<dyn Aead> {
-        Box::new(keyed(suite, key))
-    }
-
-    fn seal_once(
-        &self,
-        suite: Suite,
-        key: &AeadKey,
-        nonce: &Nonce,
-        aad: &[u8],
-        buf: &mut [u8],
-    ) -> Result<Tag, Error> {
-        keyed(suite, key).seal_in_place_detached(nonce, aad, buf)
-    }
-
-    fn open_once(
-        &self,
-        suite: Suite,
-        key: &AeadKey,
-        nonce: &Nonce,
-        aad: &[u8],
-        buf: &mut [u8],
-        tag: &Tag,
-    ) -> Result<(), Error> {
-        keyed(suite, key).open_in_place_detached(nonce, aad, buf, tag)
-    }
-}
+stack_keyed_provider!(RustCrypto, "rustcrypto");
 
 /// Either suite's cipher, keyed on the stack (boxed only by `aead`).
 #[allow(

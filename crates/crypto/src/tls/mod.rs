@@ -9,7 +9,13 @@
 //!   the list is refused.
 //! - TLS 1.2 only by the explicit [`ServerTls::allow_tls12`] /
 //!   [`ClientTls::allow_tls12`], and then only ECDHE key exchange with AEAD
-//!   suites (the only TLS 1.2 suites the ring provider has).
+//!   suites (the only TLS 1.2 suites rustls's providers have).
+//! - **Key exchange**: with the `aws-lc` feature, the post-quantum hybrid
+//!   `X25519MLKEM768` first, then `X25519`, `secp256r1` and `secp384r1`
+//!   for classical clients ([`DEFAULT_GROUPS`]); without it the same list
+//!   minus the hybrid (rustls's `ring` provider has no ML-KEM). Configurable
+//!   ([`ServerTls::key_exchange`]); [`Negotiated`] tells the application
+//!   what a connection settled on.
 //! - ALPN `h2` and `http/1.1`.
 //! - Client certificates (mTLS): [`ClientAuth::Off`], `Optional` or
 //!   `Required`, verified against the trust anchors you give. After the
@@ -40,8 +46,12 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::crypto::SupportedKxGroup;
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
-use rustls::{CipherSuite, ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite};
+use rustls::{
+    CipherSuite, ClientConfig, NamedGroup, ProtocolVersion, RootCertStore, ServerConfig,
+    SupportedCipherSuite,
+};
 
 pub use self::devcert::DevPki;
 pub use self::pem::{
@@ -56,6 +66,31 @@ pub const SEED_SUITES: [CipherSuite; 3] = [
     CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
     CipherSuite::TLS13_AES_128_GCM_SHA256,
 ];
+
+/// Key-exchange groups offered and accepted by default, in preference order:
+/// the post-quantum hybrid first when the `aws-lc` feature provides it,
+/// then classical groups for clients without it.
+#[cfg(feature = "aws-lc")]
+pub const DEFAULT_GROUPS: &[NamedGroup] = &[
+    NamedGroup::X25519MLKEM768,
+    NamedGroup::X25519,
+    NamedGroup::secp256r1,
+    NamedGroup::secp384r1,
+];
+/// Key-exchange groups offered and accepted by default, in preference order
+/// (the `aws-lc` feature adds the post-quantum hybrid `X25519MLKEM768` first).
+#[cfg(not(feature = "aws-lc"))]
+pub const DEFAULT_GROUPS: &[NamedGroup] = &[
+    NamedGroup::X25519,
+    NamedGroup::secp256r1,
+    NamedGroup::secp384r1,
+];
+
+/// Every group a configuration may name: [`DEFAULT_GROUPS`]. Others (plain
+/// ML-KEM, finite-field groups) are refused with [`TlsError::UnsupportedGroup`].
+fn allowed_group(g: NamedGroup) -> bool {
+    DEFAULT_GROUPS.contains(&g)
+}
 
 /// ALPN protocols offered and accepted, in preference order.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -134,6 +169,9 @@ pub enum TlsError {
     /// A cipher suite outside [`SEED_SUITES`] (or the TLS 1.2 AEAD suites when allowed).
     #[error("cipher suite {0} is not allowed")]
     UnsupportedSuite(String),
+    /// A key-exchange group outside [`DEFAULT_GROUPS`], or none at all.
+    #[error("key exchange group {0} is not allowed")]
+    UnsupportedGroup(String),
     /// rustls refused the configuration.
     #[error("tls configuration: {0}")]
     Config(String),
@@ -175,10 +213,28 @@ impl ClientAuth {
     }
 }
 
+/// rustls's provider underneath: aws-lc-rs (with ML-KEM) under the `aws-lc`
+/// feature, ring otherwise.
+fn base_provider() -> CryptoProvider {
+    #[cfg(feature = "aws-lc")]
+    {
+        rustls::crypto::aws_lc_rs::default_provider()
+    }
+    #[cfg(not(feature = "aws-lc"))]
+    {
+        rustls::crypto::ring::default_provider()
+    }
+}
+
 /// The rustls provider with exactly `suites` (checked against the allowed
-/// list) plus, if `tls12`, the ring provider's TLS 1.2 suites (all ECDHE + AEAD).
-fn provider(suites: &[CipherSuite], tls12: bool) -> Result<Arc<CryptoProvider>, TlsError> {
-    let base = rustls::crypto::ring::default_provider();
+/// list) plus, if `tls12`, the provider's TLS 1.2 suites (all ECDHE + AEAD),
+/// and exactly `groups` (checked against [`DEFAULT_GROUPS`]).
+fn provider(
+    suites: &[CipherSuite],
+    tls12: bool,
+    groups: &[NamedGroup],
+) -> Result<Arc<CryptoProvider>, TlsError> {
+    let base = base_provider();
     let mut chosen: Vec<SupportedCipherSuite> = Vec::new();
     for s in suites {
         if !SEED_SUITES.contains(s) {
@@ -203,10 +259,91 @@ fn provider(suites: &[CipherSuite], tls12: bool) -> Result<Arc<CryptoProvider>, 
                 .filter(|c| c.version() == &rustls::version::TLS12),
         );
     }
+    let mut kx: Vec<&'static dyn SupportedKxGroup> = Vec::new();
+    for g in groups {
+        let found = all_kx_groups()
+            .iter()
+            .find(|k| k.name() == *g)
+            .filter(|_| allowed_group(*g))
+            .ok_or_else(|| TlsError::UnsupportedGroup(format!("{g:?}")))?;
+        if !kx.iter().any(|k| k.name() == *g) {
+            kx.push(*found);
+        }
+    }
+    if kx.is_empty() {
+        return Err(TlsError::UnsupportedGroup("(none)".into()));
+    }
     Ok(Arc::new(CryptoProvider {
         cipher_suites: chosen,
+        kx_groups: kx,
         ..base
     }))
+}
+
+fn all_kx_groups() -> &'static [&'static dyn SupportedKxGroup] {
+    #[cfg(feature = "aws-lc")]
+    {
+        rustls::crypto::aws_lc_rs::ALL_KX_GROUPS
+    }
+    #[cfg(not(feature = "aws-lc"))]
+    {
+        rustls::crypto::ring::ALL_KX_GROUPS
+    }
+}
+
+/// What a TLS connection settled on, for the application to show or log
+/// (never secret). From any rustls connection once its handshake is done:
+///
+/// ```
+/// # use careconnect_crypto::tls::Negotiated;
+/// # fn show(conn: &rustls::ServerConnection) {
+/// if let Some(n) = Negotiated::of(conn) {
+///     println!("{n}"); // e.g. "TLS 1.3, X25519MLKEM768, TLS13_AES_256_GCM_SHA384"
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The protocol version.
+    pub version: ProtocolVersion,
+    /// The cipher suite.
+    pub suite: CipherSuite,
+    /// The key-exchange group (`None` only on a resumed TLS 1.2 session).
+    pub group: Option<NamedGroup>,
+}
+
+impl Negotiated {
+    /// What `conn` negotiated; `None` before its handshake settled.
+    pub fn of(conn: &rustls::CommonState) -> Option<Self> {
+        Some(Self {
+            version: conn.protocol_version()?,
+            suite: conn.negotiated_cipher_suite()?.suite(),
+            group: conn.negotiated_key_exchange_group().map(|g| g.name()),
+        })
+    }
+
+    /// Whether the key exchange resists a quantum computer recording the
+    /// traffic today (a hybrid with ML-KEM).
+    pub fn is_post_quantum(&self) -> bool {
+        matches!(
+            self.group,
+            Some(NamedGroup::X25519MLKEM768 | NamedGroup::secp256r1MLKEM768)
+        )
+    }
+}
+
+impl std::fmt::Display for Negotiated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.version {
+            ProtocolVersion::TLSv1_3 => f.write_str("TLS 1.3")?,
+            ProtocolVersion::TLSv1_2 => f.write_str("TLS 1.2")?,
+            v => write!(f, "{v:?}")?,
+        }
+        if let Some(g) = self.group {
+            write!(f, ", {g:?}")?;
+        }
+        write!(f, ", {:?}", self.suite)
+    }
 }
 
 static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
@@ -230,10 +367,11 @@ fn roots(
 }
 
 /// Builds a rustls [`ServerConfig`]. Defaults: TLS 1.3, [`SEED_SUITES`] in
-/// order, [`ALPN`], no client certificates.
+/// order, [`DEFAULT_GROUPS`] in order, [`ALPN`], no client certificates.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
     suites: Vec<CipherSuite>,
+    groups: Vec<NamedGroup>,
     tls12: bool,
     client_auth: ClientAuth,
     alpn: Vec<Vec<u8>>,
@@ -250,6 +388,7 @@ impl ServerTls {
     pub fn new() -> Self {
         Self {
             suites: SEED_SUITES.to_vec(),
+            groups: DEFAULT_GROUPS.to_vec(),
             tls12: false,
             client_auth: ClientAuth::Off,
             alpn: ALPN.iter().map(|p| p.to_vec()).collect(),
@@ -270,6 +409,15 @@ impl ServerTls {
     #[must_use]
     pub fn suites(mut self, suites: &[CipherSuite]) -> Self {
         self.suites = suites.to_vec();
+        self
+    }
+
+    /// The key-exchange groups, in the server's preference order; each must
+    /// be in [`DEFAULT_GROUPS`] (checked by the build). A server that must
+    /// refuse classical clients passes `&[NamedGroup::X25519MLKEM768]`.
+    #[must_use]
+    pub fn key_exchange(mut self, groups: &[NamedGroup]) -> Self {
+        self.groups = groups.to_vec();
         self
     }
 
@@ -297,7 +445,7 @@ impl ServerTls {
         &self,
         resolver: Arc<dyn ResolvesServerCert>,
     ) -> Result<Arc<ServerConfig>, TlsError> {
-        self.build_with(resolver, provider(&self.suites, self.tls12)?)
+        self.build_with(resolver, provider(&self.suites, self.tls12, &self.groups)?)
     }
 
     fn build_with(
@@ -339,7 +487,7 @@ impl ServerTls {
         &self,
         paths: CertPaths,
     ) -> Result<(Arc<ServerConfig>, Arc<ReloadingCertResolver>), TlsError> {
-        let provider = provider(&self.suites, self.tls12)?;
+        let provider = provider(&self.suites, self.tls12, &self.groups)?;
         let resolver = ReloadingCertResolver::new(paths, Arc::clone(&provider))?;
         let config = self.build_with(
             Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>,
@@ -354,7 +502,7 @@ impl ServerTls {
     ///
     /// [`TlsError::UnsupportedSuite`].
     pub fn crypto_provider(&self) -> Result<Arc<CryptoProvider>, TlsError> {
-        provider(&self.suites, self.tls12)
+        provider(&self.suites, self.tls12, &self.groups)
     }
 }
 
@@ -362,6 +510,7 @@ impl ServerTls {
 #[derive(Debug, Clone)]
 pub struct ClientTls {
     suites: Vec<CipherSuite>,
+    groups: Vec<NamedGroup>,
     tls12: bool,
     anchors: Vec<rustls::pki_types::CertificateDer<'static>>,
     client_cert: Option<CertPaths>,
@@ -374,10 +523,11 @@ impl Default for ClientTls {
 }
 
 impl ClientTls {
-    /// TLS 1.3, [`SEED_SUITES`], no anchors yet.
+    /// TLS 1.3, [`SEED_SUITES`], [`DEFAULT_GROUPS`], no anchors yet.
     pub fn new() -> Self {
         Self {
             suites: SEED_SUITES.to_vec(),
+            groups: DEFAULT_GROUPS.to_vec(),
             tls12: false,
             anchors: Vec::new(),
             client_cert: None,
@@ -388,6 +538,14 @@ impl ClientTls {
     #[must_use]
     pub fn suites(mut self, suites: &[CipherSuite]) -> Self {
         self.suites = suites.to_vec();
+        self
+    }
+
+    /// Offer only these key-exchange groups, in this order (each in
+    /// [`DEFAULT_GROUPS`]). The first one gets a key share in the hello.
+    #[must_use]
+    pub fn key_exchange(mut self, groups: &[NamedGroup]) -> Self {
+        self.groups = groups.to_vec();
         self
     }
 
@@ -427,7 +585,7 @@ impl ClientTls {
                 "a client needs at least one trust anchor".into(),
             ));
         }
-        let provider = provider(&self.suites, self.tls12)?;
+        let provider = provider(&self.suites, self.tls12, &self.groups)?;
         let verifier = WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots(&self.anchors)?),
             Arc::clone(&provider),

@@ -35,6 +35,14 @@ async fn every_role_walks_the_clinic_in_chromium() {
             .arg(dir.join("web_demo.mjs"))
             .arg(&url)
             .arg(&shots)
+            .env(
+                "EXPECT_TLS_GROUP",
+                if cfg!(feature = "aws-lc") {
+                    "X25519MLKEM768"
+                } else {
+                    "X25519"
+                },
+            )
             .current_dir(&dir)
             .output()
             .expect("node")
