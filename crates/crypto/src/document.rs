@@ -653,14 +653,7 @@ impl<R: Read> DocumentReader<R> {
         let mut filled = self.buf.len();
         // One sealed chunk plus one byte: that byte tells whether this chunk is the last.
         self.buf.resize(sealed + 1, 0);
-        while filled < sealed + 1 {
-            match self.input.read(&mut self.buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        filled += read_full(&mut self.input, &mut self.buf[filled..])?;
         let last = filled <= sealed;
         if !last {
             self.lookahead = Some(self.buf[sealed]);
@@ -695,6 +688,87 @@ impl DocumentOpener {
     }
 }
 
+/// Reads into `buf` until it is full or `input` ends; returns how much was read.
+fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+impl<R: Read> DocumentReader<R> {
+    /// Reads and opens the next chunk straight into `out`, which holds at
+    /// least one full chunk: the sealed body lands in `out`, its tag and the
+    /// next chunk's first byte in a small array beside it, and the chunk is
+    /// opened there, saving a copy through `buf` (a third of the time at
+    /// AES-GCM speeds of 10 GB/s and more). Returns the plaintext length. On
+    /// any failure everything written to `out` is zeroed: no unauthenticated
+    /// byte is left behind.
+    fn next_chunk_into(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let chunk = self.opener.chunk;
+        let body = out.get_mut(..chunk).ok_or_else(invalid)?;
+        let mut filled = 0;
+        let result = self.open_into(body, &mut filled);
+        if result.is_err() {
+            body[..filled].fill(0);
+        }
+        result
+    }
+
+    fn open_into(&mut self, body: &mut [u8], filled: &mut usize) -> io::Result<usize> {
+        let chunk = body.len();
+        if let Some(b) = self.lookahead.take() {
+            body[0] = b;
+            *filled = 1;
+        }
+        *filled += read_full(&mut self.input, &mut body[*filled..])?;
+        // The tag, and one byte more that tells whether this chunk is the last.
+        let mut tail = [0u8; TAG_LEN + 1];
+        let t = if *filled == chunk {
+            read_full(&mut self.input, &mut tail)?
+        } else {
+            0
+        };
+        let total = *filled + t;
+        let last = total <= chunk + TAG_LEN;
+        let body_len = total
+            .min(chunk + TAG_LEN)
+            .checked_sub(TAG_LEN)
+            .ok_or_else(invalid)?;
+        // The tag is bytes body_len..body_len + 16 of body[..filled] ++ tail[..t].
+        let mut tag = [0u8; TAG_LEN];
+        for (i, slot) in tag.iter_mut().enumerate() {
+            let k = body_len + i;
+            *slot = match k.checked_sub(*filled) {
+                None => body[k],
+                Some(j) => tail[j],
+            };
+        }
+        let nonce = chunk_nonce(self.counter, last);
+        self.opener
+            .aead
+            .open_in_place_detached(&nonce, &self.opener.aad, &mut body[..body_len], &tag)
+            .map_err(|_| invalid())?;
+        if last && body_len == 0 && self.counter > 0 {
+            // As in `open_chunk`: an empty last chunk after a full one is not
+            // what a writer produces (§6).
+            return Err(invalid());
+        }
+        if !last {
+            self.lookahead = Some(tail[TAG_LEN]);
+        }
+        self.done = last;
+        self.counter = self.counter.checked_add(1).ok_or_else(invalid)?;
+        Ok(body_len)
+    }
+}
+
 impl<R: Read> Read for DocumentReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         loop {
@@ -712,6 +786,16 @@ impl<R: Read> Read for DocumentReader<R> {
             }
             if self.done || out.is_empty() {
                 return Ok(0);
+            }
+            if out.len() >= self.opener.chunk {
+                match self.next_chunk_into(out) {
+                    // An empty last chunk: the document ends here.
+                    Ok(n) => return Ok(n),
+                    Err(e) => {
+                        self.failed = true;
+                        return Err(e);
+                    }
+                }
             }
             if let Err(e) = self.next_chunk() {
                 // Nothing of a chunk that failed is ever returned.
@@ -1082,6 +1166,97 @@ mod tests {
         for _ in 0..3 {
             let again = r.read(&mut out).unwrap_err();
             assert_eq!(again.kind(), io::ErrorKind::InvalidData);
+        }
+    }
+
+    /// Reads everything with `size`-byte reads.
+    fn read_with(r: &mut DocumentReader<&[u8]>, size: usize) -> io::Result<Vec<u8>> {
+        let mut all = Vec::new();
+        let mut out = vec![0u8; size];
+        loop {
+            let n = r.read(&mut out)?;
+            if n == 0 {
+                return Ok(all);
+            }
+            all.extend_from_slice(&out[..n]);
+        }
+    }
+
+    #[test]
+    fn every_read_size_gives_the_same_bytes() {
+        let ctx = EncryptionContext::new();
+        for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 2 * CHUNK + 17] {
+            let data = plaintext(len);
+            let (dek, sealed) = sealed_doc(&data, &ctx);
+            // Below one chunk (through the buffer), one chunk and more
+            // (straight into the caller's buffer), and both in turn.
+            for size in [
+                1,
+                7,
+                CHUNK - 1,
+                CHUNK,
+                CHUNK + 1,
+                CHUNK + TAG_LEN + 1,
+                3 * CHUNK,
+            ] {
+                let mut r = reader(&dek, &sealed, &ctx);
+                assert_eq!(
+                    read_with(&mut r, size).unwrap(),
+                    data,
+                    "len {len} size {size}"
+                );
+            }
+            let mut r = reader(&dek, &sealed, &ctx);
+            let mut got = Vec::new();
+            let (mut small, mut big) = (vec![0u8; 100], vec![0u8; CHUNK]);
+            for turn in 0.. {
+                let out = if turn % 3 == 0 { &mut small } else { &mut big };
+                let n = r.read(out).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&out[..n]);
+            }
+            assert_eq!(got, data, "len {len} mixed sizes");
+        }
+    }
+
+    #[test]
+    fn a_chunk_that_fails_leaves_nothing_in_the_callers_buffer() {
+        let ctx = EncryptionContext::new();
+        let data = plaintext(2 * CHUNK + 100);
+        let (dek, sealed) = sealed_doc(&data, &ctx);
+        let (_, head) = Header::parse(&sealed).unwrap();
+        let sealed_chunk = CHUNK + TAG_LEN;
+        // A flipped byte in the second chunk's body, its tag, the last
+        // chunk's tag; and a document cut inside the second chunk's tag.
+        let flips = [
+            head + sealed_chunk + 9,
+            head + 2 * sealed_chunk - 1,
+            sealed.len() - 1,
+        ];
+        for (i, at) in flips.iter().map(Some).chain([None]).enumerate() {
+            let mut bad = sealed.clone();
+            match at {
+                Some(&at) => bad[at] ^= 0x80,
+                None => bad.truncate(head + 2 * sealed_chunk - 3),
+            }
+            let mut r = reader(&dek, &bad, &ctx);
+            let mut out = vec![0u8; CHUNK + 50];
+            assert_eq!(r.read(&mut out).unwrap(), CHUNK);
+            assert_eq!(out[..CHUNK], data[..CHUNK]);
+            if i == 2 {
+                assert_eq!(r.read(&mut out).unwrap(), CHUNK);
+            }
+            out.fill(0x55);
+            assert_eq!(
+                r.read(&mut out).unwrap_err().kind(),
+                io::ErrorKind::InvalidData
+            );
+            // Whatever the failed read wrote was wiped (the rest untouched).
+            assert!(out.iter().all(|&b| b == 0 || b == 0x55), "case {i}");
+            assert!(out[..100].iter().all(|&b| b == 0), "case {i}");
+            assert!(r.read(&mut out).is_err());
         }
     }
 
