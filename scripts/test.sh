@@ -18,9 +18,10 @@ serve() {
 }
 step() { printf '\n==> %s  [%dm%02ds]\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
 
-step "system tools (openssl, curl: real TLS clients for tests/tls.rs; strace: salts from the OS)"
+step "system tools (openssl, curl: real TLS clients for tests/tls.rs; strace: salts from the OS; cmake, go: the FIPS build of AWS-LC)"
 missing=()
-for t in openssl curl strace; do command -v "$t" >/dev/null || missing+=("$t"); done
+for t in openssl curl strace cmake; do command -v "$t" >/dev/null || missing+=("$t"); done
+command -v go >/dev/null || missing+=(golang-go)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
   $sudo_ apt-get update -q >/dev/null && $sudo_ apt-get install -y -q "${missing[@]}" >/dev/null

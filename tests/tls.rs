@@ -670,6 +670,73 @@ fn post_quantum_hybrid_first_with_classical_fallback() {
     assert!(Negotiated::of(&s).unwrap().is_post_quantum());
 }
 
+/// Issue 19, FIPS: AWS-LC's validated module, approved suites and groups only.
+#[cfg(feature = "fips")]
+#[test]
+fn fips_mode_uses_only_approved_suites_and_groups() {
+    use careconnect::crypto::tls::{FIPS_GROUPS, FIPS_SUITES};
+    let (_d, pki) = new_pki();
+    let (server, _r) = ServerTls::new()
+        .fips()
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    assert!(server.fips());
+    // A non-FIPS build of the same list is not FIPS (ChaCha20, X25519).
+    let (plain, _r2) = ServerTls::new()
+        .build_reloading(pki.server.clone())
+        .unwrap();
+    assert!(!plain.fips());
+    let client = client_for(&pki).fips().build().unwrap();
+    assert!(client.fips());
+    let (c, s) = handshake(client, Arc::clone(&server)).unwrap();
+    assert!(c.fips() && s.fips());
+    let n = Negotiated::of(&s).unwrap();
+    assert_eq!(n.group, Some(NamedGroup::X25519MLKEM768));
+    assert!(FIPS_SUITES.contains(&n.suite) && FIPS_GROUPS.contains(&NamedGroup::X25519MLKEM768));
+    // A classical client still gets in, over P-256; a ChaCha-only or
+    // X25519-only client does not.
+    let p256 = client_for(&pki)
+        .key_exchange(&[NamedGroup::secp256r1])
+        .build()
+        .unwrap();
+    let (_, s) = handshake(p256, Arc::clone(&server)).unwrap();
+    assert_eq!(
+        Negotiated::of(&s).unwrap().group,
+        Some(NamedGroup::secp256r1)
+    );
+    for client in [
+        client_for(&pki)
+            .suites(&[CipherSuite::TLS13_CHACHA20_POLY1305_SHA256])
+            .build()
+            .unwrap(),
+        client_for(&pki)
+            .key_exchange(&[NamedGroup::X25519])
+            .build()
+            .unwrap(),
+    ] {
+        assert!(handshake(client, Arc::clone(&server)).is_err());
+    }
+    // Widening a FIPS configuration is refused at build time.
+    for widened in [
+        ServerTls::new()
+            .fips()
+            .suites(&[CipherSuite::TLS13_CHACHA20_POLY1305_SHA256]),
+        ServerTls::new().fips().key_exchange(&[NamedGroup::X25519]),
+    ] {
+        let err = widened.build_reloading(pki.server.clone()).unwrap_err();
+        assert!(matches!(err, TlsError::NotFips(_)), "{err}");
+    }
+    // The envelope's AEAD runs in the module too.
+    for suite in careconnect::crypto::Suite::ALL {
+        assert_eq!(
+            careconnect::crypto::provider::fastest()
+                .chosen(suite)
+                .name(),
+            "aws-lc"
+        );
+    }
+}
+
 #[test]
 fn sessions_resume() {
     let (_d, pki) = new_pki();

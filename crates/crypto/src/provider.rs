@@ -259,9 +259,15 @@ pub fn all_providers() -> Vec<&'static dyn CryptoProvider> {
     ]
 }
 
-/// The process-wide [`Fastest`], measured on the first call.
+/// The process-wide [`Fastest`], measured on the first call. With the
+/// `fips` feature it is `AwsLc` (AWS-LC's FIPS 140-3 module) for every suite,
+/// unmeasured.
 pub fn fastest() -> &'static Fastest {
     static CHOSEN: OnceLock<Fastest> = OnceLock::new();
+    // A FIPS build uses the validated module for everything, fast or not.
+    #[cfg(feature = "fips")]
+    return CHOSEN.get_or_init(|| Fastest::measure(&[&AwsLc]));
+    #[cfg(not(feature = "fips"))]
     CHOSEN.get_or_init(|| Fastest::measure(&all_providers()))
 }
 

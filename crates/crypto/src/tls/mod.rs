@@ -16,6 +16,9 @@
 //!   minus the hybrid (rustls's `ring` provider has no ML-KEM). Configurable
 //!   ([`ServerTls::key_exchange`]); [`Negotiated`] tells the application
 //!   what a connection settled on.
+//! - **FIPS 140-3** (feature `fips`): `ServerTls::fips` / `ClientTls::fips`
+//!   restrict to approved suites and groups on AWS-LC's validated module and
+//!   refuse to build otherwise.
 //! - ALPN `h2` and `http/1.1`.
 //! - Client certificates (mTLS): [`ClientAuth::Off`], `Optional` or
 //!   `Required`, verified against the trust anchors you give. After the
@@ -82,6 +85,24 @@ pub const DEFAULT_GROUPS: &[NamedGroup] = &[
 #[cfg(not(feature = "aws-lc"))]
 pub const DEFAULT_GROUPS: &[NamedGroup] = &[
     NamedGroup::X25519,
+    NamedGroup::secp256r1,
+    NamedGroup::secp384r1,
+];
+
+/// The TLS 1.3 suites of [`ServerTls::fips`]: the seed's AES-GCM suites
+/// (ChaCha20-Poly1305 is not a FIPS 140-3 approved algorithm).
+#[cfg(feature = "fips")]
+pub const FIPS_SUITES: [CipherSuite; 2] = [
+    CipherSuite::TLS13_AES_256_GCM_SHA384,
+    CipherSuite::TLS13_AES_128_GCM_SHA256,
+];
+
+/// The key-exchange groups of [`ServerTls::fips`]: the hybrid first (approved
+/// under SP 800-56C because ML-KEM-768 comes first in it), then P-256 and
+/// P-384 (X25519 is not approved).
+#[cfg(feature = "fips")]
+pub const FIPS_GROUPS: [NamedGroup; 3] = [
+    NamedGroup::X25519MLKEM768,
     NamedGroup::secp256r1,
     NamedGroup::secp384r1,
 ];
@@ -169,6 +190,11 @@ pub enum TlsError {
     /// A cipher suite outside [`SEED_SUITES`] (or the TLS 1.2 AEAD suites when allowed).
     #[error("cipher suite {0} is not allowed")]
     UnsupportedSuite(String),
+    /// A configuration asked for FIPS mode ([`ServerTls::fips`]) is not a
+    /// FIPS configuration: a suite or group outside the approved lists, or
+    /// the FIPS module failed its power-on self tests.
+    #[error("not a FIPS 140-3 configuration: {0}")]
+    NotFips(&'static str),
     /// A key-exchange group outside [`DEFAULT_GROUPS`], or none at all.
     #[error("key exchange group {0} is not allowed")]
     UnsupportedGroup(String),
@@ -372,6 +398,7 @@ fn roots(
 pub struct ServerTls {
     suites: Vec<CipherSuite>,
     groups: Vec<NamedGroup>,
+    fips: bool,
     tls12: bool,
     client_auth: ClientAuth,
     alpn: Vec<Vec<u8>>,
@@ -389,6 +416,7 @@ impl ServerTls {
         Self {
             suites: SEED_SUITES.to_vec(),
             groups: DEFAULT_GROUPS.to_vec(),
+            fips: false,
             tls12: false,
             client_auth: ClientAuth::Off,
             alpn: ALPN.iter().map(|p| p.to_vec()).collect(),
@@ -418,6 +446,22 @@ impl ServerTls {
     #[must_use]
     pub fn key_exchange(mut self, groups: &[NamedGroup]) -> Self {
         self.groups = groups.to_vec();
+        self
+    }
+
+    /// FIPS 140-3 mode (cargo feature `fips`, which links AWS-LC's validated
+    /// module): [`FIPS_SUITES`] and [`FIPS_GROUPS`], extended master secret
+    /// required should TLS 1.2 be allowed, and the build fails with
+    /// [`TlsError::NotFips`] unless rustls reports the configuration as FIPS
+    /// (every suite, group, signature algorithm and the random source from
+    /// the module, which passed its self tests). Set suites or groups after
+    /// this only to narrow them.
+    #[cfg(feature = "fips")]
+    #[must_use]
+    pub fn fips(mut self) -> Self {
+        self.suites = FIPS_SUITES.to_vec();
+        self.groups = FIPS_GROUPS.to_vec();
+        self.fips = true;
         self
     }
 
@@ -474,6 +518,14 @@ impl ServerTls {
         let mut config = builder.with_cert_resolver(resolver);
         config.alpn_protocols = self.alpn.clone();
         config.ignore_client_order = true;
+        if self.fips {
+            config.require_ems = true;
+            if !config.fips() {
+                return Err(TlsError::NotFips(
+                    "a suite or group is not approved, or the module is not in FIPS mode",
+                ));
+            }
+        }
         Ok(Arc::new(config))
     }
 
@@ -511,6 +563,7 @@ impl ServerTls {
 pub struct ClientTls {
     suites: Vec<CipherSuite>,
     groups: Vec<NamedGroup>,
+    fips: bool,
     tls12: bool,
     anchors: Vec<rustls::pki_types::CertificateDer<'static>>,
     client_cert: Option<CertPaths>,
@@ -528,6 +581,7 @@ impl ClientTls {
         Self {
             suites: SEED_SUITES.to_vec(),
             groups: DEFAULT_GROUPS.to_vec(),
+            fips: false,
             tls12: false,
             anchors: Vec::new(),
             client_cert: None,
@@ -546,6 +600,16 @@ impl ClientTls {
     #[must_use]
     pub fn key_exchange(mut self, groups: &[NamedGroup]) -> Self {
         self.groups = groups.to_vec();
+        self
+    }
+
+    /// FIPS 140-3 mode, as [`ServerTls::fips`].
+    #[cfg(feature = "fips")]
+    #[must_use]
+    pub fn fips(mut self) -> Self {
+        self.suites = FIPS_SUITES.to_vec();
+        self.groups = FIPS_GROUPS.to_vec();
+        self.fips = true;
         self
     }
 
@@ -606,6 +670,14 @@ impl ClientTls {
             }
         };
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        if self.fips {
+            config.require_ems = true;
+            if !config.fips() {
+                return Err(TlsError::NotFips(
+                    "a suite or group is not approved, or the module is not in FIPS mode",
+                ));
+            }
+        }
         Ok(Arc::new(config))
     }
 }
