@@ -726,6 +726,15 @@ fn fips_mode_uses_only_approved_suites_and_groups() {
         let err = widened.build_reloading(pki.server.clone()).unwrap_err();
         assert!(matches!(err, TlsError::NotFips(_)), "{err}");
     }
+    // TLS 1.2 would add ChaCha20 suites: refused, not silently FIPS-less.
+    assert!(matches!(
+        ServerTls::new()
+            .fips()
+            .allow_tls12()
+            .build_reloading(pki.server.clone()),
+        Err(TlsError::NotFips(_))
+    ));
+    assert!(careconnect::crypto::provider::in_fips_mode());
     // The envelope's AEAD runs in the module too.
     for suite in careconnect::crypto::Suite::ALL {
         assert_eq!(

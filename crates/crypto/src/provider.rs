@@ -261,7 +261,7 @@ pub fn all_providers() -> Vec<&'static dyn CryptoProvider> {
 
 /// The process-wide [`Fastest`], measured on the first call. With the
 /// `fips` feature it is `AwsLc` (AWS-LC's FIPS 140-3 module) for every suite,
-/// unmeasured.
+/// unmeasured; check [`in_fips_mode`] at start.
 pub fn fastest() -> &'static Fastest {
     static CHOSEN: OnceLock<Fastest> = OnceLock::new();
     // A FIPS build uses the validated module for everything, fast or not.
@@ -269,6 +269,15 @@ pub fn fastest() -> &'static Fastest {
     return CHOSEN.get_or_init(|| Fastest::measure(&[&AwsLc]));
     #[cfg(not(feature = "fips"))]
     CHOSEN.get_or_init(|| Fastest::measure(&all_providers()))
+}
+
+/// Whether AWS-LC's FIPS 140-3 module is linked and passed its power-on self
+/// tests (cargo feature `fips`). A deployment that requires FIPS calls this
+/// at start and refuses to run on `false`. Providers named explicitly
+/// (`RustCrypto`, `Ring`) still work in such a build and are outside the module.
+#[cfg(feature = "fips")]
+pub fn in_fips_mode() -> bool {
+    aws_lc_rs::try_fips_mode().is_ok()
 }
 
 /// One provider per suite: the compiled-in provider that sealed fastest in a
@@ -308,22 +317,32 @@ impl Fastest {
         for suite in Suite::ALL {
             let i = suite_index(suite);
             let mut best = vec![Duration::MAX; providers.len()];
+            let mut failed = vec![false; providers.len()];
             for round in 0..=Self::ROUNDS {
-                for (p, b) in providers.iter().zip(best.iter_mut()) {
+                for ((p, b), failed) in providers.iter().zip(best.iter_mut()).zip(&mut failed) {
                     let start = Instant::now();
+                    let mut ok = true;
                     for _ in 0..Self::CALLS_PER_SAMPLE {
-                        let _ = std::hint::black_box(p.seal_once(
+                        ok &= std::hint::black_box(p.seal_once(
                             suite,
                             &key,
                             &nonce,
                             b"",
                             std::hint::black_box(&mut buf),
-                        ));
+                        ))
+                        .is_ok();
                     }
-                    // Round 0 warms caches and lazy CPU detection; it does not count.
+                    // Round 0 warms caches and lazy CPU detection; it does
+                    // not count. A provider that fails is never the fastest.
+                    *failed |= !ok;
                     if round > 0 {
                         *b = (*b).min(start.elapsed());
                     }
+                }
+            }
+            for (b, f) in best.iter_mut().zip(&failed) {
+                if *f {
+                    *b = Duration::MAX;
                 }
             }
             let mut winner = 0;
@@ -445,7 +464,10 @@ mod tests {
         for suite in Suite::ALL {
             let chosen = f.chosen(suite);
             assert!(all.iter().any(|p| p.name() == chosen.name()));
-            if all.len() > 1 {
+            if cfg!(feature = "fips") {
+                assert_eq!(chosen.name(), "aws-lc");
+                assert!(f.timings(suite).is_empty());
+            } else if all.len() > 1 {
                 let t = f.timings(suite);
                 assert_eq!(t.len(), all.len());
                 let best = t.iter().map(|(_, d)| *d).min().unwrap();
@@ -480,6 +502,46 @@ mod tests {
         fn aead(&self, suite: Suite, key: &AeadKey) -> Box<dyn Aead> {
             std::thread::sleep(Duration::from_millis(1));
             RustCrypto.aead(suite, key)
+        }
+    }
+
+    /// A provider that fails at once, which would otherwise look fastest.
+    #[derive(Debug)]
+    struct Broken;
+    struct Refuses;
+    impl Aead for Refuses {
+        fn seal_in_place_detached(&self, _: &Nonce, _: &[u8], _: &mut [u8]) -> Result<Tag, Error> {
+            Err(Error::DecryptionFailed)
+        }
+        fn open_in_place_detached(
+            &self,
+            _: &Nonce,
+            _: &[u8],
+            _: &mut [u8],
+            _: &Tag,
+        ) -> Result<(), Error> {
+            Err(Error::DecryptionFailed)
+        }
+    }
+    impl CryptoProvider for Broken {
+        fn name(&self) -> &'static str {
+            "broken"
+        }
+        fn aead(&self, _: Suite, _: &AeadKey) -> Box<dyn Aead> {
+            Box::new(Refuses)
+        }
+    }
+
+    #[test]
+    fn measurement_never_prefers_a_failing_provider() {
+        for order in [
+            [&Broken as &'static dyn CryptoProvider, &RustCrypto],
+            [&RustCrypto, &Broken],
+        ] {
+            let f = Fastest::measure(&order);
+            for suite in Suite::ALL {
+                assert_eq!(f.chosen(suite).name(), "rustcrypto");
+            }
         }
     }
 

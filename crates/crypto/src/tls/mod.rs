@@ -450,8 +450,9 @@ impl ServerTls {
     }
 
     /// FIPS 140-3 mode (cargo feature `fips`, which links AWS-LC's validated
-    /// module): [`FIPS_SUITES`] and [`FIPS_GROUPS`], extended master secret
-    /// required should TLS 1.2 be allowed, and the build fails with
+    /// module): TLS 1.3 only (with [`ServerTls::allow_tls12`] the build
+    /// fails: its ChaCha20 suites are not approved), [`FIPS_SUITES`] and
+    /// [`FIPS_GROUPS`], and the build fails with
     /// [`TlsError::NotFips`] unless rustls reports the configuration as FIPS
     /// (every suite, group, signature algorithm and the random source from
     /// the module, which passed its self tests). Set suites or groups after
