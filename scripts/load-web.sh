@@ -8,6 +8,9 @@
 #
 #   scripts/load-web.sh                 # 20 s per run, wrk -t2 -c32
 #   DURATION=60s CONNECTIONS=64 scripts/load-web.sh
+#   BASELINE=/path/to/older/web-demo scripts/load-web.sh
+#                                       # also that binary's CareConnect page,
+#                                       # A B A B, and the ratio of the two
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-20s}
@@ -27,35 +30,49 @@ fi
 
 cargo build -q --release -p careconnect-web-demo
 tmp=$(mktemp -d)
-demo_pid=""; nginx_started=""
+demo_pids=(); nginx_started=""
 cleanup() {
-  [ -n "$demo_pid" ] && kill "$demo_pid" 2>/dev/null && wait "$demo_pid" 2>/dev/null
+  for pid in "${demo_pids[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
   [ -n "$nginx_started" ] && nginx -c "$tmp/nginx.conf" -p "$tmp" -s stop 2>/dev/null
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 
-base="https://127.0.0.1:$PORT"
-CARECONNECT_LOG=warn target/release/web-demo --data-dir "$tmp/data" \
-  --listen "127.0.0.1:$PORT" --dev-issuer "127.0.0.1:$ISSUER_PORT" >"$tmp/demo.log" 2>&1 &
-demo_pid=$!
-for _ in $(seq 1 300); do
-  curl -sf --cacert "$tmp/data/tls/ca.pem" "$base/readyz" >/dev/null 2>&1 && break
-  kill -0 "$demo_pid" 2>/dev/null || { cat "$tmp/demo.log" >&2; exit 1; }
-  sleep 0.2
-done
-ca="$tmp/data/tls/ca.pem"
+# start_demo BIN PORT ISSUER_PORT DIR: starts a demo, signs Alice in through
+# the development issuer as a browser would, and leaves her cookie in $session.
+start_demo() {
+  local bin=$1 port=$2 issuer=$3 dir=$4
+  local url="https://127.0.0.1:$port"
+  mkdir -p "$dir"
+  CARECONNECT_LOG=warn "$bin" --data-dir "$dir/data" \
+    --listen "127.0.0.1:$port" --dev-issuer "127.0.0.1:$issuer" >"$dir/demo.log" 2>&1 &
+  local pid=$!
+  demo_pids+=("$pid")
+  for _ in $(seq 1 300); do
+    curl -sf --cacert "$dir/data/tls/ca.pem" "$url/readyz" >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || { cat "$dir/demo.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  local ca="$dir/data/tls/ca.pem" jar="$dir/cookies" authorize callback code
+  authorize=$(curl -sf --cacert "$ca" -c "$jar" -b "$jar" -o /dev/null -w '%{redirect_url}' "$url/login")
+  callback=$(curl -sf -o /dev/null -w '%{redirect_url}' -X POST "${authorize%%\?*}" \
+    --data "${authorize#*\?}&user=patient-alice")
+  curl -sf --cacert "$ca" -c "$jar" -b "$jar" -o /dev/null "$callback"
+  session=$(awk '$6 == "__Host-cc_session" { print $7 }' "$jar")
+  [ -n "$session" ] || { echo "sign-in failed" >&2; exit 1; }
+  code=$(curl -s --cacert "$ca" -o /dev/null -w '%{http_code}' -H "Cookie: __Host-cc_session=$session" "$url/careconnect")
+  [ "$code" = 200 ] || { echo "CareConnect answered $code" >&2; exit 1; }
+}
 
-# Sign in as Alice through the development issuer, as a browser would.
-jar="$tmp/cookies"
-authorize=$(curl -sf --cacert "$ca" -c "$jar" -b "$jar" -o /dev/null -w '%{redirect_url}' "$base/login")
-callback=$(curl -sf -o /dev/null -w '%{redirect_url}' -X POST "${authorize%%\?*}" \
-  --data "${authorize#*\?}&user=patient-alice")
-curl -sf --cacert "$ca" -c "$jar" -b "$jar" -o /dev/null "$callback"
-session=$(awk '$6 == "__Host-cc_session" { print $7 }' "$jar")
-[ -n "$session" ] || { echo "sign-in failed" >&2; exit 1; }
-code=$(curl -s --cacert "$ca" -o /dev/null -w '%{http_code}' -H "Cookie: __Host-cc_session=$session" "$base/careconnect")
-[ "$code" = 200 ] || { echo "CareConnect answered $code" >&2; exit 1; }
+base="https://127.0.0.1:$PORT"
+start_demo target/release/web-demo "$PORT" "$ISSUER_PORT" "$tmp"
+ca="$tmp/data/tls/ca.pem"
+if [ -n "${BASELINE:-}" ]; then
+  mine=$session
+  start_demo "$BASELINE" $((PORT + 10)) $((ISSUER_PORT + 10)) "$tmp/baseline"
+  baseline_session=$session
+  session=$mine
+fi
 
 # nginx alone, TLS 1.3 only, the same certificate, the same stylesheet and a 2 KB file.
 mkdir -p "$tmp/www/static" "$tmp/logs"
@@ -109,6 +126,18 @@ run() { # NAME URL [HEADER]
 tls=$(echo | openssl s_client -connect "127.0.0.1:$PORT" -CAfile "$ca" 2>/dev/null | grep -E '^(New|Protocol)' | head -2 | tr '\n' ' ')
 echo "CPU: $(lscpu | sed -n 's/^Model name:[[:space:]]*//p'), $(nproc) threads; wrk -t$THREADS -c$CONNECTIONS -d$DURATION over $tls"
 run careconnect "$base/careconnect" -H "Cookie: __Host-cc_session=$session"
+if [ -n "${BASELINE:-}" ]; then
+  # A B A B: the baseline binary's CareConnect page beside this build's.
+  run baseline-careconnect "https://127.0.0.1:$((PORT + 10))/careconnect" -H "Cookie: __Host-cc_session=$baseline_session"
+  run careconnect-again "$base/careconnect" -H "Cookie: __Host-cc_session=$session"
+  run baseline-again "https://127.0.0.1:$((PORT + 10))/careconnect" -H "Cookie: __Host-cc_session=$baseline_session"
+  python3 - "$tmp" <<'EOF'
+import sys
+d = sys.argv[1]
+r = lambda n: float(open(f"{d}/rps-{n}").read())
+print(f"CareConnect page: this build / baseline = {(r('careconnect') + r('careconnect-again')) / (r('baseline-careconnect') + r('baseline-again')):.2f}x (A B A B)")
+EOF
+fi
 [ -n "${HOME_TOO:-}" ] && run home-signed-in "$base/" -H "Cookie: __Host-cc_session=$session"
 run demo-style.css "$base/static/style.css"
 run nginx-style.css "https://127.0.0.1:$NGINX_PORT/static/style.css"
