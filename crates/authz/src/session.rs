@@ -45,9 +45,10 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use careconnect_storage::{RecordStore, RowData, RowId, StorageError};
@@ -115,6 +116,15 @@ pub struct SessionConfig {
     /// Last-seen is written back at most this often, to spare the store a
     /// write per request. Default 60 s; must be well below `idle`.
     pub touch_every: Duration,
+    /// How long this node may answer [`Sessions::get`] from memory before
+    /// reading the session from the store again, sparing a store read per
+    /// request. Default zero: every request reads the store, so a logout on
+    /// any node ends the session everywhere at once. With a recheck, a
+    /// logout on this node still takes effect here at once, but one on
+    /// another node sharing the store reaches this node within `recheck`
+    /// (as stored role changes do within the clinic's `ROLES_RECHECK`).
+    /// Must be below `touch_every`.
+    pub recheck: Duration,
 }
 
 impl Default for SessionConfig {
@@ -123,6 +133,7 @@ impl Default for SessionConfig {
             idle: Duration::from_secs(30 * 60),
             absolute: Duration::from_secs(12 * 3600),
             touch_every: Duration::from_secs(60),
+            recheck: Duration::ZERO,
         }
     }
 }
@@ -237,6 +248,35 @@ pub struct Sessions {
     rows: SealedRows,
     config: SessionConfig,
     clock: Arc<dyn Clock>,
+    /// Sessions read from the store (only with a non-zero
+    /// [`SessionConfig::recheck`]).
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// Sessions read from the store, by row, with when they were read; and how
+/// many logouts this node has done, so that a read racing a logout is not
+/// remembered after it.
+#[derive(Default)]
+struct Recent {
+    logouts: u64,
+    sessions: HashMap<RowId, (u64, Session)>,
+}
+
+/// At most this many sessions are kept in memory per node; a full cache
+/// drops what is stale, then everything.
+const RECENT_SESSIONS: usize = 65_536;
+
+impl Recent {
+    fn remember(&mut self, row_id: RowId, now: u64, s: &Session, recheck: u64) {
+        if self.sessions.len() >= RECENT_SESSIONS {
+            self.sessions
+                .retain(|_, (at, _)| now < at.saturating_add(recheck));
+            if self.sessions.len() >= RECENT_SESSIONS {
+                self.sessions.clear();
+            }
+        }
+        self.sessions.insert(row_id, (now, s.clone()));
+    }
 }
 
 impl fmt::Debug for Sessions {
@@ -261,9 +301,12 @@ impl Sessions {
         config: SessionConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AuthzError> {
-        if config.touch_every >= config.idle || config.idle > config.absolute {
+        if config.touch_every >= config.idle
+            || config.idle > config.absolute
+            || (!config.recheck.is_zero() && config.recheck >= config.touch_every)
+        {
             return Err(AuthzError::Config(
-                "sessions need touch_every < idle <= absolute".into(),
+                "sessions need recheck < touch_every < idle <= absolute".into(),
             ));
         }
         Ok(Self {
@@ -271,6 +314,7 @@ impl Sessions {
             rows: SealedRows::new(keys, SESSIONS_COLLECTION)?,
             config,
             clock,
+            recent: Arc::default(),
         })
     }
 
@@ -342,6 +386,55 @@ impl Sessions {
     /// Storage failures.
     pub async fn get(&self, id: &SessionId) -> Result<Option<Session>, AuthzError> {
         let row_id = id.row()?;
+        let now = self.clock.now();
+        if let Some(s) = self.recently_read(&row_id, now) {
+            return Ok(Some(s));
+        }
+        let logouts = self.lock_recent().logouts;
+        let found = self.read(&row_id, now).await;
+        let mut recent = self.lock_recent();
+        match &found {
+            // A logout on this node since the read: do not keep what it ended.
+            Ok(Some(s)) if !self.config.recheck.is_zero() && recent.logouts == logouts => {
+                recent.remember(row_id, now, s, self.config.recheck.as_secs());
+            }
+            _ => {
+                recent.sessions.remove(&row_id);
+            }
+        }
+        found
+    }
+
+    fn lock_recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A session read from the store less than `recheck` ago that is neither
+    /// expired nor due a touch (both go through the store).
+    fn recently_read(&self, row_id: &RowId, now: u64) -> Option<Session> {
+        if self.config.recheck.is_zero() {
+            return None;
+        }
+        let recent = self.lock_recent();
+        let (read_at, s) = recent.sessions.get(row_id)?;
+        let fresh = now >= *read_at && now < read_at.saturating_add(self.config.recheck.as_secs());
+        let touch_due = now
+            >= s.last_seen
+                .saturating_add(self.config.touch_every.as_secs());
+        (fresh && !touch_due && !self.expired(s, now)).then(|| s.clone())
+    }
+
+    /// Drops `row_id` from memory and counts a logout (after the store
+    /// delete, so no read from before it is remembered after it).
+    fn forget(&self, row_id: &RowId) {
+        let mut recent = self.lock_recent();
+        recent.logouts = recent.logouts.wrapping_add(1);
+        recent.sessions.remove(row_id);
+    }
+
+    /// [`Sessions::get`] from the store.
+    async fn read(&self, row_id: &RowId, now: u64) -> Result<Option<Session>, AuthzError> {
+        let row_id = row_id.clone();
         let row = match self.store.get(self.rows.coll(), &row_id).await {
             Ok(r) => r,
             Err(StorageError::NotFound) => return Ok(None),
@@ -350,7 +443,6 @@ impl Sessions {
         let Some(mut s) = self.rows.open::<Session>(&row) else {
             return Ok(None);
         };
-        let now = self.clock.now();
         if self.expired(&s, now) {
             match self
                 .store
@@ -393,14 +485,21 @@ impl Sessions {
     /// Storage failures.
     pub async fn logout(&self, id: &SessionId) -> Result<(), AuthzError> {
         let row_id = id.row()?;
+        self.forget(&row_id);
         for _ in 0..4 {
             let version = match self.store.get(self.rows.coll(), &row_id).await {
                 Ok(r) => r.version,
-                Err(StorageError::NotFound) => return Ok(()),
+                Err(StorageError::NotFound) => {
+                    self.forget(&row_id);
+                    return Ok(());
+                }
                 Err(e) => return Err(e.into()),
             };
             match self.store.delete(self.rows.coll(), &row_id, version).await {
-                Ok(()) | Err(StorageError::NotFound) => return Ok(()),
+                Ok(()) | Err(StorageError::NotFound) => {
+                    self.forget(&row_id);
+                    return Ok(());
+                }
                 Err(StorageError::VersionConflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -449,6 +548,92 @@ mod tests {
             [Role::Patient].into_iter().collect(),
         );
         (clock, s, p)
+    }
+
+    /// Two nodes on one store, each with a recheck of `recheck` seconds.
+    fn two_nodes(recheck: u64) -> (Arc<ManualClock>, Sessions, Sessions, Principal) {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store: Arc<dyn RecordStore> = Arc::new(MemoryStore::new());
+        let keys = careconnect_crypto::SharedKeyring::new(Keyring::generate());
+        let config = SessionConfig {
+            recheck: Duration::from_secs(recheck),
+            ..SessionConfig::default()
+        };
+        let node = |keys: careconnect_crypto::SharedKeyring| {
+            Sessions::new(store.clone(), keys, config, clock.clone()).unwrap()
+        };
+        let (a, b) = (node(keys.clone()), node(keys));
+        let p = Principal::new(
+            UserId::new("https://idp.test", "p1").unwrap(),
+            [Role::Patient].into_iter().collect(),
+        );
+        (clock, a, b, p)
+    }
+
+    #[tokio::test]
+    async fn a_recheck_serves_from_memory_for_that_long_and_no_longer() {
+        let (clock, a, b, p) = two_nodes(2);
+        let (id, _) = a.login(None, p).await.unwrap();
+        assert!(a.get(&id).await.unwrap().is_some());
+        // Ended on the other node: this one still has it for under 2 s...
+        b.logout(&id).await.unwrap();
+        assert!(b.get(&id).await.unwrap().is_none());
+        assert!(a.get(&id).await.unwrap().is_some());
+        clock.advance(Duration::from_secs(1));
+        assert!(a.get(&id).await.unwrap().is_some());
+        // ...and not a second more.
+        clock.advance(Duration::from_secs(1));
+        assert!(a.get(&id).await.unwrap().is_none());
+        assert!(a.get(&id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn with_a_recheck_a_logout_here_ends_the_session_here_at_once() {
+        let (_clock, a, _b, p) = two_nodes(5);
+        let (id, _) = a.login(None, p.clone()).await.unwrap();
+        assert!(a.get(&id).await.unwrap().is_some());
+        a.logout(&id).await.unwrap();
+        assert!(a.get(&id).await.unwrap().is_none());
+        // Replacing a session at login ends the old one here at once too.
+        let (old, _) = a.login(None, p.clone()).await.unwrap();
+        assert!(a.get(&old).await.unwrap().is_some());
+        let (new, _) = a.login(Some(&old), p).await.unwrap();
+        assert!(a.get(&old).await.unwrap().is_none());
+        assert!(a.get(&new).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn remembered_sessions_still_expire_and_still_get_touched() {
+        let (clock, a, b, p) = two_nodes(5);
+        let (id, _) = a.login(None, p).await.unwrap();
+        assert!(a.get(&id).await.unwrap().is_some());
+        // Due a touch (60 s): read from the store, last-seen written back,
+        // so the other node sees the session as used.
+        clock.advance(Duration::from_secs(61));
+        let touched = a.get(&id).await.unwrap().unwrap();
+        assert_eq!(touched.last_seen, T0 + 61);
+        assert_eq!(b.get(&id).await.unwrap().unwrap().last_seen, T0 + 61);
+        // Idle past 30 minutes: gone, remembered or not.
+        clock.advance(Duration::from_secs(30 * 60));
+        assert!(a.get(&id).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn a_recheck_must_be_below_touch_every() {
+        for recheck in [60, 61, 3600] {
+            let config = SessionConfig {
+                recheck: Duration::from_secs(recheck),
+                ..SessionConfig::default()
+            };
+            let err = Sessions::new(
+                Arc::new(MemoryStore::new()),
+                Keyring::generate(),
+                config,
+                Arc::new(ManualClock::new(T0)),
+            )
+            .unwrap_err();
+            assert!(matches!(err, AuthzError::Config(_)), "{err}");
+        }
     }
 
     /// Someone who can write the database (here: straight into the SQLite

@@ -48,6 +48,12 @@ use tower_http::trace::TraceLayer;
 
 pub use settings::Settings;
 
+/// How long a node answers a session from memory, as it does stored roles
+/// (`ROLES_RECHECK`): a sign-out on this node ends the session here at once,
+/// one on another node (or a session row changed in the database) reaches
+/// this node within this time, and a page costs no session read.
+pub const SESSION_RECHECK: Duration = Duration::from_secs(2);
+
 /// The client id the demo registers at its development issuer.
 pub const DEV_CLIENT_ID: &str = "careconnect-web-demo";
 
@@ -213,7 +219,10 @@ pub async fn start(mut settings: Settings) -> Result<Running> {
         .relying_party(oidc)
         .await
         .with_context(|| format!("reaching the OpenID provider {issuer_url}"))?;
-    let sessions = clinic.sessions(SessionConfig::default())?;
+    let sessions = clinic.sessions(SessionConfig {
+        recheck: SESSION_RECHECK,
+        ..SessionConfig::default()
+    })?;
     let tls = match &settings.tls {
         Some(t) => careconnect::crypto::tls::CertPaths {
             cert: t.cert.clone(),

@@ -71,8 +71,10 @@ async fn rows_forged_in_the_database_give_no_one_a_session_or_a_role() {
     let db = SqliteStore::open(&database(demo.dir.path())).await.unwrap();
 
     // Each session row now holds another session's sealed bytes (an
-    // administrator's among them): every one of those cookies signs no one in.
+    // administrator's among them): once the node reads its sessions again,
+    // every one of those cookies signs no one in.
     rotate_envelopes(&db, careconnect::authz::session::SESSIONS_COLLECTION).await;
+    tokio::time::sleep(careconnect_web_demo::SESSION_RECHECK + Duration::from_millis(200)).await;
     for (who, s) in [("alice", &alice), ("adam", &adam)] {
         for page in PAGES {
             assert_eq!(

@@ -132,7 +132,9 @@ endpoint = "{endpoint}"
     assert_eq!(docs.len(), 1);
     let r = grey.get(&format!("/medicloud/documents/{}", docs[0])).await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());
-    // Sign-out on B ends the session on A.
+    // Sign-out on B ends the session on A: at once if A has not read it
+    // lately, within A's `SESSION_RECHECK` (2 s) if it has.
+    let on_a = |c: &reqwest::Client| c.get(format!("{}/careconnect", a.url)).send();
     let alice = b.login("patient-alice").await;
     via_b.csrf = alice.csrf.clone();
     via_b.client = alice.client.clone();
@@ -140,13 +142,29 @@ endpoint = "{endpoint}"
         via_b.post("/logout", &[]).await.status(),
         StatusCode::SEE_OTHER
     );
-    let r = alice
-        .client
-        .get(format!("{}/careconnect", a.url))
-        .send()
-        .await
-        .unwrap();
+    let r = on_a(&alice.client).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let alice = b.login("patient-alice").await;
+    assert_eq!(on_a(&alice.client).await.unwrap().status(), StatusCode::OK);
+    via_b.csrf = alice.csrf.clone();
+    via_b.client = alice.client.clone();
+    assert_eq!(
+        via_b.post("/logout", &[]).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let signed_out = std::time::Instant::now();
+    loop {
+        let status = on_a(&alice.client).await.unwrap().status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            signed_out.elapsed() < Duration::from_secs(10),
+            "A still serves a session B ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A data-key rotation (re-sealing every row) while both nodes take notes.
     let dir_c = tempfile::tempdir().unwrap();
