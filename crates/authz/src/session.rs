@@ -387,6 +387,9 @@ impl Sessions {
     pub async fn get(&self, id: &SessionId) -> Result<Option<Session>, AuthzError> {
         let row_id = id.row()?;
         let now = self.clock.now();
+        if self.config.recheck.is_zero() {
+            return self.read(&row_id, now).await;
+        }
         if let Some(s) = self.recently_read(&row_id, now) {
             return Ok(Some(s));
         }
@@ -395,7 +398,7 @@ impl Sessions {
         let mut recent = self.lock_recent();
         match &found {
             // A logout on this node since the read: do not keep what it ended.
-            Ok(Some(s)) if !self.config.recheck.is_zero() && recent.logouts == logouts => {
+            Ok(Some(s)) if recent.logouts == logouts => {
                 recent.remember(row_id, now, s, self.config.recheck.as_secs());
             }
             _ => {
@@ -412,9 +415,6 @@ impl Sessions {
     /// A session read from the store less than `recheck` ago that is neither
     /// expired nor due a touch (both go through the store).
     fn recently_read(&self, row_id: &RowId, now: u64) -> Option<Session> {
-        if self.config.recheck.is_zero() {
-            return None;
-        }
         let recent = self.lock_recent();
         let (read_at, s) = recent.sessions.get(row_id)?;
         let fresh = now >= *read_at && now < read_at.saturating_add(self.config.recheck.as_secs());
@@ -434,8 +434,7 @@ impl Sessions {
 
     /// [`Sessions::get`] from the store.
     async fn read(&self, row_id: &RowId, now: u64) -> Result<Option<Session>, AuthzError> {
-        let row_id = row_id.clone();
-        let row = match self.store.get(self.rows.coll(), &row_id).await {
+        let row = match self.store.get(self.rows.coll(), row_id).await {
             Ok(r) => r,
             Err(StorageError::NotFound) => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -446,7 +445,7 @@ impl Sessions {
         if self.expired(&s, now) {
             match self
                 .store
-                .delete(self.rows.coll(), &row_id, row.version)
+                .delete(self.rows.coll(), row_id, row.version)
                 .await
             {
                 Ok(()) | Err(StorageError::NotFound | StorageError::VersionConflict { .. }) => {}
@@ -464,9 +463,9 @@ impl Sessions {
                 .store
                 .update(
                     self.rows.coll(),
-                    &row_id,
+                    row_id,
                     row.version,
-                    self.data(&row_id, &s)?,
+                    self.data(row_id, &s)?,
                 )
                 .await
             {

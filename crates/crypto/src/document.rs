@@ -645,27 +645,16 @@ fn invalid() -> io::Error {
 }
 
 impl<R: Read> DocumentReader<R> {
-    /// Reads and opens the next chunk into `buf[..end]`.
+    /// Reads and opens the next chunk into `buf[..end]`, for reads smaller
+    /// than a chunk: the same path as [`DocumentReader::next_chunk_into`],
+    /// into the reader's own buffer.
     fn next_chunk(&mut self) -> io::Result<()> {
-        let sealed = self.opener.chunk + TAG_LEN;
-        self.buf.clear();
-        self.buf.extend(self.lookahead.take());
-        let mut filled = self.buf.len();
-        // One sealed chunk plus one byte: that byte tells whether this chunk is the last.
-        self.buf.resize(sealed + 1, 0);
-        filled += read_full(&mut self.input, &mut self.buf[filled..])?;
-        let last = filled <= sealed;
-        if !last {
-            self.lookahead = Some(self.buf[sealed]);
-        }
-        let len = filled.min(sealed);
-        let n = self
-            .opener
-            .open_chunk(self.counter, last, &mut self.buf[..len])?;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(self.opener.chunk, 0);
+        let opened = self.next_chunk_into(&mut buf);
+        self.buf = buf;
         self.pos = 0;
-        self.end = n;
-        self.done = last;
-        self.counter = self.counter.checked_add(1).ok_or_else(invalid)?;
+        self.end = opened?;
         Ok(())
     }
 }
@@ -674,17 +663,32 @@ impl DocumentOpener {
     /// Opens sealed chunk number `counter` in place; returns its plaintext
     /// length. `last` says whether the stream ends after it.
     fn open_chunk(&self, counter: u64, last: bool, sealed: &mut [u8]) -> io::Result<usize> {
-        let nonce = chunk_nonce(counter, last);
-        let n = self
-            .aead
-            .open_in_place(&nonce, &self.aad, sealed)
+        let n = sealed.len().checked_sub(TAG_LEN).ok_or_else(invalid)?;
+        let (body, tag) = sealed.split_at_mut(n);
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag);
+        self.open_chunk_detached(counter, last, body, &t)?;
+        Ok(n)
+    }
+
+    /// Opens chunk number `counter` in place, its tag apart. `last` says
+    /// whether the stream ends after it.
+    fn open_chunk_detached(
+        &self,
+        counter: u64,
+        last: bool,
+        body: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> io::Result<()> {
+        self.aead
+            .open_in_place_detached(&chunk_nonce(counter, last), &self.aad, body, tag)
             .map_err(|_| invalid())?;
-        if last && n == 0 && counter > 0 {
+        if last && body.is_empty() && counter > 0 {
             // Authentic, but not what a writer produces: a full chunk is only
             // sealed once more data follows it (§6).
             return Err(invalid());
         }
-        Ok(n)
+        Ok(())
     }
 }
 
@@ -751,16 +755,8 @@ impl<R: Read> DocumentReader<R> {
                 Some(j) => tail[j],
             };
         }
-        let nonce = chunk_nonce(self.counter, last);
         self.opener
-            .aead
-            .open_in_place_detached(&nonce, &self.opener.aad, &mut body[..body_len], &tag)
-            .map_err(|_| invalid())?;
-        if last && body_len == 0 && self.counter > 0 {
-            // As in `open_chunk`: an empty last chunk after a full one is not
-            // what a writer produces (§6).
-            return Err(invalid());
-        }
+            .open_chunk_detached(self.counter, last, &mut body[..body_len], &tag)?;
         if !last {
             self.lookahead = Some(tail[TAG_LEN]);
         }

@@ -317,6 +317,17 @@ fn all_kx_groups() -> &'static [&'static dyn SupportedKxGroup] {
     }
 }
 
+/// The build step of a `fips()` configuration: rustls must report it FIPS.
+fn fips_or_refuse(is_fips: bool) -> Result<(), TlsError> {
+    if is_fips {
+        Ok(())
+    } else {
+        Err(TlsError::NotFips(
+            "a suite or group is not approved, or the module is not in FIPS mode",
+        ))
+    }
+}
+
 /// What a TLS connection settled on, for the application to show or log
 /// (never secret). From any rustls connection once its handshake is done:
 ///
@@ -521,11 +532,7 @@ impl ServerTls {
         config.ignore_client_order = true;
         if self.fips {
             config.require_ems = true;
-            if !config.fips() {
-                return Err(TlsError::NotFips(
-                    "a suite or group is not approved, or the module is not in FIPS mode",
-                ));
-            }
+            fips_or_refuse(config.fips())?;
         }
         Ok(Arc::new(config))
     }
@@ -673,11 +680,7 @@ impl ClientTls {
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         if self.fips {
             config.require_ems = true;
-            if !config.fips() {
-                return Err(TlsError::NotFips(
-                    "a suite or group is not approved, or the module is not in FIPS mode",
-                ));
-            }
+            fips_or_refuse(config.fips())?;
         }
         Ok(Arc::new(config))
     }
