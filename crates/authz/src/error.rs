@@ -36,6 +36,10 @@ pub enum AuthzError {
     /// reason other than a forgery (which reads as "no such row").
     #[error("crypto: {0}")]
     Crypto(#[from] careconnect_crypto::Error),
+    /// A UDAP registration or client authentication failed.
+    #[cfg(feature = "udap")]
+    #[error(transparent)]
+    Udap(#[from] crate::udap::UdapError),
     /// Stored data (a session, an assignment) did not decode.
     #[error("stored {0} is corrupt")]
     Corrupt(&'static str),

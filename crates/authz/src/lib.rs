@@ -26,6 +26,8 @@ pub mod policy;
 mod principal;
 mod rows;
 pub mod session;
+#[cfg(feature = "udap")]
+pub mod udap;
 
 pub use error::AuthzError;
 pub use policy::{Action, Basis, Care, Decision, DenyReason, Resource, ResourceKind, authorize};

@@ -1,0 +1,162 @@
+//! JWT client authentication (`private_key_jwt` with `x5c`) and the
+//! `hl7-b2b` authorization extension.
+
+use serde::{Deserialize, Serialize};
+
+use super::UdapError;
+use super::jws::{self, Audience, Fault};
+
+/// `client_assertion_type` for a JWT client assertion (RFC 7523).
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The `hl7-b2b` authorization extension (HL7 UDAP Security IG, B2B 5.2.1.1):
+/// who the request is for and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct B2bExtension {
+    /// Always `"1"`.
+    pub version: String,
+    /// The person the request is made for, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_name: Option<String>,
+    /// Their identifier (e.g. an NPI), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_id: Option<String>,
+    /// Their role, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_role: Option<String>,
+    /// The requesting organisation's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_name: Option<String>,
+    /// The requesting organisation, as a URI.
+    pub organization_id: String,
+    /// Why: codes such as `urn:oid:2.16.840.1.113883.5.8#TREAT`.
+    pub purpose_of_use: Vec<String>,
+    /// Consent policies, as URIs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consent_policy: Vec<String>,
+    /// Consent documents, as URLs (only with a consent policy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consent_reference: Vec<String>,
+}
+
+impl B2bExtension {
+    /// The extension for `organization_id` and `purpose_of_use`, version 1.
+    pub fn new(organization_id: impl Into<String>, purpose_of_use: Vec<String>) -> Self {
+        Self {
+            version: "1".into(),
+            subject_name: None,
+            subject_id: None,
+            subject_role: None,
+            organization_name: None,
+            organization_id: organization_id.into(),
+            purpose_of_use,
+            consent_policy: vec![],
+            consent_reference: vec![],
+        }
+    }
+
+    /// Checks the IG's rules. `Err` describes the broken one.
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
+        let printable =
+            |s: &str| !s.is_empty() && s.len() <= 2048 && !s.chars().any(char::is_control);
+        if self.version != "1" {
+            return Err("hl7-b2b version must be \"1\"");
+        }
+        if !printable(&self.organization_id) || !self.organization_id.contains(':') {
+            return Err("hl7-b2b organization_id must be a URI");
+        }
+        if self.purpose_of_use.is_empty()
+            || self.purpose_of_use.len() > 16
+            || !self.purpose_of_use.iter().all(|p| printable(p))
+        {
+            return Err("hl7-b2b purpose_of_use must hold 1 to 16 codes");
+        }
+        let optional = [
+            &self.subject_name,
+            &self.subject_id,
+            &self.subject_role,
+            &self.organization_name,
+        ];
+        if optional
+            .iter()
+            .any(|o| o.as_deref().is_some_and(|s| !printable(s)))
+        {
+            return Err("hl7-b2b subject and organization names must be printable");
+        }
+        if self.consent_policy.len() > 16
+            || self.consent_reference.len() > 16
+            || !self
+                .consent_policy
+                .iter()
+                .chain(&self.consent_reference)
+                .all(|p| printable(p))
+        {
+            return Err("hl7-b2b consent_policy and consent_reference must hold at most 16 URIs");
+        }
+        if !self.consent_reference.is_empty() && self.consent_policy.is_empty() {
+            return Err("hl7-b2b consent_reference requires consent_policy");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Extensions {
+    #[serde(rename = "hl7-b2b", default)]
+    pub(crate) b2b: Option<B2bExtension>,
+}
+
+/// An authentication token's claims, as sent.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AssertionClaims {
+    iss: String,
+    sub: String,
+    aud: Audience,
+    exp: i64,
+    iat: i64,
+    jti: String,
+    #[serde(default)]
+    extensions: Option<Extensions>,
+}
+
+/// An assertion whose claims held.
+#[derive(Debug)]
+pub(crate) struct CheckedAssertion {
+    pub(crate) jti: String,
+    pub(crate) exp: u64,
+    pub(crate) b2b: Option<B2bExtension>,
+    pub(crate) san_uris: Vec<String>,
+}
+
+/// Checks a verified assertion: `iss` = `sub` = `client_id`, `aud` the
+/// token endpoint, times, `jti` well formed.
+pub(crate) fn check_assertion(
+    v: jws::Verified<AssertionClaims>,
+    client_id: &str,
+    token_endpoint: &str,
+    now: u64,
+) -> Result<CheckedAssertion, UdapError> {
+    let c = v.claims;
+    let bad = UdapError::InvalidClient;
+    if c.iss != client_id || c.sub != client_id {
+        return Err(bad("iss and sub must both be the client_id"));
+    }
+    if !c.aud.is(token_endpoint) {
+        return Err(bad("aud must be this server's token endpoint"));
+    }
+    let exp = jws::check_times(c.iat, c.exp, now).map_err(bad)?;
+    jws::check_jti(&c.jti).map_err(bad)?;
+    Ok(CheckedAssertion {
+        jti: c.jti,
+        exp,
+        b2b: c.extensions.and_then(|e| e.b2b),
+        san_uris: v.leaf.san_uris,
+    })
+}
+
+/// Maps a JWT fault for the token endpoint: every one is `invalid_client`.
+pub(crate) fn assertion_fault(f: Fault) -> UdapError {
+    match f {
+        Fault::Invalid(d) | Fault::Untrusted(d) => UdapError::InvalidClient(d),
+    }
+}

@@ -1,0 +1,381 @@
+//! Trust communities: the anchors, intermediates and revocation lists that
+//! decide whose certificates this server accepts.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, TrustAnchor, UnixTime};
+use sha2::{Digest, Sha256};
+use webpki::{
+    CertRevocationList, EndEntityCert, ExpirationPolicy, KeyUsage, OwnedCertRevocationList,
+    RevocationCheckDepth, RevocationOptionsBuilder, UnknownStatusPolicy,
+};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::public_key::PublicKey;
+
+use super::UdapError;
+
+/// Certificates in one `x5c` chain, leaf included.
+pub const MAX_CHAIN: usize = 5;
+/// RSA keys shorter than this are refused in a leaf (webpki already refuses
+/// them in signatures on certificates).
+const MIN_RSA_BITS: usize = 2048;
+
+/// The signature algorithms a certificate in a chain may be signed with.
+static CHAIN_ALGS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = &[
+    webpki::ring::ECDSA_P256_SHA256,
+    webpki::ring::ECDSA_P256_SHA384,
+    webpki::ring::ECDSA_P384_SHA256,
+    webpki::ring::ECDSA_P384_SHA384,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA384,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA512,
+    webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+    webpki::ring::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+    webpki::ring::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+    webpki::ring::ED25519,
+];
+
+/// A leaf certificate's public key, in the form a JWS signature is checked
+/// against.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum LeafKey {
+    /// PKCS#1 `RSAPublicKey` DER.
+    Rsa(Vec<u8>),
+    /// SEC1 point on P-256.
+    P256(Vec<u8>),
+    /// SEC1 point on P-384.
+    P384(Vec<u8>),
+}
+
+impl fmt::Debug for LeafKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Rsa(_) => "Rsa",
+            Self::P256(_) => "P256",
+            Self::P384(_) => "P384",
+        })
+    }
+}
+
+/// What a certificate says about its holder, read with `x509-parser`.
+#[derive(Debug, Clone)]
+pub(crate) struct LeafInfo {
+    /// The URI subject alternative names, exactly as written.
+    pub(crate) san_uris: Vec<String>,
+    pub(crate) key: LeafKey,
+    /// SHA-256 of the certificate's DER, hex.
+    pub(crate) fingerprint: String,
+}
+
+/// Reads the leaf's URI SANs and public key. `Err` carries a description
+/// for the client.
+pub(crate) fn leaf_info(der: &[u8]) -> Result<LeafInfo, &'static str> {
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|_| "x5c[0] is not an X.509 certificate")?;
+    if !rest.is_empty() {
+        return Err("x5c[0] has bytes after the certificate");
+    }
+    let mut san_uris = Vec::new();
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => {
+            for name in &san.value.general_names {
+                if let GeneralName::URI(u) = name {
+                    san_uris.push((*u).to_owned());
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(_) => return Err("the certificate's subjectAltName extension is malformed"),
+    }
+    let spki = cert.public_key();
+    let key = match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => {
+            if rsa.key_size() < MIN_RSA_BITS {
+                return Err("the certificate's RSA key is shorter than 2048 bits");
+            }
+            LeafKey::Rsa(spki.subject_public_key.data.to_vec())
+        }
+        Ok(PublicKey::EC(point)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string());
+            match curve.as_deref() {
+                Some("1.2.840.10045.3.1.7") => LeafKey::P256(point.data().to_vec()),
+                Some("1.3.132.0.34") => LeafKey::P384(point.data().to_vec()),
+                _ => return Err("the certificate's EC key is not on P-256 or P-384"),
+            }
+        }
+        _ => return Err("the certificate's key is neither RSA nor EC"),
+    };
+    Ok(LeafInfo {
+        san_uris,
+        key,
+        fingerprint: hex::encode(Sha256::digest(der)),
+    })
+}
+
+/// Where fresh certificate revocation lists come from. [`CrlFiles`] reads
+/// them from disk; an embedder can fetch them from the CRL distribution
+/// points over HTTP and hand them to [`TrustCommunity::refresh_crls`].
+#[async_trait]
+pub trait CrlSource: Send + Sync + fmt::Debug {
+    /// Every current CRL, DER or PEM (one or more `X509 CRL` blocks).
+    ///
+    /// # Errors
+    /// Why the lists could not be fetched.
+    async fn fetch(&self) -> Result<Vec<Vec<u8>>, UdapError>;
+}
+
+/// CRLs read from files (DER, or PEM with one or more lists each).
+#[derive(Debug, Clone)]
+pub struct CrlFiles(pub Vec<PathBuf>);
+
+#[async_trait]
+impl CrlSource for CrlFiles {
+    async fn fetch(&self) -> Result<Vec<Vec<u8>>, UdapError> {
+        let mut out = Vec::with_capacity(self.0.len());
+        for p in &self.0 {
+            out.push(
+                std::fs::read(p)
+                    .map_err(|e| UdapError::Config(format!("CRL {}: {e}", p.display())))?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// One trust community: a name (its URI, as clients pass it in
+/// `?community=`), the anchors (root CAs) its members chain to, intermediates
+/// a client may leave out of its `x5c`, and revocation lists.
+///
+/// Path validation is `rustls-webpki`'s: signatures, validity at the given
+/// time, basic constraints, name constraints, and the CRLs loaded here
+/// (every certificate of the chain is checked against them; a list past
+/// its `nextUpdate` fails every chain it covers, so a stale list fails
+/// closed). A certificate whose issuer has no list loaded is accepted unless
+/// [`TrustCommunity::require_revocation_data`] is set.
+pub struct TrustCommunity {
+    name: String,
+    anchors: Vec<TrustAnchor<'static>>,
+    intermediates: Vec<CertificateDer<'static>>,
+    crls: RwLock<Arc<Vec<CertRevocationList<'static>>>>,
+    require_crls: bool,
+}
+
+impl fmt::Debug for TrustCommunity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustCommunity")
+            .field("name", &self.name)
+            .field("anchors", &self.anchors.len())
+            .field("intermediates", &self.intermediates.len())
+            .field("crls", &self.crls.read().map(|c| c.len()).unwrap_or(0))
+            .field("require_crls", &self.require_crls)
+            .finish()
+    }
+}
+
+fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, UdapError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| UdapError::Config(format!("{what}: {e}")))?;
+    Ok(certs)
+}
+
+impl TrustCommunity {
+    /// A community named `name` (a URI) whose members chain to one of the
+    /// certificates in `anchors_pem`.
+    ///
+    /// # Errors
+    /// [`UdapError::Config`] when the name is empty or the PEM holds no
+    /// usable certificate.
+    pub fn new(name: &str, anchors_pem: &[u8]) -> Result<Self, UdapError> {
+        if name.is_empty() || name.len() > 2048 || name.chars().any(char::is_control) {
+            return Err(UdapError::Config("community name must be a URI".into()));
+        }
+        let certs = certs_from_pem(anchors_pem, "trust anchors")?;
+        if certs.is_empty() {
+            return Err(UdapError::Config(format!(
+                "community {name}: no trust anchor"
+            )));
+        }
+        let anchors = certs
+            .iter()
+            .map(|c| {
+                webpki::anchor_from_trusted_cert(c)
+                    .map(|a| a.to_owned())
+                    .map_err(|e| UdapError::Config(format!("trust anchor: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            name: name.to_owned(),
+            anchors,
+            intermediates: Vec::new(),
+            crls: RwLock::new(Arc::new(Vec::new())),
+            require_crls: false,
+        })
+    }
+
+    /// Adds intermediate CA certificates (PEM) that chains may use without
+    /// sending them.
+    ///
+    /// # Errors
+    /// [`UdapError::Config`] for PEM that does not parse.
+    pub fn with_intermediates(mut self, pem: &[u8]) -> Result<Self, UdapError> {
+        self.intermediates
+            .extend(certs_from_pem(pem, "intermediates")?);
+        Ok(self)
+    }
+
+    /// Refuses every certificate whose issuer has no revocation list loaded.
+    #[must_use]
+    pub fn require_revocation_data(mut self, on: bool) -> Self {
+        self.require_crls = on;
+        self
+    }
+
+    /// The community's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Replaces the revocation lists with `lists` (each DER, or PEM with one
+    /// or more lists). All are parsed before any is used: on error the old
+    /// lists stay. Returns how many lists are now loaded.
+    ///
+    /// # Errors
+    /// [`UdapError::Config`] when a list does not parse.
+    pub fn set_crls(&self, lists: &[Vec<u8>]) -> Result<usize, UdapError> {
+        let mut parsed = Vec::new();
+        for bytes in lists {
+            let ders: Vec<Vec<u8>> = if bytes.starts_with(b"-----") {
+                CertificateRevocationListDer::pem_slice_iter(bytes)
+                    .map(|r| r.map(|d| d.as_ref().to_vec()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| UdapError::Config(format!("CRL PEM: {e}")))?
+            } else {
+                vec![bytes.clone()]
+            };
+            for der in ders {
+                let crl = OwnedCertRevocationList::from_der(&der)
+                    .map_err(|e| UdapError::Config(format!("CRL: {e}")))?;
+                parsed.push(CertRevocationList::from(crl));
+            }
+        }
+        let n = parsed.len();
+        match self.crls.write() {
+            Ok(mut g) => *g = Arc::new(parsed),
+            Err(p) => *p.into_inner() = Arc::new(parsed),
+        }
+        Ok(n)
+    }
+
+    /// Fetches fresh lists from `source` and loads them (see
+    /// [`TrustCommunity::set_crls`]).
+    ///
+    /// # Errors
+    /// What fetching or parsing failed with; the old lists stay.
+    pub async fn refresh_crls(&self, source: &dyn CrlSource) -> Result<usize, UdapError> {
+        let lists = source.fetch().await?;
+        self.set_crls(&lists)
+    }
+
+    fn crls(&self) -> Arc<Vec<CertRevocationList<'static>>> {
+        match self.crls.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// Validates `chain` (DER, leaf first) to one of this community's
+    /// anchors at `now` (Unix seconds), against the loaded revocation
+    /// lists, and reads the leaf. `Err` is a description for the client.
+    pub(crate) fn verify_chain(&self, chain: &[Vec<u8>], now: u64) -> Result<LeafInfo, Refused> {
+        let (leaf, rest) = chain
+            .split_first()
+            .ok_or(Refused::Malformed("x5c is empty"))?;
+        if chain.len() > MAX_CHAIN {
+            return Err(Refused::Malformed("x5c holds more than 5 certificates"));
+        }
+        let info = leaf_info(leaf).map_err(Refused::Malformed)?;
+        let leaf_der = CertificateDer::from(leaf.as_slice());
+        let ee = EndEntityCert::try_from(&leaf_der)
+            .map_err(|_| Refused::Malformed("x5c[0] is not a usable end-entity certificate"))?;
+        let mut intermediates: Vec<CertificateDer<'_>> = rest
+            .iter()
+            .map(|c| CertificateDer::from(c.as_slice()))
+            .collect();
+        intermediates.extend(self.intermediates.iter().cloned());
+        let crls = self.crls();
+        let crl_refs: Vec<&CertRevocationList<'_>> = crls.iter().collect();
+        let revocation = match RevocationOptionsBuilder::new(&crl_refs) {
+            Ok(b) => Some(
+                b.with_depth(RevocationCheckDepth::Chain)
+                    .with_status_policy(if self.require_crls {
+                        UnknownStatusPolicy::Deny
+                    } else {
+                        UnknownStatusPolicy::Allow
+                    })
+                    .with_expiration_policy(ExpirationPolicy::Enforce)
+                    .build(),
+            ),
+            Err(_) if self.require_crls => {
+                return Err(Refused::Untrusted("no revocation data for the certificate"));
+            }
+            Err(_) => None,
+        };
+        let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
+        ee.verify_for_usage(
+            CHAIN_ALGS,
+            &self.anchors,
+            &intermediates,
+            time,
+            KeyUsage::required_if_present(EKU_CLIENT_AUTH_OR_ANY),
+            revocation,
+            None,
+        )
+        .map_err(|e| Refused::Untrusted(describe(&e)))?;
+        Ok(info)
+    }
+}
+
+/// `id-kp-clientAuth` (1.3.6.1.5.5.7.3.2), content octets only: a leaf with
+/// an extended key usage must allow client authentication; one without any
+/// is accepted (UDAP leaves often carry none).
+const EKU_CLIENT_AUTH_OR_ANY: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+
+/// Why a chain was refused: malformed (the JWT's fault) or not trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Malformed(&'static str),
+    Untrusted(&'static str),
+}
+
+fn describe(e: &webpki::Error) -> &'static str {
+    use webpki::Error as E;
+    match e {
+        E::CertExpired { .. } => "the certificate has expired",
+        E::CertNotValidYet { .. } => "the certificate is not valid yet",
+        E::CertRevoked => "the certificate has been revoked",
+        E::UnknownIssuer => "the certificate does not chain to a trust anchor of this community",
+        E::UnknownRevocationStatus => "no revocation data for the certificate",
+        E::CrlExpired { .. } => "the community's revocation list is out of date",
+        E::InvalidSignatureForPublicKey
+        | E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            "a certificate in the chain has an invalid or unsupported signature"
+        }
+        E::RequiredEkuNotFoundContext(_) => {
+            "the certificate's extended key usage does not allow client authentication"
+        }
+        E::CaUsedAsEndEntity => "x5c[0] is a CA certificate",
+        E::NameConstraintViolation => "the certificate violates its issuer's name constraints",
+        _ => "the certificate chain is not valid",
+    }
+}

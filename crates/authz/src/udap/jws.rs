@@ -1,0 +1,150 @@
+//! Compact JWS with an `x5c` chain: parsed, chain-validated and
+//! signature-checked before any claim is read.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::de::DeserializeOwned;
+
+use super::community::{LeafInfo, LeafKey, Refused, TrustCommunity};
+
+/// The longest JWT accepted (a chain of five 2 KiB certificates in base64
+/// plus claims fits comfortably).
+pub const MAX_JWT_LEN: usize = 32 * 1024;
+
+/// The signature algorithms accepted in UDAP JWTs: RS256 (which the IG
+/// requires), ES256 and ES384 (which it permits).
+pub const ALGORITHMS: &[&str] = &["RS256", "ES256", "ES384"];
+
+/// A JWT whose chain validated and whose signature is the leaf's.
+#[derive(Debug)]
+pub(crate) struct Verified<C> {
+    pub(crate) claims: C,
+    pub(crate) leaf: LeafInfo,
+}
+
+/// Why a JWT was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Not a well-formed UDAP JWT, or its signature does not verify.
+    Invalid(&'static str),
+    /// Well formed, but its chain is not trusted by the community.
+    Untrusted(&'static str),
+}
+
+impl From<Refused> for Fault {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Malformed(d) => Self::Invalid(d),
+            Refused::Untrusted(d) => Self::Untrusted(d),
+        }
+    }
+}
+
+fn key_matches(alg: Algorithm, key: &LeafKey) -> Option<DecodingKey> {
+    match (alg, key) {
+        (Algorithm::RS256, LeafKey::Rsa(k)) => Some(DecodingKey::from_rsa_der(k)),
+        (Algorithm::ES256, LeafKey::P256(k)) | (Algorithm::ES384, LeafKey::P384(k)) => {
+            Some(DecodingKey::from_ec_der(k))
+        }
+        _ => None,
+    }
+}
+
+/// Verifies `token`: size, header (`alg` one of [`ALGORITHMS`], `x5c`
+/// present), the chain against `community` at `now`, then the signature
+/// with the leaf's key, and decodes the claims as `C`. No claim is checked
+/// here: the caller checks them, knowing their meaning.
+pub(crate) fn verify<C: DeserializeOwned>(
+    token: &str,
+    community: &TrustCommunity,
+    now: u64,
+) -> Result<Verified<C>, Fault> {
+    if token.len() > MAX_JWT_LEN {
+        return Err(Fault::Invalid("the JWT is longer than 32 KiB"));
+    }
+    if token.split('.').count() != 3 {
+        return Err(Fault::Invalid(
+            "not a compact JWS (three dot-separated parts)",
+        ));
+    }
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|_| Fault::Invalid("the JWT header is malformed or names an unsupported alg"))?;
+    let alg = match header.alg {
+        Algorithm::RS256 | Algorithm::ES256 | Algorithm::ES384 => header.alg,
+        _ => return Err(Fault::Invalid("alg must be RS256, ES256 or ES384")),
+    };
+    let chain = header
+        .x5c_der()
+        .map_err(|_| Fault::Invalid("x5c is not base64 (RFC 7515 4.1.6)"))?
+        .ok_or(Fault::Invalid("the JWT header has no x5c"))?;
+    let leaf = community.verify_chain(&chain, now)?;
+    let key = key_matches(alg, &leaf.key)
+        .ok_or(Fault::Invalid("alg does not match the certificate's key"))?;
+    let mut v = Validation::new(alg);
+    // Claims are checked by the caller, exactly and without leeway.
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.validate_aud = false;
+    v.required_spec_claims.clear();
+    v.leeway = 0;
+    let data =
+        jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                Fault::Invalid("the signature does not verify with the certificate's key")
+            }
+            _ => Fault::Invalid("the JWT is malformed"),
+        })?;
+    let claims = serde_json::from_value(data.claims)
+        .map_err(|_| Fault::Invalid("a claim is missing or has the wrong type"))?;
+    Ok(Verified { claims, leaf })
+}
+
+/// `aud` as a string, or an array holding exactly one string.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// Whether this audience is exactly `expected` (byte for byte).
+    pub(crate) fn is(&self, expected: &str) -> bool {
+        match self {
+            Self::One(a) => a == expected,
+            Self::Many(v) => v.len() == 1 && v[0] == expected,
+        }
+    }
+}
+
+/// Clock skew allowed on `iat` (seconds into the future).
+pub const MAX_SKEW: u64 = 60;
+/// The longest lifetime (`exp - iat`) of a software statement or client
+/// assertion.
+pub const MAX_LIFETIME: u64 = 300;
+
+/// The time claims every UDAP JWT carries, checked: `exp` in the future,
+/// at most [`MAX_LIFETIME`] after `iat`, `iat` not more than [`MAX_SKEW`]
+/// ahead of `now`. Returns `exp`.
+pub(crate) fn check_times(iat: i64, exp: i64, now: u64) -> Result<u64, &'static str> {
+    let (Ok(iat), Ok(exp)) = (u64::try_from(iat), u64::try_from(exp)) else {
+        return Err("iat and exp must be positive");
+    };
+    if exp <= now {
+        return Err("the JWT has expired (exp)");
+    }
+    if iat > now.saturating_add(MAX_SKEW) {
+        return Err("iat is in the future");
+    }
+    if exp < iat || exp - iat > MAX_LIFETIME {
+        return Err("exp must be no more than 5 minutes after iat");
+    }
+    Ok(exp)
+}
+
+/// A `jti`: 1 to 256 printable characters.
+pub(crate) fn check_jti(jti: &str) -> Result<(), &'static str> {
+    if jti.is_empty() || jti.len() > 256 || jti.chars().any(char::is_control) {
+        return Err("jti must be 1 to 256 printable characters");
+    }
+    Ok(())
+}

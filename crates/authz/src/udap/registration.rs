@@ -1,0 +1,305 @@
+//! Trusted dynamic client registration: the software statement's rules.
+
+use serde::{Deserialize, Serialize};
+
+use super::UdapError;
+use super::jws::{self, Audience, Fault};
+
+/// The most scopes one client may register.
+const MAX_SCOPES: usize = 64;
+/// The most redirect URIs or contacts one client may register.
+const MAX_LIST: usize = 16;
+/// The longest single value (URI, name, scope, contact).
+const MAX_VALUE: usize = 2048;
+
+/// A grant type a UDAP client registers for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    /// The authorization code flow (consumer-facing or B2B user apps).
+    AuthorizationCode,
+    /// Refresh tokens, only beside `authorization_code`.
+    RefreshToken,
+    /// Server-to-server (B2B) access.
+    ClientCredentials,
+}
+
+impl GrantType {
+    fn parse(s: &str) -> Result<Self, UdapError> {
+        match s {
+            "authorization_code" => Ok(Self::AuthorizationCode),
+            "refresh_token" => Ok(Self::RefreshToken),
+            "client_credentials" => Ok(Self::ClientCredentials),
+            _ => Err(UdapError::InvalidClientMetadata(
+                "grant_types may hold only authorization_code, refresh_token or client_credentials",
+            )),
+        }
+    }
+
+    /// The OAuth name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthorizationCode => "authorization_code",
+            Self::RefreshToken => "refresh_token",
+            Self::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+/// A software statement's claims, as sent.
+#[derive(Debug, Deserialize)]
+pub(crate) struct StatementClaims {
+    iss: String,
+    sub: String,
+    aud: Audience,
+    exp: i64,
+    iat: i64,
+    jti: String,
+    #[serde(default)]
+    client_name: Option<String>,
+    #[serde(default)]
+    redirect_uris: Option<Vec<String>>,
+    #[serde(default)]
+    contacts: Option<Vec<String>>,
+    #[serde(default)]
+    logo_uri: Option<String>,
+    #[serde(default)]
+    grant_types: Option<Vec<String>>,
+    #[serde(default)]
+    response_types: Option<Vec<String>>,
+    #[serde(default)]
+    token_endpoint_auth_method: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// What a client asked to be registered as, after every rule held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientMetadata {
+    /// The client's name, for people.
+    pub client_name: String,
+    /// Empty for a cancellation.
+    pub grant_types: Vec<GrantType>,
+    /// https URIs (only with `authorization_code`).
+    pub redirect_uris: Vec<String>,
+    /// `["code"]` with `authorization_code`, empty otherwise.
+    pub response_types: Vec<String>,
+    /// The scopes granted.
+    pub scopes: Vec<String>,
+    /// Contact URIs; at least one `mailto:`.
+    pub contacts: Vec<String>,
+    /// https logo URI (only with `authorization_code`).
+    pub logo_uri: Option<String>,
+}
+
+/// A statement that passed every check, with where it came from.
+#[derive(Debug)]
+pub(crate) struct CheckedStatement {
+    pub(crate) iss: String,
+    pub(crate) jti: String,
+    pub(crate) exp: u64,
+    pub(crate) metadata: ClientMetadata,
+    pub(crate) fingerprint: String,
+}
+
+fn value(s: &str, what: &'static str) -> Result<(), UdapError> {
+    if s.is_empty() || s.len() > MAX_VALUE || s.chars().any(char::is_control) {
+        return Err(UdapError::InvalidClientMetadata(what));
+    }
+    Ok(())
+}
+
+fn https(u: &str) -> bool {
+    // Exact, unnormalised comparison elsewhere; here only the scheme and a
+    // host are required, and no fragment (RFC 6749 3.1.2).
+    u.strip_prefix("https://")
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/') && !u.contains('#'))
+}
+
+/// Checks a verified statement's claims for `registration_endpoint`, with
+/// the scopes this server allows. The chain and signature were checked by
+/// [`jws::verify`]; `authorization_code` says whether this server supports
+/// that grant.
+pub(crate) fn check_statement(
+    v: jws::Verified<StatementClaims>,
+    registration_endpoint: &str,
+    allowed_scopes: &[String],
+    authorization_code: bool,
+    now: u64,
+) -> Result<CheckedStatement, UdapError> {
+    let c = v.claims;
+    let bad = UdapError::InvalidSoftwareStatement;
+    if c.iss.is_empty() || c.iss.len() > MAX_VALUE {
+        return Err(bad("iss must be a URI"));
+    }
+    if !v.leaf.san_uris.contains(&c.iss) {
+        return Err(bad(
+            "iss is not a URI subject alternative name of the certificate",
+        ));
+    }
+    if c.sub != c.iss {
+        return Err(bad("sub must equal iss"));
+    }
+    if !c.aud.is(registration_endpoint) {
+        return Err(bad("aud must be this server's registration endpoint"));
+    }
+    let exp = jws::check_times(c.iat, c.exp, now).map_err(bad)?;
+    jws::check_jti(&c.jti).map_err(bad)?;
+
+    let meta = UdapError::InvalidClientMetadata;
+    let grants = c
+        .grant_types
+        .ok_or(meta("grant_types is required"))?
+        .iter()
+        .map(|g| GrantType::parse(g))
+        .collect::<Result<Vec<_>, _>>()?;
+    let client_name = c.client_name.ok_or(meta("client_name is required"))?;
+    value(
+        &client_name,
+        "client_name must be 1 to 2048 printable characters",
+    )?;
+    if grants.is_empty() {
+        // A cancellation: nothing else matters.
+        return Ok(CheckedStatement {
+            iss: c.iss,
+            jti: c.jti,
+            exp,
+            metadata: ClientMetadata {
+                client_name,
+                grant_types: vec![],
+                redirect_uris: vec![],
+                response_types: vec![],
+                scopes: vec![],
+                contacts: vec![],
+                logo_uri: None,
+            },
+            fingerprint: v.leaf.fingerprint,
+        });
+    }
+    let has = |g| grants.contains(&g);
+    let code = has(GrantType::AuthorizationCode);
+    let cc = has(GrantType::ClientCredentials);
+    let mut unique = grants.clone();
+    unique.sort_by_key(|g| g.as_str());
+    unique.dedup();
+    if unique.len() != grants.len() {
+        return Err(meta("grant_types lists a grant twice"));
+    }
+    if code == cc {
+        return Err(meta(
+            "grant_types must hold exactly one of authorization_code and client_credentials",
+        ));
+    }
+    if has(GrantType::RefreshToken) && !code {
+        return Err(meta("refresh_token requires authorization_code"));
+    }
+    let contacts = c.contacts.ok_or(meta("contacts is required"))?;
+    if contacts.len() > MAX_LIST {
+        return Err(meta("contacts holds more than 16 entries"));
+    }
+    for x in &contacts {
+        value(x, "each contact must be 1 to 2048 printable characters")?;
+    }
+    if !contacts
+        .iter()
+        .any(|x| x.starts_with("mailto:") && x.len() > 7)
+    {
+        return Err(meta("contacts must hold at least one mailto: URI"));
+    }
+    match c.token_endpoint_auth_method.as_deref() {
+        Some("private_key_jwt") => {}
+        _ => return Err(meta("token_endpoint_auth_method must be private_key_jwt")),
+    }
+    let scope = c.scope.ok_or(meta("scope is required"))?;
+    let scopes: Vec<String> = scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if scopes.is_empty() || scopes.len() > MAX_SCOPES {
+        return Err(meta("scope must list 1 to 64 scopes"));
+    }
+    if scopes.iter().any(|s| !allowed_scopes.contains(s)) {
+        return Err(meta("scope requests a scope this server does not offer"));
+    }
+    let (redirect_uris, response_types, logo_uri) = if code {
+        let uris = c.redirect_uris.unwrap_or_default();
+        if uris.is_empty() {
+            return Err(UdapError::InvalidRedirectUri(
+                "authorization_code requires at least one redirect URI",
+            ));
+        }
+        if uris.len() > MAX_LIST {
+            return Err(UdapError::InvalidRedirectUri("more than 16 redirect URIs"));
+        }
+        if !uris.iter().all(|u| u.len() <= MAX_VALUE && https(u)) {
+            return Err(UdapError::InvalidRedirectUri(
+                "redirect URIs must be absolute https URIs without a fragment",
+            ));
+        }
+        if c.response_types.as_deref() != Some(&["code".to_owned()][..]) {
+            return Err(meta(
+                "response_types must be [\"code\"] with authorization_code",
+            ));
+        }
+        let logo = c
+            .logo_uri
+            .ok_or(meta("logo_uri is required with authorization_code"))?;
+        if logo.len() > MAX_VALUE || !https(&logo) {
+            return Err(meta("logo_uri must be an https URI"));
+        }
+        (uris, vec!["code".to_owned()], Some(logo))
+    } else {
+        if c.redirect_uris.is_some_and(|u| !u.is_empty()) {
+            return Err(UdapError::InvalidRedirectUri(
+                "redirect URIs are not allowed with client_credentials",
+            ));
+        }
+        if c.response_types.is_some_and(|r| !r.is_empty()) {
+            return Err(meta(
+                "response_types is not allowed with client_credentials",
+            ));
+        }
+        (vec![], vec![], None)
+    };
+    // Checked last, so a client learns of every rule its statement broke
+    // before learning what this server offers.
+    if code && !authorization_code {
+        return Err(meta(
+            "this server supports only the client_credentials grant",
+        ));
+    }
+    Ok(CheckedStatement {
+        iss: c.iss,
+        jti: c.jti,
+        exp,
+        metadata: ClientMetadata {
+            client_name,
+            grant_types: grants,
+            redirect_uris,
+            response_types,
+            scopes,
+            contacts,
+            logo_uri,
+        },
+        fingerprint: v.leaf.fingerprint,
+    })
+}
+
+/// Maps a JWT fault for the registration endpoint.
+pub(crate) fn registration_fault(f: Fault) -> UdapError {
+    match f {
+        Fault::Invalid(d) => UdapError::InvalidSoftwareStatement(d),
+        Fault::Untrusted(d) => UdapError::UnapprovedSoftwareStatement(d),
+    }
+}
+
+/// The registration request body.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RegistrationRequest {
+    pub(crate) software_statement: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub(crate) certifications: Option<Vec<String>>,
+    pub(crate) udap: String,
+}
