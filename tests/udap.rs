@@ -2,6 +2,8 @@
 //! rcgen) and a second, untrusted one: every rule of registration and JWT
 //! client authentication, each refusal with its RFC 7591 / 6749 code.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
+
 use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
@@ -321,35 +323,33 @@ async fn untrusted_expired_and_revoked_certificates_are_unapproved() {
         .unwrap();
 
     // A stale list fails closed, for every certificate it covers.
-    e.trust
+    let fresh = TrustCommunity::new(f.trusted.name(), f.trusted.anchor_pem().as_bytes()).unwrap();
+    fresh
         .set_crls(&[f
             .trusted
             .crl_valid(&[], time::Duration::hours(-1))
             .unwrap()
             .into_bytes()])
         .unwrap();
-    let err = refused(
-        &e,
-        client(&f.app_ec)
-            .registration_request(REG, &req, t)
-            .unwrap()
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
+    let scopes: Vec<String> = SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    let good = client(&f.app_ec)
+        .registration_request(REG, &req, t)
+        .unwrap()
+        .to_string();
+    let check = |c: &TrustCommunity| {
+        careconnect::authz::udap::check_registration(good.as_bytes(), c, REG, &scopes, t)
+    };
+    let err = check(&fresh).unwrap_err();
+    assert_eq!(err.code(), "unapproved_software_statement");
     assert!(err.description().contains("out of date"), "{err}");
-    // A list that does not parse leaves the old ones in place.
-    assert!(e.trust.set_crls(&[b"not a crl".to_vec()]).is_err());
-    let err = refused(
-        &e,
-        client(&f.app_ec)
-            .registration_request(REG, &req, t)
-            .unwrap()
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
-    assert!(err.description().contains("out of date"), "{err}");
+    // A list that does not parse changes nothing.
+    assert!(fresh.set_crls(&[b"not a crl".to_vec()]).is_err());
+    assert!(
+        check(&fresh)
+            .unwrap_err()
+            .description()
+            .contains("out of date")
+    );
 }
 
 #[tokio::test]
@@ -376,6 +376,93 @@ async fn revocation_data_can_be_required() {
         careconnect::authz::udap::check_registration(body.as_bytes(), &strict, REG, &scopes, now())
             .unwrap_err();
     assert!(err.description().contains("revocation"), "{err}");
+    // With the root's list for the intermediate too, the chain passes.
+    strict
+        .set_crls(&[f.trusted.root_crl().unwrap().into_bytes()])
+        .unwrap();
+    careconnect::authz::udap::check_registration(body.as_bytes(), &strict, REG, &scopes, now())
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_older_revocation_list_cannot_undo_a_revocation() {
+    let e = env().await;
+    let f = fx();
+    let t = e.clock.now();
+    e.trust
+        .set_crls(&[f.trusted.crl(&[f.revoked.serial]).unwrap().into_bytes()])
+        .unwrap();
+    // Replayed: a list from before the revocation.
+    assert_eq!(
+        e.trust
+            .set_crls(&[f.trusted.crl_older(&[], 3600).unwrap().into_bytes()])
+            .unwrap(),
+        1
+    );
+    // Or a source that drops the issuer altogether.
+    e.trust.set_crls(&[]).unwrap();
+    let body = client(&f.revoked)
+        .registration_request(REG, &b2b_request(), t)
+        .unwrap()
+        .to_string();
+    let err = refused(&e, body.as_bytes()).await;
+    assert!(err.description().contains("revoked"), "{err}");
+}
+
+#[tokio::test]
+async fn a_certificate_revoked_in_one_community_is_not_tried_in_another() {
+    // Two communities trusting the same root; only the first has the list.
+    let f = fx();
+    let a = trust();
+    a.set_crls(&[f.trusted.crl(&[f.revoked.serial]).unwrap().into_bytes()])
+        .unwrap();
+    let b = Arc::new(
+        TrustCommunity::new("urn:clinic:other-view", f.trusted.anchor_pem().as_bytes()).unwrap(),
+    );
+    let ours = |t: Arc<TrustCommunity>| {
+        ServerCommunity::new(t, &f.server.chain_pem, f.server.key_pem.as_bytes()).unwrap()
+    };
+    let clock = Arc::new(ManualClock::new(now()));
+    let store = Arc::new(MemoryStore::new());
+    let server = UdapServer::new(
+        config(),
+        vec![ours(a), ours(b)],
+        store,
+        Keyring::generate(),
+        clock,
+    )
+    .unwrap();
+    let revoked = client(&f.revoked)
+        .registration_request(REG, &b2b_request(), now())
+        .unwrap();
+    let err = server
+        .register(revoked.to_string().as_bytes())
+        .await
+        .unwrap_err();
+    assert!(err.description().contains("revoked"), "{err}");
+    // A stranger's chain is tried in both and refused as not chaining.
+    let stranger = client(&f.stranger)
+        .registration_request(REG, &b2b_request(), now())
+        .unwrap();
+    let err = server
+        .register(stranger.to_string().as_bytes())
+        .await
+        .unwrap_err();
+    assert!(err.description().contains("does not chain"), "{err}");
+}
+
+#[tokio::test]
+async fn es384_registers_and_authenticates() {
+    let e = env().await;
+    let cert = fx().trusted.issue(APP, KeyKind::P384, 30).unwrap();
+    assert_eq!(signer(&cert).algorithm(), "ES384");
+    let id = registered(&e, &cert).await;
+    let f = form(
+        client(&cert)
+            .token_request(&id, TOKEN, &b2b(), None, e.clock.now())
+            .unwrap(),
+    );
+    e.server.token(&f).await.unwrap();
 }
 
 #[tokio::test]
@@ -633,7 +720,7 @@ async fn forged_signatures_algorithms_and_bodies_are_refused() {
     assert_eq!(err.code(), "invalid_software_statement");
     assert!(err.description().contains("32 KiB"), "{err}");
     let err = refused(&e, &vec![b' '; 65 * 1024]).await;
-    assert_eq!(err.code(), "invalid_software_statement");
+    assert_eq!(err.code(), "invalid_client_metadata");
     assert!(e.server.clients(10).await.unwrap().is_empty());
 }
 
@@ -676,7 +763,10 @@ fn b2b() -> B2bExtension {
     )
 }
 
-fn form(pairs: Vec<(&'static str, String)>) -> Vec<(String, String)> {
+/// A token request's form fields.
+type Form = Vec<(String, String)>;
+
+fn form(pairs: Vec<(&'static str, String)>) -> Form {
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
@@ -758,6 +848,45 @@ async fn client_credentials_with_a_jwt_assertion_issues_a_token_once() {
 }
 
 #[tokio::test]
+async fn an_assertion_replayed_on_another_node_and_tokens_of_a_cancelled_client_fail() {
+    let keys = Keyring::generate();
+    let store: Arc<dyn RecordStore> = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(now()));
+    let (a, _) = server_on(store.clone(), keys.clone(), clock.clone());
+    let (b, _) = server_on(store, keys, clock.clone());
+    let c = client(&fx().app_ec);
+    let t = clock.now();
+    let id = a
+        .register(
+            c.registration_request(REG, &b2b_request(), t)
+                .unwrap()
+                .to_string()
+                .as_bytes(),
+        )
+        .await
+        .unwrap()
+        .client
+        .client_id;
+    let f = form(c.token_request(&id, TOKEN, &b2b(), None, t).unwrap());
+    let tok = a.token(&f).await.unwrap();
+    let err = b.token(&f).await.unwrap_err();
+    assert!(err.description().contains("replay"), "{err}");
+    assert!(b.introspect(tok.secret()).await.unwrap().is_some());
+    // Cancelled on node B: the token node A issued ends at once.
+    let mut cancel = b2b_request();
+    cancel.grant_types.clear();
+    b.register(
+        c.registration_request(REG, &cancel, t)
+            .unwrap()
+            .to_string()
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(a.introspect(tok.secret()).await.unwrap().is_none());
+}
+
+#[tokio::test]
 async fn token_requests_that_must_fail() {
     let e = env().await;
     let f = fx();
@@ -775,7 +904,7 @@ async fn token_requests_that_must_fail() {
         fm.retain(|(n, _)| n != k);
         fm
     };
-    let cases: Vec<(&str, Vec<(String, String)>, &str)> = vec![
+    let cases: Vec<(&str, Form, &str)> = vec![
         (
             "password grant",
             set(good(), "grant_type", "password"),
@@ -896,6 +1025,16 @@ async fn token_requests_that_must_fail() {
         let err = e.server.token(&fm).await.expect_err(what);
         assert_eq!(err.code(), code, "{what}: {err}");
     }
+    // Invisible characters in the extension (a bidi override).
+    let sneaky = B2bExtension::new("urn:org:\u{202e}evil", vec!["TREAT".into()]);
+    let err = e
+        .server
+        .token(&form(
+            c.token_request(&id, TOKEN, &sneaky, None, t).unwrap(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_grant");
     // Revoked after registration: the next token request fails.
     let revoked_id = registered(&e, &f.revoked).await;
     e.trust
@@ -913,6 +1052,16 @@ async fn token_requests_that_must_fail() {
     assert!(err.description().contains("revoked"), "{err}");
     // And after all that, the genuine request still works.
     e.server.token(&good()).await.unwrap();
+}
+
+/// The row id a token is stored under (as the server derives it).
+fn token_row_id(token: &str) -> careconnect::storage::RowId {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"careconnect/udap-token\0");
+    h.update((token.len() as u64).to_be_bytes());
+    h.update(token.as_bytes());
+    careconnect::storage::RowId::new(hex::encode(h.finalize())).unwrap()
 }
 
 fn client_of(cert: &IssuedCert, iss: &str) -> UdapClient {
@@ -944,14 +1093,7 @@ async fn forged_rows_in_the_database_grant_nothing() {
         .rows
         .remove(0);
     let fake = "A".repeat(43);
-    let fake_id = {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update(b"careconnect/udap-token\0");
-        h.update((fake.len() as u64).to_be_bytes());
-        h.update(fake.as_bytes());
-        careconnect::storage::RowId::new(hex::encode(h.finalize())).unwrap()
-    };
+    let fake_id = token_row_id(&fake);
     e.store
         .insert(
             &tokens,

@@ -85,6 +85,8 @@ pub mod rotation;
 mod rows;
 pub mod seed;
 pub mod subjects;
+#[cfg(feature = "udap")]
+pub mod udap;
 
 pub use clinic::{BlobConfig, Clinic, ClinicConfig, ClinicHours, KmsConfig};
 pub use error::CoreError;

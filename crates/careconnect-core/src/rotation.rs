@@ -43,6 +43,12 @@ use crate::medicloud::{DocRow, doc_context, docs};
 use crate::rows;
 
 mod data_key;
+
+/// The UDAP collections rotation re-seals (checked against the authz crate).
+#[cfg(all(test, feature = "udap"))]
+pub(crate) fn data_key_udap_collections() -> [&'static str; 3] {
+    data_key::UDAP_COLLECTIONS
+}
 mod kek_version;
 mod subject_key;
 pub use data_key::{DataKeyKind, DataKeyReport};

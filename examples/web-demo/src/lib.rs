@@ -22,6 +22,7 @@ mod maintain;
 mod pages;
 mod server;
 pub mod settings;
+pub mod udap;
 mod web;
 
 use std::net::SocketAddr;
@@ -252,6 +253,7 @@ pub async fn start(mut settings: Settings) -> Result<Running> {
         "{}/.well-known/openid-configuration",
         issuer_url.trim_end_matches('/')
     );
+    let udap = udap::build(&settings, &clinic).await.context("UDAP")?;
     let app = Arc::new(web::App {
         templates,
         clinic,
@@ -261,6 +263,7 @@ pub async fn start(mut settings: Settings) -> Result<Running> {
         upload_limit,
         readiness: std::sync::Mutex::default(),
         uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
+        udap,
     });
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(maintain::run(
@@ -329,7 +332,8 @@ fn router(app: web::State) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
-        .merge(pages::upload_routes(app));
+        .merge(pages::upload_routes(app.clone()))
+        .merge(udap::routes(app));
     for (name, value) in headers {
         r = r.layer(SetResponseHeaderLayer::overriding(
             name,

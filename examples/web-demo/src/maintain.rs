@@ -58,6 +58,18 @@ async fn clean(app: &App) {
         Ok(n) => tracing::info!(sessions = n, "expired sessions purged"),
         Err(e) => tracing::warn!(error = %e, "purging sessions failed"),
     }
+    match app.udap.server.purge().await {
+        Ok(n) => tracing::info!(rows = n, "expired UDAP jtis and tokens purged"),
+        Err(e) => tracing::warn!(error = %e, "purging UDAP rows failed"),
+    }
+    for (trust, source) in &app.udap.crls {
+        // A list that cannot be read keeps the old one, which fails closed
+        // once past its nextUpdate.
+        match trust.refresh_crls(source).await {
+            Ok(n) => tracing::info!(community = trust.name(), lists = n, "CRLs reloaded"),
+            Err(e) => tracing::warn!(community = trust.name(), error = %e, "reloading CRLs failed"),
+        }
+    }
     let Ok(who) = maintenance() else { return };
     match app.clinic.medicloud().collect_orphans(&who).await {
         Ok(report) => tracing::info!(?report, "orphaned blobs collected"),

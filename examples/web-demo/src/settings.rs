@@ -36,6 +36,16 @@ pub const MAX_UPLOAD_LIMIT: u64 = 1 << 30;
 /// issuer = "https://accounts.google.com"
 /// client_id = "1234.apps.googleusercontent.com"
 /// # the secret comes from CARECONNECT_OIDC_CLIENT_SECRET, never from this file
+///
+/// [udap]                        # default: a development community under data_dir/udap
+/// scopes = ["system/Patient.read", "system/Appointment.read"]
+/// [[udap.community]]            # one or more; the first is the default
+/// name = "urn:example:community"
+/// anchors = "/etc/careconnect/udap/anchors.pem"
+/// intermediates = "/etc/careconnect/udap/intermediates.pem"
+/// crls = ["/etc/careconnect/udap/intermediate.crl"]
+/// cert = "/etc/careconnect/udap/server-chain.pem"   # SAN URI = public_url
+/// key = "/etc/careconnect/udap/server-key.pem"
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +72,8 @@ pub struct SettingsFile {
     pub tls: Option<TlsFile>,
     /// A real OpenID provider.
     pub oidc: Option<OidcFile>,
+    /// UDAP trust communities and scopes.
+    pub udap: Option<crate::udap::UdapFile>,
 }
 
 /// A certificate and key in PEM files (reloaded when they change).
@@ -112,6 +124,9 @@ pub struct Settings {
     /// A real provider and its client secret (`None`: the development
     /// issuer).
     pub oidc: Option<(OidcFile, Option<String>)>,
+    /// UDAP communities (`None`: a development community under the data
+    /// directory).
+    pub udap: Option<crate::udap::UdapFile>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -142,6 +157,7 @@ impl Settings {
             dev_issuer_with_real_data: false,
             tls: None,
             oidc: None,
+            udap: None,
         }
     }
 
@@ -175,6 +191,7 @@ impl Settings {
         s.tls = file.tls;
         s.seed = file.seed.unwrap_or(file.oidc.is_none());
         s.oidc = file.oidc.map(|o| (o, None));
+        s.udap = file.udap;
         Ok(s)
     }
 
@@ -231,6 +248,11 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// Where the development UDAP community lives.
+    pub fn dev_udap_dir(&self) -> PathBuf {
+        self.clinic.data_dir.join("udap")
     }
 
     /// Where the development certificate lives.

@@ -41,6 +41,8 @@ pub(crate) struct App {
     pub(crate) readiness: std::sync::Mutex<Readiness>,
     /// Uploads in progress at once.
     pub(crate) uploads: Arc<tokio::sync::Semaphore>,
+    /// UDAP registration and tokens.
+    pub(crate) udap: crate::udap::Udap,
 }
 
 /// The outcome of the last readiness check: what did not answer.

@@ -57,8 +57,7 @@ impl B2bExtension {
 
     /// Checks the IG's rules. `Err` describes the broken one.
     pub(crate) fn check(&self) -> Result<(), &'static str> {
-        let printable =
-            |s: &str| !s.is_empty() && s.len() <= 2048 && !s.chars().any(char::is_control);
+        let printable = jws::printable;
         if self.version != "1" {
             return Err("hl7-b2b version must be \"1\"");
         }

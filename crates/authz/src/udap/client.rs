@@ -219,7 +219,7 @@ impl UdapClient {
             "sub": self.iss,
             "aud": registration_endpoint,
             "iat": now,
-            "exp": now + 300,
+            "exp": now.saturating_add(300),
             "jti": random_jti()?,
             "client_name": req.client_name,
             "contacts": req.contacts,
@@ -272,7 +272,7 @@ impl UdapClient {
             "sub": client_id,
             "aud": token_endpoint,
             "iat": now,
-            "exp": now + 300,
+            "exp": now.saturating_add(300),
             "jti": random_jti()?,
         });
         if let Some(b) = b2b {

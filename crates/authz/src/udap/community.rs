@@ -165,7 +165,7 @@ pub struct TrustCommunity {
     name: String,
     anchors: Vec<TrustAnchor<'static>>,
     intermediates: Vec<CertificateDer<'static>>,
-    crls: RwLock<Arc<Vec<CertRevocationList<'static>>>>,
+    crls: RwLock<Arc<Vec<LoadedCrl>>>,
     require_crls: bool,
 }
 
@@ -245,14 +245,18 @@ impl TrustCommunity {
         &self.name
     }
 
-    /// Replaces the revocation lists with `lists` (each DER, or PEM with one
-    /// or more lists). All are parsed before any is used: on error the old
-    /// lists stay. Returns how many lists are now loaded.
+    /// Loads revocation lists (each DER, or PEM with one or more lists),
+    /// one per issuer: a list replaces the loaded one of the same issuer
+    /// only if it is newer (a later `thisUpdate`, or the same with a higher
+    /// `crlNumber`), so a replayed older list cannot undo a revocation, and
+    /// an issuer missing from `lists` keeps its loaded list (which fails
+    /// closed once past its `nextUpdate`). All lists are parsed before any
+    /// is used: on error nothing changes. Returns how many lists are loaded.
     ///
     /// # Errors
     /// [`UdapError::Config`] when a list does not parse.
     pub fn set_crls(&self, lists: &[Vec<u8>]) -> Result<usize, UdapError> {
-        let mut parsed = Vec::new();
+        let mut fresh = Vec::new();
         for bytes in lists {
             let ders: Vec<Vec<u8>> = if bytes.starts_with(b"-----") {
                 CertificateRevocationListDer::pem_slice_iter(bytes)
@@ -263,16 +267,26 @@ impl TrustCommunity {
                 vec![bytes.clone()]
             };
             for der in ders {
-                let crl = OwnedCertRevocationList::from_der(&der)
-                    .map_err(|e| UdapError::Config(format!("CRL: {e}")))?;
-                parsed.push(CertRevocationList::from(crl));
+                fresh.push(LoadedCrl::parse(der)?);
             }
         }
-        let n = parsed.len();
-        match self.crls.write() {
-            Ok(mut g) => *g = Arc::new(parsed),
-            Err(p) => *p.into_inner() = Arc::new(parsed),
+        let mut guard = match self.crls.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let mut merged: Vec<LoadedCrl> = guard.as_ref().clone();
+        for crl in fresh {
+            match merged.iter_mut().find(|c| c.issuer == crl.issuer) {
+                Some(old) if crl.newer_than(old) => *old = crl,
+                Some(_) => tracing::warn!(
+                    community = %self.name,
+                    "a revocation list older than the loaded one was ignored"
+                ),
+                None => merged.push(crl),
+            }
         }
+        let n = merged.len();
+        *guard = Arc::new(merged);
         Ok(n)
     }
 
@@ -286,7 +300,7 @@ impl TrustCommunity {
         self.set_crls(&lists)
     }
 
-    fn crls(&self) -> Arc<Vec<CertRevocationList<'static>>> {
+    fn crls(&self) -> Arc<Vec<LoadedCrl>> {
         match self.crls.read() {
             Ok(g) => Arc::clone(&g),
             Err(p) => Arc::clone(&p.into_inner()),
@@ -303,6 +317,8 @@ impl TrustCommunity {
         if chain.len() > MAX_CHAIN {
             return Err(Refused::Malformed("x5c holds more than 5 certificates"));
         }
+        // (Read again here so a caller cannot validate one chain and use
+        // another's leaf.)
         let info = leaf_info(leaf).map_err(Refused::Malformed)?;
         let leaf_der = CertificateDer::from(leaf.as_slice());
         let ee = EndEntityCert::try_from(&leaf_der)
@@ -313,7 +329,7 @@ impl TrustCommunity {
             .collect();
         intermediates.extend(self.intermediates.iter().cloned());
         let crls = self.crls();
-        let crl_refs: Vec<&CertRevocationList<'_>> = crls.iter().collect();
+        let crl_refs: Vec<&CertRevocationList<'_>> = crls.iter().map(|c| c.list.as_ref()).collect();
         let revocation = match RevocationOptionsBuilder::new(&crl_refs) {
             Ok(b) => Some(
                 b.with_depth(RevocationCheckDepth::Chain)
@@ -336,7 +352,7 @@ impl TrustCommunity {
             &self.anchors,
             &intermediates,
             time,
-            KeyUsage::required_if_present(EKU_CLIENT_AUTH_OR_ANY),
+            KeyUsage::required_if_present(EKU_CLIENT_AUTH),
             revocation,
             None,
         )
@@ -346,9 +362,53 @@ impl TrustCommunity {
 }
 
 /// `id-kp-clientAuth` (1.3.6.1.5.5.7.3.2), content octets only: a leaf with
-/// an extended key usage must allow client authentication; one without any
-/// is accepted (UDAP leaves often carry none).
-const EKU_CLIENT_AUTH_OR_ANY: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+/// an extended key usage extension must list client authentication; one
+/// without the extension is accepted (UDAP leaves often carry none).
+const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+
+/// One issuer's revocation list, with what orders it against another.
+#[derive(Clone)]
+struct LoadedCrl {
+    issuer: Vec<u8>,
+    this_update: i64,
+    number: Vec<u8>,
+    list: Arc<CertRevocationList<'static>>,
+}
+
+impl LoadedCrl {
+    fn parse(der: Vec<u8>) -> Result<Self, UdapError> {
+        use x509_parser::revocation_list::CertificateRevocationList as Parsed;
+        let (issuer, this_update, number) = {
+            let (_, p) =
+                Parsed::from_der(&der).map_err(|e| UdapError::Config(format!("CRL: {e}")))?;
+            (
+                p.issuer().as_raw().to_vec(),
+                p.last_update().timestamp(),
+                p.crl_number().map(|n| n.to_bytes_be()).unwrap_or_default(),
+            )
+        };
+        let list = OwnedCertRevocationList::from_der(&der)
+            .map_err(|e| UdapError::Config(format!("CRL: {e}")))?;
+        Ok(Self {
+            issuer,
+            this_update,
+            number,
+            list: Arc::new(CertRevocationList::from(list)),
+        })
+    }
+
+    fn newer_than(&self, old: &Self) -> bool {
+        let num = |n: &[u8]| {
+            let n = &n[n.iter().take_while(|b| **b == 0).count()..];
+            (n.len(), n.to_vec())
+        };
+        (self.this_update, num(&self.number)) > (old.this_update, num(&old.number))
+    }
+}
+
+/// The refusal for a chain to none of a community's anchors.
+pub(crate) const UNKNOWN_ISSUER: &str =
+    "the certificate does not chain to a trust anchor of this community";
 
 /// Why a chain was refused: malformed (the JWT's fault) or not trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,7 +423,7 @@ fn describe(e: &webpki::Error) -> &'static str {
         E::CertExpired { .. } => "the certificate has expired",
         E::CertNotValidYet { .. } => "the certificate is not valid yet",
         E::CertRevoked => "the certificate has been revoked",
-        E::UnknownIssuer => "the certificate does not chain to a trust anchor of this community",
+        E::UnknownIssuer => UNKNOWN_ISSUER,
         E::UnknownRevocationStatus => "no revocation data for the certificate",
         E::CrlExpired { .. } => "the community's revocation list is out of date",
         E::InvalidSignatureForPublicKey

@@ -4,6 +4,7 @@
 //! a real deployment joins a real community (see `docs/udap.md`).
 
 use std::fmt;
+use std::path::Path;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
@@ -16,6 +17,51 @@ use zeroize::Zeroizing;
 
 use super::UdapError;
 
+const NAME_FILE: &str = "community-name.txt";
+const ANCHOR_FILE: &str = "anchor.pem";
+const INT_FILE: &str = "intermediate.pem";
+const INT_KEY_FILE: &str = "intermediate-key.pem";
+
+/// Serials start at a random 48-bit offset, so leaves issued after a
+/// reload never reuse a serial (a CRL names serials).
+fn random_serial_base() -> Result<u64, UdapError> {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).map_err(|_| UdapError::Random)?;
+    Ok(b.iter().fold(1u64, |acc, x| (acc << 8) | u64::from(*x)))
+}
+
+/// Writes `bytes` to `path`, readable by the owner only, replacing it.
+///
+/// # Errors
+/// [`UdapError::Config`] when the file cannot be written.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), UdapError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(cfg)?;
+    f.write_all(bytes).map_err(cfg)?;
+    f.sync_all().map_err(cfg)?;
+    std::fs::rename(&tmp, path).map_err(cfg)
+}
+
+impl IssuedCert {
+    /// Writes `chain.pem` and `key.pem` (owner-only) to `dir`.
+    ///
+    /// # Errors
+    /// [`UdapError::Config`] when a file cannot be written.
+    pub fn save(&self, dir: &Path) -> Result<(), UdapError> {
+        std::fs::create_dir_all(dir).map_err(cfg)?;
+        write_private(&dir.join("key.pem"), self.key_pem.as_bytes())?;
+        std::fs::write(dir.join("chain.pem"), &self.chain_pem).map_err(cfg)
+    }
+}
+
 /// The key a leaf certificate gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
@@ -24,6 +70,8 @@ pub enum KeyKind {
     Rsa2048,
     /// ECDSA P-256 (ES256).
     P256,
+    /// ECDSA P-384 (ES384).
+    P384,
 }
 
 /// A leaf certificate and its key.
@@ -51,6 +99,7 @@ fn cfg(e: impl fmt::Display) -> UdapError {
 fn key_pair(kind: KeyKind) -> Result<KeyPair, UdapError> {
     match kind {
         KeyKind::P256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(cfg),
+        KeyKind::P384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).map_err(cfg),
         KeyKind::Rsa2048 => {
             use rsa::pkcs8::EncodePrivateKey;
             let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).map_err(cfg)?;
@@ -87,6 +136,9 @@ pub struct DevCommunity {
     root_pem: String,
     intermediate_pem: String,
     intermediate: Issuer<'static, KeyPair>,
+    /// The root's key: only in a community generated in this process
+    /// (never saved), for root-signed revocation lists in tests.
+    root: Option<Issuer<'static, KeyPair>>,
     next_serial: std::sync::atomic::AtomicU64,
 }
 
@@ -116,8 +168,61 @@ impl DevCommunity {
             root_pem: root_cert.pem(),
             intermediate_pem: int_cert.pem(),
             intermediate: Issuer::new(int_params, int_key),
-            next_serial: std::sync::atomic::AtomicU64::new(1000),
+            root: Some(root),
+            next_serial: std::sync::atomic::AtomicU64::new(random_serial_base()?),
         })
+    }
+
+    /// The community saved in `dir` (see [`DevCommunity::save`]), or a new
+    /// one called `name`, saved there.
+    ///
+    /// # Errors
+    /// [`UdapError::Config`] for unreadable or unwritable files.
+    pub fn load_or_create(dir: &Path, name: &str) -> Result<Self, UdapError> {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f));
+        match (
+            read(NAME_FILE),
+            read(ANCHOR_FILE),
+            read(INT_FILE),
+            read(INT_KEY_FILE),
+        ) {
+            (Ok(name), Ok(root_pem), Ok(intermediate_pem), Ok(key)) => {
+                let key = Zeroizing::new(key);
+                let kp = KeyPair::from_pem(&key).map_err(cfg)?;
+                let intermediate = Issuer::from_ca_cert_pem(&intermediate_pem, kp).map_err(cfg)?;
+                Ok(Self {
+                    name: name.trim().to_owned(),
+                    root_pem,
+                    intermediate_pem,
+                    intermediate,
+                    root: None,
+                    next_serial: std::sync::atomic::AtomicU64::new(random_serial_base()?),
+                })
+            }
+            _ => {
+                let c = Self::generate(name)?;
+                c.save(dir)?;
+                Ok(c)
+            }
+        }
+    }
+
+    /// Writes the community's name, anchor, intermediate and the
+    /// intermediate's key (owner-only) to `dir`. The root's key is not
+    /// kept: new leaves come from the intermediate.
+    ///
+    /// # Errors
+    /// [`UdapError::Config`] when a file cannot be written.
+    pub fn save(&self, dir: &Path) -> Result<(), UdapError> {
+        std::fs::create_dir_all(dir).map_err(cfg)?;
+        write_private(
+            &dir.join(INT_KEY_FILE),
+            self.intermediate.key().serialize_pem().as_bytes(),
+        )?;
+        std::fs::write(dir.join(INT_FILE), &self.intermediate_pem).map_err(cfg)?;
+        std::fs::write(dir.join(ANCHOR_FILE), &self.root_pem).map_err(cfg)?;
+        std::fs::write(dir.join(NAME_FILE), &self.name).map_err(cfg)?;
+        Ok(())
     }
 
     /// The community's name.
@@ -201,7 +306,38 @@ impl DevCommunity {
     /// # Errors
     /// [`UdapError::Config`] if signing fails.
     pub fn crl_valid(&self, serials: &[u64], valid: Duration) -> Result<String, UdapError> {
-        let now = OffsetDateTime::now_utc();
+        Self::crl_by(&self.intermediate, serials, valid, 0)
+    }
+
+    /// A CRL from the intermediate revoking `serials`, issued `age` seconds
+    /// earlier than [`DevCommunity::crl`] would be (an older list).
+    ///
+    /// # Errors
+    /// [`UdapError::Config`] if signing fails.
+    pub fn crl_older(&self, serials: &[u64], age: i64) -> Result<String, UdapError> {
+        Self::crl_by(&self.intermediate, serials, Duration::days(1), age)
+    }
+
+    /// A CRL from the root (covering the intermediate) revoking nothing.
+    ///
+    /// # Errors
+    /// [`UdapError::Config`] when this community was loaded from disk (the
+    /// root's key is not kept) or signing fails.
+    pub fn root_crl(&self) -> Result<String, UdapError> {
+        let root = self
+            .root
+            .as_ref()
+            .ok_or_else(|| UdapError::Config("the root key is not kept on disk".into()))?;
+        Self::crl_by(root, &[], Duration::days(1), 0)
+    }
+
+    fn crl_by(
+        issuer: &Issuer<'static, KeyPair>,
+        serials: &[u64],
+        valid: Duration,
+        age: i64,
+    ) -> Result<String, UdapError> {
+        let now = OffsetDateTime::now_utc() - Duration::seconds(age);
         let p = CertificateRevocationListParams {
             this_update: now - Duration::days(2),
             next_update: now + valid,
@@ -218,9 +354,6 @@ impl DevCommunity {
                 .collect(),
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        p.signed_by(&self.intermediate)
-            .map_err(cfg)?
-            .pem()
-            .map_err(cfg)
+        p.signed_by(issuer).map_err(cfg)?.pem().map_err(cfg)
     }
 }

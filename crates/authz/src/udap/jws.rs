@@ -72,12 +72,26 @@ pub(crate) fn verify<C: DeserializeOwned>(
         Algorithm::RS256 | Algorithm::ES256 | Algorithm::ES384 => header.alg,
         _ => return Err(Fault::Invalid("alg must be RS256, ES256 or ES384")),
     };
+    if header.crit.is_some() {
+        return Err(Fault::Invalid(
+            "crit names extensions this server does not understand",
+        ));
+    }
     let chain = header
         .x5c_der()
         .map_err(|_| Fault::Invalid("x5c is not base64 (RFC 7515 4.1.6)"))?
         .ok_or(Fault::Invalid("the JWT header has no x5c"))?;
-    let leaf = community.verify_chain(&chain, now)?;
-    let key = key_matches(alg, &leaf.key)
+    let first = chain.first().ok_or(Fault::Invalid("x5c is empty"))?;
+    if chain.len() > super::community::MAX_CHAIN {
+        return Err(Fault::Invalid("x5c holds more than 5 certificates"));
+    }
+    // The signature first, with the leaf's key: chains are public (every
+    // statement carries one), so path building and revocation checks are
+    // only spent on JWTs their key really signed.
+    let leaf_key = super::community::leaf_info(first)
+        .map_err(Fault::Invalid)?
+        .key;
+    let key = key_matches(alg, &leaf_key)
         .ok_or(Fault::Invalid("alg does not match the certificate's key"))?;
     let mut v = Validation::new(alg);
     // Claims are checked by the caller, exactly and without leeway.
@@ -93,6 +107,7 @@ pub(crate) fn verify<C: DeserializeOwned>(
             }
             _ => Fault::Invalid("the JWT is malformed"),
         })?;
+    let leaf = community.verify_chain(&chain, now)?;
     let claims = serde_json::from_value(data.claims)
         .map_err(|_| Fault::Invalid("a claim is missing or has the wrong type"))?;
     Ok(Verified { claims, leaf })
@@ -143,8 +158,20 @@ pub(crate) fn check_times(iat: i64, exp: i64, now: u64) -> Result<u64, &'static 
 
 /// A `jti`: 1 to 256 printable characters.
 pub(crate) fn check_jti(jti: &str) -> Result<(), &'static str> {
-    if jti.is_empty() || jti.len() > 256 || jti.chars().any(char::is_control) {
+    if jti.len() > 256 || !printable(jti) {
         return Err("jti must be 1 to 256 printable characters");
     }
     Ok(())
+}
+
+/// Whether `s` is 1 to 2048 characters with no control or invisible
+/// formatting characters (bidirectional overrides, zero-width and the
+/// like), which could make a value read differently in a log or a page.
+pub(crate) fn printable(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 2048
+        && !s.chars().any(|c| {
+            c.is_control()
+                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+        })
 }

@@ -81,8 +81,8 @@ pub use jws::{ALGORITHMS, MAX_JWT_LEN, MAX_LIFETIME, MAX_SKEW};
 pub use registration::{ClientMetadata, GrantType};
 pub use server::{
     AccessGrant, CLIENTS_COLLECTION, IssuedToken, JTI_COLLECTION, MAX_REGISTRATION_BODY,
-    MAX_TOKEN_LIFETIME, RegisteredClient, Registration, RegistrationOutcome, ServerCommunity,
-    TOKENS_COLLECTION, UdapConfig, UdapServer,
+    MAX_TOKEN_LIFETIME, PendingRegistration, PendingToken, RegisteredClient, Registration,
+    RegistrationOutcome, ServerCommunity, TOKENS_COLLECTION, UdapConfig, UdapServer,
 };
 
 /// Checks one registration request body against `community` at `now`,
@@ -98,13 +98,16 @@ pub fn check_registration(
     now: u64,
 ) -> Result<ClientMetadata, UdapError> {
     if body.len() > MAX_REGISTRATION_BODY {
-        return Err(UdapError::InvalidSoftwareStatement(
+        return Err(UdapError::InvalidClientMetadata(
             "the registration request is larger than 64 KiB",
         ));
     }
     let req: registration::RegistrationRequest = serde_json::from_slice(body).map_err(|_| {
         UdapError::InvalidClientMetadata("the body must be JSON with software_statement and udap")
     })?;
+    if req.udap != "1" {
+        return Err(UdapError::InvalidClientMetadata("udap must be \"1\""));
+    }
     let v = jws::verify(&req.software_statement, community, now)
         .map_err(registration::registration_fault)?;
     Ok(registration::check_statement(v, registration_endpoint, scopes, false, now)?.metadata)

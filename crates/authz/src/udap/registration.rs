@@ -103,17 +103,22 @@ pub(crate) struct CheckedStatement {
 }
 
 fn value(s: &str, what: &'static str) -> Result<(), UdapError> {
-    if s.is_empty() || s.len() > MAX_VALUE || s.chars().any(char::is_control) {
+    if s.len() > MAX_VALUE || !jws::printable(s) {
         return Err(UdapError::InvalidClientMetadata(what));
     }
     Ok(())
 }
 
 fn https(u: &str) -> bool {
-    // Exact, unnormalised comparison elsewhere; here only the scheme and a
-    // host are required, and no fragment (RFC 6749 3.1.2).
-    u.strip_prefix("https://")
-        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/') && !u.contains('#'))
+    // Exact, unnormalised comparison elsewhere; here the scheme and a host
+    // are required, and no fragment (RFC 6749 3.1.2), user info, space or
+    // invisible character.
+    jws::printable(u)
+        && !u.contains(|c: char| c.is_whitespace() || c == '#')
+        && u.strip_prefix("https://").is_some_and(|rest| {
+            let authority = rest.split(['/', '?']).next().unwrap_or("");
+            !authority.is_empty() && !authority.contains('@')
+        })
 }
 
 /// Checks a verified statement's claims for `registration_endpoint`, with
@@ -211,14 +216,7 @@ pub(crate) fn check_statement(
         _ => return Err(meta("token_endpoint_auth_method must be private_key_jwt")),
     }
     let scope = c.scope.ok_or(meta("scope is required"))?;
-    let scopes: Vec<String> = scope
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if scopes.is_empty() || scopes.len() > MAX_SCOPES {
-        return Err(meta("scope must list 1 to 64 scopes"));
-    }
+    let scopes = parse_scopes(&scope).ok_or(meta("scope must list 1 to 64 scopes"))?;
     if scopes.iter().any(|s| !allowed_scopes.contains(s)) {
         return Err(meta("scope requests a scope this server does not offer"));
     }
@@ -284,6 +282,21 @@ pub(crate) fn check_statement(
         },
         fingerprint: v.leaf.fingerprint,
     })
+}
+
+/// A space-separated scope list: 1 to 64 distinct, printable scopes, in
+/// the order given. `None` otherwise.
+pub(crate) fn parse_scopes(s: &str) -> Option<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for x in s.split(' ').filter(|x| !x.is_empty()) {
+        if !jws::printable(x) || x.len() > 256 {
+            return None;
+        }
+        if !out.iter().any(|o| o == x) {
+            out.push(x.to_owned());
+        }
+    }
+    (!out.is_empty() && out.len() <= MAX_SCOPES).then_some(out)
 }
 
 /// Maps a JWT fault for the registration endpoint.

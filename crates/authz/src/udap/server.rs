@@ -147,6 +147,41 @@ impl Registration {
     }
 }
 
+/// A registration checked by [`UdapServer::prepare_registration`], not
+/// stored yet.
+#[derive(Debug)]
+pub struct PendingRegistration {
+    /// The client id it will have.
+    pub client_id: String,
+    /// Its community.
+    pub community: String,
+    statement: String,
+    checked: registration::CheckedStatement,
+}
+
+impl PendingRegistration {
+    /// The client's identity (`iss`).
+    pub fn iss(&self) -> &str {
+        &self.checked.iss
+    }
+
+    /// Whether this cancels the registration (empty `grant_types`).
+    pub fn cancels(&self) -> bool {
+        self.checked.metadata.grant_types.is_empty()
+    }
+}
+
+/// A token request checked by [`UdapServer::authenticate`], not issued yet.
+#[derive(Debug, Clone)]
+pub struct PendingToken {
+    /// The authenticated client.
+    pub client_id: String,
+    /// The scopes it will grant.
+    pub scopes: Vec<String>,
+    /// The `hl7-b2b` extension the client sent.
+    pub b2b: B2bExtension,
+}
+
 /// What an access token grants, as stored (under its hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessGrant {
@@ -395,18 +430,32 @@ impl UdapServer {
         }
     }
 
-    /// Handles a registration request body (`application/json`).
-    ///
-    /// The statement must verify in one of the communities (tried in
-    /// order); its claims and metadata must follow the IG; its `jti` must
-    /// be new. A new `iss` creates a client, a known one updates it, empty
-    /// `grant_types` cancels it.
+    /// Handles a registration request body (`application/json`):
+    /// [`UdapServer::prepare_registration`] then
+    /// [`UdapServer::complete_registration`].
     ///
     /// # Errors
-    /// The RFC 7591 error to answer with; nothing is stored.
+    /// The RFC 7591 error to answer with.
     pub async fn register(&self, body: &[u8]) -> Result<Registration, UdapError> {
+        let pending = self.prepare_registration(body).await?;
+        self.complete_registration(pending).await
+    }
+
+    /// Checks a registration request body. The statement must verify in one
+    /// of the communities (tried in order; a certificate one community
+    /// finds revoked or expired is refused, not tried in the next); its
+    /// claims and metadata must follow the IG; its `jti` must be new. Only
+    /// the `jti` is stored: nothing else changes until
+    /// [`UdapServer::complete_registration`], so a caller can audit first.
+    ///
+    /// # Errors
+    /// The RFC 7591 error to answer with.
+    pub async fn prepare_registration(
+        &self,
+        body: &[u8],
+    ) -> Result<PendingRegistration, UdapError> {
         if body.len() > MAX_REGISTRATION_BODY {
-            return Err(UdapError::InvalidSoftwareStatement(
+            return Err(UdapError::InvalidClientMetadata(
                 "the registration request is larger than 64 KiB",
             ));
         }
@@ -419,7 +468,6 @@ impl UdapServer {
             return Err(UdapError::InvalidClientMetadata("udap must be \"1\""));
         }
         let now = self.clock.now();
-        let mut refusal = None;
         let mut found = None;
         for c in &self.communities {
             match jws::verify::<StatementClaims>(&req.software_statement, &c.trust, now) {
@@ -427,21 +475,16 @@ impl UdapServer {
                     found = Some((c, v));
                     break;
                 }
-                Err(jws::Fault::Untrusted(d)) => {
-                    // Another community may trust it; keep the most
-                    // specific reason (anything but "unknown issuer").
-                    if refusal.is_none() || !d.contains("does not chain") {
-                        refusal = Some(jws::Fault::Untrusted(d));
-                    }
-                }
+                // Not this community's: perhaps the next one's.
+                Err(jws::Fault::Untrusted(d)) if d == super::community::UNKNOWN_ISSUER => {}
+                // Revoked, expired, a stale list...: final, whichever
+                // community would also chain it.
                 Err(f) => return Err(registration::registration_fault(f)),
             }
         }
-        let (community, verified) = found.ok_or_else(|| {
-            registration::registration_fault(refusal.unwrap_or(jws::Fault::Untrusted(
-                "the certificate does not chain to a trust anchor of this community",
-            )))
-        })?;
+        let (community, verified) = found.ok_or(UdapError::UnapprovedSoftwareStatement(
+            super::community::UNKNOWN_ISSUER,
+        ))?;
         let checked = registration::check_statement(
             verified,
             &self.config.registration_endpoint,
@@ -449,7 +492,6 @@ impl UdapServer {
             false,
             now,
         )?;
-        let name = community.trust.name();
         if !self
             .use_jti("registration", &checked.iss, &checked.jti, checked.exp)
             .await?
@@ -458,7 +500,34 @@ impl UdapServer {
                 "jti has been used before (replay)",
             ));
         }
-        let client_id = client_id_for(name, &checked.iss);
+        let name = community.trust.name().to_owned();
+        Ok(PendingRegistration {
+            client_id: client_id_for(&name, &checked.iss),
+            community: name,
+            statement: req.software_statement,
+            checked,
+        })
+    }
+
+    /// Stores what [`UdapServer::prepare_registration`] checked: a new `iss`
+    /// creates a client, a known one updates it, empty `grant_types`
+    /// cancels it.
+    ///
+    /// # Errors
+    /// Cancelling a registration that does not exist
+    /// (`invalid_client_metadata`); a storage failure (also when another
+    /// registration of the same client raced this one).
+    pub async fn complete_registration(
+        &self,
+        p: PendingRegistration,
+    ) -> Result<Registration, UdapError> {
+        let now = self.clock.now();
+        let PendingRegistration {
+            client_id,
+            community,
+            statement,
+            checked,
+        } = p;
         let id = RowId::new(hex::encode(client_id.as_bytes()))?;
         let existing = match self.store.get(self.clients.coll(), &id).await {
             Ok(row) => Some((self.clients.open::<RegisteredClient>(&row), row.version)),
@@ -467,7 +536,7 @@ impl UdapServer {
         };
         let cancel = checked.metadata.grant_types.is_empty();
         let (outcome, client) = match (existing, cancel) {
-            (None, true) | (Some((None, _)), true) => {
+            (None | Some((None, _)), true) => {
                 return Err(UdapError::InvalidClientMetadata(
                     "empty grant_types cancels a registration, and there is none to cancel",
                 ));
@@ -490,7 +559,7 @@ impl UdapServer {
                 };
                 let client = RegisteredClient {
                     client_id: client_id.clone(),
-                    community: name.to_owned(),
+                    community,
                     iss: checked.iss,
                     metadata: checked.metadata,
                     certificate_sha256: checked.fingerprint,
@@ -522,7 +591,7 @@ impl UdapServer {
         let m = &client.metadata;
         let mut body = json!({
             "client_id": client.client_id,
-            "software_statement": req.software_statement,
+            "software_statement": statement,
             "client_name": m.client_name,
             "grant_types": m.grant_types.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
             "token_endpoint_auth_method": "private_key_jwt",
@@ -591,12 +660,24 @@ impl UdapServer {
         Ok(out)
     }
 
-    /// Handles a token request's form fields: `client_credentials` with a
-    /// JWT client assertion (`udap=1`) and the `hl7-b2b` extension.
+    /// Handles a token request's form fields:
+    /// [`UdapServer::authenticate`] then [`UdapServer::issue`].
     ///
     /// # Errors
     /// The RFC 6749 error to answer with; no token is issued.
     pub async fn token(&self, form: &[(String, String)]) -> Result<IssuedToken, UdapError> {
+        let pending = self.authenticate(form).await?;
+        self.issue(pending).await
+    }
+
+    /// Checks a token request: `client_credentials` with a JWT client
+    /// assertion (`udap=1`) verified in the client's community now, and the
+    /// `hl7-b2b` extension. Only the assertion's `jti` is stored; the token
+    /// is made by [`UdapServer::issue`], so a caller can audit first.
+    ///
+    /// # Errors
+    /// The RFC 6749 error to answer with.
+    pub async fn authenticate(&self, form: &[(String, String)]) -> Result<PendingToken, UdapError> {
         let field = |name: &str| -> Result<Option<&str>, UdapError> {
             let mut it = form.iter().filter(|(k, _)| k == name);
             let first = it.next().map(|(_, v)| v.as_str());
@@ -668,15 +749,21 @@ impl UdapServer {
             "the hl7-b2b authorization extension is required",
         ))?;
         b2b.check().map_err(UdapError::InvalidGrant)?;
+        // What the client registered, less what this server no longer
+        // offers.
+        let offered: Vec<String> = client
+            .metadata
+            .scopes
+            .iter()
+            .filter(|s| self.config.scopes.contains(s))
+            .cloned()
+            .collect();
         let scopes = match field("scope")? {
-            None => client.metadata.scopes.clone(),
+            None => offered,
             Some(s) => {
-                let wanted: Vec<String> = s
-                    .split(' ')
-                    .filter(|x| !x.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                if wanted.is_empty() || wanted.iter().any(|w| !client.metadata.scopes.contains(w)) {
+                let wanted = registration::parse_scopes(s)
+                    .ok_or(UdapError::InvalidScope("scope must list 1 to 64 scopes"))?;
+                if wanted.iter().any(|w| !offered.contains(w)) {
                     return Err(UdapError::InvalidScope(
                         "scope asks for more than the client registered",
                     ));
@@ -684,6 +771,11 @@ impl UdapServer {
                 wanted
             }
         };
+        if scopes.is_empty() {
+            return Err(UdapError::InvalidScope(
+                "none of the client's scopes is offered any more",
+            ));
+        }
         if !self
             .use_jti("assertion", &client.client_id, &checked.jti, checked.exp)
             .await?
@@ -692,15 +784,27 @@ impl UdapServer {
                 "jti has been used before (replay)",
             ));
         }
+        Ok(PendingToken {
+            client_id: client.client_id,
+            scopes,
+            b2b,
+        })
+    }
+
+    /// Issues the token [`UdapServer::authenticate`] allowed.
+    ///
+    /// # Errors
+    /// A storage or randomness failure.
+    pub async fn issue(&self, p: PendingToken) -> Result<IssuedToken, UdapError> {
         let mut raw = Zeroizing::new([0u8; 32]);
         getrandom::fill(raw.as_mut()).map_err(|_| UdapError::Random)?;
         let token = Zeroizing::new(URL_SAFE_NO_PAD.encode(raw.as_ref()));
         let lifetime = self.config.token_lifetime;
         let grant = AccessGrant {
-            client_id: client.client_id,
-            scopes,
-            expires_at: now + lifetime,
-            b2b,
+            client_id: p.client_id,
+            scopes: p.scopes,
+            expires_at: self.clock.now().saturating_add(lifetime),
+            b2b: p.b2b,
         };
         let id = token_row(&token)?;
         let data = self.tokens.seal(&id, &grant)?;
@@ -712,9 +816,13 @@ impl UdapServer {
         })
     }
 
-    /// What `token` grants, if it is one this server issued and it has not
-    /// expired. Only its hash is stored, so a copy of the database yields
-    /// no usable token.
+    /// What `token` grants, if it is one this server issued, it has not
+    /// expired, and its client is still registered (in a community still
+    /// served) for every scope it grants: cancelling a client ends its
+    /// tokens at once. Only the token's hash is stored, so a copy of the
+    /// database yields no usable token. A certificate revoked after the
+    /// token was issued is noticed at the client's next token request, so
+    /// within the token lifetime.
     ///
     /// # Errors
     /// A storage failure.
@@ -723,14 +831,27 @@ impl UdapServer {
             return Ok(None);
         }
         let id = token_row(token)?;
-        match self.store.get(self.tokens.coll(), &id).await {
-            Ok(row) => Ok(self
-                .tokens
-                .open::<AccessGrant>(&row)
-                .filter(|g| g.expires_at > self.clock.now())),
-            Err(StorageError::NotFound) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let grant = match self.store.get(self.tokens.coll(), &id).await {
+            Ok(row) => self.tokens.open::<AccessGrant>(&row),
+            Err(StorageError::NotFound) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(grant) = grant.filter(|g| g.expires_at > self.clock.now()) else {
+            return Ok(None);
+        };
+        let Some(client) = self.client(&grant.client_id).await? else {
+            return Ok(None);
+        };
+        let still = self.community(Some(&client.community)).is_ok()
+            && client
+                .metadata
+                .grant_types
+                .contains(&GrantType::ClientCredentials)
+            && grant
+                .scopes
+                .iter()
+                .all(|s| client.metadata.scopes.contains(s) && self.config.scopes.contains(s));
+        Ok(still.then_some(grant))
     }
 
     /// Deletes expired `jti`s and tokens (and rows that do not open);

@@ -72,7 +72,17 @@ const SEALED: &[(&str, Binding)] = &[
         careconnect_authz::session::SESSIONS_COLLECTION,
         Binding::Authz,
     ),
+    // UDAP clients, seen `jti`s and access tokens (authz feature `udap`).
+    // Named here whether or not that feature is compiled in, so a rotation
+    // tool built without it still re-seals them before a key is destroyed;
+    // a test checks the names against the authz crate's.
+    (UDAP_COLLECTIONS[0], Binding::Authz),
+    (UDAP_COLLECTIONS[1], Binding::Authz),
+    (UDAP_COLLECTIONS[2], Binding::Authz),
 ];
+
+/// The authz crate's UDAP collections.
+pub(crate) const UDAP_COLLECTIONS: [&str; 3] = ["udap_clients", "udap_jti", "udap_tokens"];
 
 fn context(binding: Binding, coll: &Collection, id: &RowId) -> EncryptionContext {
     match binding {

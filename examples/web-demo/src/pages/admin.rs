@@ -70,6 +70,21 @@ struct KmsKeyView {
 }
 
 #[derive(Serialize)]
+struct UdapClientView {
+    name: String,
+    iss: String,
+    client_id: String,
+    grants: String,
+    scopes: String,
+    contacts: String,
+    registered_at: u64,
+    updated_at: u64,
+}
+
+/// UDAP clients shown at most.
+const UDAP_CLIENTS: usize = 200;
+
+#[derive(Serialize)]
 struct Page {
     me: web::Me,
     people: Vec<PersonView>,
@@ -85,6 +100,9 @@ struct Page {
     clinic_keys: Vec<KeyView>,
     bucket_keys: usize,
     kms_keys: Vec<KmsKeyView>,
+    udap_clients: Vec<UdapClientView>,
+    udap_communities: String,
+    udap_register: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +130,7 @@ async fn page(
     let keys = admin.key_status(who).await?;
     let glass = admin.break_glass_review(who).await?;
     let last_seq = audit.entries.last().map(|(s, _)| *s);
+    let udap_clients = app.udap.server.clients(who, UDAP_CLIENTS).await?;
     app.render(
         "admin.html",
         Page {
@@ -190,6 +209,40 @@ async fn page(
                     since: k.current_since,
                 })
                 .collect(),
+            udap_clients: udap_clients
+                .into_iter()
+                .map(|c| UdapClientView {
+                    name: c.metadata.client_name,
+                    iss: c.iss,
+                    client_id: c.client_id,
+                    grants: c
+                        .metadata
+                        .grant_types
+                        .iter()
+                        .map(|g| g.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    scopes: c.metadata.scopes.join(" "),
+                    contacts: c.metadata.contacts.join(", "),
+                    registered_at: c.registered_at,
+                    updated_at: c.updated_at,
+                })
+                .collect(),
+            udap_communities: app
+                .udap
+                .server
+                .server()
+                .communities()
+                .map(|c| c.name().to_owned())
+                .collect::<Vec<_>>()
+                .join(", "),
+            udap_register: app
+                .udap
+                .server
+                .server()
+                .config()
+                .registration_endpoint
+                .clone(),
         },
     )
 }

@@ -2,7 +2,8 @@
 //! links the whole dependency graph): every route for every role
 //! (`http`), each subsystem's flows with their abuse (`flows`), a real
 //! browser (`browser`), the binary under SIGTERM (`process`), and two nodes
-//! as one clinic (`scale_out`, with `--features aws`).
+//! as one clinic (`scale_out`, with `--features aws`), and UDAP
+//! registration and tokens with the `udap-register` example (`udap`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
 
@@ -13,3 +14,4 @@ mod flows;
 mod http;
 mod process;
 mod scale_out;
+mod udap;
