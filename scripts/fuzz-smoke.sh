@@ -36,6 +36,13 @@ readme = open("README.md").read()
 example = readme.split("```toml\nlisten", 1)[1].split("```", 1)[0]
 example = "listen" + "".join(l + "\n" for l in example.splitlines() if not l.startswith("role_rules"))
 put("web_input", "settings", b"\x0b" + example.encode())
+claims = {"iss": "https://app.example/udap", "sub": "https://app.example/udap",
+          "aud": "https://fhir.example/register", "iat": 1800000000, "exp": 1800000300, "jti": "seed-1",
+          "client_name": "Lab sync", "contacts": ["mailto:ops@app.example"], "grant_types": ["client_credentials"],
+          "token_endpoint_auth_method": "private_key_jwt", "scope": "system/Patient.read"}
+put("udap_statement", "claims", b"\x01" + json.dumps(claims).encode())
+put("udap_statement", "cancel", b"\x01" + json.dumps(dict(claims, grant_types=[])).encode())
+put("udap_statement", "body", b"\x00" + json.dumps({"software_statement": "e30.e30.", "udap": "1"}).encode())
 put("clinic_input", "alice", b"Alice Smith\x001984-03-12\x00A+\x00penicillin\x002027-01-01\x002027-01-31\x00=SUM(A1)")
 PY
 
@@ -49,7 +56,7 @@ fi
 log=$(mktemp); trap 'rm -f "$log"' EXIT
 echo "building fuzz targets (-s none)"
 cargo fuzz build -s none --debug-assertions --fuzz-dir fuzz >"$log" 2>&1 || { tail -40 "$log" >&2; exit 1; }
-for target in envelope_header open_any keyring_file tls_pem authz_config clinic_input web_input; do
+for target in envelope_header open_any keyring_file tls_pem authz_config clinic_input web_input udap_statement; do
   echo "fuzz $target for ${secs}s"
   status=0
   cargo fuzz run -s none --debug-assertions --fuzz-dir fuzz "$target" -- -max_total_time="$secs" -rss_limit_mb=2048 \

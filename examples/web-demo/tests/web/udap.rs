@@ -81,9 +81,14 @@ async fn the_example_registers_gets_a_token_and_a_replay_fails() {
     let everything = format!("{page}{log}");
     assert!(everything.contains("udap_token"), "token not audited");
     assert!(
-        everything.contains("purpose_of_use&quot;:[&quot;urn:oid:2.16.840.1.113883.5.8#TREAT&quot;]"),
+        everything
+            .contains("purpose_of_use&quot;:[&quot;urn:oid:2.16.840.1.113883.5.8#TREAT&quot;]"),
         "purpose of use not audited: {}",
-        everything.lines().filter(|l| l.contains("udap_token")).collect::<Vec<_>>().join("\n")
+        everything
+            .lines()
+            .filter(|l| l.contains("udap_token"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // Nobody else sees the list.
     let doctor = demo.login("doctor-grey").await;
