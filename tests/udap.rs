@@ -1307,3 +1307,31 @@ proptest::proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn concurrent_registrations_of_one_client_leave_one_client() {
+    let e = env().await;
+    let t = e.clock.now();
+    let c = client(&fx().app_ec);
+    let bodies: Vec<String> = (0..6)
+        .map(|_| {
+            c.registration_request(REG, &b2b_request(), t)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let server = &e.server;
+    let results =
+        futures::future::join_all(bodies.iter().map(|b| server.register(b.as_bytes()))).await;
+    let outcomes: Vec<RegistrationOutcome> =
+        results.into_iter().map(|r| r.unwrap().outcome).collect();
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == RegistrationOutcome::Created)
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(e.server.clients(10).await.unwrap().len(), 1);
+}

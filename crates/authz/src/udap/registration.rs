@@ -93,7 +93,7 @@ pub struct ClientMetadata {
 }
 
 /// A statement that passed every check, with where it came from.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct CheckedStatement {
     pub(crate) iss: String,
     pub(crate) jti: String,

@@ -521,6 +521,20 @@ impl UdapServer {
         &self,
         p: PendingRegistration,
     ) -> Result<Registration, UdapError> {
+        // Two registrations of one client at once: the loser of the
+        // compare-and-swap reads again and applies its own on top.
+        let mut attempt = 0;
+        loop {
+            match self.try_complete(&p).await {
+                Err(UdapError::Storage(
+                    StorageError::VersionConflict { .. } | StorageError::DuplicateId,
+                )) if attempt < 8 => attempt += 1,
+                done => return done,
+            }
+        }
+    }
+
+    async fn try_complete(&self, p: &PendingRegistration) -> Result<Registration, UdapError> {
         let now = self.clock.now();
         let PendingRegistration {
             client_id,
@@ -528,6 +542,8 @@ impl UdapServer {
             statement,
             checked,
         } = p;
+        let checked = checked.clone();
+        let (client_id, community) = (client_id.clone(), community.clone());
         let id = RowId::new(hex::encode(client_id.as_bytes()))?;
         let existing = match self.store.get(self.clients.coll(), &id).await {
             Ok(row) => Some((self.clients.open::<RegisteredClient>(&row), row.version)),
