@@ -24,8 +24,9 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dev = DevCommunity::generate("urn:fuzz:community").expect("community");
         let at = |y| time::Date::from_calendar_date(y, time::Month::January, 1).expect("date").midnight().assume_utc();
+        // Fixed validity around the fixed clock, whenever the fuzzer runs.
+        let dev = DevCommunity::generate_between("urn:fuzz:community", at(2020), at(2040)).expect("community");
         let leaf = dev.issue_between(APP, KeyKind::P256, at(2020), at(2040)).expect("leaf");
         Fixture {
             trust: TrustCommunity::new(dev.name(), dev.anchor_pem().as_bytes()).expect("trust"),

@@ -21,7 +21,14 @@ use crate::error::CoreError;
 pub struct ClinicUdap {
     clinic: Clinic,
     server: UdapServer,
+    /// Refusals audited in the current minute: `(minute, count)`.
+    refusals: std::sync::Mutex<(u64, u32)>,
 }
+
+/// Refused requests audited per minute and node, at most. Refusals come
+/// before any authentication, so anyone can cause them: past this, one
+/// entry says how many go unrecorded (they are still logged as a count).
+pub const MAX_AUDITED_REFUSALS_PER_MINUTE: u32 = 120;
 
 impl Clinic {
     /// A UDAP server for `config` and `communities`, keeping clients,
@@ -46,6 +53,7 @@ impl Clinic {
         Ok(ClinicUdap {
             clinic: self.clone(),
             server,
+            refusals: std::sync::Mutex::new((0, 0)),
         })
     }
 }
@@ -83,8 +91,31 @@ impl ClinicUdap {
     }
 
     async fn refused(&self, action: &str, e: &UdapError) -> Result<(), UdapError> {
-        let mut event = AuditEvent::system(action, "udap-client:?")
-            .because(&serde_json::json!({ "error": e.code() }).to_string());
+        let minute = self.clinic.inner.clock.now() / 60;
+        let n = {
+            let mut r = self
+                .refusals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if r.0 != minute {
+                *r = (minute, 0);
+            }
+            r.1 = r.1.saturating_add(1);
+            r.1
+        };
+        let reason = if n <= MAX_AUDITED_REFUSALS_PER_MINUTE {
+            serde_json::json!({ "error": e.code() })
+        } else if n == MAX_AUDITED_REFUSALS_PER_MINUTE + 1 {
+            serde_json::json!({ "error": e.code(), "throttled": "further refusals this minute are not recorded" })
+        } else {
+            tracing::warn!(
+                action,
+                code = e.code(),
+                "udap refusal not audited (throttled)"
+            );
+            return Ok(());
+        };
+        let mut event = AuditEvent::system(action, "udap-client:?").because(&reason.to_string());
         event.outcome = Outcome::Denied;
         self.audit(event).await
     }
@@ -152,11 +183,17 @@ impl ClinicUdap {
             "scope": pending.scopes.join(" "),
         })
         .to_string();
-        self.audit(
-            AuditEvent::system("udap_token", client_resource(&pending.client_id)).because(&reason),
-        )
-        .await?;
-        self.server.issue(pending).await
+        let resource = client_resource(&pending.client_id);
+        self.audit(AuditEvent::system("udap_token", resource.clone()).because(&reason))
+            .await?;
+        let issued = self.server.issue(pending).await;
+        if let Err(e) = &issued {
+            let mut event = AuditEvent::system("udap_token", resource)
+                .because(&serde_json::json!({ "error": e.code() }).to_string());
+            event.outcome = Outcome::Failed;
+            self.audit(event).await?;
+        }
+        issued
     }
 
     /// The registered clients, for an administrator (audited as reading the

@@ -147,6 +147,15 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// `s` with control characters replaced: the server's text never reaches
+/// the terminal as escape sequences.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(500)
+        .collect()
+}
+
 fn str_field(v: &Value, k: &str) -> Result<String> {
     v.get(k)
         .and_then(Value::as_str)
@@ -208,6 +217,15 @@ pub async fn run(args: &Args) -> Result<Report> {
         token_endpoint = signed.token_endpoint;
         report.metadata_verified = true;
     }
+    // A statement and assertions go only to https endpoints.
+    for e in [&registration_endpoint, &token_endpoint] {
+        if !e.starts_with("https://") {
+            bail!(
+                "the server names an endpoint that is not https: {}",
+                clean(e)
+            );
+        }
+    }
     report.registration_endpoint = registration_endpoint.clone();
 
     // 2. Registration.
@@ -239,13 +257,13 @@ pub async fn run(args: &Args) -> Result<Report> {
     if !matches!(status, 200 | 201) {
         bail!(
             "registration refused (HTTP {status}): {} ({})",
-            answer["error"].as_str().unwrap_or("?"),
-            answer["error_description"].as_str().unwrap_or("")
+            clean(answer["error"].as_str().unwrap_or("?")),
+            clean(answer["error_description"].as_str().unwrap_or(""))
         );
     }
     report.registration_status = status;
-    report.client_id = str_field(&answer, "client_id")?;
-    report.scopes = answer["scope"].as_str().unwrap_or_default().to_owned();
+    report.client_id = clean(&str_field(&answer, "client_id")?);
+    report.scopes = clean(answer["scope"].as_str().unwrap_or_default());
     if !args.token {
         return Ok(report);
     }
@@ -266,14 +284,14 @@ pub async fn run(args: &Args) -> Result<Report> {
     if status != 200 {
         bail!(
             "token refused (HTTP {status}): {} ({})",
-            answer["error"].as_str().unwrap_or("?"),
-            answer["error_description"].as_str().unwrap_or("")
+            clean(answer["error"].as_str().unwrap_or("?")),
+            clean(answer["error_description"].as_str().unwrap_or(""))
         );
     }
     report.token = Some((
-        str_field(&answer, "token_type")?,
+        clean(&str_field(&answer, "token_type")?),
         answer["expires_in"].as_u64().unwrap_or(0),
-        answer["scope"].as_str().unwrap_or_default().to_owned(),
+        clean(answer["scope"].as_str().unwrap_or_default()),
     ));
     if args.check_replay {
         let (status, answer) = send(form).await?;

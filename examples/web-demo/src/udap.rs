@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -222,13 +222,18 @@ fn content_type_is(headers: &HeaderMap, want: &str) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
 }
 
-#[derive(Deserialize)]
-struct CommunityQuery {
-    community: Option<String>,
-}
-
-async fn metadata(State(app): State<web::State>, Query(q): Query<CommunityQuery>) -> Response {
-    match app.udap.server.metadata(q.community.as_deref()) {
+async fn metadata(State(app): State<web::State>, RawQuery(q): RawQuery) -> Response {
+    let pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(q.as_deref().unwrap_or(""));
+    let community = match pairs.as_deref() {
+        Ok([]) => None,
+        Ok([(k, v)]) if k == "community" => Some(v.as_str()),
+        _ => {
+            return refuse(&UdapError::InvalidRequest(
+                "the only query parameter is one community",
+            ));
+        }
+    };
+    match app.udap.server.metadata(community) {
         Ok(m) => json(200, &m),
         // The IG (STU 1.1, 2.4): an unknown community may be answered with
         // 204 No Content.

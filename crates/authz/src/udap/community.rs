@@ -23,6 +23,9 @@ pub const MAX_CHAIN: usize = 5;
 /// RSA keys shorter than this are refused in a leaf (webpki already refuses
 /// them in signatures on certificates).
 const MIN_RSA_BITS: usize = 2048;
+/// Longer RSA keys are refused in a leaf: they cost more to verify than
+/// they protect, and the JWS library refuses them anyway.
+const MAX_RSA_BITS: usize = 4096;
 
 /// The signature algorithms a certificate in a chain may be signed with.
 static CHAIN_ALGS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = &[
@@ -94,8 +97,8 @@ pub(crate) fn leaf_info(der: &[u8]) -> Result<LeafInfo, &'static str> {
     let spki = cert.public_key();
     let key = match spki.parsed() {
         Ok(PublicKey::RSA(rsa)) => {
-            if rsa.key_size() < MIN_RSA_BITS {
-                return Err("the certificate's RSA key is shorter than 2048 bits");
+            if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&rsa.key_size()) {
+                return Err("the certificate's RSA key must be 2048 to 4096 bits");
             }
             LeafKey::Rsa(spki.subject_public_key.data.to_vec())
         }
@@ -165,6 +168,8 @@ pub struct TrustCommunity {
     name: String,
     anchors: Vec<TrustAnchor<'static>>,
     intermediates: Vec<CertificateDer<'static>>,
+    /// Anchors and configured intermediates: who may sign a CRL.
+    crl_issuers: Vec<CertificateDer<'static>>,
     crls: RwLock<Arc<Vec<LoadedCrl>>>,
     require_crls: bool,
 }
@@ -216,6 +221,7 @@ impl TrustCommunity {
         Ok(Self {
             name: name.to_owned(),
             anchors,
+            crl_issuers: certs,
             intermediates: Vec::new(),
             crls: RwLock::new(Arc::new(Vec::new())),
             require_crls: false,
@@ -228,8 +234,9 @@ impl TrustCommunity {
     /// # Errors
     /// [`UdapError::Config`] for PEM that does not parse.
     pub fn with_intermediates(mut self, pem: &[u8]) -> Result<Self, UdapError> {
-        self.intermediates
-            .extend(certs_from_pem(pem, "intermediates")?);
+        let certs = certs_from_pem(pem, "intermediates")?;
+        self.crl_issuers.extend(certs.iter().cloned());
+        self.intermediates.extend(certs);
         Ok(self)
     }
 
@@ -256,6 +263,9 @@ impl TrustCommunity {
     /// # Errors
     /// [`UdapError::Config`] when a list does not parse.
     pub fn set_crls(&self, lists: &[Vec<u8>]) -> Result<usize, UdapError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let mut fresh = Vec::new();
         for bytes in lists {
             let ders: Vec<Vec<u8>> = if bytes.starts_with(b"-----") {
@@ -267,7 +277,7 @@ impl TrustCommunity {
                 vec![bytes.clone()]
             };
             for der in ders {
-                fresh.push(LoadedCrl::parse(der)?);
+                fresh.push(LoadedCrl::parse(der, &self.crl_issuers, now)?);
             }
         }
         let mut guard = match self.crls.write() {
@@ -341,9 +351,6 @@ impl TrustCommunity {
                     .with_expiration_policy(ExpirationPolicy::Enforce)
                     .build(),
             ),
-            Err(_) if self.require_crls => {
-                return Err(Refused::Untrusted("no revocation data for the certificate"));
-            }
             Err(_) => None,
         };
         let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
@@ -357,6 +364,12 @@ impl TrustCommunity {
             None,
         )
         .map_err(|e| Refused::Untrusted(describe(&e)))?;
+        // Required revocation data, and none loaded: refused, but only for
+        // a chain that is this community's (so another community's
+        // members are not turned away as if revoked here).
+        if self.require_crls && revocation.is_none() {
+            return Err(Refused::Untrusted("no revocation data for the certificate"));
+        }
         Ok(info)
     }
 }
@@ -376,19 +389,46 @@ struct LoadedCrl {
 }
 
 impl LoadedCrl {
-    fn parse(der: Vec<u8>) -> Result<Self, UdapError> {
+    /// Parses `der` and checks it before it may replace anything: signed by
+    /// one of `issuers` (the community's anchors and configured
+    /// intermediates) under that issuer's name, `thisUpdate` not in the
+    /// future, and a complete list (no issuing distribution point, which
+    /// would scope it to part of the issuer's certificates).
+    fn parse(der: Vec<u8>, issuers: &[CertificateDer<'_>], now: i64) -> Result<Self, UdapError> {
         use x509_parser::revocation_list::CertificateRevocationList as Parsed;
+        let bad = |why: &str| UdapError::Config(format!("CRL: {why}"));
         let (issuer, this_update, number) = {
-            let (_, p) =
-                Parsed::from_der(&der).map_err(|e| UdapError::Config(format!("CRL: {e}")))?;
+            let (_, p) = Parsed::from_der(&der).map_err(|e| bad(&e.to_string()))?;
+            if p.extensions()
+                .iter()
+                .any(|e| e.oid.to_id_string() == "2.5.29.28")
+            {
+                return Err(bad(
+                    "partitioned lists (issuing distribution point) are not supported",
+                ));
+            }
+            let this_update = p.last_update().timestamp();
+            if this_update > now + 300 {
+                return Err(bad("thisUpdate is in the future"));
+            }
+            let signed = issuers.iter().any(|c| {
+                X509Certificate::from_der(c).is_ok_and(|(_, cert)| {
+                    cert.subject().as_raw() == p.issuer().as_raw()
+                        && p.verify_signature(cert.public_key()).is_ok()
+                })
+            });
+            if !signed {
+                return Err(bad(
+                    "not signed by an anchor or configured intermediate of the community",
+                ));
+            }
             (
                 p.issuer().as_raw().to_vec(),
-                p.last_update().timestamp(),
+                this_update,
                 p.crl_number().map(|n| n.to_bytes_be()).unwrap_or_default(),
             )
         };
-        let list = OwnedCertRevocationList::from_der(&der)
-            .map_err(|e| UdapError::Config(format!("CRL: {e}")))?;
+        let list = OwnedCertRevocationList::from_der(&der).map_err(|e| bad(&e.to_string()))?;
         Ok(Self {
             issuer,
             this_update,

@@ -124,9 +124,6 @@ fn ca_params(cn: &str, constrained: Option<u8>) -> CertificateParams {
     });
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     p.key_identifier_method = KeyIdMethod::Sha256;
-    let now = OffsetDateTime::now_utc();
-    p.not_before = now - Duration::days(1);
-    p.not_after = now + Duration::days(3650);
     p
 }
 
@@ -156,12 +153,31 @@ impl DevCommunity {
     /// # Errors
     /// [`UdapError::Config`] if generation fails.
     pub fn generate(name: &str) -> Result<Self, UdapError> {
+        let now = OffsetDateTime::now_utc();
+        Self::generate_between(name, now - Duration::days(1), now + Duration::days(3650))
+    }
+
+    /// A fresh community whose CAs are valid from `not_before` to
+    /// `not_after` (for a fixed clock, as in the fuzz target).
+    ///
+    /// # Errors
+    /// [`UdapError::Config`] if generation fails.
+    pub fn generate_between(
+        name: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Self, UdapError> {
+        let validity = |mut p: CertificateParams| {
+            p.not_before = not_before;
+            p.not_after = not_after;
+            p
+        };
         let root_key = key_pair(KeyKind::P256)?;
-        let root_params = ca_params(&format!("{name} root CA"), None);
+        let root_params = validity(ca_params(&format!("{name} root CA"), None));
         let root_cert = root_params.self_signed(&root_key).map_err(cfg)?;
         let root = Issuer::new(root_params, root_key);
         let int_key = key_pair(KeyKind::P256)?;
-        let int_params = ca_params(&format!("{name} intermediate CA"), Some(0));
+        let int_params = validity(ca_params(&format!("{name} intermediate CA"), Some(0)));
         let int_cert = int_params.signed_by(&int_key, &root).map_err(cfg)?;
         Ok(Self {
             name: name.to_owned(),

@@ -49,15 +49,35 @@ fn key_matches(alg: Algorithm, key: &LeafKey) -> Option<DecodingKey> {
     }
 }
 
-/// Verifies `token`: size, header (`alg` one of [`ALGORITHMS`], `x5c`
-/// present), the chain against `community` at `now`, then the signature
-/// with the leaf's key, and decodes the claims as `C`. No claim is checked
-/// here: the caller checks them, knowing their meaning.
-pub(crate) fn verify<C: DeserializeOwned>(
-    token: &str,
-    community: &TrustCommunity,
-    now: u64,
-) -> Result<Verified<C>, Fault> {
+/// A JWT whose signature verified with its `x5c` leaf's key; its chain is
+/// not validated yet.
+#[derive(Debug)]
+pub(crate) struct Signed {
+    claims: serde_json::Value,
+    chain: Vec<Vec<u8>>,
+}
+
+impl Signed {
+    /// Validates the chain in `community` at `now` and decodes the claims.
+    pub(crate) fn in_community<C: DeserializeOwned>(
+        &self,
+        community: &TrustCommunity,
+        now: u64,
+    ) -> Result<Verified<C>, Fault> {
+        let leaf = community.verify_chain(&self.chain, now)?;
+        let claims = serde_json::from_value(self.claims.clone())
+            .map_err(|_| Fault::Invalid("a claim is missing or has the wrong type"))?;
+        Ok(Verified { claims, leaf })
+    }
+}
+
+/// Verifies `token`'s form and signature: size, header (`alg` one of
+/// [`ALGORITHMS`] and matching the leaf's key, `x5c` present, no `crit`),
+/// then the signature with the `x5c` leaf's key. The chain is left to
+/// [`Signed::in_community`]: chains are public (every statement carries
+/// one), so path building and revocation checks are only spent on JWTs
+/// their leaf's key really signed. No claim is checked here.
+pub(crate) fn verify_signature(token: &str) -> Result<Signed, Fault> {
     if token.len() > MAX_JWT_LEN {
         return Err(Fault::Invalid("the JWT is longer than 32 KiB"));
     }
@@ -85,9 +105,6 @@ pub(crate) fn verify<C: DeserializeOwned>(
     if chain.len() > super::community::MAX_CHAIN {
         return Err(Fault::Invalid("x5c holds more than 5 certificates"));
     }
-    // The signature first, with the leaf's key: chains are public (every
-    // statement carries one), so path building and revocation checks are
-    // only spent on JWTs their key really signed.
     let leaf_key = super::community::leaf_info(first)
         .map_err(Fault::Invalid)?
         .key;
@@ -107,10 +124,19 @@ pub(crate) fn verify<C: DeserializeOwned>(
             }
             _ => Fault::Invalid("the JWT is malformed"),
         })?;
-    let leaf = community.verify_chain(&chain, now)?;
-    let claims = serde_json::from_value(data.claims)
-        .map_err(|_| Fault::Invalid("a claim is missing or has the wrong type"))?;
-    Ok(Verified { claims, leaf })
+    Ok(Signed {
+        claims: data.claims,
+        chain,
+    })
+}
+
+/// [`verify_signature`], then [`Signed::in_community`].
+pub(crate) fn verify<C: DeserializeOwned>(
+    token: &str,
+    community: &TrustCommunity,
+    now: u64,
+) -> Result<Verified<C>, Fault> {
+    verify_signature(token)?.in_community(community, now)
 }
 
 /// `aud` as a string, or an array holding exactly one string.
@@ -164,14 +190,41 @@ pub(crate) fn check_jti(jti: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Whether `s` is 1 to 2048 characters with no control or invisible
-/// formatting characters (bidirectional overrides, zero-width and the
-/// like), which could make a value read differently in a log or a page.
+/// Whether `s` is 1 to 2048 characters with no control, format, line or
+/// paragraph separator, or private-use character (Unicode categories Cc,
+/// Cf, Zl, Zp, Co): bidirectional overrides, zero-width and tag characters
+/// and the like could make a value read differently in a log or a page.
 pub(crate) fn printable(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 2048
-        && !s.chars().any(|c| {
-            c.is_control()
-                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
-        })
+    !s.is_empty() && s.len() <= 2048 && !s.chars().any(invisible)
+}
+
+fn invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{ad}'
+                | '\u{600}'..='\u{605}'
+                | '\u{61c}'
+                | '\u{6dd}'
+                | '\u{70f}'
+                | '\u{890}'..='\u{891}'
+                | '\u{8e2}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{e000}'..='\u{f8ff}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{110bd}'
+                | '\u{110cd}'
+                | '\u{13430}'..='\u{1343f}'
+                | '\u{1bca0}'..='\u{1bca3}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0001}'
+                | '\u{e0020}'..='\u{e007f}'
+                | '\u{f0000}'..='\u{ffffd}'
+                | '\u{100000}'..='\u{10fffd}'
+        )
 }

@@ -134,8 +134,8 @@ pub(crate) fn check_statement(
 ) -> Result<CheckedStatement, UdapError> {
     let c = v.claims;
     let bad = UdapError::InvalidSoftwareStatement;
-    if c.iss.is_empty() || c.iss.len() > MAX_VALUE {
-        return Err(bad("iss must be a URI"));
+    if c.iss.len() > MAX_VALUE || !jws::printable(&c.iss) || !c.iss.contains(':') {
+        return Err(bad("iss must be a URI of printable characters"));
     }
     if !v.leaf.san_uris.contains(&c.iss) {
         return Err(bad(

@@ -108,6 +108,10 @@ pub struct RegisteredClient {
     pub metadata: ClientMetadata,
     /// SHA-256 of the certificate it registered with (hex).
     pub certificate_sha256: String,
+    /// Random, new for each registration after none or a cancellation
+    /// (kept by updates): tokens carry it, so a client cancelled and
+    /// registered again does not revive the tokens issued before.
+    pub registration_id: String,
     /// First registered (Unix seconds).
     pub registered_at: u64,
     /// Last registered or updated.
@@ -176,6 +180,8 @@ impl PendingRegistration {
 pub struct PendingToken {
     /// The authenticated client.
     pub client_id: String,
+    /// Its current registration.
+    registration_id: String,
     /// The scopes it will grant.
     pub scopes: Vec<String>,
     /// The `hl7-b2b` extension the client sent.
@@ -193,6 +199,9 @@ pub struct AccessGrant {
     pub expires_at: u64,
     /// The `hl7-b2b` extension the client sent.
     pub b2b: B2bExtension,
+    /// The registration it was issued under
+    /// ([`RegisteredClient::registration_id`]).
+    pub registration_id: String,
 }
 
 /// An issued access token. The token itself is a secret: it is not in
@@ -468,17 +477,21 @@ impl UdapServer {
             return Err(UdapError::InvalidClientMetadata("udap must be \"1\""));
         }
         let now = self.clock.now();
+        // The signature once; then the chain in every community. The first
+        // that validates it is the client's; any other refusal than "not
+        // this community's" (revoked, expired, a stale list...) is final,
+        // whatever the communities' order.
+        let signed = jws::verify_signature(&req.software_statement)
+            .map_err(registration::registration_fault)?;
         let mut found = None;
         for c in &self.communities {
-            match jws::verify::<StatementClaims>(&req.software_statement, &c.trust, now) {
+            match signed.in_community::<StatementClaims>(&c.trust, now) {
                 Ok(v) => {
-                    found = Some((c, v));
-                    break;
+                    if found.is_none() {
+                        found = Some((c, v));
+                    }
                 }
-                // Not this community's: perhaps the next one's.
                 Err(jws::Fault::Untrusted(d)) if d == super::community::UNKNOWN_ISSUER => {}
-                // Revoked, expired, a stale list...: final, whichever
-                // community would also chain it.
                 Err(f) => return Err(registration::registration_fault(f)),
             }
         }
@@ -527,7 +540,9 @@ impl UdapServer {
         loop {
             match self.try_complete(&p).await {
                 Err(UdapError::Storage(
-                    StorageError::VersionConflict { .. } | StorageError::DuplicateId,
+                    StorageError::VersionConflict { .. }
+                    | StorageError::DuplicateId
+                    | StorageError::NotFound,
                 )) if attempt < 8 => attempt += 1,
                 done => return done,
             }
@@ -569,9 +584,9 @@ impl UdapServer {
                 )
             }
             (existing, false) => {
-                let registered_at = match &existing {
-                    Some((Some(old), _)) => old.registered_at,
-                    _ => now,
+                let (registered_at, registration_id) = match &existing {
+                    Some((Some(old), _)) => (old.registered_at, old.registration_id.clone()),
+                    _ => (now, random_id()?),
                 };
                 let client = RegisteredClient {
                     client_id: client_id.clone(),
@@ -579,6 +594,7 @@ impl UdapServer {
                     iss: checked.iss,
                     metadata: checked.metadata,
                     certificate_sha256: checked.fingerprint,
+                    registration_id,
                     registered_at,
                     updated_at: now,
                 };
@@ -801,6 +817,7 @@ impl UdapServer {
             ));
         }
         Ok(PendingToken {
+            registration_id: client.registration_id,
             client_id: client.client_id,
             scopes,
             b2b,
@@ -818,6 +835,7 @@ impl UdapServer {
         let lifetime = self.config.token_lifetime;
         let grant = AccessGrant {
             client_id: p.client_id,
+            registration_id: p.registration_id,
             scopes: p.scopes,
             expires_at: self.clock.now().saturating_add(lifetime),
             b2b: p.b2b,
@@ -858,7 +876,8 @@ impl UdapServer {
         let Some(client) = self.client(&grant.client_id).await? else {
             return Ok(None);
         };
-        let still = self.community(Some(&client.community)).is_ok()
+        let still = client.registration_id == grant.registration_id
+            && self.community(Some(&client.community)).is_ok()
             && client
                 .metadata
                 .grant_types
@@ -890,6 +909,12 @@ impl UdapServer {
             .await?;
         Ok(a + b)
     }
+}
+
+fn random_id() -> Result<String, UdapError> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|_| UdapError::Random)?;
+    Ok(hex::encode(b))
 }
 
 fn token_row(token: &str) -> Result<RowId, UdapError> {

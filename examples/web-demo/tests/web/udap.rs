@@ -283,5 +283,37 @@ async fn abuse_of_the_udap_endpoints() {
             .count(),
         1
     );
+    // The flood did not flood the audit log: refusals are recorded up to
+    // the per-minute limit (the minute may turn over once mid-flood).
+    let mut refusals = 0;
+    let mut from = 0;
+    loop {
+        let page = admin.page(&format!("/admin?from={from}")).await;
+        refusals += page.matches("udap-client:?").count();
+        let rows = page.matches("<tr><td>").count();
+        if !page.contains("Newer →") || rows == 0 || from > 5000 {
+            break;
+        }
+        from += 50;
+    }
+    let limit = careconnect::core::udap::MAX_AUDITED_REFUSALS_PER_MINUTE as usize;
+    assert!(
+        refusals >= limit.min(refused),
+        "{refusals} refusals audited"
+    );
+    assert!(
+        refusals <= 2 * (limit + 1) + 10,
+        "{refusals} refusals audited"
+    );
+
+    // A query with anything but one community: a JSON 400.
+    let r = c
+        .get(demo.at("/.well-known/udap?community=a&community=b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_request");
     demo.stop().await;
 }
