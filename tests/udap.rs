@@ -1411,3 +1411,59 @@ async fn concurrent_registrations_of_one_client_leave_one_client() {
     );
     assert_eq!(e.server.clients(10).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_token_request_is_refused_when_another_community_revokes_the_certificate() {
+    // Registered through community A, which has no list; B trusts the same
+    // root and later publishes the leaf's revocation.
+    let f = fx();
+    let a = trust();
+    let b = Arc::new(community_of(&f.trusted, "urn:clinic:other-view"));
+    let ours = |t: &Arc<TrustCommunity>| {
+        ServerCommunity::new(t.clone(), &f.server.chain_pem, f.server.key_pem.as_bytes()).unwrap()
+    };
+    let clock = Arc::new(ManualClock::new(now()));
+    let server = UdapServer::new(
+        config(),
+        vec![ours(&a), ours(&b)],
+        Arc::new(MemoryStore::new()),
+        Keyring::generate(),
+        clock.clone(),
+    )
+    .unwrap();
+    let c = client(&f.revoked);
+    let t = clock.now();
+    let reg = server
+        .register(
+            c.registration_request(REG, &b2b_request(), t)
+                .unwrap()
+                .to_string()
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reg.client.community, a.name());
+    let id = reg.client.client_id;
+    b.set_crls(&[f.trusted.crl(&[f.revoked.serial]).unwrap().into_bytes()])
+        .unwrap();
+    let refusal = server
+        .authenticate(&form(c.token_request(&id, TOKEN, &b2b(), None, t).unwrap()))
+        .await
+        .unwrap_err();
+    assert!(
+        refusal.error.description().contains("revoked"),
+        "{}",
+        refusal.error
+    );
+    // A member's certificate: the refusal names the client, for the audit.
+    assert_eq!(refusal.signer.as_deref(), Some(id.as_str()));
+    // A stranger's is anyone's: no signer.
+    let stranger = client(&f.stranger);
+    let refusal = server
+        .authenticate(&form(
+            stranger.token_request(&id, TOKEN, &b2b(), None, t).unwrap(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.signer, None);
+}

@@ -190,6 +190,10 @@ await as('admin-adam', 'Adam Admin', async (page) => {
   await page.goto(base + '/admin');
   check(await page.getByTestId('chain').getByText('Chain verified').isVisible(), 'adam: audit chain verified');
   check(await page.getByText('Dr Derek Shepherd').first().isVisible(), 'adam: directory');
+  // An app registered itself with UDAP before the walk (browser.rs).
+  if (process.env.EXPECT_UDAP_APP) {
+    check(await page.getByTestId('udap-client').getByText(process.env.EXPECT_UDAP_APP).isVisible(), 'adam: the UDAP app is listed');
+  }
   await shot(page, 'admin');
   await page.getByTestId('latest').click();
   check(await page.getByText('DownloadDocument').first().isVisible(), "adam: the partner's download is audited");

@@ -7,7 +7,8 @@
 //! [`Clinic::udap`] runs the same over the clinic's store and keyring.
 
 use careconnect_authz::udap::{
-    IssuedToken, RegisteredClient, Registration, ServerCommunity, UdapConfig, UdapError, UdapServer,
+    IssuedToken, Refusal, RegisteredClient, Registration, ServerCommunity, UdapConfig, UdapError,
+    UdapServer,
 };
 use careconnect_authz::{Action, Principal};
 
@@ -25,9 +26,10 @@ pub struct ClinicUdap {
     refusals: std::sync::Mutex<(u64, u32)>,
 }
 
-/// Refused requests audited per minute and node, at most. Refusals come
-/// before any authentication, so anyone can cause them: past this, one
-/// entry says how many go unrecorded (they are still logged as a count).
+/// Refused requests not signed by a community's certificate, audited per
+/// minute and node at most: anyone can cause them. Past this, one entry
+/// says that more go unrecorded (they are still logged). Refusals of
+/// members' requests are always audited.
 pub const MAX_AUDITED_REFUSALS_PER_MINUTE: u32 = 120;
 
 impl Clinic {
@@ -90,32 +92,46 @@ impl ClinicUdap {
             })
     }
 
-    async fn refused(&self, action: &str, e: &UdapError) -> Result<(), UdapError> {
-        let minute = self.clinic.inner.clock.now() / 60;
-        let n = {
-            let mut r = self
-                .refusals
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if r.0 != minute {
-                *r = (minute, 0);
+    /// Audits a refusal. One signed with a community's certificate (a
+    /// member: a revoked certificate, a replay, a scope too wide) is always
+    /// audited, naming the signer. Any other can come from anyone with a
+    /// key: those are audited up to [`MAX_AUDITED_REFUSALS_PER_MINUTE`],
+    /// then counted in the log only.
+    async fn refused(&self, action: &str, r: &Refusal) -> Result<(), UdapError> {
+        let code = r.error.code();
+        let (resource, reason) = match &r.signer {
+            Some(who) => (
+                format!("udap-client:{who}"),
+                serde_json::json!({ "error": code, "signer": "community member" }),
+            ),
+            None => {
+                let minute = self.clinic.inner.clock.now() / 60;
+                let n = {
+                    let mut c = self
+                        .refusals
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if c.0 != minute {
+                        *c = (minute, 0);
+                    }
+                    c.1 = c.1.saturating_add(1);
+                    c.1
+                };
+                let reason = if n <= MAX_AUDITED_REFUSALS_PER_MINUTE {
+                    serde_json::json!({ "error": code })
+                } else if n == MAX_AUDITED_REFUSALS_PER_MINUTE + 1 {
+                    serde_json::json!({
+                        "error": code,
+                        "throttled": "further unsigned refusals this minute are not recorded",
+                    })
+                } else {
+                    tracing::warn!(action, code, "udap refusal not audited (throttled)");
+                    return Ok(());
+                };
+                ("udap-client:?".to_owned(), reason)
             }
-            r.1 = r.1.saturating_add(1);
-            r.1
         };
-        let reason = if n <= MAX_AUDITED_REFUSALS_PER_MINUTE {
-            serde_json::json!({ "error": e.code() })
-        } else if n == MAX_AUDITED_REFUSALS_PER_MINUTE + 1 {
-            serde_json::json!({ "error": e.code(), "throttled": "further refusals this minute are not recorded" })
-        } else {
-            tracing::warn!(
-                action,
-                code = e.code(),
-                "udap refusal not audited (throttled)"
-            );
-            return Ok(());
-        };
-        let mut event = AuditEvent::system(action, "udap-client:?").because(&reason.to_string());
+        let mut event = AuditEvent::system(action, resource).because(&reason.to_string());
         event.outcome = Outcome::Denied;
         self.audit(event).await
     }
@@ -131,9 +147,9 @@ impl ClinicUdap {
     pub async fn register(&self, body: &[u8]) -> Result<Registration, UdapError> {
         let pending = match self.server.prepare_registration(body).await {
             Ok(p) => p,
-            Err(e) => {
-                self.refused("udap_register", &e).await?;
-                return Err(e);
+            Err(r) => {
+                self.refused("udap_register", &r).await?;
+                return Err(r.error);
             }
         };
         let resource = client_resource(&pending.client_id);
@@ -171,9 +187,9 @@ impl ClinicUdap {
     pub async fn token(&self, form: &[(String, String)]) -> Result<IssuedToken, UdapError> {
         let pending = match self.server.authenticate(form).await {
             Ok(p) => p,
-            Err(e) => {
-                self.refused("udap_token", &e).await?;
-                return Err(e);
+            Err(r) => {
+                self.refused("udap_token", &r).await?;
+                return Err(r.error);
             }
         };
         let b = &pending.b2b;

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use careconnect::authz::udap::{
-    B2bExtension, ClientRequest, TrustCommunity, UdapClient, verify_signed_metadata,
+    self, B2bExtension, ClientRequest, TrustCommunity, UdapClient, verify_signed_metadata,
 };
 use serde_json::{Value, json};
 
@@ -151,7 +151,7 @@ fn now() -> u64 {
 /// the terminal as escape sequences.
 fn clean(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| if udap::is_invisible(c) { '?' } else { c })
         .take(500)
         .collect()
 }

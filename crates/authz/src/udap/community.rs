@@ -97,7 +97,12 @@ pub(crate) fn leaf_info(der: &[u8]) -> Result<LeafInfo, &'static str> {
     let spki = cert.public_key();
     let key = match spki.parsed() {
         Ok(PublicKey::RSA(rsa)) => {
-            if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&rsa.key_size()) {
+            let m = rsa.modulus;
+            let m = &m[m.iter().take_while(|b| **b == 0).count()..];
+            let bits = m
+                .first()
+                .map_or(0, |top| m.len() * 8 - top.leading_zeros() as usize);
+            if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
                 return Err("the certificate's RSA key must be 2048 to 4096 bits");
             }
             LeafKey::Rsa(spki.subject_public_key.data.to_vec())
@@ -109,6 +114,9 @@ pub(crate) fn leaf_info(der: &[u8]) -> Result<LeafInfo, &'static str> {
                 .as_ref()
                 .and_then(|p| p.as_oid().ok())
                 .map(|o| o.to_id_string());
+            if point.data().first() != Some(&0x04) {
+                return Err("the certificate's EC key must be an uncompressed point");
+            }
             match curve.as_deref() {
                 Some("1.2.840.10045.3.1.7") => LeafKey::P256(point.data().to_vec()),
                 Some("1.3.132.0.34") => LeafKey::P384(point.data().to_vec()),
@@ -253,31 +261,46 @@ impl TrustCommunity {
     }
 
     /// Loads revocation lists (each DER, or PEM with one or more lists),
-    /// one per issuer: a list replaces the loaded one of the same issuer
-    /// only if it is newer (a later `thisUpdate`, or the same with a higher
-    /// `crlNumber`), so a replayed older list cannot undo a revocation, and
-    /// an issuer missing from `lists` keeps its loaded list (which fails
-    /// closed once past its `nextUpdate`). All lists are parsed before any
-    /// is used: on error nothing changes. Returns how many lists are loaded.
+    /// one per issuer and signing key: a list replaces the loaded one of
+    /// the same issuer only if it is newer (a later `thisUpdate`, or the
+    /// same with a higher `crlNumber`), so a replayed older list cannot undo
+    /// a revocation, and an issuer missing from `lists` keeps its loaded
+    /// list (which fails closed once past its `nextUpdate`). A list is
+    /// accepted only if an anchor or configured intermediate with the
+    /// issuer's name (and `cRLSign`, if it has a key usage) signed it, its
+    /// `thisUpdate` is not in the future, and it is complete (no issuing
+    /// distribution point). Lists that pass are loaded even when others are
+    /// refused. Returns how many lists are loaded.
     ///
     /// # Errors
-    /// [`UdapError::Config`] when a list does not parse.
+    /// [`UdapError::Config`] naming every refused list (the others were
+    /// loaded).
     pub fn set_crls(&self, lists: &[Vec<u8>]) -> Result<usize, UdapError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let mut fresh = Vec::new();
+        let mut refused = Vec::new();
         for bytes in lists {
             let ders: Vec<Vec<u8>> = if bytes.starts_with(b"-----") {
-                CertificateRevocationListDer::pem_slice_iter(bytes)
+                match CertificateRevocationListDer::pem_slice_iter(bytes)
                     .map(|r| r.map(|d| d.as_ref().to_vec()))
                     .collect::<Result<_, _>>()
-                    .map_err(|e| UdapError::Config(format!("CRL PEM: {e}")))?
+                {
+                    Ok(d) => d,
+                    Err(e) => {
+                        refused.push(format!("CRL PEM: {e}"));
+                        continue;
+                    }
+                }
             } else {
                 vec![bytes.clone()]
             };
             for der in ders {
-                fresh.push(LoadedCrl::parse(der, &self.crl_issuers, now)?);
+                match LoadedCrl::parse(der, &self.crl_issuers, now) {
+                    Ok(c) => fresh.push(c),
+                    Err(e) => refused.push(e.to_string()),
+                }
             }
         }
         let mut guard = match self.crls.write() {
@@ -286,7 +309,10 @@ impl TrustCommunity {
         };
         let mut merged: Vec<LoadedCrl> = guard.as_ref().clone();
         for crl in fresh {
-            match merged.iter_mut().find(|c| c.issuer == crl.issuer) {
+            match merged
+                .iter_mut()
+                .find(|c| c.issuer == crl.issuer && c.signer == crl.signer)
+            {
                 Some(old) if crl.newer_than(old) => *old = crl,
                 Some(_) => tracing::warn!(
                     community = %self.name,
@@ -297,7 +323,15 @@ impl TrustCommunity {
         }
         let n = merged.len();
         *guard = Arc::new(merged);
-        Ok(n)
+        drop(guard);
+        if refused.is_empty() {
+            Ok(n)
+        } else {
+            for why in &refused {
+                tracing::warn!(community = %self.name, why, "revocation list refused");
+            }
+            Err(UdapError::Config(refused.join("; ")))
+        }
     }
 
     /// Fetches fresh lists from `source` and loads them (see
@@ -382,6 +416,9 @@ const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02]
 /// One issuer's revocation list, with what orders it against another.
 #[derive(Clone)]
 struct LoadedCrl {
+    /// The signing CA's public key (a renewed CA under the same name has
+    /// lists of its own).
+    signer: Vec<u8>,
     issuer: Vec<u8>,
     this_update: i64,
     number: Vec<u8>,
@@ -397,7 +434,7 @@ impl LoadedCrl {
     fn parse(der: Vec<u8>, issuers: &[CertificateDer<'_>], now: i64) -> Result<Self, UdapError> {
         use x509_parser::revocation_list::CertificateRevocationList as Parsed;
         let bad = |why: &str| UdapError::Config(format!("CRL: {why}"));
-        let (issuer, this_update, number) = {
+        let (signer, issuer, this_update, number) = {
             let (_, p) = Parsed::from_der(&der).map_err(|e| bad(&e.to_string()))?;
             if p.extensions()
                 .iter()
@@ -411,18 +448,25 @@ impl LoadedCrl {
             if this_update > now + 300 {
                 return Err(bad("thisUpdate is in the future"));
             }
-            let signed = issuers.iter().any(|c| {
-                X509Certificate::from_der(c).is_ok_and(|(_, cert)| {
-                    cert.subject().as_raw() == p.issuer().as_raw()
-                        && p.verify_signature(cert.public_key()).is_ok()
-                })
+            let signer = issuers.iter().find_map(|c| {
+                let (_, cert) = X509Certificate::from_der(c).ok()?;
+                let may_sign = match cert.key_usage() {
+                    Ok(Some(ku)) => ku.value.crl_sign(),
+                    Ok(None) => true,
+                    Err(_) => false,
+                };
+                (may_sign
+                    && cert.subject().as_raw() == p.issuer().as_raw()
+                    && p.verify_signature(cert.public_key()).is_ok())
+                .then(|| cert.public_key().raw.to_vec())
             });
-            if !signed {
+            let Some(signer) = signer else {
                 return Err(bad(
                     "not signed by an anchor or configured intermediate of the community",
                 ));
-            }
+            };
             (
+                signer,
                 p.issuer().as_raw().to_vec(),
                 this_update,
                 p.crl_number().map(|n| n.to_bytes_be()).unwrap_or_default(),
@@ -430,6 +474,7 @@ impl LoadedCrl {
         };
         let list = OwnedCertRevocationList::from_der(&der).map_err(|e| bad(&e.to_string()))?;
         Ok(Self {
+            signer,
             issuer,
             this_update,
             number,

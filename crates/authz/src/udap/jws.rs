@@ -51,6 +51,17 @@ pub(crate) struct Signed {
 }
 
 impl Signed {
+    /// The `iss` the signer claims (not yet vouched for by a chain), for
+    /// the audit log: `?` when absent or not printable.
+    pub(crate) fn claimed_iss(&self) -> String {
+        self.claims
+            .get("iss")
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| printable(s))
+            .unwrap_or("?")
+            .to_owned()
+    }
+
     /// Validates the chain in `community` at `now` and decodes the claims.
     pub(crate) fn in_community<C: DeserializeOwned>(
         &self,
@@ -136,7 +147,7 @@ pub(crate) fn verify_signature(token: &str) -> Result<Signed, Fault> {
     Ok(Signed { claims, chain })
 }
 
-/// [`verify_signature`], then [`Signed::in_community`].
+/// [`verify_signature`], then [`Signed::in_community`] (one community).
 pub(crate) fn verify<C: DeserializeOwned>(
     token: &str,
     community: &TrustCommunity,
@@ -201,10 +212,13 @@ pub(crate) fn check_jti(jti: &str) -> Result<(), &'static str> {
 /// Cf, Zl, Zp, Co): bidirectional overrides, zero-width and tag characters
 /// and the like could make a value read differently in a log or a page.
 pub(crate) fn printable(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 2048 && !s.chars().any(invisible)
+    !s.is_empty() && s.len() <= 2048 && !s.chars().any(is_invisible)
 }
 
-fn invisible(c: char) -> bool {
+/// Whether `c` is a control, format, line or paragraph separator, or
+/// private-use character (Unicode Cc, Cf, Zl, Zp, Co): what must not reach
+/// a log, a page or a terminal from a value someone else chose.
+pub fn is_invisible(c: char) -> bool {
     c.is_control()
         || matches!(
             c,

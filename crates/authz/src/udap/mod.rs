@@ -77,11 +77,11 @@ pub use assertion::{B2bExtension, JWT_BEARER};
 pub use client::{ClientRequest, SignedEndpoints, Signer, UdapClient, verify_signed_metadata};
 pub use community::{CrlFiles, CrlSource, MAX_CHAIN, TrustCommunity};
 pub use error::UdapError;
-pub use jws::{ALGORITHMS, MAX_JWT_LEN, MAX_LIFETIME, MAX_SKEW};
+pub use jws::{ALGORITHMS, MAX_JWT_LEN, MAX_LIFETIME, MAX_SKEW, is_invisible};
 pub use registration::{ClientMetadata, GrantType};
 pub use server::{
     AccessGrant, CLIENTS_COLLECTION, IssuedToken, JTI_COLLECTION, MAX_REGISTRATION_BODY,
-    MAX_TOKEN_LIFETIME, PendingRegistration, PendingToken, RegisteredClient, Registration,
+    MAX_TOKEN_LIFETIME, PendingRegistration, PendingToken, Refusal, RegisteredClient, Registration,
     RegistrationOutcome, ServerCommunity, TOKENS_COLLECTION, UdapConfig, UdapServer,
 };
 

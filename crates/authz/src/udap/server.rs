@@ -151,6 +151,26 @@ impl Registration {
     }
 }
 
+/// A refused registration or token request, and who signed it when the
+/// signing certificate is a community's (its chain validated, or was
+/// refused as revoked, expired...): the statement's `iss`, or the client
+/// id. Such a refusal concerns a member and is worth auditing in full; any
+/// other can come from anyone with a key.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The error to answer with.
+    pub error: UdapError,
+    /// Who signed the request, if a community issued the signing
+    /// certificate.
+    pub signer: Option<String>,
+}
+
+impl From<Refusal> for UdapError {
+    fn from(r: Refusal) -> Self {
+        r.error
+    }
+}
+
 /// A registration checked by [`UdapServer::prepare_registration`], not
 /// stored yet.
 #[derive(Debug)]
@@ -450,6 +470,30 @@ impl UdapServer {
         self.complete_registration(pending).await
     }
 
+    /// Validates `signed`'s chain in every community: the indexes and
+    /// claims of those that validate it, in order. Any refusal other than
+    /// "not this community's" (revoked, expired, a stale list...) is final,
+    /// whatever the order: a certificate one community knows to be revoked
+    /// is refused even where another has no list.
+    fn chain_everywhere<C: serde::de::DeserializeOwned>(
+        &self,
+        signed: &jws::Signed,
+        now: u64,
+    ) -> Result<Vec<(usize, jws::Verified<C>)>, jws::Fault> {
+        let mut ok = Vec::new();
+        for (i, c) in self.communities.iter().enumerate() {
+            match signed.in_community::<C>(&c.trust, now) {
+                Ok(v) => ok.push((i, v)),
+                Err(jws::Fault::Untrusted(d)) if d == super::community::UNKNOWN_ISSUER => {}
+                Err(f) => return Err(f),
+            }
+        }
+        if ok.is_empty() {
+            return Err(jws::Fault::Untrusted(super::community::UNKNOWN_ISSUER));
+        }
+        Ok(ok)
+    }
+
     /// Checks a registration request body. The statement must verify in one
     /// of the communities (tried in order; a certificate one community
     /// finds revoked or expired is refused, not tried in the next); its
@@ -459,9 +503,17 @@ impl UdapServer {
     ///
     /// # Errors
     /// The RFC 7591 error to answer with.
-    pub async fn prepare_registration(
+    pub async fn prepare_registration(&self, body: &[u8]) -> Result<PendingRegistration, Refusal> {
+        let mut signer = None;
+        self.prepare_inner(body, &mut signer)
+            .await
+            .map_err(|error| Refusal { error, signer })
+    }
+
+    async fn prepare_inner(
         &self,
         body: &[u8],
+        signer: &mut Option<String>,
     ) -> Result<PendingRegistration, UdapError> {
         if body.len() > MAX_REGISTRATION_BODY {
             return Err(UdapError::InvalidClientMetadata(
@@ -477,27 +529,18 @@ impl UdapServer {
             return Err(UdapError::InvalidClientMetadata("udap must be \"1\""));
         }
         let now = self.clock.now();
-        // The signature once; then the chain in every community. The first
-        // that validates it is the client's; any other refusal than "not
-        // this community's" (revoked, expired, a stale list...) is final,
-        // whatever the communities' order.
+        // The signature once; then the chain in every community. The client
+        // belongs to the first that validates it.
         let signed = jws::verify_signature(&req.software_statement)
             .map_err(registration::registration_fault)?;
-        let mut found = None;
-        for c in &self.communities {
-            match signed.in_community::<StatementClaims>(&c.trust, now) {
-                Ok(v) => {
-                    if found.is_none() {
-                        found = Some((c, v));
-                    }
-                }
-                Err(jws::Fault::Untrusted(d)) if d == super::community::UNKNOWN_ISSUER => {}
-                Err(f) => return Err(registration::registration_fault(f)),
-            }
+        let chains = self.chain_everywhere::<StatementClaims>(&signed, now);
+        if issued_by_a_community(&chains) {
+            *signer = Some(signed.claimed_iss());
         }
-        let (community, verified) = found.ok_or(UdapError::UnapprovedSoftwareStatement(
-            super::community::UNKNOWN_ISSUER,
-        ))?;
+        let (i, verified) = chains
+            .map_err(registration::registration_fault)?
+            .swap_remove(0);
+        let community = &self.communities[i];
         let checked = registration::check_statement(
             verified,
             &self.config.registration_endpoint,
@@ -709,7 +752,18 @@ impl UdapServer {
     ///
     /// # Errors
     /// The RFC 6749 error to answer with.
-    pub async fn authenticate(&self, form: &[(String, String)]) -> Result<PendingToken, UdapError> {
+    pub async fn authenticate(&self, form: &[(String, String)]) -> Result<PendingToken, Refusal> {
+        let mut signer = None;
+        self.authenticate_inner(form, &mut signer)
+            .await
+            .map_err(|error| Refusal { error, signer })
+    }
+
+    async fn authenticate_inner(
+        &self,
+        form: &[(String, String)],
+        signer: &mut Option<String>,
+    ) -> Result<PendingToken, UdapError> {
         let field = |name: &str| -> Result<Option<&str>, UdapError> {
             let mut it = form.iter().filter(|(k, _)| k == name);
             let first = it.next().map(|(_, v)| v.as_str());
@@ -751,12 +805,27 @@ impl UdapServer {
             .client(&claimed)
             .await?
             .ok_or(UdapError::InvalidClient("unknown client_id"))?;
-        let community = self
-            .community(Some(&client.community))
-            .map_err(|_| UdapError::InvalidClient("the client's community is no longer served"))?;
+        if self.community(Some(&client.community)).is_err() {
+            return Err(UdapError::InvalidClient(
+                "the client's community is no longer served",
+            ));
+        }
         let now = self.clock.now();
-        let verified = jws::verify::<AssertionClaims>(jwt, &community.trust, now)
-            .map_err(assertion::assertion_fault)?;
+        let signed = jws::verify_signature(jwt).map_err(assertion::assertion_fault)?;
+        // The chain as at registration: in every community, revocation
+        // anywhere final; it must validate in the client's own.
+        let chains = self.chain_everywhere::<AssertionClaims>(&signed, now);
+        if issued_by_a_community(&chains) {
+            *signer = Some(client.client_id.clone());
+        }
+        let verified = chains
+            .map_err(assertion::assertion_fault)?
+            .into_iter()
+            .find(|(i, _)| self.communities[*i].trust.name() == client.community)
+            .map(|(_, v)| v)
+            .ok_or(UdapError::InvalidClient(
+                "the certificate does not chain to the client's community",
+            ))?;
         let checked = assertion::check_assertion(
             verified,
             &client.client_id,
@@ -908,6 +977,18 @@ impl UdapServer {
             })
             .await?;
         Ok(a + b)
+    }
+}
+
+/// Whether a chain result shows a certificate some community issued: it
+/// validated, or was refused for a reason only a member's certificate can
+/// have (revoked, expired...). Anyone can sign with a key of their own; only
+/// these refusals concern a member, and are audited in full.
+fn issued_by_a_community<T>(r: &Result<T, jws::Fault>) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(jws::Fault::Untrusted(d)) => *d != super::community::UNKNOWN_ISSUER,
+        Err(jws::Fault::Invalid(_)) => false,
     }
 }
 

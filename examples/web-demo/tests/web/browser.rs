@@ -10,6 +10,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use clap::Parser;
+
 use super::common::Demo;
 
 #[derive(serde::Deserialize, Debug)]
@@ -22,6 +24,26 @@ struct Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_walks_the_clinic_in_chromium() {
     let mut demo = Demo::start().await;
+    // An app of the development community registers itself (UDAP), so the
+    // admin page has one to list.
+    let d = demo.dir.path().display().to_string();
+    let args = careconnect_udap_register::Args::try_parse_from([
+        "udap-register".to_owned(),
+        "--server".into(),
+        demo.url.clone(),
+        "--ca".into(),
+        format!("{d}/tls/ca.pem"),
+        "--chain".into(),
+        format!("{d}/udap/dev-client/chain.pem"),
+        "--key".into(),
+        format!("{d}/udap/dev-client/key.pem"),
+        "--iss".into(),
+        careconnect_web_demo::udap::DEV_CLIENT_ISS.into(),
+        "--name".into(),
+        "Lab results sync".into(),
+    ])
+    .unwrap();
+    careconnect_udap_register::run(&args).await.unwrap();
     let dir = careconnect_testkit::browser_dir();
     // The driver as this checkout has it (the browser directory may hold an
     // older copy).
@@ -43,6 +65,7 @@ async fn every_role_walks_the_clinic_in_chromium() {
                     "X25519"
                 },
             )
+            .env("EXPECT_UDAP_APP", "Lab results sync")
             .current_dir(&dir)
             .output()
             .expect("node")
