@@ -135,6 +135,14 @@ async fn env() -> Env {
     }
 }
 
+/// A registration request body from `cert` (as `APP`).
+fn reg_body(cert: &IssuedCert, req: &ClientRequest, t: u64) -> String {
+    client(cert)
+        .registration_request(REG, req, t)
+        .unwrap()
+        .to_string()
+}
+
 fn client(cert: &IssuedCert) -> UdapClient {
     UdapClient::from_pem(&cert.chain_pem, cert.key_pem.as_bytes(), APP).unwrap()
 }
@@ -284,50 +292,20 @@ async fn untrusted_expired_and_revoked_certificates_are_unapproved() {
         .await;
         assert_eq!(err.code(), "unapproved_software_statement", "{what}: {err}");
     }
-    let err = refused(
-        &e,
-        client(&f.stranger)
-            .registration_request(REG, &req, t)
-            .unwrap()
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
+    let err = refused(&e, reg_body(&f.stranger, &req, t).as_bytes()).await;
     assert!(err.description().contains("does not chain"), "{err}");
-    let err = refused(
-        &e,
-        client(&f.expired)
-            .registration_request(REG, &req, t)
-            .unwrap()
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
+    let err = refused(&e, reg_body(&f.expired, &req, t).as_bytes()).await;
     assert!(err.description().contains("expired"), "{err}");
 
     // Revoked by the intermediate's CRL; another certificate still passes.
     e.trust
         .set_crls(&[f.trusted.crl(&[f.revoked.serial]).unwrap().into_bytes()])
         .unwrap();
-    let err = refused(
-        &e,
-        client(&f.revoked)
-            .registration_request(REG, &req, t)
-            .unwrap()
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
+    let err = refused(&e, reg_body(&f.revoked, &req, t).as_bytes()).await;
     assert_eq!(err.code(), "unapproved_software_statement");
     assert!(err.description().contains("revoked"), "{err}");
     e.server
-        .register(
-            client(&f.app_ec)
-                .registration_request(REG, &req, t)
-                .unwrap()
-                .to_string()
-                .as_bytes(),
-        )
+        .register(reg_body(&f.app_ec, &req, t).as_bytes())
         .await
         .unwrap();
 
@@ -341,10 +319,7 @@ async fn untrusted_expired_and_revoked_certificates_are_unapproved() {
             .into_bytes()])
         .unwrap();
     let scopes: Vec<String> = SCOPES.iter().map(|s| (*s).to_owned()).collect();
-    let good = client(&f.app_ec)
-        .registration_request(REG, &req, t)
-        .unwrap()
-        .to_string();
+    let good = reg_body(&f.app_ec, &req, t);
     let check = |c: &TrustCommunity| {
         careconnect::authz::udap::check_registration(good.as_bytes(), c, REG, &scopes, t)
     };
@@ -365,10 +340,7 @@ async fn untrusted_expired_and_revoked_certificates_are_unapproved() {
 async fn revocation_data_can_be_required() {
     let f = fx();
     let strict = community_of(&f.trusted, f.trusted.name()).require_revocation_data(true);
-    let body = client(&f.app_ec)
-        .registration_request(REG, &b2b_request(), now())
-        .unwrap()
-        .to_string();
+    let body = reg_body(&f.app_ec, &b2b_request(), now());
     let scopes: Vec<String> = SCOPES.iter().map(|s| (*s).to_owned()).collect();
     let err =
         careconnect::authz::udap::check_registration(body.as_bytes(), &strict, REG, &scopes, now())
@@ -408,10 +380,7 @@ async fn an_older_revocation_list_cannot_undo_a_revocation() {
     );
     // Or a source that drops the issuer altogether.
     e.trust.set_crls(&[]).unwrap();
-    let body = client(&f.revoked)
-        .registration_request(REG, &b2b_request(), t)
-        .unwrap()
-        .to_string();
+    let body = reg_body(&f.revoked, &b2b_request(), t);
     let err = refused(&e, body.as_bytes()).await;
     assert!(err.description().contains("revoked"), "{err}");
 }
@@ -433,28 +402,16 @@ async fn a_certificate_revoked_in_one_community_is_refused_whatever_the_order() 
         let store = Arc::new(MemoryStore::new());
         let server =
             UdapServer::new(config(), communities, store, Keyring::generate(), clock).unwrap();
-        let revoked = client(&f.revoked)
-            .registration_request(REG, &b2b_request(), now())
-            .unwrap();
-        let err = server
-            .register(revoked.to_string().as_bytes())
-            .await
-            .unwrap_err();
+        let revoked = reg_body(&f.revoked, &b2b_request(), now());
+        let err = server.register(revoked.as_bytes()).await.unwrap_err();
         assert!(err.description().contains("revoked"), "{err}");
         // A stranger's chain is tried in both and refused as not chaining.
-        let stranger = client(&f.stranger)
-            .registration_request(REG, &b2b_request(), now())
-            .unwrap();
-        let err = server
-            .register(stranger.to_string().as_bytes())
-            .await
-            .unwrap_err();
+        let stranger = reg_body(&f.stranger, &b2b_request(), now());
+        let err = server.register(stranger.as_bytes()).await.unwrap_err();
         assert!(err.description().contains("does not chain"), "{err}");
         // A member in good standing registers in the first community.
-        let good = client(&f.app_ec)
-            .registration_request(REG, &b2b_request(), now())
-            .unwrap();
-        let reg = server.register(good.to_string().as_bytes()).await.unwrap();
+        let good = reg_body(&f.app_ec, &b2b_request(), now());
+        let reg = server.register(good.as_bytes()).await.unwrap();
         assert_eq!(reg.client.community, order[0].name());
     }
 }
@@ -1362,7 +1319,9 @@ proptest::proptest! {
         }
         let req = ClientRequest::b2b(name.clone(), format!("mailto:{user}@lab.example"), &scopes);
         let t = now();
-        let body = client(&f.app_ec).registration_request(REG, &req, t).unwrap();
+        let body = client(&f.app_ec)
+            .registration_request(REG, &req, t)
+            .unwrap();
         let allowed: Vec<String> = SCOPES.iter().map(|s| (*s).to_owned()).collect();
         let community = trust();
         let m = careconnect::authz::udap::check_registration(body.to_string().as_bytes(), &community, REG, &allowed, t).unwrap();
