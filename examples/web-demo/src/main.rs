@@ -82,6 +82,7 @@ async fn main() -> Result<()> {
     }
     let dev = settings.oidc.is_none();
     let tls_dir = settings.dev_tls_dir();
+    let dev_udap = settings.udap.is_none().then(|| settings.dev_udap_dir());
     let running = start(settings).await?;
     println!("St John's Clinic is open at {}", running.url());
     if dev {
@@ -96,6 +97,13 @@ async fn main() -> Result<()> {
         for u in &DEMO_USERS {
             println!("    {:<18} {:<26} {}", u.subject, u.name, u.role);
         }
+    }
+    if let Some(dir) = dev_udap {
+        println!(
+            "  UDAP apps register at {}/register: a development community and a client certificate are in {} (docs/udap.md)",
+            running.url(),
+            dir.display()
+        );
     }
     println!("  Ctrl-C stops it (requests in flight finish first).");
     running.run_until_signal().await;
