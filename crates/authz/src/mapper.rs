@@ -341,7 +341,7 @@ struct StoredAssignment {
 /// Role assignments stored in a [`RecordStore`], keyed by issuer + subject.
 /// The row id is a SHA-256 of the identity, so ids do not reveal who holds
 /// roles; the row holds the identity and roles (no clinical data), sealed
-/// with a [`Keyring`] and bound to its row id: a row forged or altered by
+/// with a [`Keyring`](careconnect_crypto::Keyring) and bound to its row id: a row forged or altered by
 /// someone who can write the database grants no role.
 #[derive(Clone, Debug)]
 pub struct RoleAssignments {
