@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::UdapError;
-use super::jws::{self, Audience, Fault};
+use super::jws::{self, Fault};
 
 /// `client_assertion_type` for a JWT client assertion (RFC 7523).
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -108,12 +108,8 @@ pub(crate) struct Extensions {
 /// An authentication token's claims, as sent.
 #[derive(Debug, Deserialize)]
 pub(crate) struct AssertionClaims {
-    iss: String,
-    sub: String,
-    aud: Audience,
-    exp: i64,
-    iat: i64,
-    jti: String,
+    #[serde(flatten)]
+    jwt: jws::JwtClaims,
     #[serde(default)]
     extensions: Option<Extensions>,
 }
@@ -137,16 +133,19 @@ pub(crate) fn check_assertion(
 ) -> Result<CheckedAssertion, UdapError> {
     let c = v.claims;
     let bad = UdapError::InvalidClient;
-    if c.iss != client_id || c.sub != client_id {
+    if c.jwt.iss != client_id || c.jwt.sub != client_id {
         return Err(bad("iss and sub must both be the client_id"));
     }
-    if !c.aud.is(token_endpoint) {
-        return Err(bad("aud must be this server's token endpoint"));
-    }
-    let exp = jws::check_times(c.iat, c.exp, now).map_err(bad)?;
-    jws::check_jti(&c.jti).map_err(bad)?;
+    let exp = c
+        .jwt
+        .check(
+            token_endpoint,
+            "aud must be this server's token endpoint",
+            now,
+        )
+        .map_err(bad)?;
     Ok(CheckedAssertion {
-        jti: c.jti,
+        jti: c.jwt.jti,
         exp,
         b2b: c.extensions.and_then(|e| e.b2b),
         san_uris: v.leaf.san_uris,

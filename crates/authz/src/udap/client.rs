@@ -111,12 +111,6 @@ impl Signer {
     }
 }
 
-fn random_jti() -> Result<String, UdapError> {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).map_err(|_| UdapError::Random)?;
-    Ok(hex::encode(b))
-}
-
 /// What a client registers as: the software statement's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientRequest {
@@ -220,7 +214,7 @@ impl UdapClient {
             "aud": registration_endpoint,
             "iat": now,
             "exp": now.saturating_add(300),
-            "jti": random_jti()?,
+            "jti": super::random_id()?,
             "client_name": req.client_name,
             "contacts": req.contacts,
             "grant_types": req.grant_types.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
@@ -273,7 +267,7 @@ impl UdapClient {
             "aud": token_endpoint,
             "iat": now,
             "exp": now.saturating_add(300),
-            "jti": random_jti()?,
+            "jti": super::random_id()?,
         });
         if let Some(b) = b2b {
             claims["extensions"] = json!({ "hl7-b2b": b });

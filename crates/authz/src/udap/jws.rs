@@ -156,6 +156,36 @@ pub(crate) fn verify<C: DeserializeOwned>(
     verify_signature(token)?.in_community(community, now)
 }
 
+/// The registered claims every UDAP JWT carries (RFC 7519 4.1), flattened
+/// into each kind's own claims.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct JwtClaims {
+    pub(crate) iss: String,
+    pub(crate) sub: String,
+    aud: Audience,
+    exp: i64,
+    iat: i64,
+    pub(crate) jti: String,
+}
+
+impl JwtClaims {
+    /// `aud` is exactly `audience` (else `aud_rule`), the times hold
+    /// ([`check_times`]) and `jti` is well formed. Returns `exp`.
+    pub(crate) fn check(
+        &self,
+        audience: &str,
+        aud_rule: &'static str,
+        now: u64,
+    ) -> Result<u64, &'static str> {
+        if !self.aud.is(audience) {
+            return Err(aud_rule);
+        }
+        let exp = check_times(self.iat, self.exp, now)?;
+        check_jti(&self.jti)?;
+        Ok(exp)
+    }
+}
+
 /// `aud` as a string, or an array holding exactly one string.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(untagged)]
@@ -183,7 +213,7 @@ pub const MAX_LIFETIME: u64 = 300;
 /// The time claims every UDAP JWT carries, checked: `exp` in the future,
 /// at most [`MAX_LIFETIME`] after `iat`, `iat` not more than [`MAX_SKEW`]
 /// ahead of `now`. Returns `exp`.
-pub(crate) fn check_times(iat: i64, exp: i64, now: u64) -> Result<u64, &'static str> {
+fn check_times(iat: i64, exp: i64, now: u64) -> Result<u64, &'static str> {
     let (Ok(iat), Ok(exp)) = (u64::try_from(iat), u64::try_from(exp)) else {
         return Err("iat and exp must be positive");
     };
@@ -200,7 +230,7 @@ pub(crate) fn check_times(iat: i64, exp: i64, now: u64) -> Result<u64, &'static 
 }
 
 /// A `jti`: 1 to 256 printable characters.
-pub(crate) fn check_jti(jti: &str) -> Result<(), &'static str> {
+fn check_jti(jti: &str) -> Result<(), &'static str> {
     if jti.len() > 256 || !printable(jti) {
         return Err("jti must be 1 to 256 printable characters");
     }

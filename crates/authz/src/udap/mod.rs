@@ -97,18 +97,15 @@ pub fn check_registration(
     scopes: &[String],
     now: u64,
 ) -> Result<ClientMetadata, UdapError> {
-    if body.len() > MAX_REGISTRATION_BODY {
-        return Err(UdapError::InvalidClientMetadata(
-            "the registration request is larger than 64 KiB",
-        ));
-    }
-    let req: registration::RegistrationRequest = serde_json::from_slice(body).map_err(|_| {
-        UdapError::InvalidClientMetadata("the body must be JSON with software_statement and udap")
-    })?;
-    if req.udap != "1" {
-        return Err(UdapError::InvalidClientMetadata("udap must be \"1\""));
-    }
+    let req = registration::RegistrationRequest::parse(body)?;
     let v = jws::verify(&req.software_statement, community, now)
         .map_err(registration::registration_fault)?;
     Ok(registration::check_statement(v, registration_endpoint, scopes, false, now)?.metadata)
+}
+
+/// 128 random bits, hex: `jti`s and registration ids.
+pub(crate) fn random_id() -> Result<String, UdapError> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|_| UdapError::Random)?;
+    Ok(hex::encode(b))
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::UdapError;
-use super::jws::{self, Audience, Fault};
+use super::jws::{self, Fault};
 
 /// The most scopes one client may register.
 const MAX_SCOPES: usize = 64;
@@ -49,12 +49,8 @@ impl GrantType {
 /// A software statement's claims, as sent.
 #[derive(Debug, Deserialize)]
 pub(crate) struct StatementClaims {
-    iss: String,
-    sub: String,
-    aud: Audience,
-    exp: i64,
-    iat: i64,
-    jti: String,
+    #[serde(flatten)]
+    jwt: jws::JwtClaims,
     #[serde(default)]
     client_name: Option<String>,
     #[serde(default)]
@@ -133,23 +129,26 @@ pub(crate) fn check_statement(
     now: u64,
 ) -> Result<CheckedStatement, UdapError> {
     let c = v.claims;
+    let jwt = c.jwt;
     let bad = UdapError::InvalidSoftwareStatement;
-    if c.iss.len() > MAX_VALUE || !jws::printable(&c.iss) || !c.iss.contains(':') {
+    if jwt.iss.len() > MAX_VALUE || !jws::printable(&jwt.iss) || !jwt.iss.contains(':') {
         return Err(bad("iss must be a URI of printable characters"));
     }
-    if !v.leaf.san_uris.contains(&c.iss) {
+    if !v.leaf.san_uris.contains(&jwt.iss) {
         return Err(bad(
             "iss is not a URI subject alternative name of the certificate",
         ));
     }
-    if c.sub != c.iss {
+    if jwt.sub != jwt.iss {
         return Err(bad("sub must equal iss"));
     }
-    if !c.aud.is(registration_endpoint) {
-        return Err(bad("aud must be this server's registration endpoint"));
-    }
-    let exp = jws::check_times(c.iat, c.exp, now).map_err(bad)?;
-    jws::check_jti(&c.jti).map_err(bad)?;
+    let exp = jwt
+        .check(
+            registration_endpoint,
+            "aud must be this server's registration endpoint",
+            now,
+        )
+        .map_err(bad)?;
 
     let meta = UdapError::InvalidClientMetadata;
     let grants = c
@@ -166,8 +165,8 @@ pub(crate) fn check_statement(
     if grants.is_empty() {
         // A cancellation: nothing else matters.
         return Ok(CheckedStatement {
-            iss: c.iss,
-            jti: c.jti,
+            iss: jwt.iss,
+            jti: jwt.jti,
             exp,
             metadata: ClientMetadata {
                 client_name,
@@ -268,8 +267,8 @@ pub(crate) fn check_statement(
         ));
     }
     Ok(CheckedStatement {
-        iss: c.iss,
-        jti: c.jti,
+        iss: jwt.iss,
+        jti: jwt.jti,
         exp,
         metadata: ClientMetadata {
             client_name,
@@ -307,12 +306,32 @@ pub(crate) fn registration_fault(f: Fault) -> UdapError {
     }
 }
 
-/// The registration request body.
+/// The registration request body. `certifications` and any other member
+/// are ignored (the IG: unsupported certifications are ignored).
 #[derive(Debug, Deserialize)]
 pub(crate) struct RegistrationRequest {
     pub(crate) software_statement: String,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub(crate) certifications: Option<Vec<String>>,
     pub(crate) udap: String,
+}
+
+impl RegistrationRequest {
+    /// Parses a registration request body: at most
+    /// [`MAX_REGISTRATION_BODY`](super::MAX_REGISTRATION_BODY), JSON,
+    /// `udap` = `"1"`.
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, UdapError> {
+        if body.len() > super::MAX_REGISTRATION_BODY {
+            return Err(UdapError::InvalidClientMetadata(
+                "the registration request is larger than 64 KiB",
+            ));
+        }
+        let req: Self = serde_json::from_slice(body).map_err(|_| {
+            UdapError::InvalidClientMetadata(
+                "the body must be JSON with software_statement and udap",
+            )
+        })?;
+        if req.udap != "1" {
+            return Err(UdapError::InvalidClientMetadata("udap must be \"1\""));
+        }
+        Ok(req)
+    }
 }

@@ -421,14 +421,13 @@ impl UdapServer {
         {
             return Ok(jwt.clone());
         }
-        let mut jti = [0u8; 16];
-        getrandom::fill(&mut jti).map_err(|_| UdapError::Random)?;
+
         let jwt = c.signer.sign(&json!({
             "iss": self.config.base_url,
             "sub": self.config.base_url,
             "iat": now,
             "exp": now + METADATA_LIFETIME,
-            "jti": hex::encode(jti),
+            "jti": super::random_id()?,
             "token_endpoint": self.config.token_endpoint,
             "registration_endpoint": self.config.registration_endpoint,
         }))?;
@@ -515,19 +514,7 @@ impl UdapServer {
         body: &[u8],
         signer: &mut Option<String>,
     ) -> Result<PendingRegistration, UdapError> {
-        if body.len() > MAX_REGISTRATION_BODY {
-            return Err(UdapError::InvalidClientMetadata(
-                "the registration request is larger than 64 KiB",
-            ));
-        }
-        let req: RegistrationRequest = serde_json::from_slice(body).map_err(|_| {
-            UdapError::InvalidClientMetadata(
-                "the body must be JSON with software_statement and udap",
-            )
-        })?;
-        if req.udap != "1" {
-            return Err(UdapError::InvalidClientMetadata("udap must be \"1\""));
-        }
+        let req = RegistrationRequest::parse(body)?;
         let now = self.clock.now();
         // The signature once; then the chain in every community. The client
         // belongs to the first that validates it.
@@ -629,7 +616,7 @@ impl UdapServer {
             (existing, false) => {
                 let (registered_at, registration_id) = match &existing {
                     Some((Some(old), _)) => (old.registered_at, old.registration_id.clone()),
-                    _ => (now, random_id()?),
+                    _ => (now, super::random_id()?),
                 };
                 let client = RegisteredClient {
                     client_id: client_id.clone(),
@@ -990,12 +977,6 @@ fn issued_by_a_community<T>(r: &Result<T, jws::Fault>) -> bool {
         Err(jws::Fault::Untrusted(d)) => *d != super::community::UNKNOWN_ISSUER,
         Err(jws::Fault::Invalid(_)) => false,
     }
-}
-
-fn random_id() -> Result<String, UdapError> {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).map_err(|_| UdapError::Random)?;
-    Ok(hex::encode(b))
 }
 
 fn token_row(token: &str) -> Result<RowId, UdapError> {
