@@ -317,3 +317,45 @@ async fn abuse_of_the_udap_endpoints() {
     assert_eq!(v["error"], "invalid_request");
     demo.stop().await;
 }
+
+#[tokio::test]
+async fn a_killed_demo_keeps_its_community_and_its_apps() {
+    let mut demo = Demo::spawn(None, &[]);
+    let first = run(&args(&demo, &["--token"])).await.unwrap();
+    assert_eq!(first.registration_status, 201);
+    // Registrations in flight when the process is killed (SIGKILL).
+    let mut inflight = Vec::new();
+    for _ in 0..20 {
+        let a = args(&demo, &[]);
+        inflight.push(tokio::spawn(async move { run(&a).await }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let mut child = demo.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for t in inflight {
+        let _ = t.await.unwrap(); // done or cut off: either is fine
+    }
+    // Started again on the same data (another port, so a new server
+    // certificate from the same community): the app is still registered,
+    // once, and the audit chain is intact.
+    let dir = std::mem::replace(&mut demo.dir, tempfile::tempdir().unwrap());
+    let mut again = Demo::spawn(Some((dir, demo.issuer_port)), &[]);
+    let report = run(&args(&again, &["--token"])).await.unwrap();
+    assert!(
+        report.metadata_verified,
+        "the reloaded community signs the metadata"
+    );
+    assert_eq!(
+        (report.registration_status, report.client_id.as_str()),
+        (200, first.client_id.as_str())
+    );
+    let admin = again.login("admin-adam").await;
+    let page = admin.page("/admin").await;
+    assert_eq!(page.matches("data-testid=\"udap-client\"").count(), 1);
+    assert!(
+        page.contains("Chain verified"),
+        "audit chain after the kill"
+    );
+    again.stop().await;
+}
