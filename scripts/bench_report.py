@@ -10,7 +10,6 @@ Medians throughout: these machines are noisy.
 """
 import json
 import os
-import statistics
 import sys
 
 crit, out = sys.argv[1], sys.argv[2]
@@ -37,13 +36,6 @@ def gbs(size, t):
     return size / t  # bytes per ns == GB/s
 
 
-# The provider default_provider() chose (printed by benches/ratios.rs).
-chosen = "ring"
-for line in lines("ratios.txt"):
-    if "provider chosen for AES-256-GCM:" in line:
-        chosen = line.split(":", 1)[1].split()[0]
-
-targets = []
 SIZES = (256, 4096, 65536, 1048576)
 
 print("\n## Criterion, records: GB/s (median); ratios here are sequential, see the interleaved ones above")
@@ -64,12 +56,6 @@ for group in sorted({k.rsplit("/", 2)[0] for k in ns if k.startswith("record/")}
             f"{name:30} {size:>8} | {gbs(size, sr):6.2f} {gbs(size, sk):7.2f} {gbs(size, se):6.2f} {gbs(size, si):6.2f}"
             f" {sr / se:7.2f} {sr / si:8.2f} {sk / si:14.2f} | {gbs(size, orw):8.2f} {gbs(size, oe):6.2f} {gbs(size, oi):6.2f} {orw / oi:8.2f}"
         )
-        need = 0.9 if size >= 65536 else (0.4 if size == 256 else None)
-        if need:
-            targets.append((f"record {name} {size} B seal_in_place/raw >= {need}", sr / si, need))
-            targets.append((f"record {name} {size} B open_in_place/raw >= {need}", orw / oi, need))
-            if size == 256:
-                targets.append((f"record {name} {size} B seal_in_place/(raw+key) >= {need}", sk / si, need))
 
 kdf = sorted(k for k in ns if k.startswith("kdf/"))
 if kdf:
@@ -90,12 +76,6 @@ for group in docs:
             f"  {name:30} {size >> 20:>3} MiB  raw {gbs(size, sr):6.2f}  seal {gbs(size, se):6.2f} ({sr / se:4.2f}x)"
             f"  open {gbs(size, oe):6.2f} ({sr / oe:4.2f}x)"
         )
-        targets.append((f"document {name} {size >> 20} MiB seal/raw >= 0.85", sr / se, 0.85))
-        targets.append((f"document {name} {size >> 20} MiB open/raw >= 0.85", sr / oe, 0.85))
-        if name == f"{chosen}-AES-256-GCM" and size == 1 << 20 and ("aes-256-gcm", size) in ossl:
-            o = statistics.median(ossl[("aes-256-gcm", size)]) / 1e9
-            targets.append((f"document {chosen} (auto-chosen) AES-256-GCM 1 MiB seal vs openssl ({o:.2f} GB/s) >= 1.5", gbs(size, se) / o, 1.5))
-            targets.append((f"document {chosen} (auto-chosen) AES-256-GCM 1 MiB open vs openssl ({o:.2f} GB/s) >= 1.5", gbs(size, oe) / o, 1.5))
 
 if ossl:
     print("\n## openssl speed -evp (GB/s; before / after the criterion run)")

@@ -7,9 +7,11 @@
 //!
 //! - [`RustCrypto`] (always compiled): the `aes-gcm` and `chacha20poly1305` crates.
 //! - `Ring` (cargo feature `ring`): the `ring` crate, about three times faster
-//!   for AES-GCM on CPUs with VAES; the fastest here on AMD EPYC (no AVX-512).
+//!   for AES-GCM on CPUs with VAES; the fastest on CPUs without AVX-512
+//!   (measured on an AMD EPYC without it, and with AVX-512 hidden on Zen 5).
 //! - `AwsLc` (cargo feature `aws-lc`): `aws-lc-rs`, the fastest AES-GCM on
-//!   Intel Xeon with AVX-512 and VAES (about 1.45x `ring` there).
+//!   CPUs with AVX-512 and VAES (about 1.45x `ring` on Intel Xeon, 1.9x on
+//!   AMD EPYC Zen 5).
 //!
 //! Which is fastest depends on the CPU, so nobody has to name one:
 //! [`default_provider`] is [`Fastest`], which measures every compiled-in
