@@ -174,6 +174,9 @@ fn tls12_only_by_opt_in_and_then_ecdhe_aead() {
         .allow_tls12()
         .build_reloading(pki.server.clone())
         .unwrap();
+    // TLS 1.2 only with the extended master secret (RFC 7627), both sides.
+    assert!(lenient.require_ems);
+    assert!(client_for(&pki).allow_tls12().build().unwrap().require_ems);
     let (c, _) = handshake(tls12_client, lenient).unwrap();
     assert_eq!(c.protocol_version(), Some(ProtocolVersion::TLSv1_2));
     let name = format!("{:?}", c.negotiated_cipher_suite().unwrap().suite());
@@ -246,6 +249,113 @@ fn dev_pki_is_reused_and_private() {
         .build_reloading(again.server.clone())
         .unwrap();
     handshake(client_for(&again).build().unwrap(), server).unwrap();
+}
+
+/// Signs a server certificate for `name` with the key of `pki`'s CA, as
+/// whoever stole the key from the data directory could.
+fn signed_by_dev_ca(pki: &DevPki, name: &str) -> rustls::pki_types::CertificateDer<'static> {
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&pki.ca_key).unwrap()).unwrap();
+    let ca = careconnect::crypto::tls::load_certs(&pki.ca_cert).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_der(&ca[0], ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    params.signed_by(&key, &issuer).unwrap().der().clone()
+}
+
+#[test]
+fn the_dev_ca_vouches_only_for_loopback_and_is_remade_when_broken() {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::{ServerName, UnixTime};
+    let (dir, pki) = new_pki();
+    let ca = careconnect::crypto::tls::load_certs(&pki.ca_cert).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca[0].clone()).unwrap();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(provider()),
+    )
+    .build()
+    .unwrap();
+    let verify = |cert: &rustls::pki_types::CertificateDer<'_>, name: &str| {
+        verifier.verify_server_cert(
+            cert,
+            &[],
+            &ServerName::try_from(name.to_owned()).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+    };
+    // Whoever trusts the CA, as the demo suggests, trusts it for loopback
+    // only: its key cannot vouch for a real site.
+    for name in ["localhost", "127.0.0.1", "::1"] {
+        verify(&signed_by_dev_ca(&pki, name), name).unwrap();
+    }
+    for name in [
+        "www.example.com",
+        "localhost.example.com",
+        "10.0.0.1",
+        "2001:db8::1",
+    ] {
+        assert!(
+            verify(&signed_by_dev_ca(&pki, name), name).is_err(),
+            "{name} accepted"
+        );
+    }
+
+    // A CA key that is not the CA certificate's (a crash between the two
+    // writes) makes a new CA, whose leaves verify.
+    std::fs::copy(&pki.client.key, &pki.ca_key).unwrap();
+    std::fs::remove_file(&pki.server.cert).unwrap();
+    let healed = DevPki::load_or_create(dir.path()).unwrap();
+    assert_ne!(
+        careconnect::crypto::tls::load_certs(&healed.ca_cert).unwrap(),
+        ca
+    );
+    let (server, _r) = ServerTls::new()
+        .build_reloading(healed.server.clone())
+        .unwrap();
+    handshake(client_for(&healed).build().unwrap(), server).unwrap();
+
+    // Leaves of an earlier CA are reissued from the CA now on disk.
+    let (_other_dir, other) = new_pki();
+    std::fs::copy(&other.ca_cert, &pki.ca_cert).unwrap();
+    std::fs::copy(&other.ca_key, &pki.ca_key).unwrap();
+    let before = std::fs::read(&pki.server.cert).unwrap();
+    let again = DevPki::load_or_create(dir.path()).unwrap();
+    assert_ne!(std::fs::read(&again.server.cert).unwrap(), before);
+    let (server, _r) = ServerTls::new()
+        .client_auth(ClientAuth::required_from_pem(&again.ca_cert).unwrap())
+        .build_reloading(again.server.clone())
+        .unwrap();
+    handshake(
+        client_for(&again)
+            .client_cert(again.client.clone())
+            .build()
+            .unwrap(),
+        server,
+    )
+    .unwrap();
+
+    // A CA without the loopback limit (made by an earlier version) is replaced.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    let open_ca = params.self_signed(&key).unwrap();
+    std::fs::write(&pki.ca_cert, open_ca.pem()).unwrap();
+    std::fs::write(&pki.ca_key, key.serialize_pem()).unwrap();
+    let replaced = DevPki::load_or_create(dir.path()).unwrap();
+    assert_ne!(
+        std::fs::read_to_string(&replaced.ca_cert).unwrap(),
+        open_ca.pem()
+    );
+    assert!(
+        verify(
+            &signed_by_dev_ca(&replaced, "www.example.com"),
+            "www.example.com"
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -389,7 +499,9 @@ fn every_pem_error_is_typed() {
         load(&p("new.pem"), &p("old.key")),
         Err(TlsError::NotYetValid { .. })
     ));
-    // Errors name files, never key bytes.
+    // Errors name files, never key bytes: not for a key that does not
+    // match, nor for one whose PEM or DER is damaged, where the error
+    // carries the parser's words.
     let msg = load(&pki.server.cert, &pki.client.key)
         .unwrap_err()
         .to_string();
@@ -397,6 +509,33 @@ fn every_pem_error_is_typed() {
         msg.contains("client.key") && !msg.contains("BEGIN"),
         "{msg}"
     );
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let pem = std::fs::read_to_string(&pki.server.key).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let lines: Vec<&str> = pem.lines().collect();
+    let (head, tail) = (lines[0], lines[lines.len() - 1]);
+    // Bad base64 in the middle of the key; then good base64 of a damaged key.
+    let bad_b64 = format!("{head}\n{}!{}\n{tail}\n", &body[..40], &body[41..]);
+    let mut der = STANDARD.decode(&body).unwrap();
+    der[20] ^= 0xff;
+    let bad_der = format!("{head}\n{}\n{tail}\n", STANDARD.encode(&der));
+    for (name, text) in [("b64.key", bad_b64), ("der.key", bad_der)] {
+        std::fs::write(p(name), &text).unwrap();
+        let err = load(&pki.server.cert, &p(name)).unwrap_err();
+        assert!(
+            matches!(err, TlsError::Pem { .. } | TlsError::UnsupportedKey { .. }),
+            "{name}: {err:?}"
+        );
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(shown.contains(name), "{shown}");
+            for chunk in body.as_bytes().chunks(8).chain(text.as_bytes().chunks(8)) {
+                let chunk = std::str::from_utf8(chunk).unwrap();
+                if chunk.len() == 8 && !chunk.contains(['\n', '-', ' ']) {
+                    assert!(!shown.contains(chunk), "{name}: key text in {shown}");
+                }
+            }
+        }
+    }
 }
 
 // ---- real clients from the OS -------------------------------------------
@@ -674,7 +813,7 @@ fn post_quantum_hybrid_first_with_classical_fallback() {
 #[cfg(feature = "fips")]
 #[test]
 fn fips_mode_uses_only_approved_suites_and_groups() {
-    use careconnect::crypto::tls::{FIPS_GROUPS, FIPS_SUITES};
+    use careconnect::crypto::tls::FIPS_SUITES;
     let (_d, pki) = new_pki();
     let (server, _r) = ServerTls::new()
         .fips()
@@ -692,7 +831,7 @@ fn fips_mode_uses_only_approved_suites_and_groups() {
     assert!(c.fips() && s.fips());
     let n = Negotiated::of(&s).unwrap();
     assert_eq!(n.group, Some(NamedGroup::X25519MLKEM768));
-    assert!(FIPS_SUITES.contains(&n.suite) && FIPS_GROUPS.contains(&NamedGroup::X25519MLKEM768));
+    assert!(FIPS_SUITES.contains(&n.suite));
     // A classical client still gets in, over P-256; a ChaCha-only or
     // X25519-only client does not.
     let p256 = client_for(&pki)
@@ -788,4 +927,33 @@ fn watcher_picks_up_replaced_files() {
     drop(_server);
     drop(resolver);
     watcher.join().unwrap();
+}
+
+#[test]
+fn a_replacement_that_keeps_the_old_modification_time_is_noticed() {
+    let (dir, pki) = new_pki();
+    let live = CertPaths {
+        cert: dir.path().join("p.pem"),
+        key: dir.path().join("p.key"),
+    };
+    pki.issue_server_cert(&live).unwrap();
+    let (_server, resolver) = ServerTls::new().build_reloading(live.clone()).unwrap();
+    let first = resolver.current().unwrap().serial;
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let (cert_t, key_t) = (mtime(&live.cert), mtime(&live.key));
+    assert_eq!(resolver.reload_if_changed().unwrap(), None);
+    // As `cp -p` or `rsync -t` would leave them: new files, old times.
+    pki.issue_server_cert(&live).unwrap();
+    for (p, t) in [(&live.cert, cert_t), (&live.key, key_t)] {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        assert_eq!(mtime(p), t);
+    }
+    let info = resolver.reload_if_changed().unwrap().expect("not noticed");
+    assert_ne!(info.serial, first);
+    assert_eq!(resolver.current().unwrap().serial, info.serial);
 }

@@ -230,6 +230,19 @@ pub async fn start(mut settings: Settings) -> Result<Running> {
             key: t.key.clone(),
         },
         None => {
+            let loopback = reqwest::Url::parse(&settings.public_url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .is_some_and(|h| {
+                    matches!(h.as_str(), "localhost" | "[::1]") || h.starts_with("127.")
+                });
+            if !loopback {
+                tracing::warn!(
+                    public_url = %settings.public_url,
+                    "no [tls] section: serving the development certificate, which names loopback \
+                     only; browsers will refuse it at this address. Configure [tls] with a real certificate."
+                );
+            }
             DevPki::load_or_create(settings.dev_tls_dir())
                 .context("development certificate")?
                 .server

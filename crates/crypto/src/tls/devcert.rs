@@ -4,10 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CidrSubnet, DnType, ExtendedKeyUsagePurpose,
+    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints, PublicKeyData,
+    SanType, SerialNumber,
 };
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use zeroize::Zeroizing;
 
 use super::TlsError;
 use super::pem::{CertPaths, load_certified_key, load_certs};
@@ -22,7 +28,10 @@ const LEAF_DAYS: i64 = 90;
 ///
 /// [`DevPki::load_or_create`] reuses what is there and valid: the CA (so
 /// clients that trust it keep working) and the leaves (until a week before
-/// they expire). Trust `ca_cert` in your browser or `curl --cacert`.
+/// they expire, and while they verify under the CA). Trust `ca_cert` in your
+/// browser or `curl --cacert`: the CA can only name loopback (`localhost`,
+/// `127.0.0.0/8`, `::1`, as name constraints), so its key, which sits beside
+/// it, cannot vouch for any other site.
 #[derive(Debug, Clone)]
 pub struct DevPki {
     /// The directory.
@@ -70,16 +79,15 @@ impl DevPki {
             path: pki.dir.clone(),
             source,
         })?;
-        let ca = match pki.load_ca() {
+        let (ca, ca_der) = match pki.load_ca() {
             Some(ca) => ca,
             None => pki.create_ca()?,
         };
-        let provider = rustls::crypto::ring::default_provider();
-        if !usable(&pki.server, &provider) {
-            pki.issue(&ca, &pki.server, Leaf::Server)?;
-        }
-        if !usable(&pki.client, &provider) {
-            pki.issue(&ca, &pki.client, Leaf::Client)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        for (paths, leaf) in [(&pki.server, Leaf::Server), (&pki.client, Leaf::Client)] {
+            if !usable(paths, &ca_der, leaf, &provider) {
+                pki.issue(&ca, paths, leaf)?;
+            }
         }
         Ok(pki)
     }
@@ -92,7 +100,7 @@ impl DevPki {
     /// [`TlsError::Generate`] if the CA cannot be loaded or signing fails;
     /// [`TlsError::Write`].
     pub fn issue_server_cert(&self, out: &CertPaths) -> Result<(), TlsError> {
-        let ca = self
+        let (ca, _) = self
             .load_ca()
             .ok_or_else(|| TlsError::Generate("the development CA is missing or invalid".into()))?;
         self.issue(&ca, out, Leaf::Server)
@@ -104,39 +112,65 @@ impl DevPki {
     ///
     /// As [`DevPki::issue_server_cert`].
     pub fn issue_client_cert(&self, out: &CertPaths) -> Result<(), TlsError> {
-        let ca = self
+        let (ca, _) = self
             .load_ca()
             .ok_or_else(|| TlsError::Generate("the development CA is missing or invalid".into()))?;
         self.issue(&ca, out, Leaf::Client)
     }
 
-    fn load_ca(&self) -> Option<Issuer<'static, KeyPair>> {
+    /// The CA on disk, if it is still good: not about to expire, its key
+    /// the key of its certificate (a crash between writing the two must not
+    /// leave a CA whose leaves never verify), and limited to loopback names
+    /// (a CA made before that limit is replaced).
+    fn load_ca(&self) -> Option<(Issuer<'static, KeyPair>, CertificateDer<'static>)> {
         let certs = load_certs(&self.ca_cert).ok()?;
-        let ca = certs.first()?;
-        let info = super::pem::cert_info(ca).ok()?;
+        let ca = certs.into_iter().next()?;
+        let info = super::pem::cert_info(&ca).ok()?;
         if info.not_after < now_unix() + RENEW_MARGIN.as_secs() as i64 {
             return None;
         }
-        let key = KeyPair::from_pem(&std::fs::read_to_string(&self.ca_key).ok()?).ok()?;
-        Issuer::from_ca_cert_der(ca, key).ok()
+        let pem = Zeroizing::new(std::fs::read_to_string(&self.ca_key).ok()?);
+        let key = KeyPair::from_pem(&pem).ok()?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(ca.as_ref()).ok()?;
+        let constrained = parsed.name_constraints().ok().flatten().is_some();
+        if !constrained || parsed.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+            return None;
+        }
+        let issuer = Issuer::from_ca_cert_der(&ca, key).ok()?;
+        Some((issuer, ca))
     }
 
-    fn create_ca(&self) -> Result<Issuer<'static, KeyPair>, TlsError> {
+    fn create_ca(&self) -> Result<(Issuer<'static, KeyPair>, CertificateDer<'static>), TlsError> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
         params
             .distinguished_name
             .push(DnType::CommonName, "careconnect development CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        // Trusting this CA (as the demo suggests) must not let its key, which
+        // sits in the data directory, vouch for any real site: it can only
+        // name loopback.
+        params.name_constraints = Some(NameConstraints {
+            permitted_subtrees: vec![
+                GeneralSubtree::DnsName("localhost".into()),
+                GeneralSubtree::IpAddress(CidrSubnet::V4([127, 0, 0, 0], [255, 0, 0, 0])),
+                GeneralSubtree::IpAddress(CidrSubnet::V6(
+                    std::net::Ipv6Addr::LOCALHOST.octets(),
+                    [0xff; 16],
+                )),
+            ],
+            excluded_subtrees: vec![],
+        });
         params.serial_number = Some(random_serial());
         let (from, to) = window(CA_DAYS);
         params.not_before = from;
         params.not_after = to;
         let key = KeyPair::generate().map_err(gen_err)?;
         let cert = params.self_signed(&key).map_err(gen_err)?;
-        write_private(&self.ca_key, key.serialize_pem().as_bytes())?;
+        write_private(&self.ca_key, Zeroizing::new(key.serialize_pem()).as_bytes())?;
         write_private(&self.ca_cert, cert.pem().as_bytes())?;
-        Ok(Issuer::new(params, key))
+        let der = cert.der().clone();
+        Ok((Issuer::new(params, key), der))
     }
 
     fn issue(&self, ca: &Issuer<'_, KeyPair>, out: &CertPaths, leaf: Leaf) -> Result<(), TlsError> {
@@ -170,7 +204,7 @@ impl DevPki {
         let key = KeyPair::generate().map_err(gen_err)?;
         let cert = params.signed_by(&key, ca).map_err(gen_err)?;
         // Key first: a reader that sees the new certificate finds its key.
-        write_private(&out.key, key.serialize_pem().as_bytes())?;
+        write_private(&out.key, Zeroizing::new(key.serialize_pem()).as_bytes())?;
         write_private(&out.cert, cert.pem().as_bytes())?;
         Ok(())
     }
@@ -182,14 +216,46 @@ enum Leaf {
     Client,
 }
 
-fn usable(paths: &CertPaths, provider: &rustls::crypto::CryptoProvider) -> bool {
+/// Whether the leaf at `paths` can stay: it loads with its key, is not about
+/// to expire, and verifies under the CA `ca` for its use (a leaf of an
+/// earlier CA does not).
+fn usable(
+    paths: &CertPaths,
+    ca: &CertificateDer<'static>,
+    leaf: Leaf,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> bool {
     let Ok(key) = load_certified_key(paths, provider) else {
         return false;
     };
-    key.cert
-        .first()
-        .and_then(|c| super::pem::cert_info(c).ok())
-        .is_some_and(|i| i.not_after >= now_unix() + RENEW_MARGIN.as_secs() as i64)
+    let Some((ee, rest)) = key.cert.split_first() else {
+        return false;
+    };
+    let fresh = super::pem::cert_info(ee)
+        .is_ok_and(|i| i.not_after >= now_unix() + RENEW_MARGIN.as_secs() as i64);
+    let mut roots = rustls::RootCertStore::empty();
+    if !fresh || roots.add(ca.clone()).is_err() {
+        return false;
+    }
+    let (roots, now) = (Arc::new(roots), UnixTime::now());
+    match leaf {
+        Leaf::Server => {
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .is_ok_and(|v| {
+                    ["localhost", "127.0.0.1", "::1"].iter().all(|name| {
+                        ServerName::try_from(*name).is_ok_and(|name| {
+                            v.verify_server_cert(ee, rest, &name, &[], now).is_ok()
+                        })
+                    })
+                })
+        }
+        Leaf::Client => {
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .is_ok_and(|v| v.verify_client_cert(ee, rest, now).is_ok())
+        }
+    }
 }
 
 fn now_unix() -> i64 {

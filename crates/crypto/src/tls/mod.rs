@@ -9,7 +9,8 @@
 //!   the list is refused.
 //! - TLS 1.2 only by the explicit [`ServerTls::allow_tls12`] /
 //!   [`ClientTls::allow_tls12`], and then only ECDHE key exchange with AEAD
-//!   suites (the only TLS 1.2 suites rustls's providers have).
+//!   suites (the only TLS 1.2 suites rustls's providers have), with the
+//!   extended master secret (RFC 7627) required.
 //! - **Key exchange**: with the `aws-lc` feature, the post-quantum hybrid
 //!   `X25519MLKEM768` first, then `X25519`, `secp256r1` and `secp384r1`
 //!   for classical clients ([`DEFAULT_GROUPS`]); without it the same list
@@ -530,8 +531,11 @@ impl ServerTls {
         let mut config = builder.with_cert_resolver(resolver);
         config.alpn_protocols = self.alpn.clone();
         config.ignore_client_order = true;
+        // TLS 1.2, where allowed, only with the extended master secret
+        // (RFC 7627): without it a man in the middle can synchronise two
+        // sessions' keys (the triple handshake attack).
+        config.require_ems = self.tls12 || self.fips;
         if self.fips {
-            config.require_ems = true;
             fips_or_refuse(config.fips())?;
         }
         Ok(Arc::new(config))
@@ -678,8 +682,9 @@ impl ClientTls {
             }
         };
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        // As on the server: TLS 1.2 only with the extended master secret.
+        config.require_ems = self.tls12 || self.fips;
         if self.fips {
-            config.require_ems = true;
             fips_or_refuse(config.fips())?;
         }
         Ok(Arc::new(config))

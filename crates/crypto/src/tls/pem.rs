@@ -8,6 +8,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
+use zeroize::Zeroizing;
 
 use super::TlsError;
 
@@ -44,6 +45,10 @@ pub fn certs_from_pem(
 
 /// Reads the first private key (PKCS#8, SEC1 or PKCS#1) in a PEM file.
 ///
+/// The file's text is wiped from memory once parsed. The key returned is
+/// not wiped on drop: call its `zeroize` when done if you keep it (rustls's
+/// providers take it by value, so a key given to them is not wiped).
+///
 /// # Errors
 ///
 /// [`TlsError::Read`], [`TlsError::NoPrivateKey`] or [`TlsError::Pem`].
@@ -66,11 +71,14 @@ pub fn key_from_pem(bytes: &[u8], origin: &Path) -> Result<PrivateKeyDer<'static
     })
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })
+/// The file's bytes, wiped when dropped: a key file's PEM is the key.
+fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, TlsError> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|source| TlsError::Read {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Where a server's certificate chain and key live.

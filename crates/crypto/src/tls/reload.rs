@@ -22,7 +22,10 @@ pub struct ReloadingCertResolver {
     paths: CertPaths,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
-    stamp: Mutex<Option<(Option<SystemTime>, Option<SystemTime>)>>,
+    /// What the files looked like at the last load. Its lock is held for a
+    /// whole reload (stamp, load, swap), so two reloads at once (a watcher
+    /// and a signal) cannot end with the older files in service.
+    stamp: Mutex<Stamps>,
 }
 
 impl ReloadingCertResolver {
@@ -38,7 +41,7 @@ impl ReloadingCertResolver {
             paths,
             provider,
             current: RwLock::new(key),
-            stamp: Mutex::new(Some(stamp)),
+            stamp: Mutex::new(stamp),
         }))
     }
 
@@ -49,12 +52,18 @@ impl ReloadingCertResolver {
     ///
     /// As [`load_certified_key`]; the certificate in service is unchanged.
     pub fn reload(&self) -> Result<CertInfo, TlsError> {
+        let mut last = self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
+        self.reload_locked(&mut last)
+    }
+
+    /// [`ReloadingCertResolver::reload`] with the stamp lock held.
+    fn reload_locked(&self, last: &mut Stamps) -> Result<CertInfo, TlsError> {
         let stamp = file_stamps(&self.paths);
         let result = load_certified_key(&self.paths, &self.provider)
             .and_then(|key| Ok((leaf_info(&key)?, key)));
         // Remember these files either way, so a watcher reports a bad
         // replacement once, not on every poll.
-        *self.stamp.lock().unwrap_or_else(PoisonError::into_inner) = Some(stamp);
+        *last = stamp;
         match result {
             Ok((info, key)) => {
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = key;
@@ -68,18 +77,19 @@ impl ReloadingCertResolver {
         }
     }
 
-    /// Reloads if either file's modification time changed since the last load.
+    /// Reloads if either file changed since the last load: its modification
+    /// time, length, or (on Unix) inode or change time. A copy that keeps
+    /// the old modification time (`cp -p`, `rsync -t`) still counts.
     ///
     /// # Errors
     ///
     /// As [`ReloadingCertResolver::reload`].
     pub fn reload_if_changed(&self) -> Result<Option<CertInfo>, TlsError> {
-        let now = file_stamps(&self.paths);
-        let last = *self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
-        if last == Some(now) {
+        let mut last = self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
+        if *last == file_stamps(&self.paths) {
             return Ok(None);
         }
-        self.reload().map(Some)
+        self.reload_locked(&mut last).map(Some)
     }
 
     /// Facts of the certificate in service.
@@ -124,9 +134,36 @@ fn leaf_info(key: &CertifiedKey) -> Result<CertInfo, TlsError> {
     cert_info(leaf)
 }
 
-fn file_stamps(paths: &CertPaths) -> (Option<SystemTime>, Option<SystemTime>) {
-    let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    (m(&paths.cert), m(&paths.key))
+/// What a file looked like; `None` when it could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    /// Inode and change time (seconds, nanoseconds): a rename into place
+    /// changes the first, any write the second, and neither can be set back.
+    #[cfg(unix)]
+    unix: (u64, i64, i64),
+}
+
+/// The chain's and the key's [`FileStamp`].
+type Stamps = (Option<FileStamp>, Option<FileStamp>);
+
+fn file_stamps(paths: &CertPaths) -> Stamps {
+    let stamp = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).ok()?;
+        #[cfg(unix)]
+        let unix = {
+            use std::os::unix::fs::MetadataExt;
+            (m.ino(), m.ctime(), m.ctime_nsec())
+        };
+        Some(FileStamp {
+            modified: m.modified().ok(),
+            len: m.len(),
+            #[cfg(unix)]
+            unix,
+        })
+    };
+    (stamp(&paths.cert), stamp(&paths.key))
 }
 
 fn hex_serial(serial: &[u8]) -> String {
