@@ -225,6 +225,114 @@ fn mtls_off_optional_required() {
     assert!(s.peer_certificates().is_some());
 }
 
+/// `pki`'s CA, to sign with, as whoever stole its key could.
+fn dev_issuer(pki: &DevPki) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&pki.ca_key).unwrap()).unwrap();
+    let ca = careconnect::crypto::tls::load_certs(&pki.ca_cert).unwrap();
+    rcgen::Issuer::from_ca_cert_der(&ca[0], ca_key).unwrap()
+}
+
+/// A revocation list signed by `pki`'s CA, revoking `serials`, whose next
+/// update is `next_update_days` from now (negative: already past).
+fn dev_crl(
+    pki: &DevPki,
+    serials: &[&[u8]],
+    next_update_days: i64,
+) -> rustls::pki_types::CertificateRevocationListDer<'static> {
+    let issuer = dev_issuer(pki);
+    let now = time::OffsetDateTime::now_utc();
+    rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::days(2),
+        next_update: now + time::Duration::days(next_update_days),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(s),
+                revocation_time: now - time::Duration::hours(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap()
+    .der()
+    .clone()
+}
+
+#[test]
+fn revoked_client_certificates_are_refused_and_mtls_never_resumes() {
+    let (dir, pki) = new_pki();
+    let (_d2, other) = new_pki();
+    let serial = cert_info(&careconnect::crypto::tls::load_certs(&pki.client.cert).unwrap()[0])
+        .unwrap()
+        .serial;
+    let with_cert = client_for(&pki)
+        .client_cert(pki.client.clone())
+        .build()
+        .unwrap();
+    let server = |crls| {
+        ServerTls::new()
+            .client_auth(ClientAuth::required_from_pem(&pki.ca_cert).unwrap())
+            .client_crls(crls)
+            .build_reloading(pki.server.clone())
+            .unwrap()
+            .0
+    };
+    // A current list that revokes someone else: in.
+    handshake(
+        Arc::clone(&with_cert),
+        server(vec![dev_crl(&pki, &[&[0x42]], 7)]),
+    )
+    .unwrap();
+    // Revoked: refused.
+    assert!(
+        handshake(
+            Arc::clone(&with_cert),
+            server(vec![dev_crl(&pki, &[&serial], 7)])
+        )
+        .is_err()
+    );
+    // Fails closed: a list past its next update, or only another CA's list.
+    assert!(handshake(Arc::clone(&with_cert), server(vec![dev_crl(&pki, &[], -1)])).is_err());
+    assert!(
+        handshake(
+            Arc::clone(&with_cert),
+            server(vec![dev_crl(&other, &[], 7)])
+        )
+        .is_err()
+    );
+
+    // Lists load from PEM files, with typed errors.
+    let path = dir.path().join("crl.pem");
+    let crl = dev_crl(&pki, &[&serial], 7);
+    let pem = format!(
+        "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &crl)
+    );
+    std::fs::write(&path, pem).unwrap();
+    assert_eq!(
+        careconnect::crypto::tls::load_crls(&path).unwrap(),
+        vec![crl]
+    );
+    assert!(matches!(
+        careconnect::crypto::tls::load_crls(&pki.ca_cert),
+        Err(TlsError::NoCrl(_))
+    ));
+
+    // With client certificates no session resumes: a resumed session would
+    // keep its identity without the certificate, or its revocation, being
+    // checked again.
+    let mtls = server(vec![]);
+    let (mut c, mut s) = handshake(Arc::clone(&with_cert), Arc::clone(&mtls)).unwrap();
+    let _ = exchange(&mut c, &mut s, b"x");
+    let (c, _) = handshake(with_cert, mtls).unwrap();
+    assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Full));
+}
+
 #[test]
 fn dev_pki_is_reused_and_private() {
     let (dir, pki) = new_pki();
@@ -254,9 +362,7 @@ fn dev_pki_is_reused_and_private() {
 /// Signs a server certificate for `name` with the key of `pki`'s CA, as
 /// whoever stole the key from the data directory could.
 fn signed_by_dev_ca(pki: &DevPki, name: &str) -> rustls::pki_types::CertificateDer<'static> {
-    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&pki.ca_key).unwrap()).unwrap();
-    let ca = careconnect::crypto::tls::load_certs(&pki.ca_cert).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_der(&ca[0], ca_key).unwrap();
+    let issuer = dev_issuer(pki);
     let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let key = rcgen::KeyPair::generate().unwrap();

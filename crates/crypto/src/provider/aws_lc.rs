@@ -11,7 +11,7 @@ use crate::error::{Error, Misuse};
 /// VAES; byte-for-byte identical output to the other providers.
 ///
 /// Its key schedule lives in an AWS-LC context that AWS-LC allocates and
-/// cleanses on free: [`CryptoProvider::seal_once`] avoids the boxed [`Aead`]
+/// cleanses on free: [`super::CryptoProvider::seal_once`] avoids the boxed [`Aead`]
 /// but, unlike `Ring` and [`super::RustCrypto`], not every heap allocation.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AwsLc;

@@ -24,7 +24,9 @@
 //! - Client certificates (mTLS): [`ClientAuth::Off`], `Optional` or
 //!   `Required`, verified against the trust anchors you give. After the
 //!   handshake the verified chain is `ServerConnection::peer_certificates()`;
-//!   [`cert_info`] turns its leaf into subject and serial.
+//!   [`cert_info`] turns its leaf into subject and serial. Revocation lists
+//!   ([`ServerTls::client_crls`], [`load_crls`]) refuse revoked clients,
+//!   failing closed; with client certificates on, sessions never resume.
 //! - Certificates from PEM files with typed errors ([`load_certified_key`]),
 //!   reloaded without restart ([`ReloadingCertResolver`]), and a development
 //!   PKI for localhost ([`DevPki`]).
@@ -51,6 +53,7 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::SupportedKxGroup;
+use rustls::pki_types::CertificateRevocationListDer;
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::{
     CipherSuite, ClientConfig, NamedGroup, ProtocolVersion, RootCertStore, ServerConfig,
@@ -60,7 +63,7 @@ use rustls::{
 pub use self::devcert::DevPki;
 pub use self::pem::{
     CertInfo, CertPaths, cert_info, certs_from_pem, key_from_pem, load_certified_key, load_certs,
-    load_key,
+    load_crls, load_key,
 };
 pub use self::reload::ReloadingCertResolver;
 
@@ -145,6 +148,9 @@ pub enum TlsError {
     /// The file holds no PEM private key.
     #[error("no private key in {0}")]
     NoPrivateKey(std::path::PathBuf),
+    /// The file holds no PEM certificate revocation list.
+    #[error("no revocation list in {0}")]
+    NoCrl(std::path::PathBuf),
     /// A PEM block is malformed.
     #[error("malformed PEM in {path}: {reason}")]
     Pem {
@@ -207,7 +213,9 @@ pub enum TlsError {
     Generate(String),
 }
 
-/// Client-certificate authentication on a server.
+/// Client-certificate authentication on a server. With it on, sessions never
+/// resume, so every connection's certificate is verified (and, with
+/// [`ServerTls::client_crls`], checked for revocation) in its own handshake.
 #[derive(Debug, Clone, Default)]
 pub enum ClientAuth {
     /// No client certificates are requested.
@@ -413,6 +421,7 @@ pub struct ServerTls {
     fips: bool,
     tls12: bool,
     client_auth: ClientAuth,
+    client_crls: Vec<CertificateRevocationListDer<'static>>,
     alpn: Vec<Vec<u8>>,
 }
 
@@ -431,8 +440,20 @@ impl ServerTls {
             fips: false,
             tls12: false,
             client_auth: ClientAuth::Off,
+            client_crls: Vec::new(),
             alpn: ALPN.iter().map(|p| p.to_vec()).collect(),
         }
+    }
+
+    /// Revocation lists for client certificates ([`ClientAuth`]): a client
+    /// whose certificate a list revokes is refused. With lists given, the
+    /// check fails closed: a certificate of the chain whose issuer has no
+    /// list, or whose list is past its next update, is refused too. Lists
+    /// are read at build: to take a new one, build again.
+    #[must_use]
+    pub fn client_crls(mut self, crls: Vec<CertificateRevocationListDer<'static>>) -> Self {
+        self.client_crls = crls;
+        self
     }
 
     /// ALPN protocols to accept, in preference order (default [`ALPN`]).
@@ -523,12 +544,24 @@ impl ServerTls {
                 if matches!(self.client_auth, ClientAuth::Optional(_)) {
                     v = v.allow_unauthenticated();
                 }
+                if !self.client_crls.is_empty() {
+                    v = v
+                        .with_crls(self.client_crls.iter().cloned())
+                        .enforce_revocation_expiration();
+                }
                 builder.with_client_cert_verifier(
                     v.build().map_err(|e| TlsError::Config(e.to_string()))?,
                 )
             }
         };
         let mut config = builder.with_cert_resolver(resolver);
+        if !matches!(self.client_auth, ClientAuth::Off) {
+            // A resumed session keeps the identity it was made with, without
+            // the certificate (or its revocation) being checked again: with
+            // client certificates, every connection is a full handshake.
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         config.alpn_protocols = self.alpn.clone();
         config.ignore_client_order = true;
         // TLS 1.2, where allowed, only with the extended master secret

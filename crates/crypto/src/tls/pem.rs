@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use zeroize::Zeroizing;
 
@@ -41,6 +41,25 @@ pub fn certs_from_pem(
         return Err(TlsError::NoCertificate(origin.to_owned()));
     }
     Ok(certs)
+}
+
+/// Reads every certificate revocation list in a PEM file (`X509 CRL`
+/// blocks), for [`super::ServerTls::client_crls`].
+///
+/// # Errors
+///
+/// [`TlsError::Read`], [`TlsError::NoCrl`] or [`TlsError::Pem`].
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crls = CertificateRevocationListDer::pem_slice_iter(&read(path)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if crls.is_empty() {
+        return Err(TlsError::NoCrl(path.to_owned()));
+    }
+    Ok(crls)
 }
 
 /// Reads the first private key (PKCS#8, SEC1 or PKCS#1) in a PEM file.
