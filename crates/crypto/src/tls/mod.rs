@@ -65,7 +65,7 @@ pub use self::pem::{
     CertInfo, CertPaths, cert_info, certs_from_pem, key_from_pem, load_certified_key, load_certs,
     load_crls, load_key,
 };
-pub use self::reload::ReloadingCertResolver;
+pub use self::reload::{EXPIRY_WARNING, ReloadingCertResolver};
 
 /// The seed's TLS 1.3 suites that rustls offers, in the default preference order.
 pub const SEED_SUITES: [CipherSuite; 3] = [

@@ -68,6 +68,7 @@ impl ReloadingCertResolver {
             Ok((info, key)) => {
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = key;
                 tracing::info!(serial = %hex_serial(&info.serial), subject = %info.subject, "tls certificate reloaded");
+                warn_if_expiring(&info, SystemTime::now());
                 Ok(info)
             }
             Err(e) => {
@@ -102,10 +103,13 @@ impl ReloadingCertResolver {
     }
 
     /// Polls the files every `every` on a background thread and reloads when
-    /// they change. The thread ends when the resolver is dropped.
+    /// they change. It also warns, once a day, while the certificate in
+    /// service expires within [`EXPIRY_WARNING`]. The thread ends when the
+    /// resolver is dropped.
     pub fn spawn_watcher(self: &Arc<Self>, every: Duration) -> std::thread::JoinHandle<()> {
         let weak: Weak<Self> = Arc::downgrade(self);
         std::thread::spawn(move || {
+            let mut warned: Option<std::time::Instant> = None;
             loop {
                 std::thread::sleep(every);
                 let Some(resolver) = weak.upgrade() else {
@@ -113,6 +117,12 @@ impl ReloadingCertResolver {
                 };
                 // Failures are logged by `reload` and leave the old certificate.
                 let _ = resolver.reload_if_changed();
+                if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(24 * 3600))
+                    && let Ok(info) = resolver.current()
+                    && warn_if_expiring(&info, SystemTime::now())
+                {
+                    warned = Some(std::time::Instant::now());
+                }
             }
         })
     }
@@ -124,6 +134,29 @@ impl ResolvesServerCert for ReloadingCertResolver {
             &self.current.read().unwrap_or_else(PoisonError::into_inner),
         ))
     }
+}
+
+/// How long before its end a certificate in service is warned about.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Logs a warning if `info`'s certificate ends within [`EXPIRY_WARNING`] of
+/// `now`; returns whether it did.
+fn warn_if_expiring(info: &CertInfo, now: SystemTime) -> bool {
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let left = info.not_after.saturating_sub(now);
+    let soon = i64::try_from(EXPIRY_WARNING.as_secs()).unwrap_or(i64::MAX);
+    if left > soon {
+        return false;
+    }
+    tracing::warn!(
+        serial = %hex_serial(&info.serial),
+        subject = %info.subject,
+        days_left = left / 86_400,
+        "tls certificate in service expires soon: replace it"
+    );
+    true
 }
 
 fn leaf_info(key: &CertifiedKey) -> Result<CertInfo, TlsError> {
@@ -168,4 +201,23 @@ fn file_stamps(paths: &CertPaths) -> Stamps {
 
 fn hex_serial(serial: &[u8]) -> String {
     serial.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warns_within_the_last_fortnight_only() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ending_in = |days: i64| CertInfo {
+            serial: vec![1],
+            subject: "CN=localhost".into(),
+            not_after: 1_800_000_000 + days * 86_400,
+        };
+        assert!(!warn_if_expiring(&ending_in(15), now));
+        assert!(warn_if_expiring(&ending_in(14), now));
+        assert!(warn_if_expiring(&ending_in(1), now));
+        assert!(warn_if_expiring(&ending_in(-3), now));
+    }
 }
