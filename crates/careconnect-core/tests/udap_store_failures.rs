@@ -275,45 +275,53 @@ async fn an_update_the_store_refuses_leaves_the_registration_as_it_was() {
     let e = env().await;
     let reg = e.register(&["system/Patient.read"]).await;
     let id = reg.client.client_id.clone();
+    let attempted_and_failed = [
+        ("udap_register".to_owned(), Outcome::Allowed),
+        ("udap_register".to_owned(), Outcome::Failed),
+    ];
+    let from = e.last_seq().await;
     e.break_writes("UPDATE", "records", "NEW.collection = 'udap_clients'")
         .await;
-    let err = e
-        .udap
-        .register(&statement(&[
-            "system/Patient.read",
-            "system/Observation.read",
-        ]))
-        .await
-        .unwrap_err();
+    let wider = ["system/Patient.read", "system/Observation.read"];
+    let err = e.udap.register(&statement(&wider)).await.unwrap_err();
     assert_server_error(&err);
+    assert_eq!(e.audited_since(from).await, attempted_and_failed);
     let stored = e.udap.server().client(&id).await.unwrap().unwrap();
     assert_eq!(stored.metadata.scopes, ["system/Patient.read"]);
     assert_eq!(stored.registration_id, reg.client.registration_id);
     e.heal().await;
+
     // A cancellation the store refuses cancels nothing.
-    e.break_writes("DELETE", "records", "OLD.collection = 'udap_clients'")
-        .await;
     let mut cancel = ClientRequest::b2b("Lab results sync", "mailto:ops@lab.example", &[]);
     cancel.grant_types = vec![];
-    let cancel = app()
-        .registration_request(&format!("{BASE}/register"), &cancel, now())
-        .unwrap()
-        .to_string();
-    let err = e.udap.register(cancel.as_bytes()).await.unwrap_err();
+    let cancel = || {
+        app()
+            .registration_request(&format!("{BASE}/register"), &cancel, now())
+            .unwrap()
+            .to_string()
+            .into_bytes()
+    };
+    let from = e.last_seq().await;
+    e.break_writes("DELETE", "records", "OLD.collection = 'udap_clients'")
+        .await;
+    let err = e.udap.register(&cancel()).await.unwrap_err();
     assert_server_error(&err);
+    assert_eq!(e.audited_since(from).await, attempted_and_failed);
     assert!(e.udap.server().client(&id).await.unwrap().is_some());
     // The app still gets tokens under its one registration.
     e.live_token(&id).await;
     e.heal().await;
-    let updated = e
-        .udap
-        .register(&statement(&[
-            "system/Patient.read",
-            "system/Observation.read",
-        ]))
-        .await
-        .unwrap();
-    assert_eq!((updated.status(), updated.client.client_id), (200, id));
+
+    // With the database back, the update and the cancellation go through.
+    let updated = e.udap.register(&statement(&wider)).await.unwrap();
+    assert_eq!((updated.status(), &updated.client.client_id), (200, &id));
+    assert_eq!(updated.client.metadata.scopes, wider);
+    let cancelled = e.udap.register(&cancel()).await.unwrap();
+    assert_eq!(
+        cancelled.outcome,
+        careconnect_authz::udap::RegistrationOutcome::Cancelled
+    );
+    assert!(e.udap.server().client(&id).await.unwrap().is_none());
 }
 
 #[tokio::test]

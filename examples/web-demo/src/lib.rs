@@ -232,9 +232,11 @@ pub async fn start(mut settings: Settings) -> Result<Running> {
         None => {
             let loopback = reqwest::Url::parse(&settings.public_url)
                 .ok()
-                .and_then(|u| u.host_str().map(str::to_owned))
-                .is_some_and(|h| {
-                    matches!(h.as_str(), "localhost" | "[::1]") || h.starts_with("127.")
+                .is_some_and(|u| match u.host() {
+                    Some(url::Host::Domain(d)) => d == "localhost",
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    None => false,
                 });
             if !loopback {
                 tracing::warn!(

@@ -30,8 +30,9 @@ const LEAF_DAYS: i64 = 90;
 /// clients that trust it keep working) and the leaves (until a week before
 /// they expire, and while they verify under the CA). Trust `ca_cert` in your
 /// browser or `curl --cacert`: the CA can only name loopback (`localhost`,
-/// `127.0.0.0/8`, `::1`, as name constraints), so its key, which sits beside
-/// it, cannot vouch for any other site.
+/// `127.0.0.0/8`, `::1`, as name constraints), so for clients that enforce a
+/// trust anchor's name constraints (webpki, OpenSSL, Chrome, Firefox, Go)
+/// its key, which sits beside it, cannot vouch for any other site.
 #[derive(Debug, Clone)]
 pub struct DevPki {
     /// The directory.
@@ -132,8 +133,9 @@ impl DevPki {
         let pem = Zeroizing::new(std::fs::read_to_string(&self.ca_key).ok()?);
         let key = KeyPair::from_pem(&pem).ok()?;
         let (_, parsed) = x509_parser::parse_x509_certificate(ca.as_ref()).ok()?;
-        let constrained = parsed.name_constraints().ok().flatten().is_some();
-        if !constrained || parsed.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+        if !loopback_only(&parsed)
+            || parsed.public_key().subject_public_key.data.as_ref() != key.der_bytes()
+        {
             return None;
         }
         let issuer = Issuer::from_ca_cert_der(&ca, key).ok()?;
@@ -214,6 +216,34 @@ impl DevPki {
 enum Leaf {
     Server,
     Client,
+}
+
+/// Whether the CA's name constraints are exactly the loopback ones
+/// `DevPki::create_ca` writes: `localhost`, `127.0.0.0/8` and `::1`, nothing
+/// excluded.
+fn loopback_only(ca: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(nc)) = ca.name_constraints() else {
+        return false;
+    };
+    let (Some(permitted), None) = (&nc.value.permitted_subtrees, &nc.value.excluded_subtrees)
+    else {
+        return false;
+    };
+    let mut v6 = [0xff; 32];
+    v6[..16].copy_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+    let expected: [&[u8]; 2] = [&[127, 0, 0, 0, 255, 0, 0, 0], &v6];
+    permitted.len() == 3
+        && permitted.iter().all(|t| match &t.base {
+            GeneralName::DNSName(name) => *name == "localhost",
+            GeneralName::IPAddress(ip) => expected.contains(ip),
+            _ => false,
+        })
+        && expected.iter().all(|e| {
+            permitted
+                .iter()
+                .any(|t| matches!(&t.base, GeneralName::IPAddress(ip) if ip == e))
+        })
 }
 
 /// Whether the leaf at `paths` can stay: it loads with its key, is not about

@@ -412,6 +412,22 @@ fn roots(
     Ok(store)
 }
 
+/// Refuses two revocation lists from one issuer, and lists that do not parse.
+fn one_list_per_issuer(crls: &[CertificateRevocationListDer<'_>]) -> Result<(), TlsError> {
+    let mut issuers = std::collections::HashSet::new();
+    for crl in crls {
+        let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref())
+            .map_err(|e| TlsError::Config(format!("revocation list: {e}")))?;
+        if !issuers.insert(parsed.tbs_cert_list.issuer.as_raw().to_vec()) {
+            return Err(TlsError::Config(format!(
+                "two revocation lists for {}: give only the newest",
+                parsed.tbs_cert_list.issuer
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Builds a rustls [`ServerConfig`]. Defaults: TLS 1.3, [`SEED_SUITES`] in
 /// order, [`DEFAULT_GROUPS`] in order, [`ALPN`], no client certificates.
 #[derive(Debug, Clone)]
@@ -445,11 +461,14 @@ impl ServerTls {
         }
     }
 
-    /// Revocation lists for client certificates ([`ClientAuth`]): a client
-    /// whose certificate a list revokes is refused. With lists given, the
-    /// check fails closed: a certificate of the chain whose issuer has no
-    /// list, or whose list is past its next update, is refused too. Lists
-    /// are read at build: to take a new one, build again.
+    /// Revocation lists for client certificates ([`ClientAuth`]), one per
+    /// issuer (the build refuses two: the verifier would consult only the
+    /// first, and an older list could hide a revocation). A client whose
+    /// certificate a list revokes is refused. With lists given, the check
+    /// fails closed: a certificate of the chain whose issuer has no list, or
+    /// whose list is past its next update, is refused too. Lists are read at
+    /// build: build again with each new list, before the old one's next
+    /// update, or every client is refused.
     #[must_use]
     pub fn client_crls(mut self, crls: Vec<CertificateRevocationListDer<'static>>) -> Self {
         self.client_crls = crls;
@@ -545,6 +564,7 @@ impl ServerTls {
                     v = v.allow_unauthenticated();
                 }
                 if !self.client_crls.is_empty() {
+                    one_list_per_issuer(&self.client_crls)?;
                     v = v
                         .with_crls(self.client_crls.iter().cloned())
                         .enforce_revocation_expiration();
