@@ -11,8 +11,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use careconnect::authz::session::{Clock, ManualClock};
 use careconnect::authz::udap::dev::{DevCommunity, IssuedCert, KeyKind};
 use careconnect::authz::udap::{
-    B2bExtension, ClientRequest, GrantType, RegistrationOutcome, ServerCommunity, Signer,
-    TrustCommunity, UdapClient, UdapConfig, UdapError, UdapServer, verify_signed_metadata,
+    B2bExtension, ClientRequest, GrantType, Registration, RegistrationOutcome, ServerCommunity,
+    Signer, TrustCommunity, UdapClient, UdapConfig, UdapError, UdapServer, verify_signed_metadata,
 };
 use careconnect::crypto::Keyring;
 use careconnect::storage::{MemoryStore, RecordStore, SqliteStore};
@@ -196,16 +196,7 @@ async fn registers_with_rs256_and_es256_updates_and_cancels() {
     let t = e.clock.now();
     // RS256 (the IG's required algorithm).
     let rs = client(&fx().app_rsa);
-    let reg = e
-        .server
-        .register(
-            rs.registration_request(REG, &b2b_request(), t)
-                .unwrap()
-                .to_string()
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let reg = register_b2b(&e.server, &rs, t).await;
     assert_eq!(reg.outcome, RegistrationOutcome::Created);
     assert_eq!(reg.status(), 201);
     assert_eq!(reg.body["grant_types"], json!(["client_credentials"]));
@@ -801,21 +792,26 @@ fn form(pairs: Vec<(&'static str, String)>) -> Form {
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
-async fn registered(e: &Env, cert: &IssuedCert) -> String {
-    registered_as(e, cert, APP).await
-}
-
-async fn registered_as(e: &Env, cert: &IssuedCert, iss: &str) -> String {
-    let c = client_of(cert, iss);
-    e.server
+/// Registers `c` for [`b2b_request`] on `server`, at `t`.
+async fn register_b2b(server: &UdapServer, c: &UdapClient, t: u64) -> Registration {
+    server
         .register(
-            c.registration_request(REG, &b2b_request(), e.clock.now())
+            c.registration_request(REG, &b2b_request(), t)
                 .unwrap()
                 .to_string()
                 .as_bytes(),
         )
         .await
         .unwrap()
+}
+
+async fn registered(e: &Env, cert: &IssuedCert) -> String {
+    registered_as(e, cert, APP).await
+}
+
+async fn registered_as(e: &Env, cert: &IssuedCert, iss: &str) -> String {
+    register_b2b(&e.server, &client_of(cert, iss), e.clock.now())
+        .await
         .client
         .client_id
 }
@@ -887,17 +883,7 @@ async fn an_assertion_replayed_on_another_node_and_tokens_of_a_cancelled_client_
     let (b, _) = server_on(store, keys, clock.clone());
     let c = client(&fx().app_ec);
     let t = clock.now();
-    let id = a
-        .register(
-            c.registration_request(REG, &b2b_request(), t)
-                .unwrap()
-                .to_string()
-                .as_bytes(),
-        )
-        .await
-        .unwrap()
-        .client
-        .client_id;
+    let id = register_b2b(&a, &c, t).await.client.client_id;
     let f = form(c.token_request(&id, TOKEN, &b2b(), None, t).unwrap());
     let tok = a.token(&f).await.unwrap();
     let err = b.token(&f).await.unwrap_err();
@@ -1175,17 +1161,7 @@ async fn forged_rows_in_the_database_grant_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), "invalid_client");
     // The genuine client registers again over the forged row.
-    let reg = e
-        .server
-        .register(
-            client(&fx().app_ec)
-                .registration_request(REG, &b2b_request(), t)
-                .unwrap()
-                .to_string()
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let reg = register_b2b(&e.server, &client(&fx().app_ec), t).await;
     assert_eq!(reg.client.client_id, id);
     assert_eq!(reg.outcome, RegistrationOutcome::Created);
     // A new registration: the token issued under the one the forgery
@@ -1392,15 +1368,7 @@ async fn a_token_request_is_refused_when_another_community_revokes_the_certifica
     .unwrap();
     let c = client(&f.revoked);
     let t = clock.now();
-    let reg = server
-        .register(
-            c.registration_request(REG, &b2b_request(), t)
-                .unwrap()
-                .to_string()
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let reg = register_b2b(&server, &c, t).await;
     assert_eq!(reg.client.community, a.name());
     let id = reg.client.client_id;
     b.set_crls(&[f.trusted.crl(&[f.revoked.serial]).unwrap().into_bytes()])

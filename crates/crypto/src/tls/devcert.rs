@@ -126,13 +126,12 @@ impl DevPki {
     fn load_ca(&self) -> Option<(Issuer<'static, KeyPair>, CertificateDer<'static>)> {
         let certs = load_certs(&self.ca_cert).ok()?;
         let ca = certs.into_iter().next()?;
-        let info = super::pem::cert_info(&ca).ok()?;
-        if info.not_after < now_unix() + RENEW_MARGIN.as_secs() as i64 {
+        let (_, parsed) = x509_parser::parse_x509_certificate(ca.as_ref()).ok()?;
+        if parsed.validity().not_after.timestamp() < now_unix() + RENEW_MARGIN.as_secs() as i64 {
             return None;
         }
         let pem = Zeroizing::new(std::fs::read_to_string(&self.ca_key).ok()?);
         let key = KeyPair::from_pem(&pem).ok()?;
-        let (_, parsed) = x509_parser::parse_x509_certificate(ca.as_ref()).ok()?;
         if !loopback_only(&parsed)
             || parsed.public_key().subject_public_key.data.as_ref() != key.der_bytes()
         {
@@ -289,9 +288,7 @@ fn usable(
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    super::pem::unix_secs(std::time::SystemTime::now())
 }
 
 /// From an hour ago (clock skew) to `days` from now.

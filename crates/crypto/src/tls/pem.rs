@@ -183,12 +183,17 @@ pub fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, TlsError> {
     })
 }
 
+/// `t` in whole seconds since the Unix epoch, as certificates count time
+/// (0 before the epoch).
+pub(super) fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 fn check_validity(path: &Path, leaf: &CertificateDer<'_>, now: SystemTime) -> Result<(), TlsError> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = unix_secs(now);
     let validity = cert.validity();
     if now > validity.not_after.timestamp() {
         return Err(TlsError::Expired {

@@ -8,7 +8,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::TlsError;
-use super::pem::{CertInfo, CertPaths, cert_info, load_certified_key};
+use super::pem::{CertInfo, CertPaths, cert_info, load_certified_key, unix_secs};
 
 /// Serves the certificate at [`CertPaths`] and swaps in a new one on
 /// [`ReloadingCertResolver::reload`] (call it on a signal, from an admin
@@ -142,10 +142,7 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 /// Logs a warning if `info`'s certificate ends within [`EXPIRY_WARNING`] of
 /// `now`; returns whether it did.
 fn warn_if_expiring(info: &CertInfo, now: SystemTime) -> bool {
-    let now = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let left = info.not_after.saturating_sub(now);
+    let left = info.not_after.saturating_sub(unix_secs(now));
     let soon = i64::try_from(EXPIRY_WARNING.as_secs()).unwrap_or(i64::MAX);
     if left > soon {
         return false;
