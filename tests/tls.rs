@@ -321,6 +321,21 @@ fn revoked_client_certificates_are_refused_and_mtls_never_resumes() {
         refused(vec![dev_crl(&stranger.1, &[], 7)]),
         rustls::CertificateError::UnknownRevocationStatus
     );
+    // A forged list (another key, under the CA's name) that would clear the
+    // revoked certificate is refused, and so is a genuine list with one
+    // byte of its signature changed.
+    let (_d2, forger) = new_pki();
+    let mut tampered = dev_crl(&pki, &[], 7).to_vec();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    for bad in [dev_crl(&forger, &[], 7), tampered.into()] {
+        assert!(matches!(
+            handshake(Arc::clone(&with_cert), server(vec![bad])),
+            Err(rustls::Error::InvalidCertRevocationList(
+                rustls::CertRevocationListError::BadSignature
+            ))
+        ));
+    }
     // Two lists for one issuer are refused at build: the verifier would
     // consult only the first, and an older one could hide a revocation.
     assert!(matches!(
