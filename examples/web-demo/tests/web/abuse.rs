@@ -170,15 +170,17 @@ async fn floods_of_sign_ins_and_uploads_store_nothing_and_the_server_keeps_servi
     assert_eq!(grey.get("/medrecords").await.status(), StatusCode::OK);
     holding.abort_all();
     while holding.join_next().await.is_some() {}
-    let mut stored = StatusCode::SERVICE_UNAVAILABLE;
+    let (mut stored, mut said) = (StatusCode::SERVICE_UNAVAILABLE, String::new());
     for _ in 0..50 {
-        stored = grey.upload("after.pdf", pdf(4096)).await.status();
+        let r = grey.upload("after.pdf", pdf(4096)).await;
+        stored = r.status();
         if stored != StatusCode::SERVICE_UNAVAILABLE {
+            said = r.text().await.unwrap_or_default();
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(stored, StatusCode::SEE_OTHER, "slots come back");
+    assert_eq!(stored, StatusCode::SEE_OTHER, "slots come back: {said}");
     assert_eq!(grey.documents().await.len(), docs_before + 1);
     // Only the one stored document's blob was added (the stalled ones' are
     // collected as they fail).
