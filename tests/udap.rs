@@ -1394,3 +1394,212 @@ async fn a_token_request_is_refused_when_another_community_revokes_the_certifica
         .unwrap_err();
     assert_eq!(refusal.signer, None);
 }
+
+/// A self-made certificate for `APP` that fails for a reason of its own.
+fn self_made(kind: &str) -> IssuedCert {
+    use careconnect::authz::udap::dev::{Flaw, self_made};
+    let flaw = match kind {
+        "expired" => Flaw::Expired,
+        "ca" => Flaw::Ca,
+        "server-only" => Flaw::ServerAuthOnly,
+        other => panic!("{other}"),
+    };
+    self_made(APP, flaw).unwrap()
+}
+
+#[tokio::test]
+async fn self_made_certificates_and_expired_replays_are_nobodys_and_name_no_client() {
+    // Review finding: webpki refuses an expired, CA or server-only leaf
+    // before it looks for an issuer, so these passed as "members" and
+    // their refusals named the client they claimed to be.
+    let e = env().await;
+    let t = e.clock.now();
+    let c = client(&fx().app_ec);
+    let id = register_b2b(&e.server, &c, t).await.client.client_id;
+    for kind in ["expired", "ca", "server-only"] {
+        let fake = client(&self_made(kind));
+        let body = fake.registration_request(REG, &b2b_request(), t).unwrap();
+        let r = e
+            .server
+            .prepare_registration(body.to_string().as_bytes())
+            .await
+            .unwrap_err();
+        assert_eq!(r.error.code(), "unapproved_software_statement", "{kind}");
+        assert_eq!(
+            r.signer, None,
+            "{kind}: a self-made certificate is no member"
+        );
+        assert_eq!(r.leaf_sha256.as_ref().map(String::len), Some(64), "{kind}");
+        let form_ = form(fake.token_request(&id, TOKEN, &b2b(), None, t).unwrap());
+        let r = e.server.authenticate(&form_).await.unwrap_err();
+        assert_eq!(r.error.code(), "invalid_client", "{kind}");
+        assert_eq!(r.signer, None, "{kind}: the claimed client_id is not named");
+    }
+    // A member's own expired certificate proves a path: a member's refusal.
+    let body = reg_body(&fx().expired, &b2b_request(), t);
+    let r = e
+        .server
+        .prepare_registration(body.as_bytes())
+        .await
+        .unwrap_err();
+    assert!(r.error.description().contains("expired"), "{}", r.error);
+    assert_eq!(r.signer.as_deref(), Some(APP));
+    // A member's statement and assertion replayed after they expired are
+    // refused before any chain is built: anyone can replay them.
+    let old_body = reg_body(&fx().app_ec, &b2b_request(), t);
+    let old_form = form(c.token_request(&id, TOKEN, &b2b(), None, t).unwrap());
+    e.clock.advance(secs(301));
+    let r = e
+        .server
+        .prepare_registration(old_body.as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(r.error.code(), "invalid_software_statement");
+    assert!(r.error.description().contains("expired"), "{}", r.error);
+    assert_eq!(r.signer, None);
+    let r = e.server.authenticate(&old_form).await.unwrap_err();
+    assert_eq!(r.error.code(), "invalid_client");
+    assert_eq!(r.signer, None);
+}
+
+#[tokio::test]
+async fn a_jti_may_be_used_again_once_the_jwt_that_used_it_has_expired() {
+    // UDAP Security IG 1.2.4: a jti is unique while its JWT is valid.
+    let e = env().await;
+    let t = e.clock.now();
+    let s = signer(&fx().app_ec);
+    let with_jti = |now: u64| {
+        let mut cl = claims(now);
+        cl["jti"] = json!("the-same-jti");
+        body(&s.sign(&cl).unwrap())
+    };
+    e.server.register(&with_jti(t)).await.unwrap();
+    // Within the first JWT's life (and the leeway): a replay.
+    e.clock.advance(secs(200));
+    let err = refused(&e, &with_jti(e.clock.now())).await;
+    assert!(err.description().contains("replay"), "{err}");
+    // After it (exp + leeway): free again, once.
+    e.clock.advance(secs(300 + 60));
+    let again = with_jti(e.clock.now());
+    e.server.register(&again).await.unwrap();
+    let err = refused(&e, &again).await;
+    assert!(err.description().contains("replay"), "{err}");
+    // The same at the token endpoint.
+    let id = registered(&e, &fx().app_ec).await;
+    let assertion = |now: u64| {
+        let cl = json!({
+            "iss": id, "sub": id, "aud": TOKEN, "iat": now, "exp": now + 300,
+            "jti": "token-jti", "extensions": { "hl7-b2b": b2b() },
+        });
+        vec![
+            ("grant_type".to_owned(), "client_credentials".to_owned()),
+            (
+                "client_assertion_type".to_owned(),
+                careconnect::authz::udap::JWT_BEARER.to_owned(),
+            ),
+            ("client_assertion".to_owned(), s.sign(&cl).unwrap()),
+            ("udap".to_owned(), "1".to_owned()),
+        ]
+    };
+    e.server.token(&assertion(e.clock.now())).await.unwrap();
+    let err = e.server.token(&assertion(e.clock.now())).await.unwrap_err();
+    assert!(err.description().contains("replay"), "{err}");
+    e.clock.advance(secs(361));
+    e.server.token(&assertion(e.clock.now())).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_malformed_b2b_extension_is_invalid_grant_like_a_missing_one() {
+    let e = env().await;
+    let id = registered(&e, &fx().app_ec).await;
+    let s = signer(&fx().app_ec);
+    let t = e.clock.now();
+    let mut missing_org = serde_json::to_value(b2b()).unwrap();
+    missing_org
+        .as_object_mut()
+        .unwrap()
+        .remove("organization_id");
+    let mut pou_string = serde_json::to_value(b2b()).unwrap();
+    pou_string["purpose_of_use"] = json!("TREAT");
+    for (what, ext) in [
+        ("organization_id missing", json!({ "hl7-b2b": missing_org })),
+        ("purpose_of_use a string", json!({ "hl7-b2b": pou_string })),
+        ("hl7-b2b a string", json!({ "hl7-b2b": "yes" })),
+        ("extensions an array", json!([1])),
+        ("no hl7-b2b", json!({})),
+    ] {
+        let cl = json!({
+            "iss": id, "sub": id, "aud": TOKEN, "iat": t, "exp": t + 300,
+            "jti": format!("jti-{}", rand::random::<u64>()), "extensions": ext,
+        });
+        let f = vec![
+            ("grant_type".to_owned(), "client_credentials".to_owned()),
+            (
+                "client_assertion_type".to_owned(),
+                careconnect::authz::udap::JWT_BEARER.to_owned(),
+            ),
+            ("client_assertion".to_owned(), s.sign(&cl).unwrap()),
+            ("udap".to_owned(), "1".to_owned()),
+        ];
+        let err = e.server.token(&f).await.unwrap_err();
+        assert_eq!(err.code(), "invalid_grant", "{what}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn the_offered_subset_of_asked_scopes_is_granted_and_a_trailing_slash_in_aud_is_accepted() {
+    // STU 2 7.3: a registration or token request asking for one scope too
+    // many gets the subset, and says so in `scope`.
+    let e = env().await;
+    let t = e.clock.now();
+    let s = signer(&fx().app_ec);
+    let mut cl = claims(t);
+    cl["scope"] = json!("system/Patient.read system/*.write");
+    cl["aud"] = json!(format!("{REG}/"));
+    let reg = e
+        .server
+        .register(&body(&s.sign(&cl).unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(reg.body["scope"], "system/Patient.read");
+    assert_eq!(reg.client.metadata.scopes, ["system/Patient.read"]);
+    let id = reg.client.client_id;
+    let c = client(&fx().app_ec);
+    let tok = e
+        .server
+        .token(&form(
+            c.token_request(
+                &id,
+                TOKEN,
+                &b2b(),
+                Some("system/Patient.read system/Observation.read"),
+                t,
+            )
+            .unwrap(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(tok.grant.scopes, ["system/Patient.read"]);
+    assert_eq!(tok.to_json()["scope"], "system/Patient.read");
+    // Nothing registered among those asked: refused.
+    let err = e
+        .server
+        .token(&form(
+            c.token_request(&id, TOKEN, &b2b(), Some("system/Observation.read"), t)
+                .unwrap(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_scope");
+    // Two slashes, or another path, are still refused.
+    for aud in [format!("{REG}//"), format!("{BASE}/registe")] {
+        let mut cl = claims(t);
+        cl["aud"] = json!(aud);
+        let err = refused(&e, &body(&s.sign(&cl).unwrap())).await;
+        assert_eq!(err.code(), "invalid_software_statement", "{aud}");
+    }
+}
+
+fn secs(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n)
+}

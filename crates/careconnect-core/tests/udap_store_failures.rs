@@ -25,6 +25,7 @@ use careconnect_storage::{Collection, RecordStore};
 
 const BASE: &str = "https://fhir.clinic.test";
 const APP: &str = "https://lab.example/udap";
+const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 struct Certs {
     community: DevCommunity,
@@ -187,13 +188,13 @@ impl Env {
 impl Env {
     /// Registers `scopes` with a fresh statement.
     async fn register(&self, scopes: &[&str]) -> Registration {
-        self.udap.register(&statement(scopes)).await.unwrap()
+        self.udap.register(&statement(scopes), LOCAL).await.unwrap()
     }
 
     /// After a failed registration of `body`: `body` is spent (its `jti` was
     /// taken), and a fresh statement registers the app.
     async fn spent_then_registered(&self, body: &[u8]) -> Registration {
-        let replay = self.udap.register(body).await.unwrap_err();
+        let replay = self.udap.register(body, LOCAL).await.unwrap_err();
         assert_eq!(replay.code(), "invalid_software_statement", "{replay:?}");
         assert!(replay.description().contains("replay"), "{replay:?}");
         let reg = self.register(&["system/Patient.read"]).await;
@@ -203,7 +204,11 @@ impl Env {
 
     /// Gets a token for `client_id` and checks that it is live.
     async fn live_token(&self, client_id: &str) {
-        let token = self.udap.token(&token_form(client_id)).await.unwrap();
+        let token = self
+            .udap
+            .token(&token_form(client_id), LOCAL)
+            .await
+            .unwrap();
         let live = self.udap.server().introspect(token.secret()).await.unwrap();
         assert!(live.is_some());
     }
@@ -220,7 +225,7 @@ async fn a_registration_the_log_cannot_record_is_not_made() {
     let e = env().await;
     e.break_writes("INSERT", "audit", "1").await;
     let body = statement(&["system/Patient.read"]);
-    let err = e.udap.register(&body).await.unwrap_err();
+    let err = e.udap.register(&body, LOCAL).await.unwrap_err();
     assert_server_error(&err);
     assert!(e.udap.server().clients(10).await.unwrap().is_empty());
     assert_eq!(e.rows("udap_clients").await, 0);
@@ -233,7 +238,7 @@ async fn a_registration_the_log_cannot_record_is_not_made() {
     e.break_writes("INSERT", "audit", "1").await;
     let err = e
         .udap
-        .token(&token_form(&reg.client.client_id))
+        .token(&token_form(&reg.client.client_id), LOCAL)
         .await
         .unwrap_err();
     assert_server_error(&err);
@@ -254,7 +259,7 @@ async fn a_client_row_the_store_refuses_leaves_no_client_and_the_log_says_it_fai
     e.break_writes("INSERT", "records", "NEW.collection = 'udap_clients'")
         .await;
     let body = statement(&["system/Patient.read"]);
-    let err = e.udap.register(&body).await.unwrap_err();
+    let err = e.udap.register(&body, LOCAL).await.unwrap_err();
     assert_server_error(&err);
     assert!(e.udap.server().clients(10).await.unwrap().is_empty());
     assert_eq!(
@@ -283,7 +288,11 @@ async fn an_update_the_store_refuses_leaves_the_registration_as_it_was() {
     e.break_writes("UPDATE", "records", "NEW.collection = 'udap_clients'")
         .await;
     let wider = ["system/Patient.read", "system/Observation.read"];
-    let err = e.udap.register(&statement(&wider)).await.unwrap_err();
+    let err = e
+        .udap
+        .register(&statement(&wider), LOCAL)
+        .await
+        .unwrap_err();
     assert_server_error(&err);
     assert_eq!(e.audited_since(from).await, attempted_and_failed);
     let stored = e.udap.server().client(&id).await.unwrap().unwrap();
@@ -304,7 +313,7 @@ async fn an_update_the_store_refuses_leaves_the_registration_as_it_was() {
     let from = e.last_seq().await;
     e.break_writes("DELETE", "records", "OLD.collection = 'udap_clients'")
         .await;
-    let err = e.udap.register(&cancel()).await.unwrap_err();
+    let err = e.udap.register(&cancel(), LOCAL).await.unwrap_err();
     assert_server_error(&err);
     assert_eq!(e.audited_since(from).await, attempted_and_failed);
     assert!(e.udap.server().client(&id).await.unwrap().is_some());
@@ -313,10 +322,10 @@ async fn an_update_the_store_refuses_leaves_the_registration_as_it_was() {
     e.heal().await;
 
     // With the database back, the update and the cancellation go through.
-    let updated = e.udap.register(&statement(&wider)).await.unwrap();
+    let updated = e.udap.register(&statement(&wider), LOCAL).await.unwrap();
     assert_eq!((updated.status(), &updated.client.client_id), (200, &id));
     assert_eq!(updated.client.metadata.scopes, wider);
-    let cancelled = e.udap.register(&cancel()).await.unwrap();
+    let cancelled = e.udap.register(&cancel(), LOCAL).await.unwrap();
     assert_eq!(
         cancelled.outcome,
         careconnect_authz::udap::RegistrationOutcome::Cancelled
@@ -332,7 +341,7 @@ async fn a_token_the_store_refuses_is_not_handed_out() {
     e.break_writes("INSERT", "records", "NEW.collection = 'udap_tokens'")
         .await;
     let form = token_form(&reg.client.client_id);
-    let err = e.udap.token(&form).await.unwrap_err();
+    let err = e.udap.token(&form, LOCAL).await.unwrap_err();
     assert_server_error(&err);
     assert_eq!(e.rows("udap_tokens").await, 0);
     assert_eq!(
@@ -344,7 +353,7 @@ async fn a_token_the_store_refuses_is_not_handed_out() {
     );
     e.heal().await;
     // The failed assertion is spent; a fresh one gets a token.
-    let replay = e.udap.token(&form).await.unwrap_err();
+    let replay = e.udap.token(&form, LOCAL).await.unwrap_err();
     assert!(replay.description().contains("replay"), "{replay:?}");
     e.live_token(&reg.client.client_id).await;
 }

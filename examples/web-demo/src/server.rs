@@ -17,7 +17,7 @@ use tower::ServiceExt;
 
 use careconnect::crypto::tls::Negotiated;
 
-use crate::web::ConnTls;
+use crate::web::{ClientAddr, ConnTls};
 
 /// ALPN protocols offered, preferred first.
 pub(crate) const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -81,7 +81,7 @@ pub(crate) async fn serve(
             },
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
         };
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
                 Err(e) => {
@@ -118,10 +118,12 @@ pub(crate) async fn serve(
             };
             // What the handshake settled on, for the pages to show.
             let conn_tls = Negotiated::of(tls.get_ref().1).map(ConnTls);
+            let client = ClientAddr(peer.ip());
             let app = app.map_request(move |mut req: axum::extract::Request<_>| {
                 if let Some(t) = conn_tls {
                     req.extensions_mut().insert(t);
                 }
+                req.extensions_mut().insert(client);
                 req
             });
             let service = TowerToHyperService::new(app);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Extension, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -242,7 +242,12 @@ async fn metadata(State(app): State<web::State>, RawQuery(q): RawQuery) -> Respo
     }
 }
 
-async fn register(State(app): State<web::State>, headers: HeaderMap, body: Bytes) -> Response {
+async fn register(
+    State(app): State<web::State>,
+    client: Option<Extension<web::ClientAddr>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !content_type_is(&headers, "application/json") {
         return refuse(&UdapError::InvalidClientMetadata(
             "Content-Type must be application/json",
@@ -251,13 +256,23 @@ async fn register(State(app): State<web::State>, headers: HeaderMap, body: Bytes
     let Ok(_permit) = app.udap.busy.try_acquire() else {
         return busy();
     };
-    match app.udap.server.register(&body).await {
+    match app
+        .udap
+        .server
+        .register(&body, web::ClientAddr::of(client))
+        .await
+    {
         Ok(reg) => json(reg.status(), &reg.body),
         Err(e) => refuse(&e),
     }
 }
 
-async fn token(State(app): State<web::State>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token(
+    State(app): State<web::State>,
+    client: Option<Extension<web::ClientAddr>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !content_type_is(&headers, "application/x-www-form-urlencoded") {
         return refuse(&UdapError::InvalidRequest(
             "Content-Type must be application/x-www-form-urlencoded",
@@ -274,7 +289,12 @@ async fn token(State(app): State<web::State>, headers: HeaderMap, body: Bytes) -
     let Ok(_permit) = app.udap.busy.try_acquire() else {
         return busy();
     };
-    match app.udap.server.token(&form).await {
+    match app
+        .udap
+        .server
+        .token(&form, web::ClientAddr::of(client))
+        .await
+    {
         Ok(t) => json(200, &t.to_json()),
         Err(e) => refuse(&e),
     }

@@ -271,6 +271,19 @@ pub(crate) fn escape(s: &str) -> String {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnTls(pub(crate) Negotiated);
 
+/// The address the connection came from: put in every request's
+/// extensions by the server (UDAP refusals are throttled per address).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub(crate) std::net::IpAddr);
+
+impl ClientAddr {
+    /// The client's address; unspecified when the server did not say
+    /// (never, when served by `server::serve`).
+    pub(crate) fn of(ext: Option<axum::Extension<Self>>) -> std::net::IpAddr {
+        ext.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |e| e.0.0)
+    }
+}
+
 impl ConnTls {
     /// The footer's words, e.g. `TLS 1.3, X25519MLKEM768, TLS13_AES_256_GCM_SHA384
     /// (post-quantum key exchange)`.

@@ -99,19 +99,32 @@ impl B2bExtension {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct Extensions {
-    #[serde(rename = "hl7-b2b", default)]
-    pub(crate) b2b: Option<B2bExtension>,
-}
-
-/// An authentication token's claims, as sent.
+/// An authentication token's claims, as sent. The extensions are read
+/// after the client is authenticated, so a malformed `hl7-b2b` is
+/// `invalid_grant` like any other broken rule of it, not `invalid_client`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct AssertionClaims {
     #[serde(flatten)]
     jwt: jws::JwtClaims,
     #[serde(default)]
-    extensions: Option<Extensions>,
+    extensions: Option<serde_json::Value>,
+}
+
+/// The `hl7-b2b` member of `extensions`: absent (`Ok(None)`), or an
+/// extension whose required members are present with their types.
+fn b2b_of(extensions: Option<serde_json::Value>) -> Result<Option<B2bExtension>, &'static str> {
+    let Some(ext) = extensions else {
+        return Ok(None);
+    };
+    let serde_json::Value::Object(mut ext) = ext else {
+        return Err("extensions must be a JSON object");
+    };
+    match ext.remove("hl7-b2b") {
+        None => Ok(None),
+        Some(b2b) => serde_json::from_value(b2b)
+            .map(Some)
+            .map_err(|_| "hl7-b2b is missing a required member or has one of the wrong type"),
+    }
 }
 
 /// An assertion whose claims held.
@@ -119,9 +132,13 @@ pub(crate) struct AssertionClaims {
 pub(crate) struct CheckedAssertion {
     pub(crate) jti: String,
     pub(crate) exp: u64,
-    pub(crate) b2b: Option<B2bExtension>,
+    /// The `hl7-b2b` extension: absent, or why it does not parse.
+    pub(crate) b2b: Result<Option<B2bExtension>, &'static str>,
     pub(crate) san_uris: Vec<String>,
 }
+
+/// The refusal for an assertion addressed to another endpoint.
+pub(crate) const AUD_RULE: &str = "aud must be this server's token endpoint";
 
 /// Checks a verified assertion: `iss` = `sub` = `client_id`, `aud` the
 /// token endpoint, times, `jti` well formed.
@@ -136,18 +153,11 @@ pub(crate) fn check_assertion(
     if c.jwt.iss != client_id || c.jwt.sub != client_id {
         return Err(bad("iss and sub must both be the client_id"));
     }
-    let exp = c
-        .jwt
-        .check(
-            token_endpoint,
-            "aud must be this server's token endpoint",
-            now,
-        )
-        .map_err(bad)?;
+    let exp = c.jwt.check(token_endpoint, AUD_RULE, now).map_err(bad)?;
     Ok(CheckedAssertion {
         jti: c.jwt.jti,
         exp,
-        b2b: c.extensions.and_then(|e| e.b2b),
+        b2b: b2b_of(c.extensions),
         san_uris: v.leaf.san_uris,
     })
 }
@@ -155,6 +165,6 @@ pub(crate) fn check_assertion(
 /// Maps a JWT fault for the token endpoint: every one is `invalid_client`.
 pub(crate) fn assertion_fault(f: Fault) -> UdapError {
     match f {
-        Fault::Invalid(d) | Fault::Untrusted(d) => UdapError::InvalidClient(d),
+        Fault::Invalid(d) | Fault::Untrusted(d) | Fault::Member(d) => UdapError::InvalidClient(d),
     }
 }

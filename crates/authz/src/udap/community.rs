@@ -72,6 +72,8 @@ pub(crate) struct LeafInfo {
     pub(crate) key: LeafKey,
     /// SHA-256 of the certificate's DER, hex.
     pub(crate) fingerprint: String,
+    /// `notBefore` and `notAfter` (Unix seconds, clamped at 0).
+    pub(crate) validity: (u64, u64),
 }
 
 /// Reads the leaf's URI SANs and public key. `Err` carries a description
@@ -125,11 +127,23 @@ pub(crate) fn leaf_info(der: &[u8]) -> Result<LeafInfo, &'static str> {
         }
         _ => return Err("the certificate's key is neither RSA nor EC"),
     };
+    let secs = |t: i64| u64::try_from(t).unwrap_or(0);
+    let validity = (
+        secs(cert.validity().not_before.timestamp()),
+        secs(cert.validity().not_after.timestamp()),
+    );
     Ok(LeafInfo {
         san_uris,
         key,
-        fingerprint: hex::encode(Sha256::digest(der)),
+        fingerprint: fingerprint(der),
+        validity,
     })
+}
+
+/// SHA-256 of a certificate's DER, hex: how a presented certificate is
+/// named in the log before anything it says is trusted.
+pub(crate) fn fingerprint(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
 }
 
 /// Where fresh certificate revocation lists come from. [`CrlFiles`] reads
@@ -387,22 +401,51 @@ impl TrustCommunity {
             ),
             Err(_) => None,
         };
-        let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
-        ee.verify_for_usage(
-            CHAIN_ALGS,
-            &self.anchors,
-            &intermediates,
-            time,
-            KeyUsage::required_if_present(EKU_CLIENT_AUTH),
-            revocation,
-            None,
-        )
-        .map_err(|e| Refused::Untrusted(describe(&e)))?;
+        let at = |secs: u64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+        let verify = |time, revocation| {
+            ee.verify_for_usage(
+                CHAIN_ALGS,
+                &self.anchors,
+                &intermediates,
+                time,
+                KeyUsage::required_if_present(EKU_CLIENT_AUTH),
+                revocation,
+                None,
+            )
+            .map(drop)
+        };
+        if let Err(e) = verify(at(now), revocation) {
+            // A path to an anchor is proven only by validating one: without
+            // revocation data, at a time the leaf was valid. webpki checks a
+            // certificate's own validity, CA flag and key usage before it
+            // looks for an issuer, so only a refusal that comes after path
+            // building (a time or revocation failure) can be a member's, and
+            // only if the path really validates.
+            let after_path = matches!(
+                e,
+                webpki::Error::CertExpired { .. }
+                    | webpki::Error::CertNotValidYet { .. }
+                    | webpki::Error::CertRevoked
+                    | webpki::Error::UnknownRevocationStatus
+                    | webpki::Error::CrlExpired { .. }
+            );
+            let (from, until) = info.validity;
+            let proven = after_path
+                && [now, from, until]
+                    .into_iter()
+                    .any(|t| verify(at(t), None).is_ok());
+            let why = describe(&e);
+            return Err(if proven {
+                Refused::Member(why)
+            } else {
+                Refused::Untrusted(why)
+            });
+        }
         // Required revocation data, and none loaded: refused, but only for
         // a chain that is this community's (so another community's
         // members are not turned away as if revoked here).
         if self.require_crls && revocation.is_none() {
-            return Err(Refused::Untrusted("no revocation data for the certificate"));
+            return Err(Refused::Member("no revocation data for the certificate"));
         }
         Ok(info)
     }
@@ -495,11 +538,15 @@ impl LoadedCrl {
 pub(crate) const UNKNOWN_ISSUER: &str =
     "the certificate does not chain to a trust anchor of this community";
 
-/// Why a chain was refused: malformed (the JWT's fault) or not trusted.
+/// Why a chain was refused: malformed (the JWT's fault), not trusted, or
+/// refused although a path to one of the community's anchors was proven
+/// (revoked, expired, no revocation data): only the last concerns a
+/// member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
     Malformed(&'static str),
     Untrusted(&'static str),
+    Member(&'static str),
 }
 
 fn describe(e: &webpki::Error) -> &'static str {

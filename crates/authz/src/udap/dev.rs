@@ -74,6 +74,47 @@ pub enum KeyKind {
     P384,
 }
 
+/// What is wrong with a [`self_made`] certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flaw {
+    /// Valid in 2020 only.
+    Expired,
+    /// `CA:TRUE`, used as a leaf.
+    Ca,
+    /// An extended key usage of `serverAuth` only.
+    ServerAuthOnly,
+}
+
+/// A P-256 certificate for `san_uri` that no community issued: self-signed,
+/// with `flaw`, a reason of its own to be refused that webpki finds before
+/// it looks for an issuer. Anyone can make one; for tests that such
+/// certificates are nobody's.
+///
+/// # Errors
+/// [`UdapError::Config`] if generation fails.
+pub fn self_made(san_uri: &str, flaw: Flaw) -> Result<IssuedCert, UdapError> {
+    let key = key_pair(KeyKind::P256)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, san_uri);
+    p.subject_alt_names = vec![SanType::URI(san_uri.try_into().map_err(cfg)?)];
+    match flaw {
+        Flaw::Expired => {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        Flaw::Ca => p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained),
+        Flaw::ServerAuthOnly => {
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        }
+    }
+    let cert = p.self_signed(&key).map_err(cfg)?;
+    Ok(IssuedCert {
+        chain_pem: cert.pem().into_bytes(),
+        key_pem: Zeroizing::new(key.serialize_pem()),
+        serial: 0,
+    })
+}
+
 /// A leaf certificate and its key.
 pub struct IssuedCert {
     /// Leaf then intermediate, PEM: what goes in `x5c`.

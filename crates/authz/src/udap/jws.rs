@@ -31,6 +31,9 @@ pub(crate) enum Fault {
     Invalid(&'static str),
     /// Well formed, but its chain is not trusted by the community.
     Untrusted(&'static str),
+    /// Its chain leads to one of the community's anchors, but is refused
+    /// (revoked, expired...): a member's certificate.
+    Member(&'static str),
 }
 
 impl From<Refused> for Fault {
@@ -38,6 +41,7 @@ impl From<Refused> for Fault {
         match r {
             Refused::Malformed(d) => Self::Invalid(d),
             Refused::Untrusted(d) => Self::Untrusted(d),
+            Refused::Member(d) => Self::Member(d),
         }
     }
 }
@@ -60,6 +64,31 @@ impl Signed {
             .filter(|s| printable(s))
             .unwrap_or("?")
             .to_owned()
+    }
+
+    /// SHA-256 of the presented leaf certificate (hex): how an unproven
+    /// signer is named in the log, never by what it claims.
+    pub(crate) fn leaf_sha256(&self) -> String {
+        self.chain
+            .first()
+            .map(|c| super::community::fingerprint(c))
+            .unwrap_or_default()
+    }
+
+    /// The registered claims checked before any chain is built (cheap, and
+    /// so that an expired or misdirected JWT, replayed as often as anyone
+    /// likes, costs no path building and is never a member's): `aud` is
+    /// `audience`, the times hold, `jti` is well formed. `Err` describes
+    /// the broken rule (`aud_rule` for the audience).
+    pub(crate) fn precheck(
+        &self,
+        audience: &str,
+        aud_rule: &'static str,
+        now: u64,
+    ) -> Result<(), &'static str> {
+        let jwt: JwtClaims = serde_json::from_value(self.claims.clone())
+            .map_err(|_| "a claim is missing or has the wrong type")?;
+        jwt.check(audience, aud_rule, now).map(drop)
     }
 
     /// Validates the chain in `community` at `now` and decodes the claims.
@@ -195,11 +224,18 @@ pub(crate) enum Audience {
 }
 
 impl Audience {
-    /// Whether this audience is exactly `expected` (byte for byte).
+    /// Whether this audience is `expected` byte for byte, or differs from
+    /// it only by one trailing slash (UDAP Security IG STU 2 7.1.5: a
+    /// client may write the endpoint's URL either way).
     pub(crate) fn is(&self, expected: &str) -> bool {
+        let same = |a: &str| {
+            a == expected
+                || a.strip_suffix('/') == Some(expected)
+                || expected.strip_suffix('/') == Some(a)
+        };
         match self {
-            Self::One(a) => a == expected,
-            Self::Many(v) => v.len() == 1 && v[0] == expected,
+            Self::One(a) => same(a),
+            Self::Many(v) => v.len() == 1 && same(&v[0]),
         }
     }
 }

@@ -117,6 +117,9 @@ fn https(u: &str) -> bool {
         })
 }
 
+/// The refusal for a statement addressed to another endpoint.
+pub(crate) const AUD_RULE: &str = "aud must be this server's registration endpoint";
+
 /// Checks a verified statement's claims for `registration_endpoint`, with
 /// the scopes this server allows. The chain and signature were checked by
 /// [`jws::verify`]; `authorization_code` says whether this server supports
@@ -143,11 +146,7 @@ pub(crate) fn check_statement(
         return Err(bad("sub must equal iss"));
     }
     let exp = jwt
-        .check(
-            registration_endpoint,
-            "aud must be this server's registration endpoint",
-            now,
-        )
+        .check(registration_endpoint, AUD_RULE, now)
         .map_err(bad)?;
 
     let meta = UdapError::InvalidClientMetadata;
@@ -215,9 +214,15 @@ pub(crate) fn check_statement(
         _ => return Err(meta("token_endpoint_auth_method must be private_key_jwt")),
     }
     let scope = c.scope.ok_or(meta("scope is required"))?;
-    let scopes = parse_scopes(&scope).ok_or(meta("scope must list 1 to 64 scopes"))?;
-    if scopes.iter().any(|s| !allowed_scopes.contains(s)) {
-        return Err(meta("scope requests a scope this server does not offer"));
+    // UDAP Security IG STU 2 7.3: the subset this server offers is
+    // registered (and echoed in the response); none of them is an error.
+    let scopes: Vec<String> = parse_scopes(&scope)
+        .ok_or(meta("scope must list 1 to 64 scopes"))?
+        .into_iter()
+        .filter(|s| allowed_scopes.contains(s))
+        .collect();
+    if scopes.is_empty() {
+        return Err(meta("scope requests no scope this server offers"));
     }
     let (redirect_uris, response_types, logo_uri) = if code {
         let uris = c.redirect_uris.unwrap_or_default();
@@ -302,7 +307,7 @@ pub(crate) fn parse_scopes(s: &str) -> Option<Vec<String>> {
 pub(crate) fn registration_fault(f: Fault) -> UdapError {
     match f {
         Fault::Invalid(d) => UdapError::InvalidSoftwareStatement(d),
-        Fault::Untrusted(d) => UdapError::UnapprovedSoftwareStatement(d),
+        Fault::Untrusted(d) | Fault::Member(d) => UdapError::UnapprovedSoftwareStatement(d),
     }
 }
 

@@ -152,17 +152,23 @@ impl Registration {
 }
 
 /// A refused registration or token request, and who signed it when the
-/// signing certificate is a community's (its chain validated, or was
-/// refused as revoked, expired...): the statement's `iss`, or the client
-/// id. Such a refusal concerns a member and is worth auditing in full; any
-/// other can come from anyone with a key.
+/// signing certificate is proven to be a community's (its chain validated,
+/// or a path to an anchor validated but the certificate is revoked,
+/// expired...): the statement's `iss`, or the client id. Such a refusal
+/// concerns a member and is worth auditing in full; any other can come
+/// from anyone with a key, and is named only by the certificate it
+/// presented.
 #[derive(Debug)]
 pub struct Refusal {
     /// The error to answer with.
     pub error: UdapError,
-    /// Who signed the request, if a community issued the signing
-    /// certificate.
+    /// Who signed the request, if a community is proven to have issued
+    /// the signing certificate.
     pub signer: Option<String>,
+    /// SHA-256 (hex) of the leaf certificate whose key signed the request,
+    /// when the signature verified (whether or not its chain did); `None`
+    /// when the request was refused before that.
+    pub leaf_sha256: Option<String>,
 }
 
 impl From<Refusal> for UdapError {
@@ -435,8 +441,13 @@ impl UdapServer {
         Ok(jwt)
     }
 
-    /// Records `jti` from `iss` as used until `exp`; a second use is a
-    /// replay, on this node or any other sharing the store.
+    /// Records `jti` from `iss` as used until `exp` (plus the clock
+    /// leeway); a second use before then is a replay, on this node or any
+    /// other sharing the store. Once the JWT that used it has expired, the
+    /// `jti` may be used again (UDAP Security IG 1.2.4): its row is
+    /// replaced, compare-and-swap, so two reuses racing cannot both win.
+    /// A row that does not open (forged, or under a destroyed key) counts
+    /// as expired, as [`UdapServer::purge`] would delete it.
     async fn use_jti(
         &self,
         scope: &str,
@@ -451,9 +462,34 @@ impl UdapServer {
                 exp: exp + jws::MAX_SKEW,
             },
         )?;
-        match self.store.insert(self.jtis.coll(), &id, data).await {
+        match self.store.insert(self.jtis.coll(), &id, data.clone()).await {
+            Ok(_) => return Ok(true),
+            Err(StorageError::DuplicateId) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let row = match self.store.get(self.jtis.coll(), &id).await {
+            Ok(row) => row,
+            // Purged in between: the insert decides.
+            Err(StorageError::NotFound) => {
+                return match self.store.insert(self.jtis.coll(), &id, data).await {
+                    Ok(_) => Ok(true),
+                    Err(StorageError::DuplicateId) => Ok(false),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let seen: Option<SeenJti> = self.jtis.open(&row);
+        if seen.is_some_and(|s| s.exp >= self.clock.now()) {
+            return Ok(false);
+        }
+        match self
+            .store
+            .update(self.jtis.coll(), &id, row.version, data)
+            .await
+        {
             Ok(_) => Ok(true),
-            Err(StorageError::DuplicateId) => Ok(false),
+            Err(StorageError::VersionConflict { .. } | StorageError::NotFound) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -503,26 +539,39 @@ impl UdapServer {
     /// # Errors
     /// The RFC 7591 error to answer with.
     pub async fn prepare_registration(&self, body: &[u8]) -> Result<PendingRegistration, Refusal> {
-        let mut signer = None;
-        self.prepare_inner(body, &mut signer)
+        let mut who = Who::default();
+        self.prepare_inner(body, &mut who)
             .await
-            .map_err(|error| Refusal { error, signer })
+            .map_err(|error| Refusal {
+                error,
+                signer: who.signer,
+                leaf_sha256: who.leaf_sha256,
+            })
     }
 
     async fn prepare_inner(
         &self,
         body: &[u8],
-        signer: &mut Option<String>,
+        who: &mut Who,
     ) -> Result<PendingRegistration, UdapError> {
         let req = RegistrationRequest::parse(body)?;
         let now = self.clock.now();
-        // The signature once; then the chain in every community. The client
+        // The signature once; the cheap claims (audience, times) before any
+        // chain is built; then the chain in every community. The client
         // belongs to the first that validates it.
         let signed = jws::verify_signature(&req.software_statement)
             .map_err(registration::registration_fault)?;
+        who.leaf_sha256 = Some(signed.leaf_sha256());
+        signed
+            .precheck(
+                &self.config.registration_endpoint,
+                registration::AUD_RULE,
+                now,
+            )
+            .map_err(UdapError::InvalidSoftwareStatement)?;
         let chains = self.chain_everywhere::<StatementClaims>(&signed, now);
         if issued_by_a_community(&chains) {
-            *signer = Some(signed.claimed_iss());
+            who.signer = Some(signed.claimed_iss());
         }
         let (i, verified) = chains
             .map_err(registration::registration_fault)?
@@ -740,16 +789,20 @@ impl UdapServer {
     /// # Errors
     /// The RFC 6749 error to answer with.
     pub async fn authenticate(&self, form: &[(String, String)]) -> Result<PendingToken, Refusal> {
-        let mut signer = None;
-        self.authenticate_inner(form, &mut signer)
+        let mut who = Who::default();
+        self.authenticate_inner(form, &mut who)
             .await
-            .map_err(|error| Refusal { error, signer })
+            .map_err(|error| Refusal {
+                error,
+                signer: who.signer,
+                leaf_sha256: who.leaf_sha256,
+            })
     }
 
     async fn authenticate_inner(
         &self,
         form: &[(String, String)],
-        signer: &mut Option<String>,
+        who: &mut Who,
     ) -> Result<PendingToken, UdapError> {
         let field = |name: &str| -> Result<Option<&str>, UdapError> {
             let mut it = form.iter().filter(|(k, _)| k == name);
@@ -799,11 +852,15 @@ impl UdapServer {
         }
         let now = self.clock.now();
         let signed = jws::verify_signature(jwt).map_err(assertion::assertion_fault)?;
+        who.leaf_sha256 = Some(signed.leaf_sha256());
+        signed
+            .precheck(&self.config.token_endpoint, assertion::AUD_RULE, now)
+            .map_err(UdapError::InvalidClient)?;
         // The chain as at registration: in every community, revocation
         // anywhere final; it must validate in the client's own.
         let chains = self.chain_everywhere::<AssertionClaims>(&signed, now);
         if issued_by_a_community(&chains) {
-            *signer = Some(client.client_id.clone());
+            who.signer = Some(client.client_id.clone());
         }
         let verified = chains
             .map_err(assertion::assertion_fault)?
@@ -833,9 +890,12 @@ impl UdapServer {
                 "the client is not registered for client_credentials",
             ));
         }
-        let b2b = checked.b2b.ok_or(UdapError::InvalidGrant(
-            "the hl7-b2b authorization extension is required",
-        ))?;
+        let b2b = checked
+            .b2b
+            .map_err(UdapError::InvalidGrant)?
+            .ok_or(UdapError::InvalidGrant(
+                "the hl7-b2b authorization extension is required",
+            ))?;
         b2b.check().map_err(UdapError::InvalidGrant)?;
         // What the client registered, less what this server no longer
         // offers.
@@ -849,14 +909,18 @@ impl UdapServer {
         let scopes = match field("scope")? {
             None => offered,
             Some(s) => {
+                // UDAP Security IG STU 2 7.3: the registered subset of
+                // what is asked, returned as the granted `scope`.
                 let wanted = registration::parse_scopes(s)
                     .ok_or(UdapError::InvalidScope("scope must list 1 to 64 scopes"))?;
-                if wanted.iter().any(|w| !offered.contains(w)) {
+                let granted: Vec<String> =
+                    wanted.into_iter().filter(|w| offered.contains(w)).collect();
+                if granted.is_empty() {
                     return Err(UdapError::InvalidScope(
-                        "scope asks for more than the client registered",
+                        "scope asks for none of the scopes the client registered",
                     ));
                 }
-                wanted
+                granted
             }
         };
         if scopes.is_empty() {
@@ -967,16 +1031,21 @@ impl UdapServer {
     }
 }
 
-/// Whether a chain result shows a certificate some community issued: it
-/// validated, or was refused for a reason only a member's certificate can
-/// have (revoked, expired...). Anyone can sign with a key of their own; only
-/// these refusals concern a member, and are audited in full.
+/// What is known of a request's signer while it is checked.
+#[derive(Default)]
+struct Who {
+    signer: Option<String>,
+    leaf_sha256: Option<String>,
+}
+
+/// Whether a chain result proves a certificate some community issued: it
+/// validated, or a path to an anchor validated but the certificate was
+/// refused (revoked, expired...). Anyone can sign with a key of their own,
+/// and make a certificate that fails for reasons of its own (expired, a CA,
+/// the wrong key usage); only these refusals concern a member, and are
+/// audited in full.
 fn issued_by_a_community<T>(r: &Result<T, jws::Fault>) -> bool {
-    match r {
-        Ok(_) => true,
-        Err(jws::Fault::Untrusted(d)) => *d != super::community::UNKNOWN_ISSUER,
-        Err(jws::Fault::Invalid(_)) => false,
-    }
+    matches!(r, Ok(_) | Err(jws::Fault::Member(_)))
 }
 
 fn token_row(token: &str) -> Result<RowId, UdapError> {

@@ -283,8 +283,10 @@ async fn abuse_of_the_udap_endpoints() {
             .count(),
         1
     );
-    // The flood did not flood the audit log: refusals are recorded up to
-    // the per-minute limit (the minute may turn over once mid-flood).
+    // The flood did not flood the audit log: refusals from one address are
+    // recorded up to the per-source limit, then one entry says more went
+    // unrecorded (the minute may turn over once mid-flood; every refusal in
+    // this test comes from 127.0.0.1).
     let mut refusals = 0;
     let mut from = 0;
     loop {
@@ -296,15 +298,12 @@ async fn abuse_of_the_udap_endpoints() {
         }
         from += 50;
     }
-    let limit = careconnect::core::udap::MAX_AUDITED_REFUSALS_PER_MINUTE as usize;
+    let limit = careconnect::core::udap::MAX_AUDITED_REFUSALS_PER_SOURCE as usize;
     assert!(
         refusals >= limit.min(refused),
         "{refusals} refusals audited"
     );
-    assert!(
-        refusals <= 2 * (limit + 1) + 10,
-        "{refusals} refusals audited"
-    );
+    assert!(refusals <= 2 * (limit + 1), "{refusals} refusals audited");
 
     // A query with anything but one community: a JSON 400.
     let r = c
