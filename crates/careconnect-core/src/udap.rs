@@ -123,9 +123,10 @@ impl Throttle {
     }
 }
 
-/// `addr`, an IPv6 address cut to its /64 (one host usually holds a whole
-/// /64) and an IPv4-mapped one as IPv4.
-fn source_addr(addr: IpAddr) -> IpAddr {
+/// The address a client is counted by, for refusals here and for a
+/// server's per-client caps: `addr`, an IPv6 address cut to its /64 (one
+/// host usually holds a whole /64) and an IPv4-mapped one as IPv4.
+pub fn client_source(addr: IpAddr) -> IpAddr {
     use std::net::Ipv6Addr;
     match addr {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -227,7 +228,7 @@ impl ClinicUdap {
                 )
             }
             None => {
-                let mut sources = vec![Source::Addr(source_addr(peer))];
+                let mut sources = vec![Source::Addr(client_source(peer))];
                 if let Some(fp) = &r.leaf_sha256 {
                     sources.push(Source::Leaf(fp.clone()));
                 }
@@ -434,9 +435,9 @@ mod tests {
     fn ipv6_addresses_count_by_their_64() {
         let a: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
-        assert_eq!(source_addr(a), source_addr(b));
+        assert_eq!(client_source(a), client_source(b));
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(source_addr(mapped), IpAddr::from([192, 0, 2, 1]));
+        assert_eq!(client_source(mapped), IpAddr::from([192, 0, 2, 1]));
     }
 
     #[test]

@@ -44,7 +44,7 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 
 pub use settings::Settings;
@@ -278,6 +278,8 @@ pub async fn start(mut settings: Settings) -> Result<Running> {
         upload_limit,
         readiness: std::sync::Mutex::default(),
         uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
+        uploads_by_user: std::sync::Mutex::default(),
+        limits: settings.limits,
         udap,
     });
     let (stop, stopped) = watch::channel(false);
@@ -289,7 +291,13 @@ pub async fn start(mut settings: Settings) -> Result<Running> {
     ));
     let router = router(app);
     let url = settings.public_url.clone();
-    let task = tokio::spawn(server::serve(listener, tls_config, router, stopped));
+    let task = tokio::spawn(server::serve(
+        listener,
+        tls_config,
+        router,
+        stopped,
+        settings.limits,
+    ));
     Ok(Running {
         addr,
         url,
@@ -339,16 +347,22 @@ fn router(app: web::State) -> Router {
             "camera=(), microphone=(), geolocation=()",
         ),
     ];
-    // Every response head within 30 s but uploads' (which stream as long as
-    // data keeps coming); bodies (downloads) stream on after it.
+    // Every response head within the request deadline but uploads' (which
+    // stream as long as data keeps coming), UDAP's included; bodies
+    // (downloads) stream on after it. Every request body, uploads' too,
+    // must keep coming: a pause past the body deadline ends it.
+    let limits = app.limits;
     let mut r = pages::routes(app.clone())
         .layer(DefaultBodyLimit::max(web::FORM_LIMIT))
+        .merge(udap::routes(app.clone()))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+            Duration::from_secs(limits.request_secs),
         ))
-        .merge(pages::upload_routes(app.clone()))
-        .merge(udap::routes(app));
+        .merge(pages::upload_routes(app))
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
+            limits.body_idle_secs,
+        )));
     for (name, value) in headers {
         r = r.layer(SetResponseHeaderLayer::overriding(
             name,

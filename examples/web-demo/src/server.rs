@@ -2,20 +2,26 @@
 //! and HTTP/2 by ALPN, with a graceful stop: no new connections, in-flight
 //! requests finish (bounded), then the process ends.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use careconnect::core::udap::client_source;
 use careconnect::crypto::tls::Negotiated;
+
+use crate::settings::Limits;
 
 use crate::web::{ClientAddr, ConnTls};
 
@@ -59,28 +65,83 @@ fn builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Connections open per client address, each counted while its
+/// [`ClientSlot`] lives.
+#[derive(Debug)]
+struct PerClient {
+    max: usize,
+    open: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection of a client.
+#[derive(Debug)]
+struct ClientSlot {
+    owner: Arc<PerClient>,
+    addr: IpAddr,
+}
+
+impl PerClient {
+    /// A slot for a connection from `addr`, unless it has `max` open.
+    fn take(self: &Arc<Self>, addr: IpAddr) -> Option<ClientSlot> {
+        let addr = client_source(addr);
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(addr).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            owner: self.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .owner
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.addr) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.addr);
+            }
+        }
+    }
+}
+
 /// Accepts connections on `listener` until `stop` turns true, then waits
-/// for open connections (at most [`DRAIN_TIMEOUT`]).
+/// for open connections (at most [`DRAIN_TIMEOUT`]). One client address
+/// holds at most `limits.connections_per_client` connections (more are
+/// closed on accept); a connection that starts no request for
+/// `limits.idle_secs` is closed gracefully (requests in flight finish), so
+/// an HTTP/2 client that answers pings cannot hold one for ever.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    limits: Limits,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
+    let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_client = Arc::new(PerClient {
+        max: limits.connections_per_client,
+        open: std::sync::Mutex::default(),
+    });
+    let idle = Duration::from_secs(limits.idle_secs);
     // The protocol ALPN chose decides; nothing is sniffed.
     let h1 = Arc::new(builder().http1_only());
     let h2 = Arc::new(builder().http2_only());
+    let mut stopping = stop.clone();
     loop {
-        let slot = tokio::select! {
-            s = slots.clone().acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => break,
-            },
-            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
-        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -91,15 +152,28 @@ pub(crate) async fn serve(
                     continue;
                 }
             },
-            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            () = async { let _ = stopping.wait_for(|s| *s).await; } => break,
+        };
+        // Over its cap, a client's new connection is closed at once; only
+        // then does it wait for one of the server's slots.
+        let Some(client_slot) = per_client.take(peer.ip()) else {
+            tracing::debug!("connection closed: the client has too many open");
+            continue;
+        };
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            () = async { let _ = stopping.wait_for(|s| *s).await; } => break,
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
-        let watcher = graceful.watcher();
+        let mut stop = stop.clone();
         let (h1, h2) = (h1.clone(), h2.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
+        tracker.spawn(async move {
+            let _slots = (slot, client_slot);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -119,23 +193,53 @@ pub(crate) async fn serve(
             // What the handshake settled on, for the pages to show.
             let conn_tls = Negotiated::of(tls.get_ref().1).map(ConnTls);
             let client = ClientAddr(peer.ip());
+            let opened = Instant::now();
+            // Milliseconds after `opened` that the last request started.
+            let last = Arc::new(AtomicU64::new(0));
+            let seen = last.clone();
             let app = app.map_request(move |mut req: axum::extract::Request<_>| {
                 if let Some(t) = conn_tls {
                     req.extensions_mut().insert(t);
                 }
                 req.extensions_mut().insert(client);
+                let ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+                seen.store(ms, Ordering::Relaxed);
                 req
             });
             let service = TowerToHyperService::new(app);
             let conn = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let mut conn = std::pin::pin!(conn.into_owned());
+            let mut closing = false;
+            loop {
+                let quiet_until =
+                    opened + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+                tokio::select! {
+                    done = conn.as_mut() => {
+                        if let Err(e) = done {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = tokio::time::sleep_until(quiet_until.into()), if !closing => {
+                        let since = Duration::from_millis(last.load(Ordering::Relaxed));
+                        if opened + since + idle <= Instant::now() {
+                            tracing::debug!("closing an idle connection");
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                    }
+                    () = async { let _ = stop.wait_for(|s| *s).await; }, if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
             }
         });
     }
     drop(listener);
     tracing::info!("stopping: draining open connections");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
         .await
         .is_err()
     {

@@ -46,6 +46,13 @@ pub const MAX_UPLOAD_LIMIT: u64 = 1 << 30;
 /// crls = ["/etc/careconnect/udap/intermediate.crl"]
 /// cert = "/etc/careconnect/udap/server-chain.pem"   # SAN URI = public_url
 /// key = "/etc/careconnect/udap/server-key.pem"
+///
+/// [limits]                      # what one client may hold (defaults shown)
+/// request_secs = 30
+/// body_idle_secs = 10
+/// idle_secs = 60
+/// connections_per_client = 256
+/// uploads_per_user = 2
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +81,61 @@ pub struct SettingsFile {
     pub oidc: Option<OidcFile>,
     /// UDAP trust communities and scopes.
     pub udap: Option<crate::udap::UdapFile>,
+    /// Deadlines and per-client caps.
+    pub limits: Option<Limits>,
+}
+
+/// Deadlines and per-client caps: what one slow, idle or greedy client can
+/// hold. Every field has a default (`[limits]` in the settings file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Seconds a request may take, body included, before its answer
+    /// starts: `408` past it (uploads, which stream for as long as data
+    /// keeps coming, excepted).
+    pub request_secs: u64,
+    /// Seconds a request body may go without a byte arriving, on every
+    /// route, uploads included.
+    pub body_idle_secs: u64,
+    /// Seconds a connection may stay open with no new request (HTTP/2
+    /// answers pings, so it needs its own; requests in flight finish).
+    pub idle_secs: u64,
+    /// Connections open at once from one client address (an IPv6 address
+    /// counts by its /64); more are closed on accept. Clients behind one
+    /// NAT share it.
+    pub connections_per_client: usize,
+    /// Uploads in progress at once per signed-in user (the server takes
+    /// 16 in all).
+    pub uploads_per_user: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_secs: 30,
+            body_idle_secs: 10,
+            idle_secs: 60,
+            connections_per_client: 256,
+            uploads_per_user: 2,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks that every limit is usable.
+    ///
+    /// # Errors
+    /// A zero, or a deadline over an hour.
+    pub fn validate(&self) -> Result<()> {
+        let secs = [self.request_secs, self.body_idle_secs, self.idle_secs];
+        if secs.iter().any(|s| *s == 0 || *s > 3600) {
+            bail!("[limits] deadlines must be 1 to 3600 seconds");
+        }
+        if self.connections_per_client == 0 || self.uploads_per_user == 0 {
+            bail!("[limits] caps must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 /// A certificate and key in PEM files (reloaded when they change).
@@ -127,6 +189,8 @@ pub struct Settings {
     /// UDAP communities (`None`: a development community under the data
     /// directory).
     pub udap: Option<crate::udap::UdapFile>,
+    /// Deadlines and per-client caps.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for Settings {
@@ -158,6 +222,7 @@ impl Settings {
             tls: None,
             oidc: None,
             udap: None,
+            limits: Limits::default(),
         }
     }
 
@@ -192,6 +257,7 @@ impl Settings {
         s.seed = file.seed.unwrap_or(file.oidc.is_none());
         s.oidc = file.oidc.map(|o| (o, None));
         s.udap = file.udap;
+        s.limits = file.limits.unwrap_or_default();
         Ok(s)
     }
 
@@ -228,6 +294,7 @@ impl Settings {
         {
             bail!("max_upload_bytes must be between 1 and {MAX_UPLOAD_LIMIT}");
         }
+        self.limits.validate()?;
         let loopback_issuer = self.oidc.as_ref().is_none_or(|(o, _)| {
             o.issuer.starts_with("http://127.0.0.1:") || o.issuer.starts_with("http://localhost:")
         });
@@ -329,5 +396,22 @@ mod tests {
         assert!(s.validate().is_ok());
         let s = Settings::from_file("max_upload_bytes = 2000000000000", Path::new("d")).unwrap();
         assert!(s.validate().is_err(), "an upload limit past 1 GiB");
+    }
+
+    #[test]
+    fn limits_have_defaults_and_refuse_zero() {
+        let s = Settings::from_file("[limits]\nidle_secs = 5\n", Path::new("d")).unwrap();
+        assert_eq!(s.limits.idle_secs, 5);
+        assert_eq!(s.limits.request_secs, Limits::default().request_secs);
+        assert!(s.validate().is_ok());
+        for bad in [
+            "body_idle_secs = 0",
+            "uploads_per_user = 0",
+            "request_secs = 86400",
+        ] {
+            let s = Settings::from_file(&format!("[limits]\n{bad}\n"), Path::new("d")).unwrap();
+            assert!(s.validate().is_err(), "{bad}");
+        }
+        assert!(Settings::from_file("[limits]\nidle = 5\n", Path::new("d")).is_err());
     }
 }

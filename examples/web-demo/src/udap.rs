@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Extension, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -201,6 +202,24 @@ fn refuse(e: &UdapError) -> Response {
     json(e.status(), &e.to_json())
 }
 
+/// A body that did not arrive: over the limit (413), or cut off or
+/// stalled past the body deadline (408). JSON like every UDAP answer; the
+/// framework's text never reaches the client.
+fn unread(e: &BytesRejection) -> Response {
+    let (status, why) = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        (413, "the request body is larger than 64 KiB")
+    } else {
+        (
+            408,
+            "the request body did not arrive in full, or not in time",
+        )
+    };
+    json(
+        status,
+        &serde_json::json!({ "error": "invalid_request", "error_description": why }),
+    )
+}
+
 fn busy() -> Response {
     let mut r = json(
         503,
@@ -246,13 +265,17 @@ async fn register(
     State(app): State<web::State>,
     client: Option<Extension<web::ClientAddr>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !content_type_is(&headers, "application/json") {
         return refuse(&UdapError::InvalidClientMetadata(
             "Content-Type must be application/json",
         ));
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return unread(&e),
+    };
     let Ok(_permit) = app.udap.busy.try_acquire() else {
         return busy();
     };
@@ -271,7 +294,7 @@ async fn token(
     State(app): State<web::State>,
     client: Option<Extension<web::ClientAddr>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !content_type_is(&headers, "application/x-www-form-urlencoded") {
         return refuse(&UdapError::InvalidRequest(
@@ -283,6 +306,10 @@ async fn token(
             "UDAP clients authenticate with client_assertion, not an Authorization header",
         ));
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return unread(&e),
+    };
     let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) else {
         return refuse(&UdapError::InvalidRequest("the body is not a form"));
     };

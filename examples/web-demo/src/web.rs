@@ -41,8 +41,35 @@ pub(crate) struct App {
     pub(crate) readiness: std::sync::Mutex<Readiness>,
     /// Uploads in progress at once.
     pub(crate) uploads: Arc<tokio::sync::Semaphore>,
+    /// Uploads in progress per user ([`App::upload_slot`]).
+    pub(crate) uploads_by_user: std::sync::Mutex<std::collections::HashMap<UserId, usize>>,
+    /// Deadlines and per-client caps.
+    pub(crate) limits: crate::settings::Limits,
     /// UDAP registration and tokens.
     pub(crate) udap: crate::udap::Udap,
+}
+
+/// One upload in progress, counted against its user until dropped.
+#[derive(Debug)]
+pub(crate) struct UploadSlot {
+    app: Arc<App>,
+    user: UserId,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut by_user = self
+            .app
+            .uploads_by_user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = by_user.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_user.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// The outcome of the last readiness check: what did not answer.
@@ -80,6 +107,25 @@ impl App {
             return Err(AppError::NotFound);
         }
         UserId::new(self.rp.issuer(), subject).map_err(|_| AppError::NotFound)
+    }
+
+    /// A slot for one more upload by `user`, unless they have
+    /// `limits.uploads_per_user` in progress (then [`AppError::Busy`]); the
+    /// slot is given back when dropped.
+    pub(crate) fn upload_slot(self: &Arc<Self>, user: &UserId) -> Result<UploadSlot, AppError> {
+        let mut by_user = self
+            .uploads_by_user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = by_user.entry(user.clone()).or_insert(0);
+        if *n >= self.limits.uploads_per_user {
+            return Err(AppError::Busy);
+        }
+        *n += 1;
+        Ok(UploadSlot {
+            app: self.clone(),
+            user: user.clone(),
+        })
     }
 
     /// Renders `template` with `ctx`.

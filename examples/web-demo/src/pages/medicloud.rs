@@ -85,7 +85,8 @@ async fn page(State(app): State<web::State>, user: User) -> Result<Response, App
 /// Longest CSRF field read before the token is judged.
 const TOKEN_FIELD_MAX: usize = 256;
 
-/// A file part that sends nothing for this long ends the upload.
+/// A file part that sends nothing for this long ends the upload (the
+/// server's body deadline, `limits.body_idle_secs`, usually ends it first).
 const UPLOAD_IDLE: Duration = Duration::from_secs(30);
 
 /// What the request handler feeds the upload task.
@@ -108,6 +109,17 @@ async fn upload(
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, AppError> {
     web::same_origin(&headers, &app.public_url)?;
+    // A declared length over the limit is refused before a byte is read.
+    let declared_len = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|n| n > app.upload_limit.saturating_add(UPLOAD_OVERHEAD)) {
+        return Err(AppError::TooLarge);
+    }
+    // One user holds only a few of the server's upload slots, from the
+    // first byte of the body (a trickled token field counts).
+    let _mine = app.upload_slot(&user.principal.user)?;
     // Without a multipart body there is no token to check: refused as forged.
     let mut multipart = multipart.map_err(|_| AppError::Forged)?;
     let too_large = |e: &MultipartError| e.status() == StatusCode::PAYLOAD_TOO_LARGE;

@@ -126,11 +126,18 @@ impl Demo {
     /// A client trusting the development CA, keeping cookies, following no
     /// redirects.
     pub fn client(&self) -> reqwest::Client {
+        self.client_from(None)
+    }
+
+    /// [`Demo::client`], its connections from `local` (e.g. 127.0.0.2, to
+    /// be another client address than 127.0.0.1).
+    pub fn client_from(&self, local: Option<std::net::IpAddr>) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(self.ca()).unwrap()).unwrap();
         reqwest::Client::builder()
             .add_root_certificate(ca)
             .cookie_store(true)
             .redirect(reqwest::redirect::Policy::none())
+            .local_address(local)
             .build()
             .unwrap()
     }
@@ -141,7 +148,12 @@ impl Demo {
 
     /// A client signed in as `subject` through the development issuer.
     pub async fn login(&self, subject: &str) -> Session {
-        let client = self.client();
+        self.login_from(subject, None).await
+    }
+
+    /// [`Demo::login`] from the local address `local`.
+    pub async fn login_from(&self, subject: &str, local: Option<std::net::IpAddr>) -> Session {
+        let client = self.client_from(local);
         let r = client.get(self.at("/login")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let authorize = url::Url::parse(r.headers()[LOCATION].to_str().unwrap()).unwrap();

@@ -3,7 +3,8 @@
 //! (`http`), each subsystem's flows with their abuse (`flows`), a real
 //! browser (`browser`), the binary under SIGTERM (`process`), and two nodes
 //! as one clinic (`scale_out`, with `--features aws`), and UDAP
-//! registration and tokens with the `udap-register` example (`udap`).
+//! registration and tokens with the `udap-register` example (`udap`), and
+//! clients that hold connections without using them (`slow`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failing test panics
 
@@ -14,4 +15,5 @@ mod flows;
 mod http;
 mod process;
 mod scale_out;
+mod slow;
 mod udap;
