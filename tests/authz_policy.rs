@@ -247,6 +247,16 @@ proptest! {
     }
 
     #[test]
+    fn no_one_is_their_own_doctor(me in 0..USERS.len(), roles in any_roles(), action in any_action(), care in prop_oneof![Just(Care::None), Just(Care::InCare), Just(Care::BreakGlass)]) {
+        // Whatever the roles and care facts, a clinical basis (care,
+        // break-glass) never opens the principal's own record.
+        let users: Vec<UserId> = USERS.iter().map(|s| user(s)).collect();
+        let p = Principal::new(users[me].clone(), roles);
+        let d = with_resource(&users, &R::Patient(me, care), |res| authorize(&p, action, res));
+        prop_assert!(!matches!(d, Decision::Allow(Basis::Care | Basis::BreakGlass)), "{:?} {:?} {:?}", roles, action, d);
+    }
+
+    #[test]
     fn finance_never_reaches_clinical_data(me in 0..USERS.len(), action in any_action(), r in any_resource()) {
         let users: Vec<UserId> = USERS.iter().map(|s| user(s)).collect();
         let p = Principal::new(users[me].clone(), [Role::Finance].into_iter().collect());

@@ -290,6 +290,13 @@ pub enum DenyReason {
     NotPermittedOnThisResource,
     /// The resource is not the kind the action applies to.
     WrongResource,
+    /// The actor is the patient: no one is their own doctor (care,
+    /// break-glass, notes, prescriptions, a booking with oneself), however
+    /// the care facts read.
+    SelfTreatment,
+    /// An administrator granting themselves a clinical role or a care
+    /// relationship: another administrator must (separation of duties).
+    SelfGrant,
 }
 
 /// The outcome of [`authorize`].
@@ -392,6 +399,8 @@ impl Rule {
             (Rule::Own, Resource::Patient { patient: p, .. } | Resource::Prescriber(p)) => {
                 (*p == me).then_some(Basis::Ownership)
             }
+            // No one is their own doctor, whatever the care facts say.
+            (Rule::InCare, Resource::Patient { patient, .. }) if *patient == me => None,
             (Rule::InCare, Resource::Patient { care, .. }) => match care {
                 Care::InCare => Some(Basis::Care),
                 Care::BreakGlass => Some(Basis::BreakGlass),
@@ -423,11 +432,15 @@ impl Rule {
 /// action and the rule's condition (ownership, authorship, grant) holds. A
 /// role's own rule wins over an admin override, so an admin who is also the
 /// patient is not audited as an override when reading their own record.
+/// Clinical rules never apply to the principal's own record: a doctor who
+/// is also the patient is refused with [`DenyReason::SelfTreatment`] (as a
+/// patient, they still read their own).
 pub fn authorize(principal: &Principal, action: Action, resource: &Resource<'_>) -> Decision {
     if resource.kind() != action.resource_kind() {
         return Decision::Deny(DenyReason::WrongResource);
     }
     let mut had_rule = false;
+    let mut self_treatment = false;
     let mut override_ = None;
     for role in principal.roles.iter() {
         let r = rule(role, action);
@@ -435,6 +448,11 @@ pub fn authorize(principal: &Principal, action: Action, resource: &Resource<'_>)
             continue;
         }
         had_rule = true;
+        if r == Rule::InCare
+            && matches!(resource, Resource::Patient { patient, .. } if **patient == principal.user)
+        {
+            self_treatment = true;
+        }
         match r.apply(role, &principal.user, resource) {
             Some(Basis::AdminOverride) => override_ = Some(Basis::AdminOverride),
             Some(basis) => return Decision::Allow(basis),
@@ -443,6 +461,7 @@ pub fn authorize(principal: &Principal, action: Action, resource: &Resource<'_>)
     }
     match (override_, had_rule) {
         (Some(b), _) => Decision::Allow(b),
+        (None, true) if self_treatment => Decision::Deny(DenyReason::SelfTreatment),
         (None, true) => Decision::Deny(DenyReason::NotPermittedOnThisResource),
         (None, false) => Decision::Deny(DenyReason::NoRule),
     }
@@ -494,6 +513,35 @@ mod tests {
         let other = as_(Role::Patient, &doc);
         assert!(!authorize(&other, Action::ReadHealthRecord, &with(Care::InCare)).is_allowed());
         assert!(!authorize(&other, Action::ReadHealthRecord, &with(Care::BreakGlass)).is_allowed());
+    }
+
+    #[test]
+    fn no_one_is_their_own_doctor() {
+        let me = user("doc");
+        let both = Principal::new(
+            me.clone(),
+            [Role::Doctor, Role::Patient].into_iter().collect(),
+        );
+        let doctor = as_(Role::Doctor, &me);
+        for care in [Care::None, Care::InCare, Care::BreakGlass] {
+            let own = Resource::Patient { patient: &me, care };
+            for a in [Action::AddClinicalNote, Action::Prescribe] {
+                assert_eq!(
+                    authorize(&both, a, &own),
+                    Decision::Deny(DenyReason::SelfTreatment),
+                    "{a:?} {care:?}"
+                );
+                assert_eq!(
+                    authorize(&doctor, a, &own),
+                    Decision::Deny(DenyReason::SelfTreatment)
+                );
+            }
+            // As a patient, they read their own record (not as its doctor).
+            assert_eq!(
+                authorize(&both, Action::ReadHealthRecord, &own),
+                Decision::Allow(Basis::Ownership)
+            );
+        }
     }
 
     #[test]

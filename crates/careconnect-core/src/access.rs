@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use careconnect_authz::session::Clock;
 use careconnect_authz::{
-    Action, Basis, Care, Decision, Principal, Resource, Role, UserId, authorize,
+    Action, Basis, Care, Decision, DenyReason, Principal, Resource, Role, UserId, authorize,
 };
 use careconnect_crypto::SharedKeyring;
 use careconnect_storage::{Collection, RecordStore, RowId, StorageError};
@@ -278,6 +278,10 @@ impl Gate {
         by: &UserId,
         appointment: &str,
     ) -> Result<careconnect_storage::Write, CoreError> {
+        // (Callers refuse this first, audited; never written regardless.)
+        if doctor == patient {
+            return Err(CoreError::Denied(DenyReason::SelfTreatment));
+        }
         let id = self.pair(b"care", doctor, patient)?;
         if let Some(row) = self.get(&self.care, &id).await? {
             return Ok(unchanged(&self.care, row));
@@ -408,20 +412,73 @@ impl Gate {
         }
     }
 
+    /// Records `who`'s `action` on `resource` as refused for `reason` (the
+    /// reason named in the entry) and returns the refusal to give.
+    pub(crate) async fn refuse(
+        &self,
+        who: &Principal,
+        action: &str,
+        resource: String,
+        reason: DenyReason,
+    ) -> CoreError {
+        let why = match reason {
+            DenyReason::SelfTreatment => "self-treatment: the actor is the patient",
+            DenyReason::SelfGrant => "self-grant: another administrator must",
+            _ => "not permitted",
+        };
+        let event = AuditEvent::by(who, action, resource, Outcome::Denied).because(why);
+        match self.audit.record(event).await {
+            Ok(_) => CoreError::Denied(reason),
+            Err(e) => e,
+        }
+    }
+
+    /// Refuses (audited) an action that would make someone their own
+    /// doctor: `doctor` is `patient`. The one check for bookings, care
+    /// assignments and break-glass; notes and prescriptions are refused by
+    /// the policy ([`DenyReason::SelfTreatment`]).
+    pub(crate) async fn refuse_self_treatment(
+        &self,
+        who: &Principal,
+        action: &str,
+        doctor: &UserId,
+        patient: &UserId,
+    ) -> Result<(), CoreError> {
+        if doctor != patient {
+            return Ok(());
+        }
+        let resource = self.audit_name(patient);
+        Err(self
+            .refuse(who, action, resource, DenyReason::SelfTreatment)
+            .await)
+    }
+
     /// An administrator puts `patient` in `doctor`'s care (an explicit
-    /// assignment; appointments make one as well).
+    /// assignment; appointments make one as well). No one is put in their
+    /// own care, and an administrator does not put patients in their own
+    /// care (another administrator must): both refused, audited.
     ///
     /// # Errors
     ///
     /// [`CoreError::Denied`] unless `admin` may assign roles (audited
-    /// either way); storage failures.
+    /// either way), or for care of oneself
+    /// ([`DenyReason::SelfTreatment`]) or by oneself
+    /// ([`DenyReason::SelfGrant`]); storage failures.
     pub async fn assign_care(
         &self,
         admin: &Principal,
         doctor: &UserId,
         patient: &UserId,
     ) -> Result<(), CoreError> {
+        self.refuse_self_treatment(admin, "AssignRoles", doctor, patient)
+            .await?;
         let id = self.pair(b"care", doctor, patient)?;
+        if admin.user == *doctor {
+            let resource = format!("care:{}", id.as_str());
+            return Err(self
+                .refuse(admin, "AssignRoles", resource, DenyReason::SelfGrant)
+                .await);
+        }
         self.system_action(admin, Action::AssignRoles, format!("care:{}", id.as_str()))
             .await?;
         let data = self.care_data(&id, doctor, patient, &admin.user, None)?;
@@ -535,8 +592,10 @@ impl Gate {
                         .because(reason),
                 )
                 .await?;
-            return Err(CoreError::Denied(careconnect_authz::DenyReason::NoRule));
+            return Err(CoreError::Denied(DenyReason::NoRule));
         }
+        self.refuse_self_treatment(doctor, "DeclareBreakGlass", &doctor.user, patient)
+            .await?;
         let now = self.clock.now();
         let declaration = BreakGlass {
             doctor: doctor.user.clone(),

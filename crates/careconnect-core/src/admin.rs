@@ -3,7 +3,7 @@
 //! key status, and patient erasure. Every call is audited; every call is
 //! refused (audited) to anyone but an administrator.
 
-use careconnect_authz::{Action, Principal, Resource, RoleSet, UserId};
+use careconnect_authz::{Action, Principal, Resource, Role, RoleSet, UserId};
 use careconnect_crypto::{KeyDescription, KeyInfo};
 
 use crate::access::BreakGlass;
@@ -77,6 +77,8 @@ impl Admin<'_> {
         roles: RoleSet,
     ) -> Result<(), CoreError> {
         let name = text(name, MAX_NAME_CHARS, "name", false)?;
+        self.refuse_self_grant(admin, std::iter::once((user, roles)))
+            .await?;
         self.system(
             admin,
             Action::AssignRoles,
@@ -84,6 +86,40 @@ impl Admin<'_> {
         )
         .await?;
         self.write_person(user, &name, roles).await
+    }
+
+    /// Refuses (audited) an administrator giving themselves a clinical role
+    /// they do not hold yet: another administrator must (separation of
+    /// duties). Keeping a role they hold, or changing anything else of
+    /// their own, is allowed.
+    async fn refuse_self_grant<'u>(
+        &self,
+        admin: &Principal,
+        people: impl Iterator<Item = (&'u UserId, RoleSet)>,
+    ) -> Result<(), CoreError> {
+        for (user, roles) in people {
+            if *user != admin.user || !roles.contains(Role::Doctor) {
+                continue;
+            }
+            let held = self
+                .clinic
+                .person(user)
+                .await?
+                .is_some_and(|p| p.roles.contains(Role::Doctor));
+            if !held {
+                let c = &self.clinic.inner;
+                return Err(c
+                    .gate
+                    .refuse(
+                        admin,
+                        "AssignRoles",
+                        format!("roles:{}", user.subject()),
+                        careconnect_authz::DenyReason::SelfGrant,
+                    )
+                    .await);
+            }
+        }
+        Ok(())
     }
 
     /// Everyone in the directory, by name, with their stored roles and, for
@@ -106,7 +142,7 @@ impl Admin<'_> {
         people.sort_by(|a, b| a.name.cmp(&b.name).then(a.user.cmp(&b.user)));
         let mut out = Vec::with_capacity(people.len());
         for person in people {
-            let in_care = if person.roles.contains(careconnect_authz::Role::Doctor) {
+            let in_care = if person.roles.contains(Role::Doctor) {
                 c.gate.patients_in_care(&person.user).await?
             } else {
                 Vec::new()
@@ -139,6 +175,8 @@ impl Admin<'_> {
             }
             checked.push((user, text(name, MAX_NAME_CHARS, "name", false)?, *roles));
         }
+        self.refuse_self_grant(admin, checked.iter().map(|(u, _, r)| (*u, *r)))
+            .await?;
         self.system(
             admin,
             Action::AssignRoles,

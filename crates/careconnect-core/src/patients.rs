@@ -179,6 +179,11 @@ impl CareConnect<'_> {
         } else {
             text(reason, 200, "reason", false)?
         };
+        // No one books themselves as their own doctor (a booking puts the
+        // patient in the doctor's care).
+        c.gate
+            .refuse_self_treatment(who, "BookAppointment", doctor, patient)
+            .await?;
         let _access = c
             .gate
             .patient(who, Action::BookAppointment, patient)

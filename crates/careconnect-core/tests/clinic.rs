@@ -1277,3 +1277,162 @@ async fn the_overview_follows_writes_on_either_node() {
         assert_eq!(o.appointments.len(), on_a.appointments.len());
     }
 }
+
+fn self_treatment<T: std::fmt::Debug>(r: Result<T, CoreError>) {
+    assert!(
+        matches!(
+            r,
+            Err(CoreError::Denied(
+                careconnect_authz::DenyReason::SelfTreatment
+            ))
+        ),
+        "expected a self-treatment refusal, got {r:?}"
+    );
+}
+
+fn self_grant<T: std::fmt::Debug>(r: Result<T, CoreError>) {
+    assert!(
+        matches!(
+            r,
+            Err(CoreError::Denied(careconnect_authz::DenyReason::SelfGrant))
+        ),
+        "expected a self-grant refusal, got {r:?}"
+    );
+}
+
+/// Review findings 2 and 17: a doctor who is also a patient could book
+/// himself, be put in his own care, declare break-glass on himself, then
+/// write his own notes and prescriptions; an administrator could give
+/// himself the doctor role and a patient's care.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_one_treats_themselves_and_no_administrator_grants_himself_care() {
+    let f = sqlite().await;
+    let c = &f.clinic;
+    let a = admin();
+    let house_id = user("doctor-house");
+    c.records()
+        .register(
+            &a,
+            &house_id,
+            &PatientDetails {
+                name: "Dr Gregory House".into(),
+                date_of_birth: "1959-06-11".into(),
+                blood_type: "A-".into(),
+                allergies: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    let both: RoleSet = [Role::Doctor, Role::Patient].into_iter().collect();
+    c.admin()
+        .set_person(&a, &house_id, "Dr Gregory House", both)
+        .await
+        .unwrap();
+    let house = Principal::new(house_id.clone(), both);
+    let before = c
+        .admin()
+        .audit_log(&a, 1, 1000)
+        .await
+        .unwrap()
+        .entries
+        .len();
+
+    self_treatment(
+        c.patients()
+            .book(&house, &house_id, &house_id, tomorrow(9), "pain")
+            .await,
+    );
+    self_treatment(c.admin().assign_care(&a, &house_id, &house_id).await);
+    self_treatment(
+        c.records()
+            .declare_break_glass(&house, &house_id, "leg pain, need my own history now")
+            .await,
+    );
+    self_treatment(
+        c.records()
+            .add_note(&house, &house_id, "patient is fine", None)
+            .await,
+    );
+    self_treatment(c.eps().prescribe(&house, &house_id, &rx("Vicodin")).await);
+    // Nothing was made: no appointment, no care, no declaration.
+    assert!(
+        c.patients()
+            .appointments(&house, &house_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(c.records().patients(&house).await.unwrap().is_empty());
+    assert!(c.admin().break_glass_review(&a).await.unwrap().is_empty());
+    // He still reads his own record, as a patient.
+    c.patients().record(&house).await.unwrap();
+    // Each attempt is on record as a refusal saying why.
+    let log = c.admin().audit_log(&a, 1, 1000).await.unwrap().entries;
+    let refused = log[before..]
+        .iter()
+        .filter(|(_, e)| {
+            e.outcome == careconnect_core::audit::Outcome::Denied
+                && e.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("self-treatment"))
+        })
+        .count();
+    assert_eq!(refused, 3, "booking, assignment and break-glass refusals");
+    let policy_refusals = log[before..]
+        .iter()
+        .filter(|(_, e)| {
+            e.outcome == careconnect_core::audit::Outcome::Denied
+                && (e.action == "AddClinicalNote" || e.action == "Prescribe")
+        })
+        .count();
+    assert_eq!(policy_refusals, 2, "note and prescription refusals");
+    // Another doctor treats him as usual.
+    c.patients()
+        .book(&house, &house_id, &grey().user, tomorrow(10), "leg pain")
+        .await
+        .unwrap();
+    c.records()
+        .add_note(&grey(), &house_id, "infarction of the thigh muscle", None)
+        .await
+        .unwrap();
+
+    // Separation of duties: an administrator does not make himself a
+    // doctor, nor put patients in his own care; another administrator may.
+    let eve_id = user("admin-eve");
+    c.admin()
+        .set_person(
+            &a,
+            &eve_id,
+            "Eve Admin",
+            [Role::Admin].into_iter().collect(),
+        )
+        .await
+        .unwrap();
+    let eve = who("admin-eve", Role::Admin);
+    let adam_doctor: RoleSet = [Role::Admin, Role::Doctor].into_iter().collect();
+    self_grant(
+        c.admin()
+            .set_person(&a, &a.user, "Adam Admin", adam_doctor)
+            .await,
+    );
+    self_grant(
+        c.admin()
+            .import_people(&a, &[(a.user.clone(), "Adam Admin".into(), adam_doctor)])
+            .await,
+    );
+    c.admin()
+        .set_person(&eve, &a.user, "Adam Admin", adam_doctor)
+        .await
+        .unwrap();
+    let adam = Principal::new(a.user.clone(), adam_doctor);
+    self_grant(c.admin().assign_care(&adam, &a.user, &alice().user).await);
+    c.admin()
+        .assign_care(&eve, &a.user, &alice().user)
+        .await
+        .unwrap();
+    // Keeping a role one holds is not a grant.
+    c.admin()
+        .set_person(&adam, &a.user, "Adam A. Admin", adam_doctor)
+        .await
+        .unwrap();
+}
