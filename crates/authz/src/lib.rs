@@ -26,6 +26,7 @@ pub mod policy;
 mod principal;
 mod rows;
 pub mod session;
+mod text;
 #[cfg(feature = "udap")]
 pub mod udap;
 
@@ -33,3 +34,4 @@ pub use error::AuthzError;
 pub use policy::{Action, Basis, Care, Decision, DenyReason, Resource, ResourceKind, authorize};
 pub use principal::{Principal, Role, RoleSet, UserId};
 pub use rows::row_context;
+pub use text::{is_bidi_control, is_invisible};

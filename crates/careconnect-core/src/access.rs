@@ -560,8 +560,10 @@ impl Gate {
     ///
     /// # Errors
     ///
-    /// [`CoreError::ReasonRequired`] for a reason shorter than
-    /// [`MIN_REASON_CHARS`] characters (nothing is stored or opened);
+    /// [`CoreError::ReasonRequired`] for a reason of fewer than
+    /// [`MIN_REASON_CHARS`] visible characters, or one holding a control or
+    /// format character (zero-width, bidirectional: one line of plain text;
+    /// nothing is stored or opened);
     /// [`CoreError::Denied`] for anyone but a doctor (audited); storage
     /// failures.
     pub async fn declare_break_glass(
@@ -573,7 +575,16 @@ impl Gate {
         let reason = reason.trim();
         let id = self.pair(b"break-glass", &doctor.user, patient)?;
         let resource = format!("break-glass:{}", id.as_str());
-        if reason.chars().count() < MIN_REASON_CHARS {
+        // Visible characters count; control and format characters (ten
+        // zero-width spaces, a bidirectional override) make no reason.
+        let visible = reason
+            .chars()
+            .filter(|c| !c.is_whitespace() && !careconnect_authz::is_invisible(*c))
+            .count();
+        let hidden = reason
+            .chars()
+            .any(|c| c != ' ' && careconnect_authz::is_invisible(c));
+        if visible < MIN_REASON_CHARS || hidden {
             // Refused, and the attempt is on record.
             self.audit
                 .record(AuditEvent::by(

@@ -318,8 +318,23 @@ impl Anchor {
         }
     }
 
-    /// Moves the anchor forward to `head` (never back).
+    /// Moves the anchor forward to `head` (never back). Writers of one
+    /// file (the server and the rotate tool on one data directory, say) take
+    /// an exclusive lock on `<file>.lock` across read, decide and write, so
+    /// one cannot overwrite a newer head the other wrote after it read.
     fn advance(&self, head: Head) -> Result<(), CoreError> {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path.with_extension("lock"))?;
+        lock.lock()?;
+        let done = self.advance_locked(head);
+        drop(lock);
+        done
+    }
+
+    fn advance_locked(&self, head: Head) -> Result<(), CoreError> {
         use std::io::{Seek as _, SeekFrom, Write as _};
         let slot = match self.slots()? {
             Some((h, _)) if h.seq >= head.seq => return Ok(()),
@@ -964,6 +979,36 @@ mod tests {
             seq,
             mac: [seq as u8; MAC_LEN],
         }
+    }
+
+    #[test]
+    fn writers_racing_on_one_anchor_never_move_it_back() {
+        // Review finding 9: two writers (a server and the rotate tool on one
+        // data directory) each read, decide and write; without a lock one
+        // could overwrite a newer head with its older one. Each thread opens
+        // the file on its own, as separate processes would (flock locks
+        // belong to open files, not processes).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.anchor");
+        let top = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (path, top) = (&path, &top);
+                s.spawn(move || {
+                    let anchor = Anchor::at(path);
+                    for i in 1..=300u64 {
+                        let seq = i * 4 + t;
+                        anchor.advance(head(seq)).unwrap();
+                        top.fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+                        let now = anchor.read().unwrap().unwrap().seq;
+                        // Never behind what this writer wrote.
+                        assert!(now >= seq, "anchor at {now} after {seq} was written");
+                    }
+                });
+            }
+        });
+        let last = top.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(Anchor::at(&path).read().unwrap().unwrap().seq, last);
     }
 
     #[test]

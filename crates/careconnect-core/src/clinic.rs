@@ -342,7 +342,9 @@ pub struct Person {
 pub const MAX_NAME_CHARS: usize = 200;
 
 /// Checks free text: trimmed, 1 to `max` characters, no control characters
-/// other than newlines where `multiline`.
+/// other than newlines where `multiline`, and no bidirectional embedding,
+/// override or isolate controls (they make a name or note display as
+/// something else; [`careconnect_authz::is_bidi_control`]).
 pub(crate) fn text(
     value: &str,
     max: usize,
@@ -350,7 +352,10 @@ pub(crate) fn text(
     multiline: bool,
 ) -> Result<String, CoreError> {
     let v = value.trim();
-    let bad = |c: char| c.is_control() && !(multiline && (c == '\n' || c == '\r' || c == '\t'));
+    let bad = |c: char| {
+        careconnect_authz::is_bidi_control(c)
+            || (c.is_control() && !(multiline && (c == '\n' || c == '\r' || c == '\t')))
+    };
     if v.is_empty() || v.chars().count() > max || v.chars().any(bad) {
         return Err(CoreError::Invalid(what));
     }

@@ -148,14 +148,16 @@ fn utf8_prefix(b: &[u8]) -> bool {
 }
 
 /// A file name made safe for display and for `Content-Disposition`: the
-/// last path component, control characters removed, quotes, semicolons and
-/// angle brackets replaced, at most 100 characters; `None` when nothing is
-/// left.
+/// last path component, control, format (bidirectional overrides,
+/// zero-width characters), separator and private-use characters removed
+/// ([`careconnect_authz::is_invisible`]: a name with U+202E would display
+/// as another), quotes, semicolons and angle brackets replaced, at most
+/// 100 characters; `None` when nothing is left.
 pub fn display_name(name: &str) -> Option<String> {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
     let cleaned: String = last
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !careconnect_authz::is_invisible(*c))
         .map(|c| {
             if matches!(c, '"' | '\\' | '/' | ';' | '<' | '>') {
                 '_'

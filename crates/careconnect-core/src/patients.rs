@@ -326,18 +326,31 @@ impl CareConnect<'_> {
     pub async fn cancel(&self, who: &Principal, appointment: &str) -> Result<(), CoreError> {
         let c = &self.clinic.inner;
         let coll = appointments()?;
+        // The id comes from the request: another patient's row is "not
+        // yours" (its blind index is not this patient's), not a tamper
+        // alarm; only a row indexed as this patient's that does not open is
+        // one, logged without the id the request chose.
+        let mine = c.index(PATIENT_INDEX, &who.user)?;
         let found = match (RowId::new(appointment), c.existing_keys(&who.user).await) {
-            (Ok(id), Ok(keys)) => c.get(&coll, &id).await?.and_then(|row| {
-                Inner::open_for::<Appointment>(
-                    &keys,
-                    &coll,
-                    &row.id,
-                    APPOINTMENT_FIELD,
-                    &row.envelope,
-                )
-                .filter(|a| a.id == row.id.as_str())
-                .map(|a| (row, keys.clone(), a))
-            }),
+            (Ok(id), Ok(keys)) => c
+                .get(&coll, &id)
+                .await?
+                .filter(|row| row.indexes.contains(&mine))
+                .and_then(|row| {
+                    let opened = rows::try_open_json::<Appointment>(
+                        &keys,
+                        &crate::clinic::field_context(&coll, &row.id, APPOINTMENT_FIELD),
+                        &row.envelope,
+                    )
+                    .filter(|a| a.id == row.id.as_str() && a.patient == who.user);
+                    if opened.is_none() {
+                        tracing::warn!(
+                            collection = coll.as_str(),
+                            "a patient's own row does not open (altered, or under a destroyed key): refused"
+                        );
+                    }
+                    opened.map(|a| (row, keys.clone(), a))
+                }),
             _ => None,
         };
         let Some((row, keys, mut appt)) = found else {

@@ -1436,3 +1436,138 @@ async fn no_one_treats_themselves_and_no_administrator_grants_himself_care() {
         .await
         .unwrap();
 }
+
+/// Log lines, captured on this thread.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={v:?}", f.name()));
+            }
+        }
+        let mut line = Line(event.metadata().level().to_string());
+        event.record(&mut line);
+        self.0.lock().unwrap().push(line.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Review finding 16: a patient probing another patient's appointment id
+/// raised a tamper warning naming the id from the request.
+#[tokio::test]
+async fn another_patients_appointment_id_is_not_found_without_a_tamper_alarm() {
+    let logs = Capture::default();
+    let _guard = tracing::subscriber::set_default(logs.clone());
+    let f = sqlite().await;
+    let c = &f.clinic;
+    let appt = c
+        .patients()
+        .book(&alice(), &alice().user, &grey().user, tomorrow(9), "cough")
+        .await
+        .unwrap();
+    logs.0.lock().unwrap().clear();
+    not_found(c.patients().cancel(&bob(), &appt.id).await);
+    let seen = logs.0.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|l| !l.starts_with("WARN") && !l.contains(&appt.id)),
+        "a probe is not a tamper alarm, and its id is not logged: {seen:?}"
+    );
+    // Hers, altered in the database: that is an alarm, still without the id.
+    let coll = Collection::new("core_appointments").unwrap();
+    let row = f
+        .store
+        .get(&coll, &RowId::new(&appt.id).unwrap())
+        .await
+        .unwrap();
+    let mut envelope = row.envelope.clone();
+    let last = envelope.len() - 1;
+    envelope[last] ^= 1;
+    f.store
+        .update(
+            &coll,
+            &row.id,
+            row.version,
+            RowData {
+                key_id: row.key_id,
+                envelope,
+                indexes: row.indexes.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    not_found(c.patients().cancel(&alice(), &appt.id).await);
+    let seen = logs.0.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("WARN") && l.contains("does not open")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|l| !l.contains(&appt.id)), "{seen:?}");
+}
+
+/// Review finding 14: a break-glass reason of ten zero-width spaces was
+/// accepted, and a file name with U+202E displayed as another.
+#[tokio::test]
+async fn invisible_reasons_and_bidirectional_names_are_refused_or_neutralised() {
+    let f = sqlite().await;
+    let c = &f.clinic;
+    let s = shepherd();
+    for reason in [
+        "\u{200b}".repeat(10),
+        format!("{}x", "\u{200b} ".repeat(12)),
+        "urgent care \u{202e}dedeen".to_owned(),
+        "unconscious\u{2066} in A&E".to_owned(),
+        "unconscious\nin A&E".to_owned(),
+    ] {
+        assert!(
+            matches!(
+                c.records()
+                    .declare_break_glass(&s, &alice().user, &reason)
+                    .await,
+                Err(CoreError::ReasonRequired)
+            ),
+            "{reason:?}"
+        );
+    }
+    denied(c.records().record(&s, &alice().user).await);
+    // Right-to-left text is a reason like any other.
+    c.records()
+        .declare_break_glass(&s, &alice().user, "מטופלת מחוסרת הכרה ב-A&E")
+        .await
+        .unwrap();
+    // Names: bidirectional controls refused in a person's name, removed
+    // from a file's.
+    assert!(matches!(
+        c.admin()
+            .set_person(
+                &admin(),
+                &user("doctor-evil"),
+                "Dr \u{202e}liveD",
+                [Role::Doctor].into_iter().collect(),
+            )
+            .await,
+        Err(CoreError::Invalid(_))
+    ));
+    assert_eq!(
+        careconnect_core::medicloud::display_name("invoice\u{202e}fdp.exe").as_deref(),
+        Some("invoicefdp.exe")
+    );
+    assert_eq!(
+        careconnect_core::medicloud::display_name("\u{200b}\u{2066}").as_deref(),
+        None
+    );
+}

@@ -73,6 +73,11 @@ pub struct SettingsFile {
     /// Allow the development issuer (which signs anyone in as anyone)
     /// over a database or KMS that is not the embedded one.
     pub dev_issuer_with_real_data: Option<bool>,
+    /// Allow the development UDAP community (whose intermediate key sits in
+    /// the data directory: whoever reads it can mint members) over a
+    /// database or KMS that is not the embedded one, when `[udap]` names no
+    /// community.
+    pub dev_udap_with_real_data: Option<bool>,
     /// The clinic's stores and KMS.
     pub clinic: Option<ClinicFile>,
     /// The server certificate.
@@ -180,6 +185,8 @@ pub struct Settings {
     pub max_upload_bytes: Option<u64>,
     /// See [`SettingsFile::dev_issuer_with_real_data`].
     pub dev_issuer_with_real_data: bool,
+    /// See [`SettingsFile::dev_udap_with_real_data`].
+    pub dev_udap_with_real_data: bool,
     /// The certificate (`None`: a development certificate under the data
     /// directory).
     pub tls: Option<TlsFile>,
@@ -219,6 +226,7 @@ impl Settings {
             dev_issuer: SocketAddr::from(([127, 0, 0, 1], 8444)),
             max_upload_bytes: None,
             dev_issuer_with_real_data: false,
+            dev_udap_with_real_data: false,
             tls: None,
             oidc: None,
             udap: None,
@@ -253,6 +261,7 @@ impl Settings {
         }
         s.max_upload_bytes = file.max_upload_bytes;
         s.dev_issuer_with_real_data = file.dev_issuer_with_real_data.unwrap_or(false);
+        s.dev_udap_with_real_data = file.dev_udap_with_real_data.unwrap_or(false);
         s.tls = file.tls;
         s.seed = file.seed.unwrap_or(file.oidc.is_none());
         s.oidc = file.oidc.map(|o| (o, None));
@@ -314,6 +323,12 @@ impl Settings {
                 "the development issuer signs anyone in as anyone: configure [oidc] for a shared database or KMS (or set dev_issuer_with_real_data = true for a test)"
             );
         }
+        let dev_udap = self.udap.as_ref().is_none_or(|u| u.community.is_empty());
+        if dev_udap && real_data && !self.dev_udap_with_real_data {
+            bail!(
+                "the development UDAP community's CA key sits in the data directory (whoever reads it can register apps): configure [[udap.community]] for a shared database or KMS (or set dev_udap_with_real_data = true for a test)"
+            );
+        }
         Ok(())
     }
 
@@ -343,6 +358,11 @@ mod tests {
             [oidc]
             issuer = "https://accounts.google.com"
             client_id = "abc"
+            [[udap.community]]
+            name = "urn:example:community"
+            anchors = "/etc/anchors.pem"
+            cert = "/etc/server.pem"
+            key = "/etc/server-key.pem"
             "#,
             Path::new("data"),
         )
@@ -390,6 +410,15 @@ mod tests {
         );
         let s = Settings::from_file(
             "dev_issuer_with_real_data = true\n[clinic]\ndata_dir = \"d\"\nstorage_url = \"postgres://x@db/clinic\"\n",
+            Path::new("d"),
+        )
+        .unwrap();
+        assert!(
+            s.validate().is_err(),
+            "the development UDAP community over a shared database"
+        );
+        let s = Settings::from_file(
+            "dev_issuer_with_real_data = true\ndev_udap_with_real_data = true\n[clinic]\ndata_dir = \"d\"\nstorage_url = \"postgres://x@db/clinic\"\n",
             Path::new("d"),
         )
         .unwrap();

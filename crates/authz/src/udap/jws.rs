@@ -278,39 +278,5 @@ fn check_jti(jti: &str) -> Result<(), &'static str> {
 /// Cf, Zl, Zp, Co): bidirectional overrides, zero-width and tag characters
 /// and the like could make a value read differently in a log or a page.
 pub(crate) fn printable(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 2048 && !s.chars().any(is_invisible)
-}
-
-/// Whether `c` is a control, format, line or paragraph separator, or
-/// private-use character (Unicode Cc, Cf, Zl, Zp, Co): what must not reach
-/// a log, a page or a terminal from a value someone else chose.
-pub fn is_invisible(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{ad}'
-                | '\u{600}'..='\u{605}'
-                | '\u{61c}'
-                | '\u{6dd}'
-                | '\u{70f}'
-                | '\u{890}'..='\u{891}'
-                | '\u{8e2}'
-                | '\u{180e}'
-                | '\u{200b}'..='\u{200f}'
-                | '\u{2028}'..='\u{202e}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{206f}'
-                | '\u{e000}'..='\u{f8ff}'
-                | '\u{feff}'
-                | '\u{fff9}'..='\u{fffb}'
-                | '\u{110bd}'
-                | '\u{110cd}'
-                | '\u{13430}'..='\u{1343f}'
-                | '\u{1bca0}'..='\u{1bca3}'
-                | '\u{1d173}'..='\u{1d17a}'
-                | '\u{e0001}'
-                | '\u{e0020}'..='\u{e007f}'
-                | '\u{f0000}'..='\u{ffffd}'
-                | '\u{100000}'..='\u{10fffd}'
-        )
+    !s.is_empty() && s.len() <= 2048 && !s.chars().any(crate::text::is_invisible)
 }

@@ -73,11 +73,12 @@ mod jws;
 mod registration;
 mod server;
 
+pub use crate::text::is_invisible;
 pub use assertion::{B2bExtension, JWT_BEARER};
 pub use client::{ClientRequest, SignedEndpoints, Signer, UdapClient, verify_signed_metadata};
 pub use community::{CrlFiles, CrlSource, MAX_CHAIN, TrustCommunity};
 pub use error::UdapError;
-pub use jws::{ALGORITHMS, MAX_JWT_LEN, MAX_LIFETIME, MAX_SKEW, is_invisible};
+pub use jws::{ALGORITHMS, MAX_JWT_LEN, MAX_LIFETIME, MAX_SKEW};
 pub use registration::{ClientMetadata, GrantType};
 pub use server::{
     AccessGrant, CLIENTS_COLLECTION, IssuedToken, JTI_COLLECTION, MAX_REGISTRATION_BODY,

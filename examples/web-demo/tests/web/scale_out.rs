@@ -88,7 +88,7 @@ endpoint = "{endpoint}"
     std::fs::copy(&pki.ca_cert, dir_b.path().join("tls/ca.pem")).unwrap();
     let node = |dir: &tempfile::TempDir, port: u16| {
         let settings = format!(
-            "seed = true\n[tls]\ncert = {:?}\nkey = {:?}\n[oidc]\nissuer = \"{}\"\nclient_id = \"clinic\"\n[clinic]\n{}",
+            "seed = true\ndev_udap_with_real_data = true\n[tls]\ncert = {:?}\nkey = {:?}\n[oidc]\nissuer = \"{}\"\nclient_id = \"clinic\"\n[clinic]\n{}",
             pki.server.cert,
             pki.server.key,
             issuer.url(),
