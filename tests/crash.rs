@@ -66,7 +66,10 @@ impl Drop for Reaped {
     }
 }
 
-fn spawn_child(dir: &Path, count: Option<u32>, pause_ms: Option<u64>) -> Reaped {
+/// Spawns the writer on `dir`, stopping after `count` rotations if given;
+/// with `hold`, its `hold.0`-th atomic write creates `hold.1` and waits there
+/// (temporary file written, not renamed) until killed.
+fn spawn_child(dir: &Path, count: Option<u32>, hold: Option<(u32, &Path)>) -> Reaped {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "child_writer",
@@ -78,8 +81,9 @@ fn spawn_child(dir: &Path, count: Option<u32>, pause_ms: Option<u64>) -> Reaped 
     .env("CARECONNECT_CRASH_DIR", dir)
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());
-    if let Some(ms) = pause_ms {
-        cmd.env("CARECONNECT_TEST_PAUSE_BEFORE_RENAME_MS", ms.to_string());
+    if let Some((at, marker)) = hold {
+        cmd.env("CARECONNECT_TEST_HOLD_BEFORE_RENAME", at.to_string())
+            .env("CARECONNECT_TEST_HOLD_MARKER", marker);
     }
     if let Some(n) = count {
         cmd.env("CARECONNECT_CRASH_COUNT", n.to_string());
@@ -107,28 +111,39 @@ fn sigkill_mid_write_loses_nothing_acknowledged() {
     drop(kms);
 
     let mut interrupted = 0;
+    // Where a held writer says so (outside the KMS directory).
+    let marks = tempfile::tempdir().unwrap();
     for round in 0..10u32 {
-        // Even rounds: every write pauses 150 ms before its rename, and the
-        // kill lands inside that window (temporary file written, not yet
-        // renamed). Odd rounds: full speed, killed at a varying moment.
+        // Even rounds: the third write stops between its temporary file and
+        // its rename, says so, and is killed there (decided by progress, so
+        // a busy machine changes nothing). Odd rounds: full speed, killed
+        // at a varying moment.
         let paused = round % 2 == 0;
-        let mut child = spawn_child(dir.path(), None, paused.then_some(150));
+        let marker = marks.path().join(format!("held-{round}"));
+        let mut child = spawn_child(dir.path(), None, paused.then_some((3, marker.as_path())));
         let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
         let mut last = 0;
-        // Let it get some writes done, then kill it at a varying moment.
-        for _ in 0..(if paused { 2 } else { 3 + round * 5 }) {
-            last = lines
-                .by_ref()
-                .map_while(Result::ok)
-                .find_map(|l| acks(&l))
-                .expect("child stopped acknowledging");
-        }
-        let wait = if paused {
-            60_000
+        // Let it get some writes done, then kill it.
+        if paused {
+            let mut waited = 0;
+            while !marker.exists() {
+                assert!(
+                    waited < 60_000,
+                    "round {round}: the write never reached its rename"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+                waited += 10;
+            }
         } else {
-            u64::from(round) * 150
-        };
-        std::thread::sleep(Duration::from_micros(wait));
+            for _ in 0..3 + round * 5 {
+                last = lines
+                    .by_ref()
+                    .map_while(Result::ok)
+                    .find_map(|l| acks(&l))
+                    .expect("child stopped acknowledging");
+            }
+            std::thread::sleep(Duration::from_micros(u64::from(round) * 150));
+        }
         child.0.kill().unwrap(); // SIGKILL
         child.0.wait().unwrap();
         // Anything printed before the kill was acknowledged too.

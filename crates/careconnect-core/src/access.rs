@@ -34,6 +34,11 @@ use crate::rows;
 pub const CARE_COLLECTION: &str = "core_care";
 /// The collection of break-glass declarations (latest per doctor and patient).
 pub const BREAK_GLASS_COLLECTION: &str = "core_break_glass";
+/// Every break-glass declaration ever made, one row each (the review lists
+/// them all; renewals are counted here).
+pub const BREAK_GLASS_HISTORY_COLLECTION: &str = "core_break_glass_history";
+/// The blind index of history rows: the (doctor, patient) pair.
+const PAIR_INDEX: &str = "pair";
 /// The shortest reason accepted for break-glass, in characters (after trimming).
 pub const MIN_REASON_CHARS: usize = 10;
 
@@ -42,12 +47,16 @@ pub const MIN_REASON_CHARS: usize = 10;
 pub struct GateConfig {
     /// How long a break-glass declaration lasts. Default one hour.
     pub break_glass_for: Duration,
+    /// Declarations one doctor may make for one patient in any 24 hours
+    /// (the first and its renewals). Default 3.
+    pub break_glass_per_day: u32,
 }
 
 impl Default for GateConfig {
     fn default() -> Self {
         Self {
             break_glass_for: Duration::from_secs(3600),
+            break_glass_per_day: 3,
         }
     }
 }
@@ -129,6 +138,7 @@ pub struct Gate {
     config: GateConfig,
     care: Collection,
     glass: Collection,
+    glass_log: Collection,
     doctor_index: Option<Arc<careconnect_crypto::mac::MacKey>>,
     pseudonyms: Option<Arc<careconnect_crypto::mac::MacKey>>,
     cache: Arc<CareCache>,
@@ -198,6 +208,7 @@ impl Gate {
             config,
             care: Collection::new(CARE_COLLECTION)?,
             glass: Collection::new(BREAK_GLASS_COLLECTION)?,
+            glass_log: Collection::new(BREAK_GLASS_HISTORY_COLLECTION)?,
             doctor_index: None,
             pseudonyms: None,
             cache: Arc::default(),
@@ -608,6 +619,40 @@ impl Gate {
         self.refuse_self_treatment(doctor, "DeclareBreakGlass", &doctor.user, patient)
             .await?;
         let now = self.clock.now();
+        // Renewals are bounded: a standing "emergency" is not one.
+        let pair_index = careconnect_storage::IndexEntry::new(
+            PAIR_INDEX,
+            self.pair(b"break-glass-history", &doctor.user, patient)?
+                .as_str()
+                .as_bytes()
+                .to_vec(),
+        )?;
+        let recent = self
+            .store
+            .find(&self.glass_log, &pair_index)
+            .await?
+            .iter()
+            .filter_map(|r| rows::open::<BreakGlass>(&self.keys.current(), &self.glass_log, r))
+            .filter(|b| {
+                b.doctor == doctor.user
+                    && b.patient == *patient
+                    && b.declared_at.saturating_add(86_400) > now
+            })
+            .count();
+        if recent >= self.config.break_glass_per_day as usize {
+            self.audit
+                .record(
+                    AuditEvent::by(doctor, "DeclareBreakGlass", resource, Outcome::Denied).because(
+                        &format!(
+                            "renewals exhausted: {recent} declarations for this patient in 24 hours"
+                        ),
+                    ),
+                )
+                .await?;
+            return Err(CoreError::Conflict(
+                "break-glass was declared too often for this patient in the last 24 hours",
+            ));
+        }
         let declaration = BreakGlass {
             doctor: doctor.user.clone(),
             patient: patient.clone(),
@@ -623,6 +668,12 @@ impl Gate {
                     .because(reason),
             )
             .await?;
+        // Kept for good first (the review lists every declaration), then
+        // made the live one for the pair.
+        let log_id = crate::clinic::new_id()?;
+        let mut logged = rows::seal(&self.keys, &self.glass_log, &log_id, &declaration)?;
+        logged.indexes = vec![pair_index];
+        self.store.insert(&self.glass_log, &log_id, logged).await?;
         let data = rows::seal(&self.keys, &self.glass, &id, &declaration)?;
         self.put(&self.glass, &id, data).await?;
         self.forget(&doctor.user, patient);
@@ -749,8 +800,8 @@ impl Gate {
         }
     }
 
-    /// Every break-glass declaration on record (the latest per doctor and
-    /// patient), newest first, for an administrator's review. Reading it is
+    /// Every break-glass declaration on record (each one, renewals
+    /// included), newest first, for an administrator's review. Reading it is
     /// audited.
     ///
     /// # Errors
@@ -763,21 +814,31 @@ impl Gate {
     ) -> Result<Vec<BreakGlass>, CoreError> {
         self.system_action(admin, Action::ReadAuditLog, "break-glass:review".into())
             .await?;
+        // Every declaration kept, and the live ones (declarations made
+        // before the history was kept are only there).
         let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.store.list(&self.glass, after.as_ref(), 500).await?;
-            out.extend(
-                page.rows
-                    .iter()
-                    .filter_map(|r| rows::open::<BreakGlass>(&self.keys.current(), &self.glass, r)),
-            );
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
+        for coll in [&self.glass_log, &self.glass] {
+            let mut after = None;
+            loop {
+                let page = self.store.list(coll, after.as_ref(), 500).await?;
+                out.extend(
+                    page.rows
+                        .iter()
+                        .filter_map(|r| rows::open::<BreakGlass>(&self.keys.current(), coll, r)),
+                );
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
             }
         }
-        out.sort_by_key(|b| std::cmp::Reverse(b.declared_at));
+        out.sort_by(|a, b| {
+            b.declared_at
+                .cmp(&a.declared_at)
+                .then_with(|| a.doctor.cmp(&b.doctor))
+                .then_with(|| a.patient.cmp(&b.patient))
+        });
+        out.dedup();
         Ok(out)
     }
 }

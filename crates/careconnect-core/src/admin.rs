@@ -345,10 +345,12 @@ impl Admin<'_> {
 
     /// Erases `patient` by crypto-shredding (`docs/erasure.md`), stating
     /// `reason`, which stays in the audit log. Safe to run again after a
-    /// crash; erasing an erased or unknown patient does nothing.
+    /// crash; erasing an erased patient does nothing.
     ///
     /// # Errors
     ///
+    /// [`CoreError::NotFound`] (audited as denied) for someone who is not a
+    /// patient (a doctor, an unknown id): nothing is destroyed;
     /// [`CoreError::ReasonRequired`] for a reason under ten characters;
     /// [`CoreError::Denied`] (audited); KMS failures (AWS KMS cannot
     /// destroy single key versions: see `docs/erasure.md`).
@@ -365,7 +367,16 @@ impl Admin<'_> {
         }
         let resource = c.audit_name(patient);
         let decision = careconnect_authz::authorize(admin, Action::ErasePatient, &Resource::System);
-        let outcome = if decision.is_allowed() {
+        // Only a patient (registered, or erased already: a rerun after a
+        // crash) can be erased; anyone else is not found, and nothing is
+        // destroyed.
+        let patient_known = c.subjects.known(patient).await?
+            || self
+                .clinic
+                .person(patient)
+                .await?
+                .is_some_and(|p| p.roles.contains(Role::Patient));
+        let outcome = if decision.is_allowed() && patient_known {
             Outcome::Allowed
         } else {
             Outcome::Denied
@@ -380,6 +391,9 @@ impl Admin<'_> {
             .await?;
         if let careconnect_authz::Decision::Deny(r) = decision {
             return Err(CoreError::Denied(r));
+        }
+        if !patient_known {
+            return Err(CoreError::NotFound);
         }
         c.forget_patient(patient);
         let done = c.subjects.erase(patient).await;

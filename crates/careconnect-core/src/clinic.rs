@@ -149,6 +149,9 @@ pub struct ClinicConfig {
     pub hours: ClinicHours,
     /// How long a break-glass declaration lasts.
     pub break_glass_for: Duration,
+    /// Break-glass declarations one doctor may make for one patient in any
+    /// 24 hours (default 3).
+    pub break_glass_per_day: u32,
     /// The prescription charge, in pence.
     pub prescription_charge_pence: u32,
     /// Where Medicloud's sealed documents go (default: `blobs` under the
@@ -199,6 +202,7 @@ impl ClinicConfig {
             role_rules: String::new(),
             hours: ClinicHours::default(),
             break_glass_for: Duration::from_secs(3600),
+            break_glass_per_day: 3,
             prescription_charge_pence: 990,
             read_cache: Duration::from_secs(1),
             keyring_recheck: DEFAULT_KEYRING_RECHECK,
@@ -450,6 +454,7 @@ impl Clinic {
             clock.clone(),
             GateConfig {
                 break_glass_for: config.break_glass_for,
+                break_glass_per_day: config.break_glass_per_day,
             },
         )?
         .with_doctor_index(mac(CARE_INDEX_PURPOSE)?)

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use careconnect_authz::{Action, Principal, Resource, UserId};
+use careconnect_authz::{Action, Principal, Resource, Role, UserId};
 use careconnect_crypto::document::{DocumentHeader, DocumentSealer, OpenOptions};
 use careconnect_crypto::kms::RotationSchedule;
 use careconnect_crypto::{EncryptionContext, KmsKeyId, WrappedKey};
@@ -812,6 +812,15 @@ impl Medicloud<'_> {
         let (_, doc) = self.owned(owner, id, Action::ShareDocument).await?;
         if *user == doc.info.owner || expires_at.is_some_and(|t| t <= c.now()) {
             return Err(CoreError::Invalid("share"));
+        }
+        // Only someone in the directory who could download with a grant (a
+        // doctor or an external partner) can be given one: a share with an
+        // unknown id would sit there for whoever is given that id later.
+        let recipient = self.clinic.person(user).await?;
+        if !recipient
+            .is_some_and(|p| p.roles.contains(Role::Doctor) || p.roles.contains(Role::External))
+        {
+            return Err(CoreError::Invalid("recipient"));
         }
         let coll = shares()?;
         let share_id = c.share_id(id, user)?;

@@ -437,6 +437,14 @@ impl SubjectKeys {
         })
     }
 
+    /// Whether `subject` has any trace here: a keyring row (opening or
+    /// not: a row altered in the database must not make an erasure a
+    /// no-op) or an erasure record.
+    pub(crate) async fn known(&self, subject: &UserId) -> Result<bool, CoreError> {
+        let id = self.row_id(subject)?;
+        Ok(self.row(&id).await?.is_some() || self.erased(&id).await?)
+    }
+
     async fn row(&self, id: &RowId) -> Result<Option<Row>, CoreError> {
         match self.store.get(&self.coll, id).await {
             Ok(r) => Ok(Some(r)),

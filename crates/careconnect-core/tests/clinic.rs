@@ -1571,3 +1571,100 @@ async fn invisible_reasons_and_bidirectional_names_are_refused_or_neutralised() 
         None
     );
 }
+
+/// Review finding 18: erasing someone who is not a patient answered like a
+/// real erasure.
+#[tokio::test]
+async fn erasing_someone_who_is_not_a_patient_is_not_found_and_destroys_nothing() {
+    let f = sqlite().await;
+    let c = &f.clinic;
+    let before = c
+        .admin()
+        .audit_log(&admin(), 1, 1000)
+        .await
+        .unwrap()
+        .entries
+        .len();
+    for who in [grey().user, user("nobody-at-all")] {
+        not_found(
+            c.admin()
+                .erase_patient(&admin(), &who, "right to erasure request 42")
+                .await,
+        );
+    }
+    // Grey works as before; the refusals are on record.
+    c.patients()
+        .book(&alice(), &alice().user, &grey().user, tomorrow(9), "")
+        .await
+        .unwrap();
+    c.records().record(&grey(), &alice().user).await.unwrap();
+    let log = c
+        .admin()
+        .audit_log(&admin(), 1, 1000)
+        .await
+        .unwrap()
+        .entries;
+    let refused = log[before..]
+        .iter()
+        .filter(|(_, e)| {
+            e.action == "ErasePatient" && e.outcome == careconnect_core::audit::Outcome::Denied
+        })
+        .count();
+    assert_eq!(refused, 2);
+    // A patient is erased as before, and again is a no-op.
+    c.admin()
+        .erase_patient(&admin(), &bob().user, "right to erasure request 43")
+        .await
+        .unwrap();
+    c.admin()
+        .erase_patient(&admin(), &bob().user, "right to erasure request 43")
+        .await
+        .unwrap();
+}
+
+/// Review finding 6: declaring break-glass again overwrote the earlier
+/// declaration in the review, and renewals were unlimited.
+#[tokio::test]
+async fn every_break_glass_declaration_is_kept_and_renewals_are_capped_per_day() {
+    let f = sqlite().await;
+    let c = &f.clinic;
+    let s = shepherd();
+    let reasons = [
+        "unconscious in A&E, allergy check",
+        "still in resus, checking medication history",
+        "transfer to ICU, need the full record",
+    ];
+    for reason in reasons {
+        c.records()
+            .declare_break_glass(&s, &alice().user, reason)
+            .await
+            .unwrap();
+        f.clock.advance(Duration::from_secs(3600));
+    }
+    // A fourth within 24 hours of the first: refused, and on record.
+    assert!(matches!(
+        c.records()
+            .declare_break_glass(&s, &alice().user, "one more hour please, still busy")
+            .await,
+        Err(CoreError::Conflict(_))
+    ));
+    let review = c.admin().break_glass_review(&admin()).await.unwrap();
+    let mut kept: Vec<&str> = review.iter().map(|b| b.reason.as_str()).collect();
+    kept.reverse();
+    assert_eq!(kept, reasons, "every declaration, newest first");
+    // Another pair is not affected; a day after the first, one more may be
+    // declared.
+    c.records()
+        .declare_break_glass(&s, &bob().user, "unconscious in A&E, allergy check")
+        .await
+        .unwrap();
+    f.clock.advance(Duration::from_secs(21 * 3600 + 1));
+    c.records()
+        .declare_break_glass(&s, &alice().user, "readmitted, unconscious again")
+        .await
+        .unwrap();
+    assert_eq!(
+        c.admin().break_glass_review(&admin()).await.unwrap().len(),
+        5
+    );
+}

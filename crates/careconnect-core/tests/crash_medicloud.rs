@@ -14,7 +14,7 @@
 
 use careconnect_testkit::copy_dir;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -85,33 +85,46 @@ async fn child_worker() {
     }
 }
 
-/// Runs the child in `mode` on `dir` and kills it after `after` (`None`:
-/// lets it finish); returns what it acknowledged.
-async fn run_and_kill(dir: &Path, mode: &str, after: Option<Duration>) -> Vec<String> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_worker", "--nocapture"])
-        .env("CARECONNECT_MEDICLOUD_DIR", dir)
-        .env("CARECONNECT_MEDICLOUD_MODE", mode)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    if let Some(after) = after {
-        tokio::time::sleep(after).await;
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    out.lines()
-        .filter(|l| l.starts_with("uploaded ") || l.starts_with("deleted "))
-        .map(str::to_owned)
-        .collect()
+/// Runs the child in `mode` on `dir` and kills it (SIGKILL) once it has
+/// acknowledged `after` calls (`None`: lets it finish), `jitter` later, so
+/// the kill lands part-way into the next call; returns what it had
+/// acknowledged. Decided by the child's progress, not by the clock: a busy
+/// machine slows both sides alike.
+async fn run_and_kill(
+    dir: &Path,
+    mode: &str,
+    after: Option<usize>,
+    jitter: Duration,
+) -> Vec<String> {
+    let (dir, mode) = (dir.to_owned(), mode.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "child_worker", "--nocapture"])
+            .env("CARECONNECT_MEDICLOUD_DIR", &dir)
+            .env("CARECONNECT_MEDICLOUD_MODE", &mode)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut acked = Vec::new();
+        // Every line read was written before the kill (the pipe outlives
+        // the child until it is drained).
+        for line in out.lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("uploaded ") || line.starts_with("deleted ") {
+                acked.push(line);
+                if Some(acked.len()) == after {
+                    std::thread::sleep(jitter);
+                    let _ = child.kill();
+                }
+            }
+        }
+        let _ = child.wait();
+        acked
+    })
+    .await
+    .unwrap()
 }
 
 /// Every listed document downloads whole, with the hash it was listed with.
@@ -158,24 +171,22 @@ async fn sigkill_during_uploads_and_deletes_leaves_no_half_document() {
     let pristine = root.path().join("pristine");
     std::fs::create_dir_all(&pristine).unwrap();
     drop(open(&pristine).await);
-    // How long the whole job takes, child start-up included.
-    let timing = root.path().join("timing");
-    copy_dir(&pristine, &timing);
-    let t = std::time::Instant::now();
-    let all = run_and_kill(&timing, "up", None).await;
-    let up_time = t.elapsed();
+    // Left alone, each job finishes.
+    let whole = root.path().join("whole");
+    copy_dir(&pristine, &whole);
+    let all = run_and_kill(&whole, "up", None, Duration::ZERO).await;
     assert_eq!(all.len(), 40, "the uploader finishes when left alone");
-    let t = std::time::Instant::now();
-    let all = run_and_kill(&timing, "delete", None).await;
-    let delete_time = t.elapsed();
+    let all = run_and_kill(&whole, "delete", None, Duration::ZERO).await;
     assert_eq!(all.len(), 40, "the deleter finishes when left alone");
-    let rounds = 8u32;
+    let rounds = 8usize;
     let (mut uploads_cut, mut deletes_cut) = (0, 0);
     for round in 0..rounds {
         let dir = root.path().join(format!("round-{round}"));
         copy_dir(&pristine, &dir);
-        // Uploads, killed part-way.
-        let acked = run_and_kill(&dir, "up", Some(up_time * (round + 1) / (rounds + 1))).await;
+        // Uploads, killed after 1, 6, 11... of 40 were acknowledged, a few
+        // milliseconds into the next (so at different points inside it).
+        let jitter = Duration::from_millis((round % 4) as u64);
+        let acked = run_and_kill(&dir, "up", Some(1 + round * 5), jitter).await;
         let clinic = open(&dir).await;
         let listed = all_whole(&clinic).await;
         for line in &acked {
@@ -195,13 +206,9 @@ async fn sigkill_during_uploads_and_deletes_leaves_no_half_document() {
         }
         collect(&dir, &listed).await;
         drop(clinic);
-        // Deletes, killed part-way.
-        let acked = run_and_kill(
-            &dir,
-            "delete",
-            Some(delete_time * (round + 1) / (rounds + 1)),
-        )
-        .await;
+        // Deletes, killed part-way in the same way.
+        let after = (1 + round * listed.len() / rounds).min(listed.len().saturating_sub(1));
+        let acked = run_and_kill(&dir, "delete", Some(after.max(1)), jitter).await;
         let clinic = open(&dir).await;
         let left = all_whole(&clinic).await;
         for line in &acked {

@@ -122,6 +122,39 @@ async fn upload_list_download_share_and_delete() {
     assert_eq!(c.medicloud().list(&adam).await.unwrap().len(), 1);
     assert_eq!(download(&c, &adam, &doc.id).await.unwrap(), body);
 
+    // Only people in the directory who may hold a grant can be given one
+    // (review finding 18): an unknown id, a patient.
+    for nobody in [&shepherd, &pat, &alice] {
+        assert!(matches!(
+            c.medicloud()
+                .share(&grey, &doc.id, &nobody.user, None)
+                .await,
+            Err(CoreError::Invalid("recipient"))
+        ));
+    }
+    for (p, name) in [(&shepherd, "Dr Derek Shepherd"), (&pat, "Pat Lab")] {
+        c.admin()
+            .set_person(&adam, &p.user, name, p.roles)
+            .await
+            .unwrap();
+    }
+    c.records()
+        .register(
+            &adam,
+            &alice.user,
+            &careconnect_core::records::PatientDetails {
+                name: "Alice Smith".into(),
+                date_of_birth: "1980-02-29".into(),
+                blood_type: "O+".into(),
+                allergies: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.medicloud().share(&grey, &doc.id, &alice.user, None).await,
+        Err(CoreError::Invalid("recipient"))
+    ));
     // Shared with the partner for an hour, and with another doctor.
     c.medicloud()
         .share(&grey, &doc.id, &pat.user, Some(START + 3600))

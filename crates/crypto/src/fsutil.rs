@@ -11,7 +11,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let (dir, tmp) = write_temp(path, bytes)?;
     let result = (|| {
         #[cfg(feature = "test-util")]
-        pause_before_rename();
+        hold_before_rename();
         fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
     })();
@@ -66,16 +66,26 @@ fn write_temp<'p>(path: &'p Path, bytes: &[u8]) -> std::io::Result<(&'p Path, Pa
     Ok((dir, tmp))
 }
 
-/// Crash tests only (`test-util`): with `CARECONNECT_TEST_PAUSE_BEFORE_RENAME_MS`
-/// set, every atomic write sleeps that long between writing the temporary
-/// file and renaming it, so a test can kill the process exactly mid-write.
+/// Crash tests only (`test-util`): with `CARECONNECT_TEST_HOLD_BEFORE_RENAME=N`
+/// and `CARECONNECT_TEST_HOLD_MARKER=PATH` set, the process's N-th atomic
+/// write (from 1) creates PATH once its temporary file is written and then
+/// waits for ever, never renaming: a test that sees PATH kills the process
+/// exactly mid-write, decided by progress rather than by timing.
 #[cfg(feature = "test-util")]
-fn pause_before_rename() {
-    if let Some(ms) = std::env::var("CARECONNECT_TEST_PAUSE_BEFORE_RENAME_MS")
+fn hold_before_rename() {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let at = std::env::var("CARECONNECT_TEST_HOLD_BEFORE_RENAME")
         .ok()
-        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let marker = std::env::var_os("CARECONNECT_TEST_HOLD_MARKER");
+    if let (Some(at), Some(marker)) = (at, marker)
+        && n == at
     {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
+        let _ = fs::write(marker, b"held");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
     }
 }
 

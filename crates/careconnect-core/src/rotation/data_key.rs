@@ -56,6 +56,7 @@ const SEALED: &[(&str, Binding)] = &[
     (crate::clinic::PEOPLE_COLLECTION, Binding::Core),
     (crate::access::CARE_COLLECTION, Binding::Core),
     (crate::access::BREAK_GLASS_COLLECTION, Binding::Core),
+    (crate::access::BREAK_GLASS_HISTORY_COLLECTION, Binding::Core),
     (crate::patients::SLOTS_COLLECTION, Binding::Core),
     (crate::finance::TRANSACTIONS_COLLECTION, Binding::Core),
     (crate::eps::PRESCRIPTIONS_COLLECTION, Binding::Core),

@@ -193,7 +193,7 @@ async fn floods_of_sign_ins_and_uploads_store_nothing_and_the_server_keeps_servi
     holding.abort_all();
     while holding.join_next().await.is_some() {}
     let (mut stored, mut said) = (StatusCode::SERVICE_UNAVAILABLE, String::new());
-    for _ in 0..50 {
+    for _ in 0..300 {
         let r = grey.upload("after.pdf", pdf(4096)).await;
         stored = r.status();
         if stored != StatusCode::SERVICE_UNAVAILABLE {
@@ -207,7 +207,7 @@ async fn floods_of_sign_ins_and_uploads_store_nothing_and_the_server_keeps_servi
     // Only the two stored documents' blobs were added (the stalled ones'
     // are collected as they fail).
     let mut files = files_under(&blobs);
-    for _ in 0..50 {
+    for _ in 0..300 {
         if files == files_before + 2 {
             break;
         }
