@@ -169,6 +169,12 @@ async fn medicloud_runs_on_aws_kms_and_s3_blobs() {
         who("doctor", Role::Doctor),
         who("partner", Role::External),
     );
+    // Shares go only to people in the directory.
+    clinic
+        .admin()
+        .set_person(&admin, &partner.user, "Pat Lab", partner.roles)
+        .await
+        .unwrap();
     let m = clinic.medicloud();
     // Larger than one 8 MiB part: a real multipart upload, under a data key
     // from AWS KMS.

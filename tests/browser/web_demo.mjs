@@ -186,6 +186,36 @@ await as('finance-fiona', 'Fiona Banks', async (page) => {
   await page.goto(base + '/');
 });
 
+// Who has seen my record: Dr Shepherd (Alice is not in his care) opens
+// Alice's record under break-glass; Alice's page lists it, flagged; Bob's
+// does not.
+await as('doctor-shepherd', 'Dr Derek Shepherd', async (page) => {
+  await page.goto(base + '/medrecords');
+  await page.locator('#break-glass input[name=patient]').fill('patient-alice');
+  await page.locator('#break-glass input[name=reason]').fill('Collapsed in the waiting room, checking allergies');
+  await page.getByRole('button', { name: 'Declare emergency access' }).click();
+  await page.goto(base + '/medrecords/patients/patient-alice');
+  check(await page.getByText('penicillin').first().isVisible(), "shepherd: Alice's record under break-glass");
+  await page.goto(base + '/');
+});
+
+await as('patient-alice', 'Alice Smith', async (page) => {
+  await page.goto(base + '/careconnect#seen');
+  const row = page.getByTestId('seen-row').filter({ hasText: 'Dr Derek Shepherd' }).first();
+  check(await row.isVisible(), 'alice: Dr Shepherd is listed under who has seen my record');
+  check(await row.locator('.badge.flagged', { hasText: 'break-glass' }).isVisible(), 'alice: flagged as break-glass');
+  check(!(await page.getByTestId('seen').textContent()).includes('patient-'), 'alice: no internal ids');
+  await page.locator('#seen').screenshot({ path: join(shots, 'careconnect-seen.png') });
+  taken.push(join(shots, 'careconnect-seen.png'));
+  await page.goto(base + '/');
+});
+
+await as('patient-bob', 'Bob Jones', async (page) => {
+  await page.goto(base + '/careconnect#seen');
+  check(!(await page.locator('#seen').textContent()).includes('Dr Derek Shepherd'), "bob: Alice's break-glass is not on Bob's page");
+  await page.goto(base + '/');
+});
+
 await as('admin-adam', 'Adam Admin', async (page) => {
   await page.goto(base + '/admin');
   check(await page.getByTestId('chain').getByText('Chain verified').isVisible(), 'adam: audit chain verified');

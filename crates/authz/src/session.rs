@@ -125,6 +125,9 @@ pub struct SessionConfig {
     /// (as stored role changes do within the clinic's `ROLES_RECHECK`).
     /// Must be below `touch_every`.
     pub recheck: Duration,
+    /// Live sessions one user may have at once; a login past it ends
+    /// their oldest. Default 8.
+    pub max_per_user: usize,
 }
 
 impl Default for SessionConfig {
@@ -134,6 +137,7 @@ impl Default for SessionConfig {
             absolute: Duration::from_secs(12 * 3600),
             touch_every: Duration::from_secs(60),
             recheck: Duration::ZERO,
+            max_per_user: 8,
         }
     }
 }
@@ -251,7 +255,13 @@ pub struct Sessions {
     /// Sessions read from the store (only with a non-zero
     /// [`SessionConfig::recheck`]).
     recent: Arc<Mutex<Recent>>,
+    /// Keys the blind index of sessions by user (see
+    /// [`Sessions::with_user_index`]).
+    user_index: Option<Arc<careconnect_crypto::mac::MacKey>>,
 }
+
+/// The blind index of session rows: their user.
+const USER_INDEX: &str = "user";
 
 /// Sessions read from the store, by row, with when they were read; and how
 /// many logouts this node has done, so that a read racing a logout is not
@@ -302,11 +312,13 @@ impl Sessions {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AuthzError> {
         if config.touch_every >= config.idle
+            || config.max_per_user == 0
             || config.idle > config.absolute
             || (!config.recheck.is_zero() && config.recheck >= config.touch_every)
         {
             return Err(AuthzError::Config(
-                "sessions need recheck < touch_every < idle <= absolute".into(),
+                "sessions need recheck < touch_every < idle <= absolute and max_per_user >= 1"
+                    .into(),
             ));
         }
         Ok(Self {
@@ -315,7 +327,82 @@ impl Sessions {
             config,
             clock,
             recent: Arc::default(),
+            user_index: None,
         })
+    }
+
+    /// Indexes sessions by user under `key` (a keyed MAC of the identity),
+    /// so a database copy does not show whose sessions are whose; without
+    /// it the index is a plain hash of the identity (as stored role
+    /// assignments' ids are).
+    #[must_use]
+    pub fn with_user_index(mut self, key: careconnect_crypto::mac::MacKey) -> Self {
+        self.user_index = Some(Arc::new(key));
+        self
+    }
+
+    fn user_entry(&self, user: &UserId) -> Result<careconnect_storage::IndexEntry, AuthzError> {
+        let mut msg = b"careconnect/session-user\0".to_vec();
+        for part in [user.issuer(), user.subject()] {
+            msg.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+            msg.extend_from_slice(part.as_bytes());
+        }
+        let token = match &self.user_index {
+            Some(k) => k.tag(&msg).to_vec(),
+            None => {
+                use sha2::Digest as _;
+                sha2::Sha256::digest(&msg).to_vec()
+            }
+        };
+        Ok(careconnect_storage::IndexEntry::new(USER_INDEX, token)?)
+    }
+
+    /// `user`'s sessions as stored (those that do not open, or are not
+    /// theirs, left out), with their row and version.
+    async fn sessions_of(&self, user: &UserId) -> Result<Vec<(RowId, u64, Session)>, AuthzError> {
+        let rows = self
+            .store
+            .find(self.rows.coll(), &self.user_entry(user)?)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let s = self.rows.open::<Session>(&r)?;
+                (s.user == *user).then_some((r.id, r.version, s))
+            })
+            .collect())
+    }
+
+    /// Ends every session of `user`, on every node sharing the store (on
+    /// a node with a recheck, within it); returns how many.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub async fn logout_everywhere(&self, user: &UserId) -> Result<usize, AuthzError> {
+        let mut ended = 0;
+        for (row, version, _) in self.sessions_of(user).await? {
+            self.forget(&row);
+            match self.store.delete(self.rows.coll(), &row, version).await {
+                Ok(()) => ended += 1,
+                // Touched meanwhile: read again.
+                Err(StorageError::VersionConflict { .. }) => {
+                    if let Ok(r) = self.store.get(self.rows.coll(), &row).await
+                        && self
+                            .store
+                            .delete(self.rows.coll(), &row, r.version)
+                            .await
+                            .is_ok()
+                    {
+                        ended += 1;
+                    }
+                }
+                Err(StorageError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.forget(&row);
+        }
+        Ok(ended)
     }
 
     /// The `Set-Cookie` header value that hands `id` to the browser:
@@ -364,11 +451,34 @@ impl Sessions {
         self.store
             .insert(self.rows.coll(), &row, self.data(&row, &session)?)
             .await?;
+        // At most `max_per_user` live: the oldest others end.
+        let mut others: Vec<(RowId, u64, Session)> = self
+            .sessions_of(&session.user)
+            .await?
+            .into_iter()
+            .filter(|(r, _, s)| *r != row && !self.expired(s, now))
+            .collect();
+        if others.len() >= self.config.max_per_user {
+            others.sort_by_key(|(_, _, s)| s.login_at);
+            let excess = others.len() + 1 - self.config.max_per_user;
+            for (r, version, _) in others.into_iter().take(excess) {
+                self.forget(&r);
+                match self.store.delete(self.rows.coll(), &r, version).await {
+                    Ok(()) | Err(StorageError::NotFound | StorageError::VersionConflict { .. }) => {
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
         Ok((id, session))
     }
 
+    /// The row for `s`: sealed, indexed by its user (every write keeps the
+    /// index: an update replaces a row's indexes).
     fn data(&self, row: &RowId, s: &Session) -> Result<RowData, AuthzError> {
-        self.rows.seal(row, s)
+        let mut data = self.rows.seal(row, s)?;
+        data.indexes = vec![self.user_entry(&s.user)?];
+        Ok(data)
     }
 
     fn expired(&self, s: &Session, now: u64) -> bool {
@@ -902,6 +1012,64 @@ mod tests {
         fn cookie_header_never_panics(header in ".{0,200}") {
             let _ = SessionId::from_cookie_header(&header);
         }
+    }
+
+    #[tokio::test]
+    async fn a_user_has_at_most_max_per_user_sessions_and_can_end_them_all() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store: Arc<dyn RecordStore> = Arc::new(MemoryStore::new());
+        let config = SessionConfig {
+            max_per_user: 3,
+            ..SessionConfig::default()
+        };
+        let sessions = Sessions::new(store.clone(), Keyring::generate(), config, clock.clone())
+            .unwrap()
+            .with_user_index(careconnect_crypto::mac::MacKey::generate());
+        let who = |s: &str| {
+            Principal::new(
+                UserId::new("https://idp.test", s).unwrap(),
+                [Role::Patient].into_iter().collect(),
+            )
+        };
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(sessions.login(None, who("alice")).await.unwrap().0);
+            clock.advance(Duration::from_secs(1));
+        }
+        let (bob, _) = sessions.login(None, who("bob")).await.unwrap();
+        // The two oldest ended; the three newest live.
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(
+                sessions.get(id).await.unwrap().is_some(),
+                i >= 2,
+                "session {i}"
+            );
+        }
+        assert_eq!(
+            sessions
+                .logout_everywhere(&who("alice").user)
+                .await
+                .unwrap(),
+            3
+        );
+        for id in &ids {
+            assert!(sessions.get(id).await.unwrap().is_none());
+        }
+        assert!(
+            sessions.get(&bob).await.unwrap().is_some(),
+            "another user's stays"
+        );
+        // A touch (last-seen written back) keeps the row findable.
+        let (id, _) = sessions.login(None, who("alice")).await.unwrap();
+        clock.advance(Duration::from_secs(120));
+        assert!(sessions.get(&id).await.unwrap().is_some());
+        assert_eq!(
+            sessions
+                .logout_everywhere(&who("alice").user)
+                .await
+                .unwrap(),
+            1
+        );
     }
 
     #[test]

@@ -540,6 +540,45 @@ impl AuditTrail {
             .collect())
     }
 
+    /// The sequence number of the last entry (0 for an empty log), found
+    /// by probing the log (a few dozen reads, however long it is).
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    pub async fn last_seq(&self) -> Result<u64, CoreError> {
+        let exists = |seq: u64| async move {
+            Ok::<bool, CoreError>(
+                self.log
+                    .read(seq, 1)
+                    .await?
+                    .first()
+                    .is_some_and(|(s, _)| *s == seq),
+            )
+        };
+        if !exists(1).await? {
+            return Ok(0);
+        }
+        // Grow to a bound past the end, then halve the gap.
+        let (mut lo, mut hi) = (1u64, 2u64);
+        while exists(hi).await? {
+            lo = hi;
+            hi = hi.saturating_mul(2);
+            if hi == u64::MAX {
+                break;
+            }
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if exists(mid).await? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
     /// Walks the whole chain from entry 1 and checks it against the anchor.
     ///
     /// # Errors

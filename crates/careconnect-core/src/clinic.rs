@@ -566,7 +566,8 @@ impl Clinic {
             self.inner.keys.clone(),
             config,
             self.inner.clock.clone(),
-        )?)
+        )?
+        .with_user_index(self.inner.index_key.clone()))
     }
 
     /// An OpenID Connect relying party for `config`'s provider, whose login

@@ -25,7 +25,10 @@ pub const TRANSACTIONS_COLLECTION: &str = "core_transactions";
 pub struct Transaction {
     /// Its id.
     pub id: String,
-    /// When, Unix seconds.
+    /// The day, as Unix seconds at 00:00 UTC. Finance sees days only: a
+    /// time to the second would match the payment's entry in the audit log
+    /// and link the two pseudonyms. Within a day, transactions are listed
+    /// by id (a keyed MAC: no order of payment shows).
     pub at: u64,
     /// Amount in pence.
     pub amount_pence: u32,
@@ -92,21 +95,18 @@ pub fn neutralise_formula(cell: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// A Unix time as `YYYY-MM-DD HH:MM:SS` UTC.
-pub(crate) fn format_time(at: u64) -> String {
+/// A Unix time's day, `YYYY-MM-DD` UTC.
+pub(crate) fn format_day(at: u64) -> String {
     let t = i64::try_from(at)
         .ok()
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day())
+}
+
+/// The start (00:00 UTC) of the day `at` falls in.
+pub(crate) fn day_of(at: u64) -> u64 {
+    at - at % 86_400
 }
 
 impl FinCare<'_> {
@@ -143,13 +143,18 @@ impl FinCare<'_> {
                 rows::open::<Transaction>(&c.keys.current(), &coll, r)
                     .filter(|t| t.id == r.id.as_str())
             })
+            // Rows written before days only were kept show their day too.
+            .map(|t| Transaction {
+                at: day_of(t.at),
+                ..t
+            })
             .filter(|t| t.at >= from && t.at < to)
             .collect();
         out.sort_by(|a, b| a.at.cmp(&b.at).then(a.id.cmp(&b.id)));
         Ok(out)
     }
 
-    /// The transactions in `range` as CSV (header `id,time_utc,amount,
+    /// The transactions in `range` as CSV (header `id,date_utc,amount,
     /// description,patient_pseudonym`; amounts in pounds), every cell
     /// neutralised against formula injection.
     ///
@@ -166,7 +171,7 @@ impl FinCare<'_> {
         let io = |_| CoreError::Corrupt("csv");
         w.write_record([
             "id",
-            "time_utc",
+            "date_utc",
             "amount",
             "description",
             "patient_pseudonym",
@@ -174,7 +179,7 @@ impl FinCare<'_> {
         .map_err(io)?;
         for t in &txs {
             let amount = format!("{}.{:02}", t.amount_pence / 100, t.amount_pence % 100);
-            let time = format_time(t.at);
+            let time = format_day(t.at);
             w.write_record([
                 neutralise_formula(&t.id).as_ref(),
                 neutralise_formula(&time).as_ref(),

@@ -74,6 +74,7 @@ pub mod admin;
 pub mod audit;
 pub mod clinic;
 pub mod config;
+pub mod disclosures;
 pub mod eps;
 mod error;
 pub mod finance;

@@ -497,7 +497,8 @@ impl CareConnect<'_> {
             let tx_id = c.keyed_id(&[b"payment", l.row.id.as_str().as_bytes()])?;
             let tx = Transaction {
                 id: tx_id.as_str().to_owned(),
-                at,
+                // The day only (see [`Transaction::at`]).
+                at: crate::finance::day_of(at),
                 amount_pence: l.body.amount_pence,
                 description: "Prescription charge".into(),
                 pseudonym: c.pseudonym(&l.body.patient),

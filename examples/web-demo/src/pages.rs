@@ -8,12 +8,13 @@ mod medrecords;
 mod patient;
 
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use careconnect::authz::Principal;
-use careconnect::authz::oidc::{Callback, LoginStart};
+use careconnect::authz::oidc::{Callback, LOGIN_COOKIE, LoginStart};
 use careconnect::authz::session::{SessionId, Sessions};
 use serde::Serialize;
 
@@ -88,6 +89,7 @@ pub(crate) fn routes(app: web::State) -> Router {
         .route("/login", get(login))
         .route("/auth/callback", get(callback))
         .route("/logout", post(logout))
+        .route("/logout-everywhere", post(logout_everywhere))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/static/style.css", get(style))
@@ -149,9 +151,28 @@ async fn login(State(app): State<web::State>) -> Result<Response, AppError> {
 async fn callback(
     State(app): State<web::State>,
     headers: HeaderMap,
-    Query(cb): Query<Callback>,
+    cb: Result<Query<Callback>, QueryRejection>,
 ) -> Result<Response, AppError> {
     let cookies = cookie_header(&headers);
+    // Authentication first: a callback belongs to a sign-in this browser
+    // started (its cookie); without one it is 401, whatever its query.
+    let started = cookies.as_deref().is_some_and(|c| {
+        c.split(';')
+            .any(|kv| kv.trim_start().starts_with(&format!("{LOGIN_COOKIE}=")))
+    });
+    let anonymous = !started
+        && cookies
+            .as_deref()
+            .and_then(SessionId::from_cookie_header)
+            .is_none();
+    if anonymous {
+        return Err(AppError::SignedOut);
+    }
+    let Ok(Query(cb)) = cb else {
+        return Err(AppError::BadRequest(
+            "The sign-in could not be completed. Please sign in again.",
+        ));
+    };
     let clear_login = HeaderValue::from_str(&LoginStart::clear_cookie())
         .map_err(|_| AppError::Internal("cookie".into()))?;
     let claims = match app.rp.complete_in_browser(&cb, cookies.as_deref()).await {
@@ -201,6 +222,24 @@ async fn logout(
     {
         app.sessions.logout(&id).await?;
     }
+    let mut r = web::see_other("/");
+    let clear = HeaderValue::from_str(&Sessions::clear_cookie())
+        .map_err(|_| AppError::Internal("cookie".into()))?;
+    r.headers_mut().append(header::SET_COOKIE, clear);
+    Ok(r)
+}
+
+/// Ends every session of the signed-in user, in every browser and on
+/// every node (this one's cookie too).
+async fn logout_everywhere(
+    State(app): State<web::State>,
+    post: Post<Empty>,
+) -> Result<Response, AppError> {
+    let ended = app
+        .sessions
+        .logout_everywhere(&post.user.principal.user)
+        .await?;
+    tracing::info!(ended, "signed out everywhere");
     let mut r = web::see_other("/");
     let clear = HeaderValue::from_str(&Sessions::clear_cookie())
         .map_err(|_| AppError::Internal("cookie".into()))?;

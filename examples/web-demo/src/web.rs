@@ -160,6 +160,9 @@ pub(crate) enum AppError {
     Busy,
     /// Something broke: 500, the cause logged.
     Internal(String),
+    /// A refusal made below the handlers (the framework's, a layer's): the
+    /// status with a generic page, its text never shown.
+    Status(StatusCode),
 }
 
 impl From<forms::FormError> for AppError {
@@ -213,6 +216,11 @@ impl AppError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Something went wrong",
                 "The clinic could not do this just now. Nothing was changed. Please try again.",
+            ),
+            Self::Status(status) => (
+                *status,
+                status.canonical_reason().unwrap_or("Not accepted"),
+                "The request was not accepted. Nothing was changed.",
             ),
             Self::Core(e) => match e {
                 CoreError::Denied(_) => (
@@ -292,6 +300,7 @@ fn kind(e: &AppError) -> &'static str {
         AppError::TooLarge => "too-large",
         AppError::Busy => "busy",
         AppError::Internal(_) => "internal",
+        AppError::Status(_) => "status",
     }
 }
 
@@ -430,6 +439,61 @@ impl OptionalFromRequestParts<State> for User {
     }
 }
 
+/// Whether the request has a session: [`AppError::SignedOut`] if not.
+/// Decides authentication before a malformed parameter is judged, so
+/// someone signed out learns only that they must sign in.
+async fn signed_in(parts: &mut Parts, app: &State) -> Result<(), AppError> {
+    session_of(parts, app)
+        .await?
+        .map(drop)
+        .ok_or(AppError::SignedOut)
+}
+
+/// A path parameter, through the one error type: one that does not parse
+/// (not UTF-8, say) names nothing, 404; someone signed out gets 401 first.
+/// The framework's text never reaches the client.
+#[derive(Debug)]
+pub(crate) struct Path<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<State> for Path<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &State) -> Result<Self, AppError> {
+        match <axum::extract::Path<T> as FromRequestParts<State>>::from_request_parts(parts, app)
+            .await
+        {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(_) => {
+                signed_in(parts, app).await?;
+                Err(AppError::NotFound)
+            }
+        }
+    }
+}
+
+/// A query string, through the one error type: one that does not parse is
+/// a generic 400; someone signed out gets 401 first.
+#[derive(Debug)]
+pub(crate) struct Query<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<State> for Query<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &State) -> Result<Self, AppError> {
+        match <axum::extract::Query<T> as FromRequestParts<State>>::from_request_parts(parts, app)
+            .await
+        {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(_) => {
+                signed_in(parts, app).await?;
+                Err(AppError::BadRequest(
+                    "The address has a parameter this page does not understand.",
+                ))
+            }
+        }
+    }
+}
+
 /// Refuses a state-changing request that a browser says came from another
 /// site (`Origin` or `Sec-Fetch-Site`): defence in depth beside the CSRF
 /// token.
@@ -521,5 +585,27 @@ pub(crate) async fn first_checks(mut req: Request, next: axum::middleware::Next)
     if cross_site && !linkable(req.uri().path()) {
         return AppError::Forged.into_response();
     }
-    next.run(req).await
+    generic_errors(next.run(req).await)
+}
+
+/// A refusal whose body is the framework's plain text (a rejection no
+/// handler saw: a method not allowed, a body that stalled) gets the generic
+/// page for its status instead: error text never reaches users. JSON (the
+/// UDAP endpoints') and pages are left as they are.
+fn generic_errors(r: Response) -> Response {
+    let plain = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    let status = r.status();
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return r;
+    }
+    let mut page = AppError::Status(status).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = r.headers().get(&name) {
+            page.headers_mut().insert(name, v.clone());
+        }
+    }
+    page
 }

@@ -3,7 +3,7 @@
 //! key and KMS status.
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use careconnect::core::audit::{Outcome, Verification};
@@ -113,7 +113,7 @@ struct AuditQuery {
 async fn page(
     State(app): State<web::State>,
     user: User,
-    Query(q): Query<AuditQuery>,
+    web::Query(q): web::Query<AuditQuery>,
 ) -> Result<Response, AppError> {
     let who = &user.principal;
     let admin = app.clinic.admin();

@@ -2,7 +2,7 @@
 //! and their CSV export.
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -49,7 +49,7 @@ struct Page<'a> {
 async fn page(
     State(app): State<web::State>,
     user: User,
-    Query(filter): Query<Filter>,
+    web::Query(filter): web::Query<Filter>,
 ) -> Result<Response, AppError> {
     let txs = app
         .clinic
@@ -74,7 +74,7 @@ async fn page(
 async fn export(
     State(app): State<web::State>,
     user: User,
-    Query(filter): Query<Filter>,
+    web::Query(filter): web::Query<Filter>,
 ) -> Result<Response, AppError> {
     let csv = app
         .clinic

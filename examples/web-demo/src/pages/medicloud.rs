@@ -7,7 +7,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::multipart::{Multipart, MultipartError};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -222,7 +222,7 @@ fn disposition(name: &str) -> HeaderValue {
 /// and ends in an error, so no client takes it for the whole file.
 async fn download(
     State(app): State<web::State>,
-    Path(id): Path<String>,
+    web::Path(id): web::Path<String>,
     user: User,
 ) -> Result<Response, AppError> {
     let doc = app.clinic.medicloud().open(&user.principal, &id).await?;
@@ -257,7 +257,7 @@ async fn download(
 
 async fn share(
     State(app): State<web::State>,
-    Path(id): Path<String>,
+    web::Path(id): web::Path<String>,
     post: Post<Share>,
 ) -> Result<Response, AppError> {
     let with = app
@@ -276,7 +276,7 @@ async fn share(
 
 async fn revoke(
     State(app): State<web::State>,
-    Path(id): Path<String>,
+    web::Path(id): web::Path<String>,
     post: Post<Revoke>,
 ) -> Result<Response, AppError> {
     let with = app
@@ -291,7 +291,7 @@ async fn revoke(
 
 async fn delete(
     State(app): State<web::State>,
-    Path(id): Path<String>,
+    web::Path(id): web::Path<String>,
     post: Post<Empty>,
 ) -> Result<Response, AppError> {
     app.clinic

@@ -3,7 +3,7 @@
 //! cancelling).
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use careconnect::core::eps::PrescriptionInput;
@@ -76,7 +76,7 @@ struct RecordPage {
 
 async fn record(
     State(app): State<web::State>,
-    Path(subject): Path<String>,
+    web::Path(subject): web::Path<String>,
     user: User,
 ) -> Result<Response, AppError> {
     let patient = app.user_id(&subject)?;
@@ -101,7 +101,7 @@ async fn record(
 
 async fn add_note(
     State(app): State<web::State>,
-    Path(subject): Path<String>,
+    web::Path(subject): web::Path<String>,
     post: Post<NewNote>,
 ) -> Result<Response, AppError> {
     let patient = app.user_id(&subject)?;
@@ -181,7 +181,7 @@ async fn prescribe(
 
 async fn cancel(
     State(app): State<web::State>,
-    Path(id): Path<String>,
+    web::Path(id): web::Path<String>,
     post: Post<Empty>,
 ) -> Result<Response, AppError> {
     app.clinic.eps().cancel(&post.user.principal, &id).await?;

@@ -1,9 +1,10 @@
 //! CareConnect: a patient's own record, appointments and prescriptions.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
+use careconnect::core::disclosures::AccessBasis;
 use careconnect::core::eps::{Prescription, SignatureStatus, Status};
 use careconnect::core::patients::Appointment;
 use careconnect::core::records::Note;
@@ -104,9 +105,30 @@ struct DoctorView {
     name: String,
 }
 
+/// One access to the patient's data by someone else, as the page shows it.
+#[derive(Serialize)]
+struct SeenView {
+    at_ms: u64,
+    who: String,
+    what: &'static str,
+    basis: &'static str,
+    flagged: bool,
+}
+
+/// `?seen_before=N`: the older page of "Who has seen my record".
+#[derive(serde::Deserialize)]
+struct SeenQuery {
+    seen_before: Option<u64>,
+}
+
+/// Entries of "Who has seen my record" per page.
+const SEEN_PAGE: usize = 10;
+
 #[derive(Serialize)]
 struct Page {
     me: web::Me,
+    seen: Vec<SeenView>,
+    seen_older: Option<u64>,
     name: String,
     date_of_birth: String,
     blood_type: String,
@@ -124,8 +146,16 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn page(State(app): State<web::State>, user: User) -> Result<Response, AppError> {
+async fn page(
+    State(app): State<web::State>,
+    user: User,
+    web::Query(q): web::Query<SeenQuery>,
+) -> Result<Response, AppError> {
     let overview = app.clinic.patients().overview(&user.principal).await?;
+    let seen = app
+        .clinic
+        .disclosures(&user.principal, q.seen_before, SEEN_PAGE)
+        .await?;
     let (record, appointments, prescriptions) = (
         overview.record,
         overview.appointments,
@@ -143,6 +173,26 @@ async fn page(State(app): State<web::State>, user: User) -> Result<Response, App
         "careconnect.html",
         Page {
             me: user.view(),
+            seen: seen
+                .entries
+                .iter()
+                .map(|d| SeenView {
+                    at_ms: d.at_ms,
+                    who: d.who.clone(),
+                    what: d.what,
+                    basis: match d.basis {
+                        AccessBasis::Care => "your care",
+                        AccessBasis::BreakGlass => "emergency (break-glass)",
+                        AccessBasis::AdminOverride => "administrator override",
+                        AccessBasis::Clinic => "the clinic",
+                    },
+                    flagged: matches!(
+                        d.basis,
+                        AccessBasis::BreakGlass | AccessBasis::AdminOverride
+                    ),
+                })
+                .collect(),
+            seen_older: seen.next_before,
             name: record.details.name.clone(),
             date_of_birth: record.details.date_of_birth.clone(),
             blood_type: record.details.blood_type.clone(),
@@ -189,7 +239,7 @@ async fn book(State(app): State<web::State>, post: Post<Booking>) -> Result<Resp
 
 async fn cancel(
     State(app): State<web::State>,
-    Path(id): Path<String>,
+    web::Path(id): web::Path<String>,
     post: Post<Empty>,
 ) -> Result<Response, AppError> {
     app.clinic
@@ -201,7 +251,7 @@ async fn cancel(
 
 async fn pay(
     State(app): State<web::State>,
-    Path(id): Path<String>,
+    web::Path(id): web::Path<String>,
     post: Post<Empty>,
 ) -> Result<Response, AppError> {
     app.clinic.patients().pay(&post.user.principal, &id).await?;

@@ -110,8 +110,10 @@ async fn sign_out_ends_the_session_and_a_replayed_callback_signs_no_one_in() {
     // The callback again, in the same browser and in another.
     let r = alice.client.get(&alice.callback).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // In another browser, signed out: 401, decided before the query is
+    // looked at.
     let r = demo.client().get(&alice.callback).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // Sign-out needs the token too.
     assert_eq!(
         alice.post_raw("/logout", &[]).await.status(),
@@ -186,6 +188,7 @@ async fn every_post_route_refuses_get_and_a_missing_token() {
     let adam = demo.login("admin-adam").await;
     for path in [
         "/logout",
+        "/logout-everywhere",
         "/careconnect/appointments",
         "/careconnect/appointments/x/cancel",
         "/careconnect/prescriptions/x/pay",
@@ -336,5 +339,98 @@ async fn probes() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert!(ready, "/readyz never turned ready");
+    demo.stop().await;
+}
+
+/// Review finding 13: the framework's error text reached users as
+/// `400 text/plain` ("Failed to deserialize query string", "missing field
+/// `state`", "Invalid UTF-8 in `id`"), and anonymous users got 400 where
+/// they should have been asked to sign in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framework_errors_never_reach_users_and_sign_in_is_decided_first() {
+    let mut demo = Demo::start().await;
+    let leaks = [
+        "deserialize",
+        "missing field",
+        "UTF-8",
+        "Failed to",
+        "invalid type",
+    ];
+    let check = |what: &str, r: reqwest::Response, want: StatusCode| {
+        let what = what.to_owned();
+        async move {
+            assert_eq!(r.status(), want, "{what}");
+            let ctype = r.headers()[reqwest::header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert!(ctype.starts_with("text/html"), "{what}: {ctype}");
+            let body = r.text().await.unwrap();
+            for leak in leaks {
+                assert!(!body.contains(leak), "{what}: {body}");
+            }
+        }
+    };
+    let anon = demo.client();
+    for path in [
+        "/auth/callback",
+        "/medicloud/documents/%FF",
+        "/admin?from=abc",
+        "/fincare?from=not-a-date",
+        "/medrecords/patients/%FF",
+    ] {
+        let r = anon.get(demo.at(path)).send().await.unwrap();
+        check(&format!("anonymous {path}"), r, StatusCode::UNAUTHORIZED).await;
+    }
+    let adam = demo.login("admin-adam").await;
+    check(
+        "admin ?from=abc",
+        adam.get("/admin?from=abc").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let grey = demo.login("doctor-grey").await;
+    check(
+        "doctor %FF",
+        grey.get("/medicloud/documents/%FF").await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    // A method no route has: the generic page, with its Allow header.
+    let r = grey
+        .client
+        .put(demo.at("/careconnect"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key(reqwest::header::ALLOW));
+    check("PUT", r, StatusCode::METHOD_NOT_ALLOWED).await;
+    demo.stop().await;
+}
+
+/// Review finding 18: there was no "sign out everywhere".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_everywhere_ends_every_browsers_session() {
+    let mut demo = Demo::start().await;
+    let phone = demo.login("patient-alice").await;
+    let laptop = demo.login("patient-alice").await;
+    let bob = demo.login("patient-bob").await;
+    assert_eq!(phone.get("/careconnect").await.status(), StatusCode::OK);
+    assert_eq!(laptop.get("/careconnect").await.status(), StatusCode::OK);
+    // Needs the token, like every POST.
+    assert_eq!(
+        phone.post_raw("/logout-everywhere", &[]).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let r = phone.post("/logout-everywhere", &[]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    for s in [&phone, &laptop] {
+        assert_eq!(
+            s.get("/careconnect").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Another user's session is untouched.
+    assert_eq!(bob.get("/careconnect").await.status(), StatusCode::OK);
     demo.stop().await;
 }
