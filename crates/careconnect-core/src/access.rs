@@ -402,21 +402,33 @@ impl Gate {
         action: Action,
         resource: String,
     ) -> Result<u64, CoreError> {
+        self.system_fact(who, action, &format!("{action:?}"), resource, None)
+            .await
+    }
+
+    /// An administration action decided by the policy as `action` on the
+    /// system, recorded under its own name `label` (so assigning and
+    /// revoking, say, read apart in the log) with the facts an auditor
+    /// needs in `facts` (sealed with the entry's reason).
+    pub(crate) async fn system_fact(
+        &self,
+        who: &Principal,
+        action: Action,
+        label: &str,
+        resource: String,
+        facts: Option<serde_json::Value>,
+    ) -> Result<u64, CoreError> {
         let decision = authorize(who, action, &Resource::System);
         let outcome = if decision.is_allowed() {
             Outcome::Allowed
         } else {
             Outcome::Denied
         };
-        let seq = self
-            .audit
-            .record(AuditEvent::by(
-                who,
-                format!("{action:?}"),
-                resource,
-                outcome,
-            ))
-            .await?;
+        let mut event = AuditEvent::by(who, label, resource, outcome);
+        if let Some(f) = facts {
+            event = event.because(&f.to_string());
+        }
+        let seq = self.audit.record(event).await?;
         match decision {
             Decision::Allow(_) => Ok(seq),
             Decision::Deny(reason) => Err(CoreError::Denied(reason)),
@@ -481,17 +493,25 @@ impl Gate {
         doctor: &UserId,
         patient: &UserId,
     ) -> Result<(), CoreError> {
-        self.refuse_self_treatment(admin, "AssignRoles", doctor, patient)
+        self.refuse_self_treatment(admin, "AssignCare", doctor, patient)
             .await?;
         let id = self.pair(b"care", doctor, patient)?;
         if admin.user == *doctor {
-            let resource = format!("care:{}", id.as_str());
+            let resource = self.audit_name(patient);
             return Err(self
-                .refuse(admin, "AssignRoles", resource, DenyReason::SelfGrant)
+                .refuse(admin, "AssignCare", resource, DenyReason::SelfGrant)
                 .await);
         }
-        self.system_action(admin, Action::AssignRoles, format!("care:{}", id.as_str()))
-            .await?;
+        // Named by the patient's pseudonym, with the doctor: the patient's
+        // accounting shows who put them in whose care.
+        self.system_fact(
+            admin,
+            Action::AssignRoles,
+            "AssignCare",
+            self.audit_name(patient),
+            Some(serde_json::json!({ "doctor": doctor.subject(), "basis": "assignment" })),
+        )
+        .await?;
         let data = self.care_data(&id, doctor, patient, &admin.user, None)?;
         self.put(&self.care, &id, data).await?;
         self.forget(doctor, patient);
@@ -542,8 +562,14 @@ impl Gate {
         patient: &UserId,
     ) -> Result<(), CoreError> {
         let id = self.pair(b"care", doctor, patient)?;
-        self.system_action(admin, Action::AssignRoles, format!("care:{}", id.as_str()))
-            .await?;
+        self.system_fact(
+            admin,
+            Action::AssignRoles,
+            "RevokeCare",
+            self.audit_name(patient),
+            Some(serde_json::json!({ "doctor": doctor.subject() })),
+        )
+        .await?;
         for _ in 0..8 {
             let current = match self.store.get(&self.care, &id).await {
                 Ok(r) => r,

@@ -79,13 +79,41 @@ impl Admin<'_> {
         let name = text(name, MAX_NAME_CHARS, "name", false)?;
         self.refuse_self_grant(admin, std::iter::once((user, roles)))
             .await?;
-        self.system(
-            admin,
-            Action::AssignRoles,
-            format!("roles:{}", user.subject()),
-        )
-        .await?;
+        self.record_roles(admin, user, roles).await?;
         self.write_person(user, &name, roles).await
+    }
+
+    /// Decides and records a change of `user`'s stored roles as `SetRoles`,
+    /// with the roles before and after (a patient named by their
+    /// pseudonym, anyone else by subject).
+    async fn record_roles(
+        &self,
+        admin: &Principal,
+        user: &UserId,
+        after: RoleSet,
+    ) -> Result<(), CoreError> {
+        let c = &self.clinic.inner;
+        let before = self
+            .clinic
+            .person(user)
+            .await?
+            .map_or(RoleSet::EMPTY, |p| p.roles);
+        let resource = if before.contains(Role::Patient) || after.contains(Role::Patient) {
+            c.audit_name(user)
+        } else {
+            format!("roles:{}", user.subject())
+        };
+        let list = |r: RoleSet| r.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        c.gate
+            .system_fact(
+                admin,
+                Action::AssignRoles,
+                "SetRoles",
+                resource,
+                Some(serde_json::json!({ "before": list(before), "after": list(after) })),
+            )
+            .await
+            .map(drop)
     }
 
     /// Refuses (audited) an administrator giving themselves a clinical role
@@ -183,6 +211,11 @@ impl Admin<'_> {
             format!("roles:import people={}", checked.len()),
         )
         .await?;
+        // Each person's change on record too, with the roles before and
+        // after (a count alone tells an auditor nothing).
+        for (user, _, roles) in &checked {
+            self.record_roles(admin, user, *roles).await?;
+        }
         let c = &self.clinic.inner;
         // A person is two rows: directory entry and stored roles.
         for chunk in checked.chunks(careconnect_storage::MAX_WRITES / 2) {

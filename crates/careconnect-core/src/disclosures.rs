@@ -35,6 +35,8 @@ pub enum AccessBasis {
     AdminOverride,
     /// The clinic's own processes (erasure, for example).
     Clinic,
+    /// An administrator granted or ended a doctor's care of the patient.
+    Assignment,
 }
 
 /// One access to the patient's data by someone else.
@@ -46,7 +48,7 @@ pub struct Disclosure {
     /// administrator", "The clinic".
     pub who: String,
     /// What, in plain words.
-    pub what: &'static str,
+    pub what: String,
     /// On what basis.
     pub basis: AccessBasis,
 }
@@ -151,6 +153,30 @@ impl Clinic {
         if event.resource != mine || event.outcome != Outcome::Allowed {
             return Ok(None);
         }
+        // Who granted a basis: an administrator's care assignment.
+        if matches!(event.action.as_str(), "AssignCare" | "RevokeCare") {
+            let doctor = event
+                .reason
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+                .and_then(|v| v.get("doctor")?.as_str().map(str::to_owned))
+                .and_then(|d| UserId::new(patient.issuer(), d).ok());
+            let name = match doctor {
+                Some(d) => self.name_of(&d, names).await?,
+                None => "a doctor".to_owned(),
+            };
+            let what = if event.action == "AssignCare" {
+                format!("Put you in the care of {name}")
+            } else {
+                format!("Ended {name}'s care of you")
+            };
+            return Ok(Some(Disclosure {
+                at_ms: event.at_ms,
+                who: "An administrator".to_owned(),
+                what,
+                basis: AccessBasis::Assignment,
+            }));
+        }
         let Some(what) = what(&event.action) else {
             return Ok(None);
         };
@@ -175,23 +201,31 @@ impl Clinic {
         let who = match (&event.actor, basis) {
             (_, AccessBasis::AdminOverride) => "An administrator".to_owned(),
             (None, _) => "The clinic".to_owned(),
-            (Some(actor), _) => match names.get(actor) {
-                Some(n) => n.clone(),
-                None => {
-                    let n = self
-                        .person(actor)
-                        .await?
-                        .map_or_else(|| "A member of staff".to_owned(), |p| p.name);
-                    names.insert(actor.clone(), n.clone());
-                    n
-                }
-            },
+            (Some(actor), _) => self.name_of(actor, names).await?,
         };
         Ok(Some(Disclosure {
             at_ms: event.at_ms,
             who,
-            what,
+            what: what.to_owned(),
             basis,
         }))
+    }
+
+    /// `user`'s display name from the directory (remembered in `names`
+    /// for the page), or "A member of staff".
+    async fn name_of(
+        &self,
+        user: &UserId,
+        names: &mut std::collections::HashMap<UserId, String>,
+    ) -> Result<String, CoreError> {
+        if let Some(n) = names.get(user) {
+            return Ok(n.clone());
+        }
+        let n = self
+            .person(user)
+            .await?
+            .map_or_else(|| "A member of staff".to_owned(), |p| p.name);
+        names.insert(user.clone(), n.clone());
+        Ok(n)
     }
 }

@@ -673,6 +673,27 @@ impl Medicloud<'_> {
             },
         )?;
         data.indexes = vec![c.index(OWNER_INDEX, &who.user)?];
+        // The upload's own entry, with its id (the decision above was made
+        // before there was one).
+        let recorded = c
+            .audit
+            .record(
+                AuditEvent::by(
+                    who,
+                    "DocumentStored",
+                    format!("document:{}", id.as_str()),
+                    Outcome::Allowed,
+                )
+                .because(
+                    &serde_json::json!({ "size": info.size, "type": info.file_type.mime() })
+                        .to_string(),
+                ),
+            )
+            .await;
+        if let Err(e) = recorded {
+            let _ = c.blobs.delete(&blob).await;
+            return Err(e);
+        }
         if let Err(e) = c.store.insert(&coll, &id, data).await {
             let _ = c.blobs.delete(&blob).await;
             return Err(e.into());
@@ -836,6 +857,21 @@ impl Medicloud<'_> {
             },
         )?;
         data.indexes = vec![c.index(USER_INDEX, user)?, c.doc_index(id)?];
+        // What an auditor needs: to whom, until when.
+        c.audit
+            .record(
+                AuditEvent::by(
+                    owner,
+                    "DocumentShared",
+                    format!("document:{id}"),
+                    Outcome::Allowed,
+                )
+                .because(
+                    &serde_json::json!({ "recipient": user.subject(), "expires_at": expires_at })
+                        .to_string(),
+                ),
+            )
+            .await?;
         for _ in 0..8 {
             let write = match c.get(&coll, &share_id).await? {
                 Some(row) => Write::Update {
@@ -873,6 +909,17 @@ impl Medicloud<'_> {
     ) -> Result<(), CoreError> {
         let c = &self.clinic.inner;
         self.owned(owner, id, Action::ShareDocument).await?;
+        c.audit
+            .record(
+                AuditEvent::by(
+                    owner,
+                    "DocumentShareRevoked",
+                    format!("document:{id}"),
+                    Outcome::Allowed,
+                )
+                .because(&serde_json::json!({ "recipient": user.subject() }).to_string()),
+            )
+            .await?;
         let coll = shares()?;
         let share_id = c.share_id(id, user)?;
         for _ in 0..8 {

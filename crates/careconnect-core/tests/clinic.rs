@@ -1724,7 +1724,7 @@ async fn a_patient_sees_who_has_seen_their_record_and_nothing_of_anyone_elses() 
     let rows: Vec<(&str, &str, AccessBasis)> = seen
         .entries
         .iter()
-        .map(|d| (d.who.as_str(), d.what, d.basis))
+        .map(|d| (d.who.as_str(), d.what.as_str(), d.basis))
         .collect();
     assert_eq!(
         rows,
@@ -1748,16 +1748,36 @@ async fn a_patient_sees_who_has_seen_their_record_and_nothing_of_anyone_elses() 
         "{seen:?}"
     );
     assert!(seen.entries.windows(2).all(|w| w[0].at_ms >= w[1].at_ms));
-    // Bob sees Grey's read of his record, none of Alice's.
+    // Bob sees who put him in whose care, and Grey's read of his record;
+    // none of Alice's.
     let bobs = c.disclosures(&bob(), None, 50).await.unwrap();
-    assert_eq!(bobs.entries.len(), 1, "{bobs:?}");
-    assert_eq!(bobs.entries[0].who, "Dr Meredith Grey");
+    let rows: Vec<(&str, &str, AccessBasis)> = bobs
+        .entries
+        .iter()
+        .map(|d| (d.who.as_str(), d.what.as_str(), d.basis))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                "Dr Meredith Grey",
+                "Opened your health record",
+                AccessBasis::Care
+            ),
+            (
+                "An administrator",
+                "Put you in the care of Dr Meredith Grey",
+                AccessBasis::Assignment
+            ),
+        ],
+        "{bobs:?}"
+    );
     // Paged: one at a time, newest first, the same three.
     let mut paged = Vec::new();
     let mut before = None;
     loop {
         let page = c.disclosures(&alice(), before, 1).await.unwrap();
-        paged.extend(page.entries.iter().map(|d| d.what));
+        paged.extend(page.entries.iter().map(|d| d.what.clone()));
         match page.next_before {
             Some(b) if !page.entries.is_empty() => before = Some(b),
             _ => break,
@@ -1774,4 +1794,107 @@ async fn a_patient_sees_who_has_seen_their_record_and_nothing_of_anyone_elses() 
     // Only a patient reads their own: a doctor (not a patient) is refused,
     // and no one reads another's.
     denied(c.disclosures(&grey(), None, 50).await);
+}
+
+/// Review finding 3: assigning and revoking care wrote the same opaque
+/// entry; a role change logged neither the roles before nor after; an
+/// import logged a count; sharing and revoking a document looked alike and
+/// carried neither recipient nor expiry; an upload's entry had no document
+/// id.
+#[tokio::test]
+async fn the_audit_log_accounts_for_every_grant_with_its_facts() {
+    let f = sqlite().await;
+    let c = &f.clinic;
+    let a = admin();
+    let from = c
+        .admin()
+        .audit_log(&a, 1, 1000)
+        .await
+        .unwrap()
+        .entries
+        .len();
+    c.admin()
+        .assign_care(&a, &grey().user, &bob().user)
+        .await
+        .unwrap();
+    c.admin()
+        .revoke_care(&a, &grey().user, &bob().user)
+        .await
+        .unwrap();
+    c.admin()
+        .set_person(
+            &a,
+            &user("doctor-shepherd"),
+            "Dr Derek Shepherd",
+            [Role::Doctor, Role::External].into_iter().collect(),
+        )
+        .await
+        .unwrap();
+    c.admin()
+        .import_people(
+            &a,
+            &[(
+                user("finance-fiona"),
+                "Fiona Banks".into(),
+                [Role::Finance].into_iter().collect(),
+            )],
+        )
+        .await
+        .unwrap();
+    let doc = c
+        .medicloud()
+        .upload(
+            &grey(),
+            "referral.pdf",
+            "application/pdf",
+            b"%PDF-1.7 x".as_slice(),
+        )
+        .await
+        .unwrap();
+    c.medicloud()
+        .share(&grey(), &doc.id, &pat().user, Some(START + 7200))
+        .await
+        .unwrap();
+    c.medicloud()
+        .revoke(&grey(), &doc.id, &pat().user)
+        .await
+        .unwrap();
+    let log = c.admin().audit_log(&a, 1, 1000).await.unwrap().entries;
+    let find = |action: &str| {
+        log[from..]
+            .iter()
+            .map(|(_, e)| e)
+            .find(|e| e.action == action)
+            .unwrap_or_else(|| panic!("no {action} in {:#?}", &log[from..]))
+            .clone()
+    };
+    let reason = |e: &careconnect_core::audit::AuditEvent| -> serde_json::Value {
+        serde_json::from_str(e.reason.as_deref().unwrap()).unwrap()
+    };
+    let assigned = find("AssignCare");
+    let revoked = find("RevokeCare");
+    // Named by the patient's pseudonym (never the identity), with the doctor.
+    assert!(assigned.resource.starts_with("patient:P-"), "{assigned:?}");
+    assert_eq!(assigned.resource, revoked.resource);
+    assert_eq!(reason(&assigned)["doctor"], "doctor-grey");
+    assert_eq!(reason(&revoked)["doctor"], "doctor-grey");
+    assert!(!assigned.resource.contains("bob"));
+    let roles = find("SetRoles");
+    assert_eq!(reason(&roles)["before"], serde_json::json!(["doctor"]));
+    assert_eq!(
+        reason(&roles)["after"],
+        serde_json::json!(["doctor", "external"])
+    );
+    let imported = log[from..]
+        .iter()
+        .filter(|(_, e)| e.action == "SetRoles" && e.resource == "roles:finance-fiona")
+        .count();
+    assert_eq!(imported, 1, "each imported person on record");
+    let stored = find("DocumentStored");
+    assert_eq!(stored.resource, format!("document:{}", doc.id));
+    let shared = find("DocumentShared");
+    assert_eq!(reason(&shared)["recipient"], "partner-pat");
+    assert_eq!(reason(&shared)["expires_at"], START + 7200);
+    let unshared = find("DocumentShareRevoked");
+    assert_eq!(reason(&unshared)["recipient"], "partner-pat");
 }

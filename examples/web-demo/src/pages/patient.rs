@@ -110,7 +110,7 @@ struct DoctorView {
 struct SeenView {
     at_ms: u64,
     who: String,
-    what: &'static str,
+    what: String,
     basis: &'static str,
     flagged: bool,
 }
@@ -179,12 +179,13 @@ async fn page(
                 .map(|d| SeenView {
                     at_ms: d.at_ms,
                     who: d.who.clone(),
-                    what: d.what,
+                    what: d.what.clone(),
                     basis: match d.basis {
                         AccessBasis::Care => "your care",
                         AccessBasis::BreakGlass => "emergency (break-glass)",
                         AccessBasis::AdminOverride => "administrator override",
                         AccessBasis::Clinic => "the clinic",
+                        AccessBasis::Assignment => "care assignment",
                     },
                     flagged: matches!(
                         d.basis,
