@@ -334,6 +334,22 @@ impl Anchor {
         done
     }
 
+    /// Sets the anchor to `head`, even below the anchored one: only for
+    /// [`AuditTrail::re_anchor`], after an operator investigated a cut log.
+    fn reset(&self, head: Head) -> Result<(), CoreError> {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path.with_extension("lock"))?;
+        lock.lock()?;
+        let mut bytes = slot_bytes(head).to_vec();
+        bytes.extend_from_slice(&slot_bytes(head));
+        let done = write_atomic(&self.path, &bytes);
+        drop(lock);
+        done
+    }
+
     fn advance_locked(&self, head: Head) -> Result<(), CoreError> {
         use std::io::{Seek as _, SeekFrom, Write as _};
         let slot = match self.slots()? {
@@ -538,6 +554,72 @@ impl AuditTrail {
                 Some((*seq, event))
             })
             .collect())
+    }
+
+    /// The documented recovery after the log was found cut (appends refused
+    /// with [`CoreError::AuditTampered`], `verify` naming the cut): once an
+    /// operator has investigated, the anchor is set to the log's head as it
+    /// now is, and an entry `ReAnchor` records the anchored head it
+    /// replaces, the new one, and `reason` (at least ten characters).
+    /// Entries lost in the cut stay lost; this only lets the clinic record
+    /// again, on the record. Returns the (old, new) anchored sequence
+    /// numbers.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::ReasonRequired`]; [`CoreError::Invalid`] when the log
+    /// is not cut (nothing to re-anchor); storage or anchor-file failures.
+    pub async fn re_anchor(&self, reason: &str) -> Result<(u64, u64), CoreError> {
+        let reason = reason.trim();
+        if reason.chars().filter(|c| !c.is_whitespace()).count() < 10 {
+            return Err(CoreError::ReasonRequired);
+        }
+        let old = self.anchor.read()?.unwrap_or(Head::EMPTY);
+        let last = self.last_seq().await?;
+        let tail = self.log.read(last, 1).await?;
+        let head = match tail.first() {
+            Some((seq, entry)) if *seq == last => Head {
+                seq: last,
+                mac: split(entry).map_or([0u8; MAC_LEN], |r| r.mac),
+            },
+            _ => Head::EMPTY,
+        };
+        let intact = if old.seq == 0 {
+            true
+        } else {
+            self.log
+                .read(old.seq, 1)
+                .await?
+                .first()
+                .filter(|(s, _)| *s == old.seq)
+                .and_then(|(_, e)| split(e))
+                .is_some_and(|raw| bool::from(raw.mac.ct_eq(&old.mac)))
+        };
+        if intact {
+            return Err(CoreError::Invalid(
+                "the log still holds its anchored entry: nothing to re-anchor",
+            ));
+        }
+        let anchor = self.anchor.clone();
+        tokio::task::spawn_blocking(move || anchor.reset(head))
+            .await
+            .map_err(|_| CoreError::AuditUnavailable)??;
+        tracing::warn!(
+            anchored = old.seq,
+            head = head.seq,
+            "audit anchor reset to the log's head after a cut"
+        );
+        let facts = serde_json::json!({
+            "anchored_seq": old.seq,
+            "log_head_seq": head.seq,
+            "reason": reason,
+        });
+        self.record(
+            AuditEvent::system("ReAnchor", format!("audit:{}", head.seq))
+                .because(&facts.to_string()),
+        )
+        .await?;
+        Ok((old.seq, head.seq))
     }
 
     /// The sequence number of the last entry (0 for an empty log), found

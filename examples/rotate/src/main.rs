@@ -128,6 +128,16 @@ enum Command {
         #[arg(long, requires = "accept_audit_through")]
         reason: Option<String>,
     },
+    /// After the audit log was found cut (every audited action refused,
+    /// `verify` naming the cut) and the cut investigated: anchor the log
+    /// at its head as it now is, so the clinic records again. The entries
+    /// lost stay lost; the re-anchoring is itself audited with the reason.
+    ReAnchor {
+        /// What was investigated and why the clinic may go on (at least
+        /// ten characters).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 fn operator() -> Result<Principal> {
@@ -497,6 +507,20 @@ async fn run(args: Args) -> Result<bool> {
                 CompromiseReport::Clinic(r) => print_data_key(r, false)?,
                 CompromiseReport::Subject(r) => print_subject_key(r),
                 CompromiseReport::Bucket(r) => print_bucket_key(r),
+            }
+            Ok(true)
+        }
+        Command::ReAnchor { reason } => {
+            let (from, to) = clinic.audit().re_anchor(&reason).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "anchored_seq": from, "log_head_seq": to })
+                );
+            } else {
+                println!(
+                    "audit log re-anchored: the anchor named entry {from}, the log now ends at entry {to}; recorded with your reason"
+                );
             }
             Ok(true)
         }

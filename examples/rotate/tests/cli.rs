@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use careconnect::authz::session::SystemClock;
 use careconnect::authz::{Principal, Role, UserId};
-use careconnect::core::{Clinic, ClinicConfig};
+use careconnect::core::audit::Verification;
+use careconnect::core::{Clinic, ClinicConfig, CoreError};
 use sha2::{Digest, Sha256};
 
 fn doctor() -> Principal {
@@ -457,7 +458,7 @@ async fn sigkill_during_a_data_key_compromise_then_a_rerun_finishes_it() {
     let c = open(dir.path()).await;
     assert!(matches!(
         c.audit().verify().await.unwrap(),
-        careconnect::core::audit::Verification::Intact { .. }
+        Verification::Intact { .. }
     ));
     let verified = json(&rotate(dir.path(), &["verify", "--json"]));
     assert_eq!(
@@ -551,4 +552,80 @@ async fn a_settings_file_names_the_clinic_and_a_bad_one_changes_nothing() {
         0
     );
     assert_eq!(manifest(&open(dir.path()).await).await, before);
+}
+
+/// Review finding 18: a log cut behind the clinic's back stops every
+/// audited action (fail closed); `rotate re-anchor --reason` is the
+/// documented recovery after investigation, and is itself audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_audit_log_stops_the_clinic_until_re_anchored_on_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    clinic_with(dir.path(), 0).await;
+    // Nothing to re-anchor while the log is whole.
+    let out = rotate(
+        dir.path(),
+        &["re-anchor", "--reason", "nothing happened at all"],
+    );
+    assert!(!out.status.success());
+    // Someone with the database cuts the last ten entries.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("clinic.db").display()
+    ))
+    .await
+    .unwrap();
+    // (The append-only trigger is no obstacle to someone who can write it.)
+    for sql in [
+        "DROP TRIGGER audit_no_delete",
+        "DELETE FROM audit WHERE seq > (SELECT MAX(seq) - 10 FROM audit)",
+    ] {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    db.close().await;
+    let c = open(dir.path()).await;
+    assert!(matches!(
+        c.audit().verify().await.unwrap(),
+        Verification::Broken { .. }
+    ));
+    assert!(matches!(
+        c.records().patients(&doctor()).await,
+        Err(CoreError::AuditTampered)
+    ));
+    drop(c);
+    // A reason is required.
+    let out = rotate(dir.path(), &["re-anchor", "--reason", "ok"]);
+    assert!(!out.status.success());
+    let out = rotate(
+        dir.path(),
+        &[
+            "re-anchor",
+            "--reason",
+            "cut by a restore of last night's backup; checked with the DBA",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The clinic records again, the chain verifies, and the re-anchoring
+    // is on the record with its reason.
+    let c = open(dir.path()).await;
+    c.records().patients(&doctor()).await.unwrap();
+    assert!(matches!(
+        c.audit().verify().await.unwrap(),
+        Verification::Intact { .. }
+    ));
+    let last = c.audit().last_seq().await.unwrap();
+    let tail = c.audit().read(last.saturating_sub(20), 40).await.unwrap();
+    let re = tail
+        .iter()
+        .find(|(_, e)| e.action == "ReAnchor")
+        .expect("the re-anchoring is audited");
+    assert!(
+        re.1.reason
+            .as_deref()
+            .unwrap()
+            .contains("restore of last night")
+    );
 }

@@ -22,7 +22,7 @@ use crate::web::{self, AppError, Empty, Post, User};
 
 const STYLE: &str = include_str!("../static/style.css");
 const ICON: &str = include_str!("../static/favicon.svg");
-const TEMPLATES: [(&str, &str); 9] = [
+const TEMPLATES: [(&str, &str); 10] = [
     ("base.html", include_str!("../templates/base.html")),
     ("home.html", include_str!("../templates/home.html")),
     (
@@ -41,6 +41,10 @@ const TEMPLATES: [(&str, &str); 9] = [
         include_str!("../templates/medicloud.html"),
     ),
     ("admin.html", include_str!("../templates/admin.html")),
+    (
+        "audit_broken.html",
+        include_str!("../templates/audit_broken.html"),
+    ),
 ];
 
 /// The page templates (auto-escaped HTML), with the filters they use.

@@ -245,6 +245,11 @@ impl AppError {
                     "Too large",
                     "The upload is larger than the clinic accepts.",
                 ),
+                CoreError::AuditTampered => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The audit log needs attention",
+                    "The clinic's audit log failed its integrity check, so nothing that must be recorded can be done. Nothing was changed. An administrator's page says what was found and how to recover.",
+                ),
                 CoreError::KeyringStale => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Try again shortly",

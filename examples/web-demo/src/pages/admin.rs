@@ -6,6 +6,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
+use careconnect::authz::Role;
+use careconnect::core::CoreError;
 use careconnect::core::audit::{Outcome, Verification};
 use serde::{Deserialize, Serialize};
 
@@ -117,7 +119,12 @@ async fn page(
 ) -> Result<Response, AppError> {
     let who = &user.principal;
     let admin = app.clinic.admin();
-    let people = admin.directory(who).await?;
+    let people = match admin.directory(who).await {
+        Err(CoreError::AuditTampered) if who.roles.contains(Role::Admin) => {
+            return audit_broken(&app, &user).await;
+        }
+        other => other?,
+    };
     let from = q.from.unwrap_or(0);
     let audit = admin.audit_log(who, from, AUDIT_PAGE).await?;
     let (chain_ok, chain_entries, chain_problem) = match &audit.verification {
@@ -291,4 +298,29 @@ async fn erase(State(app): State<web::State>, post: Post<Erase>) -> Result<Respo
         .erase_patient(&post.user.principal, &patient, &post.form.reason)
         .await?;
     Ok(web::see_other("/admin#erase"))
+}
+
+/// For an administrator while the audit log refuses every append: what
+/// `verify` found and the documented recovery (`rotate re-anchor`).
+async fn audit_broken(app: &web::State, user: &User) -> Result<Response, AppError> {
+    #[derive(Serialize)]
+    struct Broken {
+        me: web::Me,
+        seq: u64,
+        problem: String,
+    }
+    let (seq, problem) = match app.clinic.audit().verify().await? {
+        Verification::Broken { seq, problem } => (seq, format!("{problem:?}")),
+        Verification::Intact { .. } => (0, "the anchored entry is missing or changed".to_owned()),
+    };
+    let mut r = app.render(
+        "audit_broken.html",
+        Broken {
+            me: user.view(),
+            seq,
+            problem,
+        },
+    )?;
+    *r.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    Ok(r)
 }

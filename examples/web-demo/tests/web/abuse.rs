@@ -218,3 +218,37 @@ async fn floods_of_sign_ins_and_uploads_store_nothing_and_the_server_keeps_servi
     db.close().await;
     demo.stop().await;
 }
+
+/// Review finding 18: with the audit log cut behind the server's back,
+/// every audited action is refused (fail closed, as before), but an
+/// administrator now sees what `verify` found and the recovery procedure
+/// instead of a bare 500, and everyone else a page that says what is
+/// wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_audit_log_shows_administrators_the_break_and_the_way_back() {
+    let mut demo = Demo::start().await;
+    let adam = demo.login("admin-adam").await;
+    let alice = demo.login("patient-alice").await;
+    assert_eq!(adam.get("/admin").await.status(), StatusCode::OK);
+    let db =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", database(demo.dir.path()).display()))
+            .await
+            .unwrap();
+    for sql in [
+        "DROP TRIGGER audit_no_delete",
+        "DELETE FROM audit WHERE seq > (SELECT MAX(seq) - 5 FROM audit)",
+    ] {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    db.close().await;
+    let r = adam.get("/admin").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("data-testid=\"audit-broken\""), "{page}");
+    assert!(page.contains("re-anchor --reason"), "{page}");
+    assert!(page.contains("Truncated"), "{page}");
+    let r = alice.get("/careconnect").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.text().await.unwrap().contains("audit log"));
+    demo.stop().await;
+}
