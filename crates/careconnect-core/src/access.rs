@@ -826,6 +826,46 @@ impl Gate {
         }
     }
 
+    /// Deletes every care row, live break-glass declaration and kept
+    /// declaration that names `patient` (an erasure: they name the patient,
+    /// and a declaration carries its clinical reason, under the clinic
+    /// keyring that outlives the erasure). Rows that do not open are left
+    /// (they name no one anyone can read). Returns how many were deleted.
+    pub(crate) async fn erase_patient_rows(&self, patient: &UserId) -> Result<usize, CoreError> {
+        #[derive(serde::Deserialize)]
+        struct Names {
+            patient: UserId,
+        }
+        let mut deleted = 0;
+        for coll in [&self.care, &self.glass, &self.glass_log] {
+            let mut after = None;
+            loop {
+                let page = self.store.list(coll, after.as_ref(), 500).await?;
+                for row in &page.rows {
+                    let names: Option<Names> = rows::open(&self.keys.current(), coll, row);
+                    if names.is_some_and(|n| n.patient == *patient) {
+                        match self.store.delete(coll, &row.id, row.version).await {
+                            Ok(()) => deleted += 1,
+                            Err(StorageError::NotFound | StorageError::VersionConflict { .. }) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+        }
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(_, p), _| p != patient);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(deleted)
+    }
+
     /// Every break-glass declaration on record (each one, renewals
     /// included), newest first, for an administrator's review. Reading it is
     /// audited.

@@ -116,6 +116,33 @@ impl Admin<'_> {
             .map(drop)
     }
 
+    /// After the patient's keys are destroyed: deletes the rows that name
+    /// them under keys that outlive the erasure: their directory entry
+    /// (name, roles), stored role assignment, care relationships, break-glass
+    /// declarations (with their reasons) and sessions.
+    async fn erase_named_rows(&self, patient: &UserId) -> Result<(), CoreError> {
+        let c = &self.clinic.inner;
+        c.assignments.set(patient, RoleSet::EMPTY).await?;
+        let id = c.person_id(patient)?;
+        for _ in 0..8 {
+            let Some(row) = c.get(&c.people, &id).await? else {
+                break;
+            };
+            match c.store.delete(&c.people, &id, row.version).await {
+                Ok(()) | Err(careconnect_storage::StorageError::NotFound) => break,
+                Err(careconnect_storage::StorageError::VersionConflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        c.forget_roles();
+        c.gate.erase_patient_rows(patient).await?;
+        self.clinic
+            .sessions(careconnect_authz::session::SessionConfig::default())?
+            .logout_everywhere(patient)
+            .await?;
+        Ok(())
+    }
+
     /// Refuses (audited) an administrator giving themselves a clinical role
     /// they do not hold yet: another administrator must (separation of
     /// duties). Keeping a role they hold, or changing anything else of
@@ -429,7 +456,15 @@ impl Admin<'_> {
             return Err(CoreError::NotFound);
         }
         c.forget_patient(patient);
-        let done = c.subjects.erase(patient).await;
+        let mut done = c.subjects.erase(patient).await;
+        if done.is_ok() {
+            // The keys are gone; now every row that still names the patient
+            // under keys that outlive them (run again on a rerun after a
+            // crash, so nothing is left half-done).
+            if let Err(e) = self.erase_named_rows(patient).await {
+                done = Err(e);
+            }
+        }
         c.forget_patient(patient);
         if done.is_err() {
             c.audit

@@ -1898,3 +1898,80 @@ async fn the_audit_log_accounts_for_every_grant_with_its_facts() {
     let unshared = find("DocumentShareRevoked");
     assert_eq!(reason(&unshared)["recipient"], "partner-pat");
 }
+
+/// Review finding 4: erasure shredded the patient's keyring but left the
+/// directory row (identity, name, roles), care rows, break-glass rows (with
+/// the clinical reason), the stored role assignment and sessions readable
+/// under the clinic keyring.
+#[tokio::test]
+async fn erasure_leaves_no_row_that_names_the_patient() {
+    let f = sqlite().await;
+    let c = &f.clinic;
+    let a = admin();
+    c.patients()
+        .book(&alice(), &alice().user, &grey().user, tomorrow(9), "")
+        .await
+        .unwrap();
+    c.records()
+        .declare_break_glass(
+            &shepherd(),
+            &alice().user,
+            "unconscious in A&E, allergy check",
+        )
+        .await
+        .unwrap();
+    let sessions = c
+        .sessions(careconnect_authz::session::SessionConfig::default())
+        .unwrap();
+    let (sid, _) = sessions.login(None, alice()).await.unwrap();
+    let named = |dir: &Vec<careconnect_core::admin::DirectoryEntry>| {
+        dir.iter().any(|e| {
+            e.person.user == alice().user
+                || e.person.name == "Alice Smith"
+                || e.in_care.contains(&alice().user)
+        })
+    };
+    assert!(named(&c.admin().directory(&a).await.unwrap()));
+    c.admin()
+        .erase_patient(&a, &alice().user, "right to erasure request 77")
+        .await
+        .unwrap();
+    // Nothing an administrator (holding every remaining key) reads names
+    // her: directory, care lists, break-glass review, sessions.
+    assert!(!named(&c.admin().directory(&a).await.unwrap()));
+    assert!(
+        c.records()
+            .patients(&grey())
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| p.name != "Alice Smith")
+    );
+    assert!(
+        c.admin()
+            .break_glass_review(&a)
+            .await
+            .unwrap()
+            .iter()
+            .all(|b| b.patient != alice().user)
+    );
+    assert!(sessions.get(&sid).await.unwrap().is_none());
+    // Her data does not open; other patients' does.
+    assert!(c.records().record(&a, &alice().user).await.is_err());
+    c.records().record(&a, &bob().user).await.unwrap();
+    // The audit log names no one (pseudonyms only) and still verifies.
+    let log = c.admin().audit_log(&a, 1, 1000).await.unwrap();
+    for (_, e) in &log.entries {
+        let text = format!("{:?} {} {:?}", e.actor, e.resource, e.reason);
+        assert!(
+            !text.contains("patient-alice") && !text.contains("Alice Smith"),
+            "{e:?}"
+        );
+    }
+    assert!(matches!(log.verification, Verification::Intact { .. }));
+    // A rerun (after a crash, say) finds nothing left to do.
+    c.admin()
+        .erase_patient(&a, &alice().user, "right to erasure request 77")
+        .await
+        .unwrap();
+}
