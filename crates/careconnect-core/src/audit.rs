@@ -418,6 +418,8 @@ pub struct AuditTrail {
     anchor: Anchor,
     tx: mpsc::Sender<Pending>,
     pseudonyms: Option<Arc<MacKey>>,
+    /// The last head a verification found intact, on this node.
+    verified: Arc<std::sync::Mutex<Option<Head>>>,
 }
 
 /// The issuer under which patients acting on their own data are named in
@@ -466,6 +468,7 @@ impl AuditTrail {
             anchor,
             tx,
             pseudonyms: None,
+            verified: Arc::default(),
         }
     }
 
@@ -668,7 +671,107 @@ impl AuditTrail {
     /// Storage or anchor-file failures (a broken chain is a
     /// [`Verification::Broken`], not an error).
     pub async fn verify(&self) -> Result<Verification, CoreError> {
-        Ok(self.walk(&[], &[]).await?.verification)
+        let v = self.walk(&[], &[]).await?.verification;
+        if let Verification::Intact { entries } = v {
+            self.remember_verified(entries).await?;
+        }
+        Ok(v)
+    }
+
+    async fn remember_verified(&self, seq: u64) -> Result<(), CoreError> {
+        let head = match self.log.read(seq, 1).await?.first() {
+            Some((s, e)) if *s == seq => split(e).map(|r| Head { seq, mac: r.mac }),
+            _ => None,
+        };
+        if let Some(h) = head.or((seq == 0).then_some(Head::EMPTY)) {
+            *self
+                .verified
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(h);
+        }
+        Ok(())
+    }
+
+    /// Verifies only what was appended since the last intact verification
+    /// on this node (the whole chain the first time): the entry verified
+    /// last must be there unchanged, each newer one must chain onto it, and
+    /// the anchor must agree. Cost: the new entries, not the log. What it
+    /// cannot see is an entry below the last verified one altered since;
+    /// [`AuditTrail::verify`] (a button on the admin page, `rotate verify`)
+    /// walks everything. Falls back to the full walk for entries under a
+    /// key no longer held (checked by checkpoints there).
+    ///
+    /// # Errors
+    ///
+    /// As [`AuditTrail::verify`].
+    pub async fn verify_recent(&self) -> Result<Verification, CoreError> {
+        let start = *self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(start) = start else {
+            return self.verify().await;
+        };
+        if start.seq > 0 {
+            let still = self.log.read(start.seq, 1).await?;
+            let same = still
+                .first()
+                .filter(|(s, _)| *s == start.seq)
+                .and_then(|(_, e)| split(e))
+                .is_some_and(|r| bool::from(r.mac.ct_eq(&start.mac)));
+            if !same {
+                return self.verify().await;
+            }
+        }
+        let keys = self.keys.current();
+        let mut macs = MacCache::default();
+        let mut head = start;
+        loop {
+            let page = self.log.read(head.seq + 1, 1000).await?;
+            if page.is_empty() {
+                break;
+            }
+            for (seq, entry) in &page {
+                if *seq != head.seq + 1 {
+                    return Ok(broken(head.seq + 1, Problem::Missing));
+                }
+                let Some(raw) = split(entry) else {
+                    return Ok(broken(*seq, Problem::Unreadable));
+                };
+                let usable = KeyId::new(raw.key_id)
+                    .and_then(|k| keys.key(k))
+                    .is_some_and(|k| k.state != careconnect_crypto::KeyState::Destroyed);
+                let Some(key) = macs.get(&keys, raw.key_id).filter(|_| usable) else {
+                    return self.verify().await;
+                };
+                let expected = chain_mac(key, *seq, &head.mac, raw.json);
+                if !bool::from(expected.ct_eq(&raw.mac)) {
+                    return Ok(broken(*seq, Problem::Altered));
+                }
+                head = Head {
+                    seq: *seq,
+                    mac: raw.mac,
+                };
+            }
+        }
+        if let Some(anchored) = self.anchor.read()? {
+            if head.seq < anchored.seq {
+                return Ok(broken(head.seq + 1, Problem::Truncated));
+            }
+            let at = self.log.read(anchored.seq, 1).await?;
+            let same = at.first().and_then(|(s, e)| {
+                let raw = split(e)?;
+                (*s == anchored.seq).then_some(raw.mac)
+            });
+            if !same.is_some_and(|m| bool::from(m.ct_eq(&anchored.mac))) {
+                return Ok(broken(anchored.seq, Problem::Truncated));
+            }
+        }
+        *self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(head);
+        Ok(Verification::Intact { entries: head.seq })
     }
 
     /// Before data keys `keys` are destroyed (a compromise rotation):

@@ -110,6 +110,9 @@ struct Page {
 #[derive(Debug, Default, Deserialize)]
 struct AuditQuery {
     from: Option<u64>,
+    /// `?verify=all`: walk the whole chain (the page load otherwise
+    /// verifies what was appended since the last verification).
+    verify: Option<String>,
 }
 
 async fn page(
@@ -126,7 +129,11 @@ async fn page(
         other => other?,
     };
     let from = q.from.unwrap_or(0);
-    let audit = admin.audit_log(who, from, AUDIT_PAGE).await?;
+    let mut audit = admin.audit_log(who, from, AUDIT_PAGE).await?;
+    let verified_all = q.verify.as_deref() == Some("all");
+    if verified_all {
+        audit.verification = admin.verify_audit(who).await?;
+    }
     let (chain_ok, chain_entries, chain_problem) = match &audit.verification {
         Verification::Intact { entries } => (true, *entries, String::new()),
         Verification::Broken { seq, problem } => {

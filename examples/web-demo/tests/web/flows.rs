@@ -487,10 +487,18 @@ async fn admin_roles_care_audit_and_erasure() {
         adam.post("/admin/erase", &ok).await.status(),
         StatusCode::SEE_OTHER
     );
+    // Her care rows went with her: her doctor is refused; an
+    // administrator's override finds nothing.
     let shepherd = demo.login("doctor-shepherd").await;
     assert_eq!(
         shepherd
             .get("/medrecords/patients/patient-carol")
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        adam.get("/medrecords/patients/patient-carol")
             .await
             .status(),
         StatusCode::NOT_FOUND
