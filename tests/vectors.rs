@@ -1014,6 +1014,13 @@ fn invalid_keysets() -> Vec<Value> {
         ("keyset-no-primary", "one active key", [head(1), entry(1, 2, true)].concat(), "InvalidField/primary key"),
         ("keyset-no-primary-trailing-byte", "one active key and one more byte: trailing bytes are checked first",
          [head(1), entry(1, 2, true), vec![0]].concat(), "TrailingBytes"),
+        // Each field is checked as soon as it is read (§11.4): three bytes
+        // are too few for the magic, whatever they are.
+        ("keyset-3-bytes-not-magic", "\"XYZ\": too short for the magic, whatever the bytes",
+         b"XYZ".to_vec(), "Truncated"),
+        ("keyset-magic-only", "\"CCKS\" and nothing after it", b"CCKS".to_vec(), "Truncated"),
+        ("keyset-second-primary-cut", "a second primary without its 32 key bytes: cut before it is judged",
+         [head(2), primary.clone(), entry(2, 1, false)].concat(), "Truncated"),
     ];
     cases
         .into_iter()
