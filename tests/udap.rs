@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use careconnect::authz::session::{Clock, ManualClock};
-use careconnect::authz::udap::dev::{DevCommunity, IssuedCert, KeyKind};
+use careconnect::authz::udap::dev::{DevCommunity, Flaw, IssuedCert, KeyKind, self_made};
 use careconnect::authz::udap::{
     B2bExtension, ClientRequest, GrantType, Registration, RegistrationOutcome, ServerCommunity,
     Signer, TrustCommunity, UdapClient, UdapConfig, UdapError, UdapServer, verify_signed_metadata,
@@ -1395,18 +1395,6 @@ async fn a_token_request_is_refused_when_another_community_revokes_the_certifica
     assert_eq!(refusal.signer, None);
 }
 
-/// A self-made certificate for `APP` that fails for a reason of its own.
-fn self_made(kind: &str) -> IssuedCert {
-    use careconnect::authz::udap::dev::{Flaw, self_made};
-    let flaw = match kind {
-        "expired" => Flaw::Expired,
-        "ca" => Flaw::Ca,
-        "server-only" => Flaw::ServerAuthOnly,
-        other => panic!("{other}"),
-    };
-    self_made(APP, flaw).unwrap()
-}
-
 #[tokio::test]
 async fn self_made_certificates_and_expired_replays_are_nobodys_and_name_no_client() {
     // Review finding: webpki refuses an expired, CA or server-only leaf
@@ -1416,24 +1404,31 @@ async fn self_made_certificates_and_expired_replays_are_nobodys_and_name_no_clie
     let t = e.clock.now();
     let c = client(&fx().app_ec);
     let id = register_b2b(&e.server, &c, t).await.client.client_id;
-    for kind in ["expired", "ca", "server-only"] {
-        let fake = client(&self_made(kind));
+    for kind in [Flaw::Expired, Flaw::Ca, Flaw::ServerAuthOnly] {
+        let fake = client(&self_made(APP, kind).unwrap());
         let body = fake.registration_request(REG, &b2b_request(), t).unwrap();
         let r = e
             .server
             .prepare_registration(body.to_string().as_bytes())
             .await
             .unwrap_err();
-        assert_eq!(r.error.code(), "unapproved_software_statement", "{kind}");
+        assert_eq!(r.error.code(), "unapproved_software_statement", "{kind:?}");
         assert_eq!(
             r.signer, None,
-            "{kind}: a self-made certificate is no member"
+            "{kind:?}: a self-made certificate is no member"
         );
-        assert_eq!(r.leaf_sha256.as_ref().map(String::len), Some(64), "{kind}");
+        assert_eq!(
+            r.leaf_sha256.as_ref().map(String::len),
+            Some(64),
+            "{kind:?}"
+        );
         let form_ = form(fake.token_request(&id, TOKEN, &b2b(), None, t).unwrap());
         let r = e.server.authenticate(&form_).await.unwrap_err();
-        assert_eq!(r.error.code(), "invalid_client", "{kind}");
-        assert_eq!(r.signer, None, "{kind}: the claimed client_id is not named");
+        assert_eq!(r.error.code(), "invalid_client", "{kind:?}");
+        assert_eq!(
+            r.signer, None,
+            "{kind:?}: the claimed client_id is not named"
+        );
     }
     // A member's own expired certificate proves a path: a member's refusal.
     let body = reg_body(&fx().expired, &b2b_request(), t);

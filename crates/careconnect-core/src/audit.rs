@@ -318,17 +318,24 @@ impl Anchor {
         }
     }
 
-    /// Moves the anchor forward to `head` (never back). Writers of one
-    /// file (the server and the rotate tool on one data directory, say) take
-    /// an exclusive lock on `<file>.lock` across read, decide and write, so
-    /// one cannot overwrite a newer head the other wrote after it read.
-    fn advance(&self, head: Head) -> Result<(), CoreError> {
+    /// `<file>.lock`, held exclusively (until dropped) by one writer of
+    /// the anchor at a time.
+    fn lock(&self) -> Result<std::fs::File, CoreError> {
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(self.path.with_extension("lock"))?;
         lock.lock()?;
+        Ok(lock)
+    }
+
+    /// Moves the anchor forward to `head` (never back). Writers of one
+    /// file (the server and the rotate tool on one data directory, say) take
+    /// an exclusive lock on `<file>.lock` across read, decide and write, so
+    /// one cannot overwrite a newer head the other wrote after it read.
+    fn advance(&self, head: Head) -> Result<(), CoreError> {
+        let lock = self.lock()?;
         let done = self.advance_locked(head);
         drop(lock);
         done
@@ -337,12 +344,7 @@ impl Anchor {
     /// Sets the anchor to `head`, even below the anchored one: only for
     /// [`AuditTrail::re_anchor`], after an operator investigated a cut log.
     fn reset(&self, head: Head) -> Result<(), CoreError> {
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.path.with_extension("lock"))?;
-        lock.lock()?;
+        let lock = self.lock()?;
         let mut bytes = slot_bytes(head).to_vec();
         bytes.extend_from_slice(&slot_bytes(head));
         let done = write_atomic(&self.path, &bytes);
@@ -368,6 +370,21 @@ impl Anchor {
         file.sync_data()?;
         Ok(())
     }
+}
+
+/// Whether `log` still holds `head`: its entry at `head.seq`, with its mac
+/// (the empty head always).
+async fn holds(log: &dyn AuditLog, head: Head) -> Result<bool, CoreError> {
+    if head.seq == 0 {
+        return Ok(true);
+    }
+    Ok(log
+        .read(head.seq, 1)
+        .await?
+        .first()
+        .filter(|(s, _)| *s == head.seq)
+        .and_then(|(_, e)| split(e))
+        .is_some_and(|raw| bool::from(raw.mac.ct_eq(&head.mac))))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoreError> {
@@ -587,18 +604,7 @@ impl AuditTrail {
             },
             _ => Head::EMPTY,
         };
-        let intact = if old.seq == 0 {
-            true
-        } else {
-            self.log
-                .read(old.seq, 1)
-                .await?
-                .first()
-                .filter(|(s, _)| *s == old.seq)
-                .and_then(|(_, e)| split(e))
-                .is_some_and(|raw| bool::from(raw.mac.ct_eq(&old.mac)))
-        };
-        if intact {
+        if holds(self.log.as_ref(), old).await? {
             return Err(CoreError::Invalid(
                 "the log still holds its anchored entry: nothing to re-anchor",
             ));
@@ -678,6 +684,22 @@ impl AuditTrail {
         Ok(v)
     }
 
+    /// `Broken` when a chain ending at `head` lost its anchored entry (it
+    /// ends below it, or holds another entry there); `None` when the anchor
+    /// agrees.
+    async fn cut_below_anchor(&self, head: Head) -> Result<Option<Verification>, CoreError> {
+        let Some(anchored) = self.anchor.read()? else {
+            return Ok(None);
+        };
+        if head.seq < anchored.seq {
+            return Ok(Some(broken(head.seq + 1, Problem::Truncated)));
+        }
+        if !holds(self.log.as_ref(), anchored).await? {
+            return Ok(Some(broken(anchored.seq, Problem::Truncated)));
+        }
+        Ok(None)
+    }
+
     async fn remember_verified(&self, seq: u64) -> Result<(), CoreError> {
         let head = match self.log.read(seq, 1).await?.first() {
             Some((s, e)) if *s == seq => split(e).map(|r| Head { seq, mac: r.mac }),
@@ -712,16 +734,8 @@ impl AuditTrail {
         let Some(start) = start else {
             return self.verify().await;
         };
-        if start.seq > 0 {
-            let still = self.log.read(start.seq, 1).await?;
-            let same = still
-                .first()
-                .filter(|(s, _)| *s == start.seq)
-                .and_then(|(_, e)| split(e))
-                .is_some_and(|r| bool::from(r.mac.ct_eq(&start.mac)));
-            if !same {
-                return self.verify().await;
-            }
+        if !holds(self.log.as_ref(), start).await? {
+            return self.verify().await;
         }
         let keys = self.keys.current();
         let mut macs = MacCache::default();
@@ -754,18 +768,8 @@ impl AuditTrail {
                 };
             }
         }
-        if let Some(anchored) = self.anchor.read()? {
-            if head.seq < anchored.seq {
-                return Ok(broken(head.seq + 1, Problem::Truncated));
-            }
-            let at = self.log.read(anchored.seq, 1).await?;
-            let same = at.first().and_then(|(s, e)| {
-                let raw = split(e)?;
-                (*s == anchored.seq).then_some(raw.mac)
-            });
-            if !same.is_some_and(|m| bool::from(m.ct_eq(&anchored.mac))) {
-                return Ok(broken(anchored.seq, Problem::Truncated));
-            }
+        if let Some(cut) = self.cut_below_anchor(head).await? {
+            return Ok(cut);
         }
         *self
             .verified
@@ -906,23 +910,10 @@ impl AuditTrail {
             walk.verification = broken(first, Problem::Unreadable);
             return Ok(walk);
         }
-        if let Some(anchored) = self.anchor.read()? {
-            if head.seq < anchored.seq {
-                walk.verification = broken(head.seq + 1, Problem::Truncated);
-                return Ok(walk);
-            }
-            // The entry at the anchored position must be the anchored one.
-            let at = self.log.read(anchored.seq, 1).await?;
-            let same = at.first().and_then(|(s, e)| {
-                let raw = split(e)?;
-                (*s == anchored.seq).then_some(raw.mac)
-            });
-            if !same.is_some_and(|m| bool::from(m.ct_eq(&anchored.mac))) {
-                walk.verification = broken(anchored.seq, Problem::Truncated);
-                return Ok(walk);
-            }
-        }
-        walk.verification = Verification::Intact { entries: head.seq };
+        walk.verification = self
+            .cut_below_anchor(head)
+            .await?
+            .unwrap_or(Verification::Intact { entries: head.seq });
         Ok(walk)
     }
 }
@@ -1103,16 +1094,10 @@ async fn append_batch(
             // Never chain onto a log that lost its anchored head: appending
             // would grow it past the anchor and hide the cut. The entry at
             // the anchored position must still be the anchored one.
-            if let Some(a) = anchored.filter(|a| a.seq > 0) {
-                let at = log.read(a.seq, 1).await?;
-                let same = at
-                    .first()
-                    .filter(|(s, _)| *s == a.seq)
-                    .and_then(|(_, e)| split(e))
-                    .is_some_and(|raw| bool::from(raw.mac.ct_eq(&a.mac)));
-                if !same {
-                    return Err(CoreError::AuditTampered);
-                }
+            if let Some(a) = anchored
+                && !holds(log, a).await?
+            {
+                return Err(CoreError::AuditTampered);
             }
         }
         if let Some(first) = append_once(

@@ -102,12 +102,12 @@ impl Clinic {
         let patient = access.patient().clone();
         let mine = c.audit_name(&patient);
         let audit = &c.audit;
-        // The newest entry not yet looked at (the patient's own read just
-        // recorded is theirs, and left out below like every own action).
-        let top = match before {
-            Some(b) => b.saturating_sub(1),
-            None => audit.last_seq().await?,
-        };
+        // The newest entry to look at: the one before this very read, which
+        // is the log's head a moment ago (no probe for it needed).
+        let top = before
+            .unwrap_or(access.audit_seq())
+            .saturating_sub(1)
+            .min(access.audit_seq().saturating_sub(1));
         let floor = top.saturating_sub(MAX_SCAN);
         let mut entries = Vec::new();
         let mut names = std::collections::HashMap::new();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use careconnect_authz::session::{Clock, ManualClock};
-use careconnect_authz::udap::dev::{DevCommunity, IssuedCert, KeyKind};
+use careconnect_authz::udap::dev::{DevCommunity, Flaw, KeyKind, self_made};
 use careconnect_authz::udap::{
     B2bExtension, ClientRequest, ServerCommunity, TrustCommunity, UdapClient, UdapConfig,
 };
@@ -34,18 +34,6 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// A self-made certificate for `APP` that fails for a reason of its own.
-fn self_made(kind: &str) -> IssuedCert {
-    use careconnect_authz::udap::dev::{Flaw, self_made};
-    let flaw = match kind {
-        "expired" => Flaw::Expired,
-        "ca" => Flaw::Ca,
-        "server-only" => Flaw::ServerAuthOnly,
-        other => panic!("{other}"),
-    };
-    self_made(APP, flaw).unwrap()
 }
 
 fn b2b() -> B2bExtension {
@@ -161,8 +149,8 @@ async fn ten_thousand_outsiders_requests_add_at_most_the_throttles_bound_and_nam
     let mut flood = Vec::new();
     // Ten certificates of each kind, so the per-certificate bound is not
     // what stops them either.
-    for kind in ["expired", "ca", "server-only"].repeat(10) {
-        let cert = self_made(kind);
+    for kind in [Flaw::Expired, Flaw::Ca, Flaw::ServerAuthOnly].repeat(10) {
+        let cert = self_made(APP, kind).unwrap();
         let fake = UdapClient::from_pem(&cert.chain_pem, cert.key_pem.as_bytes(), APP).unwrap();
         let reg = fake.registration_request(&reg_url, &req, t0).unwrap();
         flood.push(Request::Register(reg.to_string().into_bytes()));

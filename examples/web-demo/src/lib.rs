@@ -278,7 +278,7 @@ pub async fn start(mut settings: Settings) -> Result<Running> {
         upload_limit,
         readiness: std::sync::Mutex::default(),
         uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
-        uploads_by_user: std::sync::Mutex::default(),
+        uploads_by_user: web::PerKey::new(settings.limits.uploads_per_user),
         limits: settings.limits,
         udap,
     });

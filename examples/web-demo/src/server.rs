@@ -2,8 +2,6 @@
 //! and HTTP/2 by ALPN, with a graceful stop: no new connections, in-flight
 //! requests finish (bounded), then the process ends.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +21,7 @@ use careconnect::crypto::tls::Negotiated;
 
 use crate::settings::Limits;
 
-use crate::web::{ClientAddr, ConnTls};
+use crate::web::{ClientAddr, ConnTls, PerKey};
 
 /// ALPN protocols offered, preferred first.
 pub(crate) const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -65,57 +63,6 @@ fn builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Connections open per client address, each counted while its
-/// [`ClientSlot`] lives.
-#[derive(Debug)]
-struct PerClient {
-    max: usize,
-    open: std::sync::Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One open connection of a client.
-#[derive(Debug)]
-struct ClientSlot {
-    owner: Arc<PerClient>,
-    addr: IpAddr,
-}
-
-impl PerClient {
-    /// A slot for a connection from `addr`, unless it has `max` open.
-    fn take(self: &Arc<Self>, addr: IpAddr) -> Option<ClientSlot> {
-        let addr = client_source(addr);
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = open.entry(addr).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot {
-            owner: self.clone(),
-            addr,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self
-            .owner
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&self.addr) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.remove(&self.addr);
-            }
-        }
-    }
-}
-
 /// Accepts connections on `listener` until `stop` turns true, then waits
 /// for open connections (at most [`DRAIN_TIMEOUT`]). One client address
 /// holds at most `limits.connections_per_client` connections (more are
@@ -132,10 +79,8 @@ pub(crate) async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let per_client = Arc::new(PerClient {
-        max: limits.connections_per_client,
-        open: std::sync::Mutex::default(),
-    });
+    // Connections open per client address (an IPv6 address by its /64).
+    let per_client = PerKey::new(limits.connections_per_client);
     let idle = Duration::from_secs(limits.idle_secs);
     // The protocol ALPN chose decides; nothing is sniffed.
     let h1 = Arc::new(builder().http1_only());
@@ -156,7 +101,7 @@ pub(crate) async fn serve(
         };
         // Over its cap, a client's new connection is closed at once; only
         // then does it wait for one of the server's slots.
-        let Some(client_slot) = per_client.take(peer.ip()) else {
+        let Some(client_slot) = per_client.take(client_source(peer.ip())) else {
             tracing::debug!("connection closed: the client has too many open");
             continue;
         };

@@ -41,32 +41,68 @@ pub(crate) struct App {
     pub(crate) readiness: std::sync::Mutex<Readiness>,
     /// Uploads in progress at once.
     pub(crate) uploads: Arc<tokio::sync::Semaphore>,
-    /// Uploads in progress per user ([`App::upload_slot`]).
-    pub(crate) uploads_by_user: std::sync::Mutex<std::collections::HashMap<UserId, usize>>,
+    /// Uploads in progress per user, at most `limits.uploads_per_user`
+    /// each ([`App::upload_slot`]).
+    pub(crate) uploads_by_user: Arc<PerKey<UserId>>,
     /// Deadlines and per-client caps.
     pub(crate) limits: crate::settings::Limits,
     /// UDAP registration and tokens.
     pub(crate) udap: crate::udap::Udap,
 }
 
-/// One upload in progress, counted against its user until dropped.
+/// Slots held per key (a user, a client address), at most `max` each; a
+/// slot is given back when its [`Held`] is dropped.
 #[derive(Debug)]
-pub(crate) struct UploadSlot {
-    app: Arc<App>,
-    user: UserId,
+pub(crate) struct PerKey<K: Eq + std::hash::Hash> {
+    max: usize,
+    held: std::sync::Mutex<std::collections::HashMap<K, usize>>,
 }
 
-impl Drop for UploadSlot {
-    fn drop(&mut self) {
-        let mut by_user = self
-            .app
-            .uploads_by_user
+/// One slot of a [`PerKey`], held until dropped.
+#[derive(Debug)]
+pub(crate) struct Held<K: Eq + std::hash::Hash + Clone> {
+    owner: Arc<PerKey<K>>,
+    key: K,
+}
+
+impl<K: Eq + std::hash::Hash + Clone> PerKey<K> {
+    /// At most `max` slots per key.
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            held: std::sync::Mutex::default(),
+        })
+    }
+
+    /// A slot for `key`, unless it holds `max` already.
+    pub(crate) fn take(self: &Arc<Self>, key: K) -> Option<Held<K>> {
+        let mut held = self
+            .held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = by_user.get_mut(&self.user) {
+        let n = held.entry(key.clone()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Held {
+            owner: self.clone(),
+            key,
+        })
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone> Drop for Held<K> {
+    fn drop(&mut self) {
+        let mut held = self
+            .owner
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                by_user.remove(&self.user);
+                held.remove(&self.key);
             }
         }
     }
@@ -112,20 +148,10 @@ impl App {
     /// A slot for one more upload by `user`, unless they have
     /// `limits.uploads_per_user` in progress (then [`AppError::Busy`]); the
     /// slot is given back when dropped.
-    pub(crate) fn upload_slot(self: &Arc<Self>, user: &UserId) -> Result<UploadSlot, AppError> {
-        let mut by_user = self
-            .uploads_by_user
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = by_user.entry(user.clone()).or_insert(0);
-        if *n >= self.limits.uploads_per_user {
-            return Err(AppError::Busy);
-        }
-        *n += 1;
-        Ok(UploadSlot {
-            app: self.clone(),
-            user: user.clone(),
-        })
+    pub(crate) fn upload_slot(&self, user: &UserId) -> Result<Held<UserId>, AppError> {
+        self.uploads_by_user
+            .take(user.clone())
+            .ok_or(AppError::Busy)
     }
 
     /// Renders `template` with `ctx`.

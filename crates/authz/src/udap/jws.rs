@@ -86,7 +86,7 @@ impl Signed {
         aud_rule: &'static str,
         now: u64,
     ) -> Result<(), &'static str> {
-        let jwt: JwtClaims = serde_json::from_value(self.claims.clone())
+        let jwt = <JwtClaims as serde::Deserialize>::deserialize(&self.claims)
             .map_err(|_| "a claim is missing or has the wrong type")?;
         jwt.check(audience, aud_rule, now).map(drop)
     }
